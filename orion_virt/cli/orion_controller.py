@@ -1,0 +1,123 @@
+"""``orion-controller start``: run the vGPU pool controller (HTTP API, web portal, /metrics)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, ControllerError, OrionError
+from ..controller.store import DEFAULT_SQLITE_PATH
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Orion Controller: manages the GPU pool, hands vGPUs to clients, takes them back."""
+
+
+@main.command()
+@click.option("-i", "--ip", "ip", default="0.0.0.0", show_default=True,
+              help="IP address to bind the HTTP API and web portal to.")
+@click.option("-p", "--port", default=9123, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
+@click.option("--kv", default=None, metavar="URL",
+              help=f"Pool store. Default: embedded SQLite at {DEFAULT_SQLITE_PATH}. "
+                   "'http://HOST:2379' uses etcd v3 (several controllers may share it); "
+                   "'sqlite:///PATH' uses SQLite at /PATH.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+              help="Log level.")
+@click.option("--log", "log_file", default=None, metavar="FILE",
+              help="Write the log to FILE (appending). Default: standard output.")
+@click.option("--vgpu", default=4, show_default=True, type=click.IntRange(min=1),
+              help="vGPUs per physical GPU for servers that do not set vgpu_count themselves. "
+                   "A vGPU's default memory is the GPU's memory divided by this, its default "
+                   "compute share 100/this %.")
+@click.option("--token-key", default="/etc/orion/token.key", show_default=True, metavar="PATH",
+              help="HMAC key shared with every Orion Server (hex text); created with mode "
+                   "0600 if absent. Copy it to the servers' token_key_file.")
+@click.option("--heartbeat-timeout", default=15.0, show_default=True,
+              type=click.FloatRange(min=1.0),
+              help="Seconds without a heartbeat after which a server is marked down and its "
+                   "allocations are released.")
+@click.option("--lease", "lease_seconds", default=30.0, show_default=True,
+              type=click.FloatRange(min=1.0),
+              help="Allocation lease in seconds; clients renew it, a dead client's lease "
+                   "expires.")
+def start(ip: str, port: int, kv: str | None, log_level: str, log_file: str | None, vgpu: int,
+          token_key: str, heartbeat_timeout: float, lease_seconds: float) -> None:
+    """Start the controller and serve until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      orion-controller start -i 0.0.0.0 -p 9123 --kv http://127.0.0.1:2379
+    """
+    try:
+        _setup_logging(log_level, log_file)
+        _serve(ip, port, kv, vgpu, token_key, heartbeat_timeout, lease_seconds)
+    except OrionError as e:
+        click.echo(f"orion-controller: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def _setup_logging(level: str, log_file: str | None) -> None:
+    try:
+        handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                    else logging.StreamHandler(sys.stdout))
+    except OSError as e:
+        raise ConfigError(f"--log {log_file}: cannot open: {e.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level.lower()])
+
+
+def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
+           heartbeat_timeout: float, lease_seconds: float) -> None:
+    from ..controller.api import make_server
+    from ..controller.pool import Policy
+    from ..controller.service import Controller, Reaper
+    from ..controller.store import open_store
+    from ..controller.token import load_key
+
+    log = logging.getLogger("orion_virt.controller")
+    store = open_store(kv)
+    store.read()
+    key = load_key(token_key, create=True)
+    policy = Policy(default_vgpu_count=vgpu, lease_seconds=lease_seconds,
+                    heartbeat_timeout=heartbeat_timeout)
+    controller = Controller(store, policy, key)
+    try:
+        server = make_server(controller, ip, port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {ip}:{port}: {e.strerror or e}") from None
+    reaper = Reaper(controller, interval=min(1.0, heartbeat_timeout / 3))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serving = threading.Thread(target=server.serve_forever, name="orion-http", daemon=True)
+    serving.start()
+    reaper.start()
+    log.info("Orion Controller listening on http://%s:%d (store: %s, vgpu per GPU: %d, "
+             "heartbeat timeout %.0fs, lease %.0fs)", ip, port, store.describe(), vgpu,
+             heartbeat_timeout, lease_seconds)
+    while not stop.wait(1.0):
+        if not serving.is_alive():
+            raise ControllerError("HTTP server stopped unexpectedly")
+    log.info("Orion Controller stopping")
+    server.shutdown()
+    server.server_close()
+    reaper.stop()
+    store.close()

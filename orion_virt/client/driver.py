@@ -1,0 +1,619 @@
+"""A drop-in for ``cuda.bindings.driver`` that forwards every call to oriond.
+
+Same function names, arguments and return conventions as cuda-python (``(CUresult, values...)``,
+never an exception for a CUDA error), the same enums (generated from cuda-bindings) and handle
+types with the same behaviour (``int(h)``, ``getPtr()``). Host buffers may be objects with the
+buffer protocol or integer addresses. Standard library only: no driver, no GPU, no cuda-python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import sys
+from typing import Any
+
+from ..cuda_enums import (  # noqa: F401  (re-exported API)
+    CUctx_flags, CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUjit_option, CUlimit,
+    CUmemorytype, CUresult, CUstream_flags,
+)
+from ..errors import OrionError, TransportError
+from ..wire.calls import Call
+from .runtime import get_runtime, say
+
+_S = CUresult.CUDA_SUCCESS
+_results = {int(r): r for r in CUresult}
+
+
+def _res(code: int) -> CUresult:
+    return _results.get(code, CUresult.CUDA_ERROR_UNKNOWN)
+
+
+class _Handle:
+    """Base of the opaque handle types: an integer value, like cuda-python's."""
+
+    __slots__ = ("_value", "_cell")
+
+    def __init__(self, init_value: Any = 0, _ptr: int = 0) -> None:
+        self._value = int(init_value) if init_value is not None else 0
+        self._cell: ctypes.c_uint64 | None = None
+
+    def __int__(self) -> int:
+        return self._value
+
+    def __index__(self) -> int:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._value == self._value  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._value))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} 0x{self._value:x}>"
+
+    def getPtr(self) -> int:
+        if self._cell is None:
+            self._cell = ctypes.c_uint64(self._value)
+        else:
+            self._cell.value = self._value
+        return ctypes.addressof(self._cell)
+
+
+class CUdeviceptr(_Handle):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<CUdeviceptr {self._value}>"
+
+
+class CUdevice(_Handle):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<CUdevice {self._value}>"
+
+
+class CUcontext(_Handle):
+    __slots__ = ()
+
+
+class CUstream(_Handle):
+    __slots__ = ()
+
+
+class CUevent(_Handle):
+    __slots__ = ()
+
+
+class CUmodule(_Handle):
+    __slots__ = ()
+
+
+class CUfunction(_Handle):
+    __slots__ = ("layout", "name")
+
+    def __init__(self, init_value: Any = 0, _ptr: int = 0) -> None:
+        super().__init__(init_value)
+        self.layout: list[tuple[int, int]] = []
+        self.name = ""
+
+
+class CUuuid:
+    __slots__ = ("bytes",)
+
+    def __init__(self, raw: bytes = bytes(16)) -> None:
+        self.bytes = raw
+
+    def __repr__(self) -> str:
+        return f"<CUuuid {self.bytes.hex()}>"
+
+
+class CUctxCreateParams:
+    """Accepted and ignored (execution affinity and CIG are not remoted)."""
+
+
+_functions: dict[int, CUfunction] = {}
+_current_ctx = CUcontext(0)
+_initialized = False
+_failed_once = False
+
+
+def _h(x: Any) -> int:
+    if x is None:
+        return 0
+    if isinstance(x, int):
+        return x
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"expected a handle or an int, got {type(x).__name__}") from None
+
+
+def _call(code: Call, args: tuple, blob: Any = None, blob_len: int = 0,
+          out: memoryview | None = None) -> tuple[int, tuple, bytes]:
+    global _failed_once
+    if not _initialized:
+        return int(CUresult.CUDA_ERROR_NOT_INITIALIZED), (), b""
+    rt = get_runtime()
+    try:
+        with rt.lock:
+            conn = rt.conn
+            if conn is None:
+                return int(CUresult.CUDA_ERROR_DEINITIALIZED), (), b""
+            return conn.call(code, args, blob, blob_len, out)
+    except (TransportError, OrionError) as e:
+        if not _failed_once:
+            _failed_once = True
+            say(f"lost the connection to oriond: {e}", "ERROR")
+            rt.log.error("connection lost during %s: %s", code.name, e)
+        with rt.lock:
+            rt.conn = None
+        return int(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE), (), b""
+
+
+def _host_view(buf: Any, n: int, writable: bool) -> memoryview:
+    """A byte view of ``n`` bytes of a host buffer (buffer protocol object or integer address)."""
+    if isinstance(buf, int) or (not hasattr(buf, "__buffer__") and hasattr(buf, "__int__")
+                                and not isinstance(buf, (bytes, bytearray, memoryview))):
+        addr = int(buf)
+        if addr == 0 and n:
+            raise ValueError("NULL host pointer")
+        return memoryview((ctypes.c_char * n).from_address(addr)).cast("B") if n else memoryview(b"")
+    mv = memoryview(buf)
+    if mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B") if mv.c_contiguous else memoryview(bytes(mv))
+    if writable and mv.readonly:
+        raise ValueError("destination host buffer is read-only")
+    if len(mv) < n:
+        raise ValueError(f"host buffer of {len(mv)} bytes is smaller than {n}")
+    return mv[:n]
+
+
+# -- initialisation and version --------------------------------------------------------------
+
+
+def cuInit(Flags: int) -> tuple[CUresult]:
+    global _initialized
+    rt = get_runtime()
+    try:
+        rt.connect()
+    except OrionError as e:
+        for line in str(e).splitlines():
+            say(line, "ERROR")
+        return (CUresult.CUDA_ERROR_NO_DEVICE,)
+    _initialized = True
+    st, _, _ = _call(Call.cuInit, (int(Flags),))
+    return (_res(st),)
+
+
+def cuDriverGetVersion() -> tuple[CUresult, int]:
+    if not _initialized:
+        return (CUresult.CUDA_SUCCESS, 12040)
+    st, v, _ = _call(Call.cuDriverGetVersion, ())
+    return (_res(st), v[0] if not st else 0)
+
+
+def cuGetErrorName(error: Any) -> tuple[CUresult, bytes]:
+    try:
+        return (_S, CUresult(int(error)).name.encode())
+    except ValueError:
+        return (CUresult.CUDA_ERROR_INVALID_VALUE, b"")
+
+
+_MESSAGES = {
+    CUresult.CUDA_SUCCESS: "no error",
+    CUresult.CUDA_ERROR_INVALID_VALUE: "invalid argument",
+    CUresult.CUDA_ERROR_OUT_OF_MEMORY: "out of memory",
+    CUresult.CUDA_ERROR_NOT_INITIALIZED: "initialization error",
+    CUresult.CUDA_ERROR_DEINITIALIZED: "driver shutting down",
+    CUresult.CUDA_ERROR_NO_DEVICE: "no CUDA-capable device is detected",
+    CUresult.CUDA_ERROR_INVALID_DEVICE: "invalid device ordinal",
+    CUresult.CUDA_ERROR_INVALID_IMAGE: "device kernel image is invalid",
+    CUresult.CUDA_ERROR_INVALID_CONTEXT: "invalid device context",
+    CUresult.CUDA_ERROR_INVALID_HANDLE: "invalid resource handle",
+    CUresult.CUDA_ERROR_NOT_FOUND: "named symbol not found",
+    CUresult.CUDA_ERROR_NOT_READY: "device not ready",
+    CUresult.CUDA_ERROR_ILLEGAL_ADDRESS: "an illegal memory access was encountered",
+    CUresult.CUDA_ERROR_NOT_SUPPORTED: "operation not supported",
+    CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE: "CUDA-capable device(s) is/are busy or unavailable",
+    CUresult.CUDA_ERROR_UNKNOWN: "unknown error",
+}
+
+
+def cuGetErrorString(error: Any) -> tuple[CUresult, bytes]:
+    try:
+        r = CUresult(int(error))
+    except ValueError:
+        return (CUresult.CUDA_ERROR_INVALID_VALUE, b"")
+    return (_S, _MESSAGES.get(r, r.name.removeprefix("CUDA_ERROR_").replace("_", " ").lower()).encode())
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+def cuDeviceGetCount() -> tuple[CUresult, int]:
+    st, v, _ = _call(Call.cuDeviceGetCount, ())
+    return (_res(st), v[0] if not st else 0)
+
+
+def cuDeviceGet(ordinal: int) -> tuple[CUresult, CUdevice]:
+    st, v, _ = _call(Call.cuDeviceGet, (int(ordinal),))
+    return (_res(st), CUdevice(v[0] if not st else 0))
+
+
+def cuDeviceGetName(length: int, dev: Any) -> tuple[CUresult, bytes]:
+    st, _v, blob = _call(Call.cuDeviceGetName, (int(length), _h(dev)))
+    if st:
+        return (_res(st), b"")
+    pad = max(0, int(length) - len(blob) - 1)
+    return (_S, blob + b"\0" + b" " * pad)
+
+
+def cuDeviceTotalMem(dev: Any) -> tuple[CUresult, int]:
+    st, v, _ = _call(Call.cuDeviceTotalMem, (_h(dev),))
+    return (_res(st), v[0] if not st else 0)
+
+
+def cuDeviceGetAttribute(attrib: Any, dev: Any) -> tuple[CUresult, int]:
+    st, v, _ = _call(Call.cuDeviceGetAttribute, (int(attrib), _h(dev)))
+    return (_res(st), v[0] if not st else 0)
+
+
+def cuDeviceGetUuid(dev: Any) -> tuple[CUresult, CUuuid]:
+    st, v, _ = _call(Call.cuDeviceGetUuid, (_h(dev),))
+    return (_res(st), CUuuid(v[0] if not st else bytes(16)))
+
+
+cuDeviceGetUuid_v2 = cuDeviceGetUuid
+
+
+def cuDeviceComputeCapability(dev: Any) -> tuple[CUresult, int, int]:
+    st, major = cuDeviceGetAttribute(CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+    _, minor = cuDeviceGetAttribute(CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+    return (st, major, minor)
+
+
+# -- contexts --------------------------------------------------------------------------------
+
+
+def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUresult, CUcontext]:
+    st, v, _ = _call(Call.cuDevicePrimaryCtxRetain, (_h(dev),))
+    return (_res(st), CUcontext(v[0] if not st else 0))
+
+
+def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuDevicePrimaryCtxRelease, (_h(dev),))
+    return (_res(st),)
+
+
+def cuCtxCreate(*args: Any) -> tuple[CUresult, CUcontext]:
+    """cuda-bindings 13: (ctxCreateParams, flags, dev); 12.x: (flags, dev)."""
+    global _current_ctx
+    if len(args) == 3:
+        _params, flags, dev = args
+    elif len(args) == 2:
+        flags, dev = args
+    else:
+        raise TypeError("cuCtxCreate(ctxCreateParams, flags, dev)")
+    st, v, _ = _call(Call.cuCtxCreate, (int(flags), _h(dev)))
+    if st:
+        return (_res(st), CUcontext(0))
+    _current_ctx = CUcontext(v[0])
+    return (_S, _current_ctx)
+
+
+cuCtxCreate_v2 = cuCtxCreate
+
+
+def cuCtxDestroy(ctx: Any) -> tuple[CUresult]:
+    global _current_ctx
+    st, _, _ = _call(Call.cuCtxDestroy, (_h(ctx),))
+    if not st and _h(ctx) == int(_current_ctx):
+        _current_ctx = CUcontext(0)
+    return (_res(st),)
+
+
+cuCtxDestroy_v2 = cuCtxDestroy
+
+
+def cuCtxSetCurrent(ctx: Any) -> tuple[CUresult]:
+    global _current_ctx
+    st, _, _ = _call(Call.cuCtxSetCurrent, (_h(ctx),))
+    if not st:
+        _current_ctx = CUcontext(_h(ctx))
+    return (_res(st),)
+
+
+def cuCtxGetCurrent() -> tuple[CUresult, CUcontext]:
+    if not _initialized:
+        return (CUresult.CUDA_ERROR_NOT_INITIALIZED, CUcontext(0))
+    return (_S, _current_ctx)
+
+
+def cuCtxSynchronize() -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuCtxSynchronize, ())
+    return (_res(st),)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def cuMemAlloc(bytesize: int) -> tuple[CUresult, CUdeviceptr]:
+    st, v, _ = _call(Call.cuMemAlloc, (int(bytesize),))
+    return (_res(st), CUdeviceptr(v[0] if not st else 0))
+
+
+cuMemAlloc_v2 = cuMemAlloc
+
+
+def cuMemFree(dptr: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemFree, (_h(dptr),))
+    return (_res(st),)
+
+
+cuMemFree_v2 = cuMemFree
+
+
+def cuMemGetInfo() -> tuple[CUresult, int, int]:
+    st, v, _ = _call(Call.cuMemGetInfo, ())
+    return (_res(st), *(v if not st else (0, 0)))
+
+
+cuMemGetInfo_v2 = cuMemGetInfo
+
+
+def _htod(code: Call, dst: Any, src: Any, n: int, extra: tuple = ()) -> tuple[CUresult]:
+    n = int(n)
+    try:
+        view = _host_view(src, n, writable=False)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, _, _ = _call(code, (_h(dst), n, *extra), view, n)
+    return (_res(st),)
+
+
+def cuMemcpyHtoD(dstDevice: Any, srcHost: Any, ByteCount: int) -> tuple[CUresult]:
+    return _htod(Call.cuMemcpyHtoD, dstDevice, srcHost, ByteCount)
+
+
+def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
+    return _htod(Call.cuMemcpyHtoDAsync, dstDevice, srcHost, ByteCount, (_h(hStream),))
+
+
+def _dtoh(code: Call, dst: Any, src: Any, n: int, extra: tuple = ()) -> tuple[CUresult]:
+    n = int(n)
+    try:
+        view = _host_view(dst, n, writable=True)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, _, _ = _call(code, (_h(src), n, *extra), out=view)
+    return (_res(st),)
+
+
+def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: int) -> tuple[CUresult]:
+    return _dtoh(Call.cuMemcpyDtoH, dstHost, srcDevice, ByteCount)
+
+
+def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
+    return _dtoh(Call.cuMemcpyDtoHAsync, dstHost, srcDevice, ByteCount, (_h(hStream),))
+
+
+def cuMemcpyDtoD(dstDevice: Any, srcDevice: Any, ByteCount: int) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemcpyDtoD, (_h(dstDevice), _h(srcDevice), int(ByteCount)))
+    return (_res(st),)
+
+
+def cuMemcpyDtoDAsync(dstDevice: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemcpyDtoDAsync, (_h(dstDevice), _h(srcDevice), int(ByteCount), _h(hStream)))
+    return (_res(st),)
+
+
+cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuMemcpyDtoD_v2 = cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD
+
+
+def cuMemsetD8(dstDevice: Any, uc: int, N: int) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemsetD8, (_h(dstDevice), int(uc) & 0xFFFFFFFF, int(N)))
+    return (_res(st),)
+
+
+def cuMemsetD32(dstDevice: Any, ui: int, N: int) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemsetD32, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N)))
+    return (_res(st),)
+
+
+def cuMemsetD8Async(dstDevice: Any, uc: int, N: int, hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemsetD8Async, (_h(dstDevice), int(uc) & 0xFFFFFFFF, int(N), _h(hStream)))
+    return (_res(st),)
+
+
+def cuMemsetD32Async(dstDevice: Any, ui: int, N: int, hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuMemsetD32Async, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N), _h(hStream)))
+    return (_res(st),)
+
+
+# -- streams and events ----------------------------------------------------------------------
+
+
+def cuStreamCreate(Flags: int) -> tuple[CUresult, CUstream]:
+    st, v, _ = _call(Call.cuStreamCreate, (int(Flags),))
+    return (_res(st), CUstream(v[0] if not st else 0))
+
+
+def cuStreamSynchronize(hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuStreamSynchronize, (_h(hStream),))
+    return (_res(st),)
+
+
+def cuStreamDestroy(hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuStreamDestroy, (_h(hStream),))
+    return (_res(st),)
+
+
+cuStreamDestroy_v2 = cuStreamDestroy
+
+
+def cuStreamQuery(hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuStreamQuery, (_h(hStream),))
+    return (_res(st),)
+
+
+def cuEventCreate(Flags: int) -> tuple[CUresult, CUevent]:
+    st, v, _ = _call(Call.cuEventCreate, (int(Flags),))
+    return (_res(st), CUevent(v[0] if not st else 0))
+
+
+def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuEventRecord, (_h(hEvent), _h(hStream)))
+    return (_res(st),)
+
+
+def cuEventSynchronize(hEvent: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuEventSynchronize, (_h(hEvent),))
+    return (_res(st),)
+
+
+def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[CUresult, float]:
+    st, v, _ = _call(Call.cuEventElapsedTime, (_h(hStart), _h(hEnd)))
+    return (_res(st), v[0] if not st else 0.0)
+
+
+cuEventElapsedTime_v2 = cuEventElapsedTime
+
+
+def cuEventDestroy(hEvent: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuEventDestroy, (_h(hEvent),))
+    return (_res(st),)
+
+
+cuEventDestroy_v2 = cuEventDestroy
+
+
+def cuEventQuery(hEvent: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuEventQuery, (_h(hEvent),))
+    return (_res(st),)
+
+
+# -- modules and kernels ---------------------------------------------------------------------
+
+_FATBIN_MAGIC = 0xBA55ED50
+
+
+def _image_from_address(addr: int) -> bytes:
+    head = ctypes.string_at(addr, 4)
+    if head == b"\x7fELF":
+        eh = ctypes.string_at(addr, 64)
+        shoff, = struct.unpack_from("<Q", eh, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", eh, 0x3A)
+        return ctypes.string_at(addr, shoff + shentsize * shnum)
+    if struct.unpack("<I", head)[0] == _FATBIN_MAGIC:
+        _m, _ver, hsize, fsize = struct.unpack("<IHHQ", ctypes.string_at(addr, 16))
+        return ctypes.string_at(addr, hsize + fsize)
+    return ctypes.string_at(addr)
+
+
+def _image_bytes(image: Any) -> bytes:
+    if isinstance(image, str):
+        return image.encode()
+    if isinstance(image, int):
+        return _image_from_address(image)
+    try:
+        mv = memoryview(image)
+    except TypeError:
+        return _image_from_address(int(image))
+    return mv.cast("B").tobytes() if mv.c_contiguous else bytes(mv)
+
+
+def cuModuleLoadData(image: Any) -> tuple[CUresult, CUmodule]:
+    try:
+        data = _image_bytes(image)
+    except (TypeError, ValueError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE, CUmodule(0))
+    st, v, _ = _call(Call.cuModuleLoadData, (len(data),), data, len(data))
+    return (_res(st), CUmodule(v[0] if not st else 0))
+
+
+def cuModuleGetFunction(hmod: Any, name: Any) -> tuple[CUresult, CUfunction]:
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    raw = raw.split(b"\0", 1)[0]
+    st, v, blob = _call(Call.cuModuleGetFunction, (_h(hmod), len(raw)), raw, len(raw))
+    if st:
+        return (_res(st), CUfunction(0))
+    f = CUfunction(v[0])
+    f.layout = [struct.unpack_from("<II", blob, i) for i in range(0, len(blob), 8)]
+    f.name = raw.decode("ascii", "replace")
+    _functions[v[0]] = f
+    return (_S, f)
+
+
+def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
+    st, _, _ = _call(Call.cuModuleUnload, (_h(hmod),))
+    return (_res(st),)
+
+
+def _arg_bytes(value: Any, ctype: Any) -> bytes:
+    if ctype is None:
+        return struct.pack("<Q", _h(value) & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, ctypes._SimpleCData):  # type: ignore[attr-defined]
+        return bytes(value)
+    if ctype is ctypes.c_void_p:
+        return struct.pack("<Q", _h(value))
+    return bytes(ctype(value))
+
+
+def _pack_params(f: CUfunction, kernelParams: Any) -> bytes:
+    """The parameter buffer, laid out as the kernel expects (layout from cuModuleGetFunction)."""
+    layout = f.layout
+    total = max((o + s for o, s in layout), default=0)
+    if kernelParams is None or (isinstance(kernelParams, int) and kernelParams == 0):
+        return b""
+    buf = bytearray(total)
+    if isinstance(kernelParams, tuple) and len(kernelParams) == 2 and isinstance(kernelParams[0], (tuple, list)):
+        values, types = kernelParams
+        if len(values) != len(layout):
+            raise ValueError(f"{f.name} takes {len(layout)} parameters, {len(values)} given")
+        for (off, size), value, ctype in zip(layout, values, types):
+            raw = _arg_bytes(value, ctype)
+            buf[off:off + size] = raw[:size].ljust(size, b"\0")
+        return bytes(buf)
+    if isinstance(kernelParams, int) or hasattr(kernelParams, "__int__") and not hasattr(kernelParams, "__len__"):
+        addr = int(kernelParams)
+        ptrs = (ctypes.c_uint64 * len(layout)).from_address(addr) if layout else []
+    else:
+        mv = memoryview(kernelParams).cast("B")
+        ptrs = struct.unpack(f"<{len(layout)}Q", mv[: 8 * len(layout)])
+    for (off, size), p in zip(layout, ptrs):
+        if not p:
+            raise ValueError(f"{f.name}: NULL parameter pointer")
+        buf[off:off + size] = ctypes.string_at(p, size)
+    return bytes(buf)
+
+
+def cuLaunchKernel(f: Any, gridDimX: int, gridDimY: int, gridDimZ: int, blockDimX: int,
+                   blockDimY: int, blockDimZ: int, sharedMemBytes: int, hStream: Any,
+                   kernelParams: Any, extra: Any) -> tuple[CUresult]:
+    fh = _h(f)
+    func = f if isinstance(f, CUfunction) and f.layout else _functions.get(fh)
+    if func is None:
+        return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    if extra not in (None, 0) and not (isinstance(extra, (list, tuple)) and not extra):
+        return (CUresult.CUDA_ERROR_NOT_SUPPORTED,)
+    try:
+        params = _pack_params(func, kernelParams)
+    except (ValueError, TypeError, OverflowError) as e:
+        get_runtime().log.warning("cuLaunchKernel(%s): %s", func.name, e)
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, _, _ = _call(Call.cuLaunchKernel, (fh, int(gridDimX), int(gridDimY), int(gridDimZ), int(blockDimX),
+                                           int(blockDimY), int(blockDimZ), int(sharedMemBytes),
+                                           _h(hStream), len(params)), params, len(params))
+    return (_res(st),)
+
+
+def _orion_transport() -> str:
+    """Which transport this process uses ('shm', 'ivshmem', 'tcp'), or '' before cuInit."""
+    rt = get_runtime()
+    return rt.chosen.transport if rt.chosen else ""
+
+
+__all__ = [n for n in dir(sys.modules[__name__]) if n.startswith(("cu", "CU"))]

@@ -1,0 +1,175 @@
+"""The process-wide client runtime: configuration, vGPU allocation, the connection, logging.
+
+Started lazily by cuInit. Prints the seeds' banner on start and ``Client exits with allocation ID
+<id>`` at exit (or ``Client exits without allocation ID`` when none was obtained). Standard
+library only: this is what a guest or container runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .. import __version__
+from ..config import ClientConfig, load_client_config
+from ..errors import OrionError, TransportError
+from ..wire import Hello
+from .connection import Connection
+from .select import Chosen, Heartbeat, choose
+
+BANNER = f"VirtaiTech Resource. Build-cuda-orion_virt-{__version__}"
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def say(msg: str, level: str = "INFO") -> None:
+    """A line on the application's stderr in the seeds' format."""
+    sys.stderr.write(f"{_stamp()} [{level}] {msg}\n")
+    sys.stderr.flush()
+
+
+class Runtime:
+    """One per process. ``connect`` is idempotent and thread-safe; calls go through ``lock``."""
+
+    def __init__(self, config: ClientConfig | None = None) -> None:
+        self._config = config
+        self.lock = threading.RLock()
+        self.conn: Connection | None = None
+        self.chosen: Chosen | None = None
+        self.allocation_id: str | None = None
+        self.allocation: object | None = None
+        self.failed: str | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.log = logging.getLogger("orion.client")
+        self._atexit = False
+
+    @property
+    def config(self) -> ClientConfig:
+        if self._config is None:
+            self._config = load_client_config()
+        return self._config
+
+    def _setup_log(self) -> None:
+        log = self.log
+        log.propagate = False
+        log.setLevel(logging.DEBUG)
+        if log.handlers:
+            return
+        try:
+            d = Path(self.config.log_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(d / f"client-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+            fh.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+            log.addHandler(fh)
+        except OSError:
+            log.addHandler(logging.NullHandler())
+
+    def connect(self) -> Connection:
+        """Allocate (when a controller is configured) and open the session. Raises OrionError."""
+        with self.lock:
+            if self.conn is not None:
+                return self.conn
+            if self.failed is not None:
+                raise OrionError(self.failed)
+            try:
+                return self._connect()
+            except OrionError as e:
+                self.failed = str(e)
+                raise
+
+    def _connect(self) -> Connection:
+        cfg = self.config
+        self._setup_log()
+        print(BANNER, file=sys.stderr, flush=True)
+        self.log.info("%s starting; config from %s", BANNER, cfg.source)
+        if not self._atexit:
+            atexit.register(self.shutdown)
+            self._atexit = True
+        from . import allocation
+
+        grant = allocation.obtain(cfg, self.log)
+        self.allocation = grant
+        self.allocation_id = grant.allocation_id
+        try:
+            chosen = choose(cfg, grant.server_addr, log=lambda m: say(m, "WARN"))
+        except TransportError as e:
+            self.log.error("%s", e)
+            allocation.release(cfg, grant, self.log)
+            self.allocation_id = None
+            raise
+        self.chosen = chosen
+        self.log.info("transport: %s", chosen.reason)
+        if chosen.transport == "tcp" and not cfg.enable_net and "no shared-memory device" not in chosen.reason:
+            say(f"using TCP: {chosen.reason}", "INFO")
+        conn = Connection(chosen.stream, chosen.transport)
+        hello = Hello(pid=os.getpid(), vgpu_count=grant.vgpu_count, gmem_mib=grant.gmem_mib,
+                      ratio=grant.ratio, token=grant.token, program=" ".join(sys.argv)[:200],
+                      allocation_id=grant.allocation_id)
+        try:
+            welcome = conn.handshake(hello)
+        except OrionError as e:
+            self.log.error("handshake failed: %s", e)
+            chosen.stream.close()
+            allocation.release(cfg, grant, self.log)
+            raise TransportError(str(e)) from None
+        self.log.info("session %d on backend %s via %s", welcome.session_id, welcome.backend, chosen.transport)
+        if chosen.channel is not None:
+            self.heartbeat = Heartbeat(chosen.channel).start()
+        self.conn = conn
+        return conn
+
+    def shutdown(self) -> None:
+        """Say goodbye, release the allocation and print the exit line. Idempotent."""
+        with self.lock:
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.bye()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+                self.heartbeat = None
+            if self.allocation is not None:
+                from . import allocation
+
+                allocation.release(self.config, self.allocation, self.log)  # type: ignore[arg-type]
+                self.allocation = None
+            if not self._atexit:
+                return
+            self._atexit = False
+            if self.allocation_id:
+                say(f"Client exits with allocation ID {self.allocation_id}")
+            else:
+                say("Client exits without allocation ID")
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime()
+        return _runtime
+
+
+def reset_runtime(config: ClientConfig | None = None) -> Runtime:
+    """For tests and tools: drop the process runtime (closing it) and start a fresh one."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.shutdown()
+        _runtime = Runtime(config)
+        return _runtime
+
+
+def new_allocation_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,230 @@
+"""The controller service: pool operations run as store transactions, plus tokens and views.
+
+Everything the HTTP layer answers is built here as JSON-ready dicts, so the API module only
+routes and encodes. ``clock`` and ``new_id`` are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from . import pool
+from .exceptions import AllocationError, ControllerError, NotFound
+from .model import (API_VERSION, DATA_VERSION, Allocation, AllocationRequest, Node, PoolState,
+                    parse_registration)
+from .store import Store
+from .token import Grant, VGpuQuota, issue_token
+
+log = logging.getLogger("orion_virt.controller")
+
+
+class Controller:
+    def __init__(self, store: Store, policy: pool.Policy, token_key: bytes,
+                 clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+        self.store = store
+        self.policy = policy
+        self.token_key = token_key
+        self.clock = clock
+        self.new_id = new_id
+
+    @staticmethod
+    def version() -> dict[str, str]:
+        return {"data_version": DATA_VERSION, "api_version": API_VERSION}
+
+    def register(self, body: Any) -> dict[str, Any]:
+        """Add or refresh a node from its registration body; ``BadRequest`` on bad fields."""
+        node = parse_registration(body, self.policy.default_vgpu_count, self.clock())
+        released = self.store.update(lambda s: pool.register(s, node))
+        log.info("node %s registered at %s with %d GPU(s)%s", node.node_id, node.address,
+                 len(node.gpus), f"; released {len(released)} stale allocation(s)"
+                 if released else "")
+        return {"node": node.to_json(), "released": list(released),
+                "heartbeat_timeout": self.policy.heartbeat_timeout}
+
+    def heartbeat(self, node_id: str) -> dict[str, Any]:
+        """``NotFound`` when the node is unknown: the server must register again."""
+        now = self.clock()
+
+        def fn(s: PoolState) -> bool:
+            was_up = s.nodes[node_id].up if node_id in s.nodes else True
+            pool.heartbeat(s, node_id, now)
+            return was_up
+
+        if not self.store.update(fn):
+            log.info("node %s is back up", node_id)
+        return {"node_id": node_id, "up": True, "heartbeat_timeout": self.policy.heartbeat_timeout}
+
+    def deregister(self, node_id: str) -> dict[str, Any]:
+        released = self.store.update(lambda s: pool.remove_node(s, node_id))
+        log.info("node %s deregistered; released %d allocation(s)", node_id, len(released))
+        return {"node_id": node_id, "released": list(released)}
+
+    def allocate(self, body: Any) -> dict[str, Any]:
+        """``BadRequest`` on bad fields, ``AllocationError`` when the pool cannot satisfy it."""
+        req = AllocationRequest.from_json(body)
+        now = self.clock()
+
+        def fn(s: PoolState) -> tuple[Allocation, dict[str, Node], pool.ReapResult]:
+            reaped = pool.reap(s, now, self.policy)
+            a = pool.allocate(s, req, now, self.policy, self.new_id)
+            return a, {nid: s.nodes[nid] for nid in a.node_ids}, reaped
+
+        try:
+            a, nodes, reaped = self.store.update(fn)
+        except AllocationError as e:
+            log.warning("allocation refused (%s): %s", _who(req), e)
+            raise
+        self._log_reaped(reaped)
+        log.info("allocation %s (%s): %s", a.allocation_id, _who(req), _where(a))
+        return self.grant_view(a, nodes)
+
+    def renew(self, allocation_id: str) -> dict[str, Any]:
+        now = self.clock()
+
+        def fn(s: PoolState) -> tuple[Allocation, dict[str, Node]]:
+            a = pool.renew(s, allocation_id, now, self.policy)
+            return a, {nid: s.nodes[nid] for nid in a.node_ids}
+
+        return self.grant_view(*self.store.update(fn))
+
+    def release(self, allocation_id: str) -> dict[str, Any]:
+        a = self.store.update(lambda s: pool.release(s, allocation_id))
+        log.info("allocation %s released", allocation_id)
+        return {"allocation_id": a.allocation_id, "released": True}
+
+    def snapshot(self) -> PoolState:
+        """The pool as ``allocate`` would see it now: expired leases and silent nodes are
+        already reaped in this copy (the reaper persists that within a second)."""
+        s = self.store.read()
+        pool.reap(s, self.clock(), dataclasses.replace(self.policy, max_reap_changes=1 << 30))
+        return s
+
+    def get_allocation(self, allocation_id: str) -> dict[str, Any]:
+        s = self.snapshot()
+        a = s.allocations.get(allocation_id)
+        if a is None:
+            raise NotFound(f"allocation {allocation_id!r} does not exist (released or expired)")
+        return self.task_view(a, s)
+
+    def reap(self) -> pool.ReapResult:
+        now = self.clock()
+        r = self.store.update(lambda s: pool.reap(s, now, self.policy))
+        self._log_reaped(r)
+        return r
+
+    def _log_reaped(self, r: pool.ReapResult) -> None:
+        for nid in r.nodes_down:
+            log.warning("node %s missed heartbeats for %.0fs: marked down", nid,
+                        self.policy.heartbeat_timeout)
+        for aid in r.released:
+            log.info("allocation %s released: its node is down", aid)
+        for aid in r.expired:
+            log.info("allocation %s released: lease expired", aid)
+
+    def grant_view(self, a: Allocation, nodes: dict[str, Node]) -> dict[str, Any]:
+        """The allocation as a client needs it: servers to talk to and one token per node."""
+        tokens = {}
+        for nid in a.node_ids:
+            quotas = tuple(VGpuQuota(p.gpu_index, p.memory_mib, p.ratio)
+                           for p in a.placements if p.node_id == nid)
+            tokens[nid] = issue_token(self.token_key,
+                                      Grant(a.allocation_id, nid, quotas, a.expires_at))
+        vgpus = []
+        for i, p in enumerate(a.placements):
+            n = nodes[p.node_id]
+            g = n.gpu(p.gpu_index)
+            vgpus.append({"index": i, "node_id": p.node_id, "server": n.address,
+                          "gpu_index": p.gpu_index, "gpu_uuid": g.uuid if g else "",
+                          "gpu_name": g.name if g else "", "slot": p.slot,
+                          "memory_mib": p.memory_mib, "ratio": p.ratio,
+                          "token": tokens[p.node_id]})
+        return {"allocation_id": a.allocation_id, "group_id": a.group_id, "owner": a.owner,
+                "created_at": a.created_at, "expires_at": a.expires_at,
+                "lease_seconds": self.policy.lease_seconds, "vgpus": vgpus, "tokens": tokens}
+
+    @staticmethod
+    def task_view(a: Allocation, s: PoolState) -> dict[str, Any]:
+        return {"allocation_id": a.allocation_id, "group_id": a.group_id, "owner": a.owner,
+                "created_at": a.created_at, "expires_at": a.expires_at,
+                "vgpus": [{**p.to_json(), "server": s.nodes[p.node_id].address
+                           if p.node_id in s.nodes else ""} for p in a.placements]}
+
+    def summary(self, state: PoolState | None = None) -> dict[str, Any]:
+        return pool.summary(state or self.snapshot()).to_json()
+
+    def tasks(self, state: PoolState | None = None) -> list[dict[str, Any]]:
+        s = state or self.snapshot()
+        return [self.task_view(a, s)
+                for a in sorted(s.allocations.values(), key=lambda a: a.created_at)]
+
+    def nodes(self, state: PoolState | None = None) -> list[dict[str, Any]]:
+        """Nodes with per-GPU partitioning: each slot's holder, memory and ratio use."""
+        s = state or self.snapshot()
+        use = pool.usage(s)
+        holders = {(p.node_id, p.gpu_index, p.slot): (a.allocation_id, p)
+                   for a in s.allocations.values() for p in a.placements}
+        out = []
+        for n in sorted(s.nodes.values(), key=lambda n: n.node_id):
+            gpus = []
+            for g in n.gpus:
+                u = use.get((n.node_id, g.index), pool.Usage())
+                slots = []
+                for slot in range(g.vgpu_count):
+                    h = holders.get((n.node_id, g.index, slot))
+                    slots.append({"slot": slot, "allocation_id": h[0] if h else None,
+                                  "memory_mib": h[1].memory_mib if h else 0,
+                                  "ratio": h[1].ratio if h else 0})
+                gpus.append({**g.to_json(), "used_vgpus": len(u.slots),
+                             "free_vgpus": pool.free_vgpus(g, u) if n.up else 0,
+                             "used_memory_mib": u.memory_mib, "used_ratio": u.ratio,
+                             "vgpus": slots})
+            out.append({"node_id": n.node_id, "address": n.address, "up": n.up,
+                        "last_heartbeat": n.last_heartbeat, "registered_at": n.registered_at,
+                        "gpus": gpus})
+        return out
+
+
+def _who(req: AllocationRequest) -> str:
+    parts = [f"vgpu={req.vgpu}", f"gmem={req.gmem_mib}", f"ratio={req.ratio}"]
+    if req.cross_node:
+        parts.append("cross_node")
+    if req.group_id:
+        parts.append(f"group={req.group_id}")
+    if req.owner:
+        parts.append(f"owner={req.owner}")
+    return " ".join(parts)
+
+
+def _where(a: Allocation) -> str:
+    return ", ".join(f"{p.node_id}/gpu{p.gpu_index}#{p.slot} {p.memory_mib}MiB {p.ratio}%"
+                     for p in a.placements)
+
+
+class Reaper(threading.Thread):
+    """Runs ``Controller.reap`` every ``interval`` seconds until ``stop``; store errors are
+    logged and retried on the next tick, never fatal."""
+
+    def __init__(self, controller: Controller, interval: float = 1.0) -> None:
+        super().__init__(name="orion-reaper", daemon=True)
+        self.controller = controller
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.controller.reap()
+            except ControllerError as e:
+                log.error("reaper: %s", e)
+            except Exception:  # noqa: BLE001 - the reaper must outlive any single failure
+                log.exception("reaper failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)

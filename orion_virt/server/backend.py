@@ -1,0 +1,194 @@
+"""The interface every execution backend implements (``sim`` here, ``cuda`` on a GPU host).
+
+The session layer (``session.py``) owns every check on what a client sends: handles are looked up
+in the session's own tables and device ranges in its ``MemoryTable`` before a backend sees them.
+A backend therefore only executes validated operations; it reports CUDA failures by raising
+``CudaCallError``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from ..cuda_enums import CUresult
+
+
+class CudaCallError(Exception):
+    """A call failed with ``code`` (a CUresult); ``message`` goes to the session log."""
+
+    def __init__(self, code: CUresult | int, message: str = "") -> None:
+        super().__init__(message or CUresult(code).name)
+        self.code = int(code)
+        self.message = message or CUresult(code).name
+
+
+@dataclass(frozen=True)
+class PhysicalGpu:
+    index: int
+    name: str
+    total_mem: int
+    uuid: bytes
+    attributes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VGpu:
+    """What one vGPU of a session may use: a physical GPU, memory in bytes, compute share in %."""
+
+    physical: int
+    memory: int
+    ratio: int = 100
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    offset: int
+    size: int
+
+
+class MemoryTable:
+    """Device allocations of one session, per vGPU, with the quota enforced at allocation.
+
+    Invariant: allocations never overlap; ``resolve`` accepts a range only if it lies inside one
+    live allocation of this session, so a client can never name another tenant's memory.
+    """
+
+    def __init__(self, quotas: list[int]) -> None:
+        self.quotas = quotas
+        self.used = [0] * len(quotas)
+        self._starts: list[int] = []
+        self._allocs: dict[int, tuple[int, int, Any]] = {}
+
+    def check_quota(self, dev: int, size: int) -> None:
+        if size <= 0:
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, "allocation of 0 bytes")
+        if self.used[dev] + size > self.quotas[dev]:
+            raise CudaCallError(
+                CUresult.CUDA_ERROR_OUT_OF_MEMORY,
+                f"vGPU {dev}: {size} bytes requested, {self.quotas[dev] - self.used[dev]} of "
+                f"{self.quotas[dev]} left in its quota")
+
+    def add(self, dev: int, base: int, size: int, obj: Any) -> None:
+        bisect.insort(self._starts, base)
+        self._allocs[base] = (size, dev, obj)
+        self.used[dev] += size
+
+    def remove(self, base: int) -> tuple[int, int, Any]:
+        entry = self._allocs.pop(base, None)
+        if entry is None:
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"0x{base:x} is not an allocation of this session")
+        self._starts.pop(bisect.bisect_left(self._starts, base))
+        self.used[entry[1]] -= entry[0]
+        return entry
+
+    def resolve(self, ptr: int, n: int) -> tuple[int, int, Any]:
+        """(base, offset, backend object) of the allocation holding [ptr, ptr+n)."""
+        i = bisect.bisect_right(self._starts, ptr) - 1
+        if i >= 0:
+            base = self._starts[i]
+            size, _dev, obj = self._allocs[base]
+            off = ptr - base
+            if n >= 0 and off + n <= size:
+                return base, off, obj
+        raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE,
+                            f"range 0x{ptr:x}+{n} is not inside an allocation of this session")
+
+    def device_of(self, base: int) -> int:
+        return self._allocs[base][1]
+
+    def items(self) -> Iterator[tuple[int, int, int, Any]]:
+        for base, (size, dev, obj) in list(self._allocs.items()):
+            yield base, size, dev, obj
+
+
+class BackendSession(ABC):
+    """Per-session execution state on the backend. Arguments are already validated."""
+
+    mem: MemoryTable
+
+    @abstractmethod
+    def alloc(self, dev: int, size: int) -> int: ...
+
+    @abstractmethod
+    def free(self, ptr: int) -> None: ...
+
+    @abstractmethod
+    def write(self, ptr: int, chunks: Iterable[memoryview]) -> None:
+        """Copy the chunks, in order, to device memory starting at ``ptr`` (range validated)."""
+
+    @abstractmethod
+    def read(self, ptr: int, sinks: Iterable[memoryview]) -> None:
+        """Fill each writable sink view, in order, from device memory starting at ``ptr``."""
+
+    @abstractmethod
+    def copy(self, dst: int, src: int, n: int) -> None: ...
+
+    @abstractmethod
+    def memset(self, ptr: int, value: int, elem_size: int, count: int) -> None: ...
+
+    @abstractmethod
+    def synchronize(self, stream: Any = None) -> None: ...
+
+    @abstractmethod
+    def stream_create(self, flags: int) -> Any: ...
+
+    def stream_destroy(self, stream: Any) -> None:
+        """Default: nothing to release."""
+
+    def stream_query(self, stream: Any) -> bool:
+        return True
+
+    @abstractmethod
+    def event_create(self, flags: int) -> Any: ...
+
+    @abstractmethod
+    def event_record(self, event: Any, stream: Any) -> None: ...
+
+    @abstractmethod
+    def event_synchronize(self, event: Any) -> None: ...
+
+    @abstractmethod
+    def event_elapsed(self, start: Any, end: Any) -> float: ...
+
+    def event_destroy(self, event: Any) -> None:
+        """Default: nothing to release."""
+
+    def event_query(self, event: Any) -> bool:
+        return True
+
+    @abstractmethod
+    def module_load(self, image: bytes) -> Any: ...
+
+    def module_unload(self, module: Any) -> None:
+        """Default: nothing to release."""
+
+    @abstractmethod
+    def get_function(self, module: Any, name: str) -> tuple[Any, list[ParamSlot]]: ...
+
+    @abstractmethod
+    def launch(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
+               shared: int, stream: Any, params: bytes) -> float:
+        """Run a kernel; return the device time it used in seconds (for compute-share accounting)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free everything this session holds. Idempotent."""
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def gpus(self) -> list[PhysicalGpu]: ...
+
+    @abstractmethod
+    def driver_version(self) -> int: ...
+
+    @abstractmethod
+    def open_session(self, vgpus: list[VGpu]) -> BackendSession: ...
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,255 @@
+"""oriond: accepts clients over TCP and shared-memory devices; one worker process per session.
+
+The main process never touches a backend's device state (so a CUDA context is only ever created
+in a worker, after fork). It listens on ``bind_addr:listen_port``, watches ``shm_path_base`` for
+Orion devices (container devices when ``enable_shm``, VM devices when ``enable_kvm``), forks a
+worker per session and reaps it. A crash or bad input in one worker never disturbs another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config import ServerConfig
+from ..errors import OrionError
+from ..transport import tcp
+from ..transport.shmdev import C_GEN, C_STATE, CLAIMED, H_SERVER_EPOCH, SERVING, list_devices
+from .backend import Backend
+from .logs import session_logger
+from .session import Authorizer, Session
+from .shm_serve import (
+    ServerChannel, Watched, device_removed, open_for_serving, pending_claims, stop_serving, tick,
+)
+
+SCAN_INTERVAL = 0.02
+RESCAN_DIR_INTERVAL = 0.5
+
+
+@dataclass
+class Worker:
+    pid: int
+    kind: str
+    started: float
+    watched: Watched | None = None
+    channel: int = -1
+    gen: int = 0
+
+
+class Daemon:
+    def __init__(self, config: ServerConfig, backend: Backend, authorize: Authorizer,
+                 log: logging.Logger, on_ready: Callable[[], None] | None = None) -> None:
+        self.cfg = config
+        self.backend = backend
+        self.authorize = authorize
+        self.log = log
+        self.on_ready = on_ready
+        self.workers: dict[int, Worker] = {}
+        self.devices: dict[Path, Watched] = {}
+        self.listener: socket.socket | None = None
+        self.stopping = False
+        self.ids = itertools.count(int(time.time()) % 100000 * 1000)
+        self._last_dir_scan = 0.0
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.listener = tcp.listen(cfg.bind_addr, cfg.listen_port)
+        self.listener.setblocking(False)
+        self.log.info("oriond %d listening on %s:%d; backend %s", os.getpid(), cfg.bind_addr,
+                      cfg.listen_port, self.backend.describe())
+        if cfg.enable_shm or cfg.enable_kvm:
+            self.log.info("serving shared-memory devices under %s (containers: %s, VMs: %s)",
+                          cfg.shm_path_base, "yes" if cfg.enable_shm else "no", "yes" if cfg.enable_kvm else "no")
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if self.on_ready:
+            self.on_ready()
+        try:
+            while not self.stopping:
+                self._scan_devices()
+                r, _, _ = select.select([self.listener], [], [], SCAN_INTERVAL)
+                if r:
+                    self._accept()
+                self._reap()
+        finally:
+            self.shutdown()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        for w in list(self.devices.values()):
+            stop_serving(w, "oriond stopped")
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.workers.pop(pid, None)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.log.info("oriond stopped")
+
+    # -- TCP ------------------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, peer = self.listener.accept()
+        except BlockingIOError:
+            return
+        sid = next(self.ids)
+        self.log.info("session %d: TCP connection from %s:%d", sid, *peer[:2])
+        pid = self._fork(lambda: self._tcp_worker(conn, sid, f"{peer[0]}:{peer[1]}"))
+        conn.close()
+        self.workers[pid] = Worker(pid, "tcp", time.monotonic())
+
+    def _tcp_worker(self, conn: socket.socket, sid: int, peer: str) -> None:
+        conn.setblocking(True)
+        stream = tcp.SocketStream(conn, name=f"tcp {peer}")
+        self._run_session(stream, sid, f"tcp {peer}")
+        stream.close()
+
+    # -- shared memory --------------------------------------------------------------------------
+
+    def _scan_devices(self) -> None:
+        cfg = self.cfg
+        if not (cfg.enable_shm or cfg.enable_kvm):
+            return
+        now = time.monotonic()
+        if now - self._last_dir_scan > RESCAN_DIR_INTERVAL:
+            self._last_dir_scan = now
+            for path in list_devices(cfg.shm_path_base):
+                if path not in self.devices:
+                    w = open_for_serving(path)
+                    if w is None:
+                        continue
+                    if (w.dev.vm and not cfg.enable_kvm) or (not w.dev.vm and not cfg.enable_shm):
+                        w.dev.q[H_SERVER_EPOCH] = 0
+                        w.dev.close()
+                        continue
+                    self.devices[path] = w
+                    self.log.info("serving %s device %s (%d channels of %d KiB rings)",
+                                  "VM" if w.dev.vm else "container", path, w.dev.layout.nchannels,
+                                  w.dev.layout.ring_size >> 10)
+        for path, w in list(self.devices.items()):
+            gone = device_removed(w)
+            if gone:
+                self.log.warning("%s: %s; ending its sessions", path, gone)
+                stop_serving(w, gone)
+                self._kill_workers_of(w)
+                del self.devices[path]
+                continue
+            tick(w)
+            for ch, gen in pending_claims(w):
+                self._start_channel(w, ch, gen)
+
+    def _kill_workers_of(self, w: Watched, channel: int | None = None) -> None:
+        for pid, wk in list(self.workers.items()):
+            if wk.watched is w and (channel is None or wk.channel == channel):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+                self.workers.pop(pid, None)
+                w.workers.pop(wk.channel, None)
+
+    def _start_channel(self, w: Watched, ch: int, gen: int) -> None:
+        if ch in w.workers:
+            self.log.info("%s#%d: reclaimed by a new client; ending the previous session", w.path, ch)
+            self._kill_workers_of(w, ch)
+        sid = next(self.ids)
+        self.log.info("session %d: shared-memory channel %s#%d", sid, w.path, ch)
+        pid = self._fork(lambda: self._shm_worker(w, ch, gen, sid))
+        w.workers[ch] = (pid, gen)
+        self.workers[pid] = Worker(pid, "shm", time.monotonic(), w, ch, gen)
+
+    def _shm_worker(self, w: Watched, ch: int, gen: int, sid: int) -> None:
+        chan = ServerChannel(w.dev, ch, gen, vm=w.dev.vm)
+        stream = chan.start()
+        reason = self._run_session(stream, sid, f"shm {w.path}#{ch}")
+        chan.finish(f"session ended: {reason}")
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _fork(self, body: Callable[[], None]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                if self.listener is not None:
+                    self.listener.close()
+                body()
+            except BaseException:
+                self.log.exception("session worker %d crashed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        return pid
+
+    def _run_session(self, stream: object, sid: int, where: str) -> str:
+        slog = session_logger(self.cfg, sid, self.log)
+        slog.info("session %d over %s (worker pid %d)", sid, where, os.getpid())
+        session = Session(stream, self.backend, self.authorize, sid, slog,  # type: ignore[arg-type]
+                          throttle=self.cfg.enable_computation_throttle)
+        reason = session.run()
+        slog.info("session %d ended: %s", sid, reason)
+        self.log.info("session %d ended: %s", sid, reason)
+        return reason
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                return
+            if pid == 0:
+                return
+            wk = self.workers.pop(pid, None)
+            if wk is None:
+                continue
+            if os.waitstatus_to_exitcode(status) != 0:
+                self.log.warning("session worker %d (%s) exited abnormally (status %d)", pid, wk.kind,
+                                 os.waitstatus_to_exitcode(status))
+            if wk.watched is not None:
+                cur = wk.watched.workers.get(wk.channel)
+                if cur is not None and cur[0] == pid:
+                    del wk.watched.workers[wk.channel]
+                    c = wk.watched.dev.ctrl(wk.channel)
+                    if c[C_GEN] == wk.gen and c[C_STATE] in (CLAIMED, SERVING):
+                        wk.watched.dev.set_dead(wk.channel, "session worker ended unexpectedly")
+
+
+def run_daemon(config: ServerConfig, backend: Backend, authorize: Authorizer, log: logging.Logger,
+               on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT. Raises OrionError if the listener cannot start."""
+    try:
+        Daemon(config, backend, authorize, log, on_ready).run()
+    except OrionError:
+        raise

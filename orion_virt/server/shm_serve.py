@@ -1,0 +1,124 @@
+"""Server side of shared-memory devices: watching devices and serving one channel.
+
+The watcher (in oriond's main process) keeps the device header's server heartbeat ticking, notices
+newly claimed channels, devices that appear, and devices removed or replaced under it. A channel is
+served by a worker process; ``serve_channel_stream`` builds that worker's stream.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DeviceError, TransportClosed
+from ..transport.ring import Ring, RingStream
+from ..transport.shmdev import (
+    C_CLIENT_BEAT, C_GEN, C_REQ_HEAD, C_REQ_TAIL, C_RESP_HEAD, C_RESP_TAIL, C_SERVED_GEN, C_STATE,
+    CLAIMED, CLOSED, DEAD, H_SERVER_BEAT, H_SERVER_EPOCH, H_SERVER_PID, SERVING, Device,
+)
+
+CLIENT_TIMEOUT_S = 10.0
+
+
+class ServerChannel:
+    """The worker's view of channel ``index`` for generation ``gen``."""
+
+    def __init__(self, dev: Device, index: int, gen: int, vm: bool) -> None:
+        self.dev = dev
+        self.index = index
+        self.gen = gen
+        self.vm = vm
+        self.ctrl = dev.ctrl(index)
+        self._beat = (self.ctrl[C_CLIENT_BEAT], time.monotonic())
+
+    def start(self) -> RingStream:
+        c = self.ctrl
+        c[C_REQ_HEAD] = c[C_REQ_TAIL] = c[C_RESP_HEAD] = c[C_RESP_TAIL] = 0
+        c[C_SERVED_GEN] = self.gen
+        c[C_STATE] = SERVING
+        req, resp = self.dev.rings(self.index)
+        rx = Ring(req, c, C_REQ_HEAD, C_REQ_TAIL)
+        tx = Ring(resp, c, C_RESP_HEAD, C_RESP_TAIL)
+        return RingStream(tx, rx, check=self.check, name=f"shm {self.dev.path}#{self.index}", max_sleep=0.01)
+
+    def check(self) -> None:
+        c = self.ctrl
+        if c[C_GEN] != self.gen:
+            raise TransportClosed("channel reclaimed by a new client")
+        state = c[C_STATE]
+        if state == CLOSED:
+            raise TransportClosed("client released the channel")
+        if state == DEAD:
+            raise TransportClosed(self.dev.reason(self.index) or "channel marked dead")
+        if not self.vm:
+            if not self.dev.owner_alive(self.index):
+                raise TransportClosed("client process is gone (its channel lock was released)")
+            return
+        beat = c[C_CLIENT_BEAT]
+        now = time.monotonic()
+        if beat != self._beat[0]:
+            self._beat = (beat, now)
+        elif now - self._beat[1] > CLIENT_TIMEOUT_S:
+            raise TransportClosed(f"client heartbeat stopped for {CLIENT_TIMEOUT_S:.0f} s")
+
+    def finish(self, reason: str) -> None:
+        if self.ctrl[C_GEN] == self.gen and self.ctrl[C_STATE] == SERVING:
+            self.dev.set_dead(self.index, reason[:63])
+
+
+@dataclass
+class Watched:
+    path: Path
+    dev: Device
+    inode: tuple[int, int]
+    workers: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """channel -> (worker pid, generation)"""
+
+
+def device_removed(w: Watched) -> str | None:
+    try:
+        st = os.stat(w.path)
+    except FileNotFoundError:
+        return "device was removed on the host"
+    if (st.st_dev, st.st_ino) != w.inode:
+        return "device was replaced on the host"
+    if st.st_size != w.dev.layout.size:
+        return "device was resized on the host"
+    return None
+
+
+def open_for_serving(path: Path) -> Watched | None:
+    """Map ``path`` for serving; None if it is not (yet) a valid Orion device."""
+    try:
+        dev = Device(path)
+    except DeviceError:
+        return None
+    dev.q[H_SERVER_PID] = os.getpid()
+    dev.q[H_SERVER_EPOCH] = int(time.time() * 1000) | 1
+    return Watched(path, dev, dev.inode)
+
+
+def tick(w: Watched) -> None:
+    w.dev.q[H_SERVER_BEAT] = w.dev.q[H_SERVER_BEAT] + 1
+
+
+def pending_claims(w: Watched) -> list[tuple[int, int]]:
+    """(channel, generation) pairs claimed by a client and not yet served at that generation."""
+    out = []
+    for i in range(w.dev.layout.nchannels):
+        c = w.dev.ctrl(i)
+        if c[C_STATE] == CLAIMED:
+            gen = c[C_GEN]
+            cur = w.workers.get(i)
+            if cur is None or cur[1] != gen:
+                out.append((i, gen))
+    return out
+
+
+def stop_serving(w: Watched, reason: str) -> None:
+    for i in range(w.dev.layout.nchannels):
+        if w.dev.state(i) in (CLAIMED, SERVING):
+            w.dev.set_dead(i, reason[:63])
+    w.dev.q[H_SERVER_EPOCH] = 0

@@ -1,0 +1,1 @@
+"""Byte carriers: shared-memory rings (device files and ivshmem BARs) and TCP."""

@@ -1,0 +1,121 @@
+"""The byte-stream interface every transport implements, and the waiting policy.
+
+A ``Stream`` is a reliable, ordered, bidirectional byte stream between one client and one server
+session. Framing belongs to ``orion_virt.wire``; streams only move bytes. Bulk data moves in
+chunks through ``send_chunks``/``recv_chunks`` so that both sides work at once and a transport
+with shared memory can hand out zero-copy views.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Callable, Iterator
+
+from ..errors import TransportTimeout
+
+CHUNK = 1 << 20
+
+
+class Stream(ABC):
+    """One end of a connection. Not thread-safe: one thread sends, one thread receives.
+
+    Failure modes: ``TransportClosed`` when the peer closed or died, ``TransportTimeout`` when a
+    wait exceeds ``timeout`` seconds (``None`` waits forever, still noticing peer death).
+    """
+
+    timeout: float | None = None
+    name: str = "stream"
+
+    @abstractmethod
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue or write all of ``data``; visible to the peer at the latest after ``flush``."""
+
+    def flush(self) -> None:
+        """Make everything sent so far visible to the peer."""
+
+    @abstractmethod
+    def recv_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes."""
+
+    @abstractmethod
+    def recv_chunks(self, n: int) -> Iterator[memoryview]:
+        """Yield read-only views totalling ``n`` bytes; each is valid only until the next one."""
+
+    @abstractmethod
+    def send_chunks(self, n: int) -> Iterator[memoryview]:
+        """Yield writable views totalling ``n`` bytes that the caller fills completely, in order."""
+
+    def recv_into(self, view: memoryview) -> None:
+        pos = 0
+        for chunk in self.recv_chunks(len(view)):
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+
+    def send_from(self, view: memoryview) -> None:
+        pos = 0
+        for chunk in self.send_chunks(len(view)):
+            chunk[:] = view[pos:pos + len(chunk)]
+            pos += len(chunk)
+
+    def discard(self, n: int) -> None:
+        for _ in self.recv_chunks(n):
+            pass
+
+    @abstractmethod
+    def close(self) -> None:
+        """Tell the peer, release resources. Idempotent."""
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backoff:
+    """Spin, then yield, then sleep with growing pauses up to ``max_sleep``.
+
+    Waiting costs ~a core only for the first ``spin_s`` seconds; an idle waiter ends up waking
+    ``1/max_sleep`` times a second. ``check`` runs every few hundred microseconds of waiting and
+    may raise (peer death, device removed). ``deadline`` (monotonic) raises TransportTimeout.
+    """
+
+    __slots__ = ("spin_s", "max_sleep", "check", "deadline", "start", "n", "next_check", "what")
+
+    def __init__(
+        self, check: Callable[[], None] | None = None, timeout: float | None = None,
+        spin_s: float = 50e-6 * 20, max_sleep: float = 0.005, what: str = "peer",
+    ) -> None:
+        self.spin_s = spin_s
+        self.max_sleep = max_sleep
+        self.check = check
+        now = time.monotonic()
+        self.start = now
+        self.deadline = None if timeout is None else now + timeout
+        self.n = 0
+        self.next_check = now + 0.0005
+        self.what = what
+
+    def wait(self) -> None:
+        self.n += 1
+        if self.n & 63:
+            return
+        now = time.monotonic()
+        idle = now - self.start
+        if now >= self.next_check:
+            self.next_check = now + (0.0005 if idle < 0.01 else 0.02)
+            if self.check is not None:
+                self.check()
+            if self.deadline is not None and now > self.deadline:
+                raise TransportTimeout(f"timed out waiting for {self.what}")
+        if idle < self.spin_s:
+            return
+        if idle < 0.002:
+            time.sleep(0)
+        elif idle < 0.05:
+            time.sleep(0.00005)
+        elif idle < 1.0:
+            time.sleep(min(0.001, self.max_sleep))
+        else:
+            time.sleep(self.max_sleep)

@@ -1,0 +1,170 @@
+"""A single-producer single-consumer byte ring over shared memory, and a Stream built from two.
+
+Layout of one ring: a power-of-two data area plus two 64-bit counters (``head``: bytes ever
+written, ``tail``: bytes ever read), each on its own cache line in a control page. Only the
+producer writes ``head``, only the consumer writes ``tail``; on x86-64 (TSO) an aligned 8-byte
+store is atomic and stores are not reordered with earlier stores, so data written before a
+``head`` update is visible once the new ``head`` is.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from ..errors import TransportClosed
+from .base import CHUNK, Backoff, Stream
+
+
+class Ring:
+    """One direction. ``ctrl`` is a 'Q'-cast memoryview; ``head_i``/``tail_i`` index it."""
+
+    __slots__ = ("buf", "ctrl", "head_i", "tail_i", "size", "mask", "head", "tail", "limit")
+
+    def __init__(self, buf: memoryview, ctrl: memoryview, head_i: int, tail_i: int) -> None:
+        size = len(buf)
+        if size & (size - 1) or size < 4096:
+            raise ValueError("ring size must be a power of two >= 4096")
+        self.buf = buf
+        self.ctrl = ctrl
+        self.head_i = head_i
+        self.tail_i = tail_i
+        self.size = size
+        self.mask = size - 1
+        self.head = ctrl[head_i]
+        self.tail = ctrl[tail_i]
+        self.limit = self.tail + size
+
+    def reset(self) -> None:
+        self.ctrl[self.head_i] = 0
+        self.ctrl[self.tail_i] = 0
+        self.head = self.tail = 0
+        self.limit = self.size
+
+
+class RingStream(Stream):
+    """A Stream from a transmit ring (we produce) and a receive ring (we consume).
+
+    ``check`` is called periodically while waiting and raises TransportError when the peer is
+    gone, so a wait never hangs on a dead peer.
+    """
+
+    def __init__(
+        self, tx: Ring, rx: Ring, check: Callable[[], None] | None = None,
+        timeout: float | None = None, name: str = "shm", max_sleep: float = 0.005,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.tx = tx
+        self.rx = rx
+        self.check = check
+        self.timeout = timeout
+        self.name = name
+        self.max_sleep = max_sleep
+        self._on_close = on_close
+        self._closed = False
+
+    # -- producer side ---------------------------------------------------------------------
+
+    def _room(self, want: int) -> int:
+        """Bytes writable now (at most ``want``, at least 1), waiting for the consumer if needed."""
+        tx = self.tx
+        room = tx.limit - tx.head
+        if room >= want:
+            return want
+        ctrl, ti = tx.ctrl, tx.tail_i
+        tx.limit = ctrl[ti] + tx.size
+        room = tx.limit - tx.head
+        if room > 0:
+            return min(room, want)
+        if self._closed:
+            raise TransportClosed(f"{self.name}: closed")
+        bo = Backoff(self.check, self.timeout, max_sleep=self.max_sleep, what=f"{self.name} peer to read")
+        while True:
+            bo.wait()
+            tx.limit = ctrl[ti] + tx.size
+            room = tx.limit - tx.head
+            if room > 0:
+                return min(room, want)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        tx = self.tx
+        n = len(data)
+        if n <= tx.limit - tx.head:
+            pos = tx.head & tx.mask
+            end = pos + n
+            if end <= tx.size:
+                tx.buf[pos:end] = data
+                tx.head += n
+                tx.ctrl[tx.head_i] = tx.head
+                return
+        mv = memoryview(data).cast("B")
+        off = 0
+        while off < n:
+            k = self._room(min(n - off, CHUNK))
+            pos = tx.head & tx.mask
+            k = min(k, tx.size - pos)
+            tx.buf[pos:pos + k] = mv[off:off + k]
+            off += k
+            tx.head += k
+            tx.ctrl[tx.head_i] = tx.head
+
+    def send_chunks(self, n: int) -> Iterator[memoryview]:
+        tx = self.tx
+        while n > 0:
+            k = self._room(min(n, CHUNK))
+            pos = tx.head & tx.mask
+            k = min(k, tx.size - pos)
+            yield tx.buf[pos:pos + k]
+            tx.head += k
+            tx.ctrl[tx.head_i] = tx.head
+            n -= k
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def _avail(self, want: int) -> int:
+        rx = self.rx
+        ctrl, hi = rx.ctrl, rx.head_i
+        avail = ctrl[hi] - rx.tail
+        if avail > 0:
+            return min(avail, want)
+        bo = Backoff(self.check, self.timeout, max_sleep=self.max_sleep, what=f"{self.name} peer to write")
+        while True:
+            bo.wait()
+            avail = ctrl[hi] - rx.tail
+            if avail > 0:
+                return min(avail, want)
+
+    def wait_readable(self, extra_check: Callable[[], None] | None = None) -> None:
+        """Block until at least one byte can be read (used by idle server sessions)."""
+        self._avail(1)
+
+    def recv_exact(self, n: int) -> bytes:
+        rx = self.rx
+        tail = rx.tail
+        if rx.ctrl[rx.head_i] - tail >= n:
+            pos = tail & rx.mask
+            end = pos + n
+            if end <= rx.size:
+                out = bytes(rx.buf[pos:end])
+                rx.tail = tail + n
+                rx.ctrl[rx.tail_i] = rx.tail
+                return out
+        out = bytearray(n)
+        self.recv_into(memoryview(out))
+        return bytes(out)
+
+    def recv_chunks(self, n: int) -> Iterator[memoryview]:
+        rx = self.rx
+        while n > 0:
+            k = self._avail(min(n, CHUNK))
+            pos = rx.tail & rx.mask
+            k = min(k, rx.size - pos)
+            yield rx.buf[pos:pos + k].toreadonly()
+            rx.tail += k
+            rx.ctrl[rx.tail_i] = rx.tail
+            n -= k
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                self._on_close()

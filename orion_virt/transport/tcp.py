@@ -1,0 +1,141 @@
+"""TCP transport: a Stream over a connected socket (TCP_NODELAY, small sends coalesced until flush)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Iterator
+
+from ..errors import TransportClosed, TransportError, TransportTimeout
+from .base import CHUNK, Stream
+
+_COALESCE = 64 << 10
+
+
+class SocketStream(Stream):
+    """Stream over a connected SOCK_STREAM socket (TCP, or a socketpair in tests)."""
+
+    def __init__(self, sock: socket.socket, timeout: float | None = None, name: str = "tcp") -> None:
+        self.sock = sock
+        self.name = name
+        self._out: list[bytes] = []
+        self._out_len = 0
+        self._buf = bytearray(CHUNK)
+        self._closed = False
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.set_timeout(timeout)
+
+    def set_timeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
+
+    def _fail(self, e: OSError) -> TransportError:
+        if isinstance(e, socket.timeout):
+            return TransportTimeout(f"{self.name}: timed out after {self.timeout} s")
+        return TransportClosed(f"{self.name}: connection lost ({e.strerror or e})")
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) >= _COALESCE:
+            self.flush()
+            self._sendall(data)
+            return
+        self._out.append(bytes(data))
+        self._out_len += len(data)
+        if self._out_len >= _COALESCE:
+            self.flush()
+
+    def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise TransportClosed(f"{self.name}: closed")
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise self._fail(e) from None
+
+    def flush(self) -> None:
+        if self._out:
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            self._out_len = 0
+            self._sendall(data)
+
+    def _recv_into(self, view: memoryview) -> None:
+        pos, n = 0, len(view)
+        try:
+            while pos < n:
+                got = self.sock.recv_into(view[pos:])
+                if got == 0:
+                    raise TransportClosed(f"{self.name}: peer closed the connection")
+                pos += got
+        except OSError as e:
+            raise self._fail(e) from None
+
+    def recv_exact(self, n: int) -> bytes:
+        if n <= len(self._buf):
+            view = memoryview(self._buf)[:n]
+            self._recv_into(view)
+            return bytes(view)
+        out = bytearray(n)
+        self._recv_into(memoryview(out))
+        return bytes(out)
+
+    def recv_into(self, view: memoryview) -> None:
+        self._recv_into(view.cast("B") if view.format != "B" else view)
+
+    def recv_chunks(self, n: int) -> Iterator[memoryview]:
+        buf = memoryview(self._buf)
+        while n > 0:
+            k = min(n, len(buf))
+            self._recv_into(buf[:k])
+            yield buf[:k].toreadonly()
+            n -= k
+
+    def send_chunks(self, n: int) -> Iterator[memoryview]:
+        self.flush()
+        buf = memoryview(self._buf)
+        while n > 0:
+            k = min(n, len(buf))
+            yield buf[:k]
+            self._sendall(buf[:k])
+            n -= k
+
+    def send_from(self, view: memoryview) -> None:
+        self.flush()
+        self._sendall(view)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        except TransportError:
+            pass
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect(addr: str, timeout: float = 5.0) -> SocketStream:
+    """Connect to ``HOST:PORT``. Raises TransportError naming the address on failure."""
+    host, _, port = addr.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as e:
+        raise TransportError(f"cannot connect to oriond at {addr}: {e.strerror or e}") from None
+    return SocketStream(sock, timeout=None, name=f"tcp {addr}")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEADDR. Raises TransportError naming the address."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
