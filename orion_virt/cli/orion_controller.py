@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError, ControllerError, OrionError
 from ..controller.store import DEFAULT_SQLITE_PATH
+from ..errors import ConfigError, ControllerError, OrionError
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}

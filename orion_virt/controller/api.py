@@ -1,4 +1,4 @@
-"""HTTP/JSON API of the controller on ``http.server.ThreadingHTTPServer``; see docs/controller-api.md.
+"""HTTP/JSON API of the controller (stdlib ``ThreadingHTTPServer``); see docs/controller-api.md.
 
 Errors answer ``{"error": message, "field": name?}`` with 400 (bad JSON or field), 404 (unknown
 node/allocation/path), 405, 409 (pool cannot satisfy the request), 413, 503 (store unreachable).

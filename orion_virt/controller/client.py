@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
-from .exceptions import (AllocationError, BadRequest, ControllerError, ControllerUnreachable,
-                         NotFound)
+from .exceptions import (
+    AllocationError,
+    BadRequest,
+    ControllerError,
+    ControllerUnreachable,
+    NotFound,
+)
 from .model import AllocationRequest
 
 __all__ = [

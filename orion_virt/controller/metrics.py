@@ -37,7 +37,8 @@ def render(c: Controller) -> str:
     lines: list[str] = []
     lines += _family("orion_vgpus_total", "gauge", "vGPUs on up nodes.",
                      [({}, summ["total_vgpus"])])
-    lines += _family("orion_vgpus_free", "gauge", "Default-sized vGPUs that can still be allocated.",
+    lines += _family("orion_vgpus_free", "gauge",
+                     "Default-sized vGPUs that can still be allocated.",
                      [({}, summ["free_vgpus"])])
     lines += _family("orion_allocations", "gauge", "Live allocations (running tasks).",
                      [({}, summ["allocations"])])

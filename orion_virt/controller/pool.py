@@ -246,9 +246,9 @@ def allocate(state: PoolState, req: AllocationRequest, now: float, policy: Polic
     """Place ``req`` on up nodes and record the allocation, or raise ``AllocationError``
     (single-GPU memory exceeded, more than one node holds, pool exhausted).
 
-    Expired leases and silent nodes are reaped first (bounded like ``reap``). Without ``cross_node`` all vGPUs land on
-    one node; in every case on as few GPUs as memory, ratio and slots allow, preferring the
-    tightest fit so large requests keep finding empty GPUs.
+    Expired leases and silent nodes are reaped first (bounded like ``reap``). Without
+    ``cross_node`` all vGPUs land on one node; in every case on as few GPUs as memory, ratio
+    and slots allow, preferring the tightest fit so large requests keep finding empty GPUs.
     """
     req.validate()
     reap(state, now, policy)

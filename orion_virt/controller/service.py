@@ -15,8 +15,15 @@ from typing import Any, Callable
 
 from . import pool
 from .exceptions import AllocationError, ControllerError, NotFound
-from .model import (API_VERSION, DATA_VERSION, Allocation, AllocationRequest, Node, PoolState,
-                    parse_registration)
+from .model import (
+    API_VERSION,
+    DATA_VERSION,
+    Allocation,
+    AllocationRequest,
+    Node,
+    PoolState,
+    parse_registration,
+)
 from .store import Store
 from .token import Grant, VGpuQuota, issue_token
 

@@ -94,5 +94,5 @@ class Store(ABC):
                 raise StoreError(f"{self.describe()}: gave up after {attempt} conflicting updates")
             time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release resources; the default holds none between calls."""

@@ -49,7 +49,7 @@ class EtcdStore(Store):
                                      headers={"Content-Type": "application/json"}, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+                reply = json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
             raise StoreError(f"etcd {self.url} /v3/{path}: HTTP {e.code}: {detail}") from None
@@ -58,6 +58,9 @@ class EtcdStore(Store):
             raise StoreError(f"cannot reach etcd at {self.url}: {reason}") from None
         except ValueError:
             raise StoreError(f"etcd {self.url} /v3/{path}: reply is not JSON") from None
+        if not isinstance(reply, dict):
+            raise StoreError(f"etcd {self.url} /v3/{path}: unexpected reply {reply!r:.100}")
+        return reply
 
     def _begin(self) -> tuple[dict[str, str], Any]:
         got = self.call("kv/range", {"key": _b64(self.prefix),

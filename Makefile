@@ -1,0 +1,51 @@
+# Two set-up commands, both for a fresh Debian 12 machine as root:
+#   make demo   installs what it needs and runs the whole path on the sim backend
+#   make test   installs what it needs (Debian packages for the integration tests too) and runs the suite
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-deps unit bench kernels clean python
+
+python:
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing python3-venv (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv python3-pip; }
+
+$(BIN)/python: | python
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.full: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[host,test,bench,cuda]'
+	touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/python -m orion_virt.demo
+
+test-deps:
+	sh scripts/install-test-deps.sh
+
+test: test-deps
+	$(MAKE) $(VENV)/.full
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.full
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(VENV)/.full
+	$(BIN)/orion-bench --out out/bench
+
+# Regenerate the checked-in kernels from their source (needs nvcc).
+kernels:
+	nvcc --ptx -arch=compute_80 -o orion_virt/kernels/test_kernels.ptx orion_virt/kernels/test_kernels.cu
+	nvcc --cubin -arch=sm_90 -o orion_virt/kernels/test_kernels.sm_90.cubin orion_virt/kernels/test_kernels.cu
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache out

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Install what the VM integration tests (tests/vmharness, tests/integration/test_vm_smoke.py)
+# need on a Debian 12 host: libvirt's monolithic daemon + QEMU (TCG), the guest-image build
+# tools, and libvirt-python in the project venv. Idempotent; needs root.
+#
+#   scripts/install-test-deps.sh [VENV]      (VENV defaults to ./.venv when it exists)
+#
+# libvirt-daemon-system is deliberately NOT installed: it pulls in the 'default' NAT network.
+# We create the libvirt-qemu user/group ourselves instead (see docs/testing-vms.md).
+set -eu
+
+PKGS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+busybox-static cpio libvirt-dev pkg-config debootstrap \
+etcd-server iproute2 util-linux python3-venv python3-dev gcc procps"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps.sh: must run as root" >&2
+    exit 1
+fi
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+getent group libvirt-qemu >/dev/null || addgroup --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || adduser --system --ingroup libvirt-qemu \
+    --home /var/lib/libvirt --no-create-home --disabled-password libvirt-qemu
+
+VENV="${1:-}"
+if [ -z "$VENV" ] && [ -x ./.venv/bin/python ]; then VENV=./.venv; fi
+if [ -n "$VENV" ]; then
+    "$VENV/bin/python" -c 'import libvirt' 2>/dev/null || "$VENV/bin/pip" install -q 'libvirt-python>=9.0'
+fi

@@ -1,0 +1,74 @@
+"""install-hook / uninstall-hook in a temporary hooks directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orion_virt.errors import HostError
+from orion_virt.host.hookinstall import install_hook, is_orion_hook, shim_text, uninstall_hook
+
+USER_HOOK = "#!/bin/sh\n# the user's own hook\nexit 0\n"
+
+
+def test_fresh_install(tmp_path: Path) -> None:
+    r = install_hook(tmp_path, "/opt/venv/bin/python")
+    target = tmp_path / "qemu.d" / "orion-virt"
+    assert r.installed == target
+    assert target.read_text() == shim_text("/opt/venv/bin/python")
+    assert target.read_text().startswith("#!/opt/venv/bin/python\n")
+    assert (target.stat().st_mode & 0o777) == 0o755
+    assert not (tmp_path / "qemu").exists()
+    assert any("SIGHUP" in a for a in r.actions)
+
+
+def test_user_hook_is_kept_untouched(tmp_path: Path) -> None:
+    user = tmp_path / "qemu"
+    user.write_text(USER_HOOK)
+    os.chmod(user, 0o750)
+    r = install_hook(tmp_path, "/usr/bin/python3")
+    assert user.read_text() == USER_HOOK and (user.stat().st_mode & 0o777) == 0o750
+    assert any("kept your hook" in a for a in r.actions)
+    assert is_orion_hook(tmp_path / "qemu.d" / "orion-virt") and not is_orion_hook(user)
+    uninstall_hook(tmp_path)
+    assert user.read_text() == USER_HOOK and not (tmp_path / "qemu.d" / "orion-virt").exists()
+
+
+def test_idempotent_and_python_change(tmp_path: Path) -> None:
+    install_hook(tmp_path, "/a/python")
+    r = install_hook(tmp_path, "/a/python")
+    assert "already installed" in r.actions[0]
+    install_hook(tmp_path, "/b/python")
+    assert (tmp_path / "qemu.d" / "orion-virt").read_text().startswith("#!/b/python\n")
+    assert [p.name for p in (tmp_path / "qemu.d").iterdir()] == ["orion-virt"]
+
+
+def test_legacy_orion_hook_at_qemu_is_moved(tmp_path: Path) -> None:
+    (tmp_path / "qemu").write_text(shim_text("/usr/bin/python3"))
+    r = install_hook(tmp_path, "/usr/bin/python3")
+    assert not (tmp_path / "qemu").exists()
+    assert any("removed Orion's old" in a for a in r.actions)
+
+
+def test_existing_user_scripts_in_qemu_d_are_kept(tmp_path: Path) -> None:
+    d = tmp_path / "qemu.d"
+    d.mkdir()
+    (d / "10-user").write_text(USER_HOOK)
+    install_hook(tmp_path)
+    assert sorted(p.name for p in d.iterdir()) == ["10-user", "orion-virt"]
+    assert uninstall_hook(tmp_path) == [f"removed {d / 'orion-virt'}"]
+    assert (d / "10-user").read_text() == USER_HOOK
+
+
+def test_refuses_symlink_target(tmp_path: Path) -> None:
+    d = tmp_path / "qemu.d"
+    d.mkdir()
+    (d / "orion-virt").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(HostError, match="not a regular file"):
+        install_hook(tmp_path)
+
+
+def test_uninstall_nothing(tmp_path: Path) -> None:
+    assert "no Orion hook" in uninstall_hook(tmp_path)[0]
