@@ -1,0 +1,238 @@
+"""One conformance suite run against every transport (in the spirit of trio's check_two_way_stream).
+
+Each case gets a real pair: the local end in this process, the peer in a forked child process —
+a TCP loopback connection, or a channel of a real shared-memory device file, with the local end
+as the client or as the server. The peer runs a small script: echo, close, or hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from orion_virt.errors import TransportClosed, TransportTimeout
+from orion_virt.transport import shmdev
+from orion_virt.transport.base import Stream
+from orion_virt.transport.shmdev import Device, claim_channel, format_device
+from orion_virt.transport.tcp import SocketStream
+from orion_virt.server.shm_serve import ServerChannel, open_for_serving, pending_claims, tick
+
+CTX = mp.get_context("fork")
+LEN = struct.Struct("<I")
+
+
+def peer_script(stream: Stream, role: str, on_close: Callable[[], None]) -> None:
+    if role == "close":
+        time.sleep(0.3)  # let the other end finish connecting first
+        on_close()
+        return
+    if role == "hang":
+        time.sleep(3600)
+    while True:
+        (n,) = LEN.unpack(stream.recv_exact(4))
+        if n == 0:
+            on_close()
+            return
+        stream.send(LEN.pack(n))
+        for chunk in stream.recv_chunks(n):
+            stream.send(bytes(chunk))
+        stream.flush()
+
+
+def _ticker(w: shmdev.Device, stop: threading.Event) -> None:
+    while not stop.wait(0.02):
+        w.q[shmdev.H_SERVER_BEAT] += 1
+
+
+def _serve_one(path: Path, stop: threading.Event) -> tuple[Stream, ServerChannel]:
+    w = open_for_serving(path)
+    assert w is not None
+    threading.Thread(target=_ticker, args=(w.dev, stop), daemon=True).start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        claims = pending_claims(w)
+        if claims:
+            ch, gen = claims[0]
+            chan = ServerChannel(w.dev, ch, gen, vm=False)
+            return chan.start(), chan
+        time.sleep(0.002)
+    raise AssertionError("no client claimed a channel")
+
+
+def _client(path: Path) -> Stream:
+    deadline = time.monotonic() + 10
+    while True:
+        dev = Device(path)
+        if dev.q[shmdev.H_SERVER_EPOCH]:
+            return claim_channel(dev).stream()
+        dev.close()
+        if time.monotonic() > deadline:
+            raise AssertionError("device never served")
+        time.sleep(0.005)
+
+
+class Pair:
+    def __init__(self, local: Stream, proc: mp.process.BaseProcess, cleanup: Callable[[], None]) -> None:
+        self.local = local
+        self.proc = proc
+        self._cleanup = cleanup
+
+    def kill_peer(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        self.proc.join(5)
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.kill_peer()
+        self._cleanup()
+
+
+def make_pair(kind: str, role: str, tmp: Path) -> Pair:
+    if kind == "tcp":
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        port = lsock.getsockname()[1]
+
+        def child() -> None:
+            s = SocketStream(socket.create_connection(("127.0.0.1", port)))
+            peer_script(s, role, s.close)
+
+        proc = CTX.Process(target=child, daemon=True)
+        proc.start()
+        conn, _ = lsock.accept()
+        lsock.close()
+        local = SocketStream(conn)
+        return Pair(local, proc, local.close)
+
+    path = tmp / "orionsock7"
+    format_device(path, 2 << 20)
+    if kind == "shm-local-client":
+        def child() -> None:
+            stop = threading.Event()
+            s, chan = _serve_one(path, stop)
+            peer_script(s, role, lambda: chan.finish("peer closed"))
+
+        proc = CTX.Process(target=child, daemon=True)
+        proc.start()
+        local = _client(path)
+        return Pair(local, proc, local.close)
+
+    def child() -> None:
+        s = _client(path)
+        peer_script(s, role, s.close)
+
+    stop = threading.Event()
+    proc = CTX.Process(target=child, daemon=True)
+    proc.start()
+    local, _chan = _serve_one(path, stop)
+    return Pair(local, proc, stop.set)
+
+
+KINDS = ["tcp", "shm-local-client", "shm-local-server"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def echo(kind: str, tmp_path: Path) -> Iterator[Stream]:
+    pair = make_pair(kind, "echo", tmp_path)
+    yield pair.local
+    pair.close()
+
+
+def roundtrip(s: Stream, payload: bytes) -> bytes:
+    s.send(LEN.pack(len(payload)))
+    s.send(payload)
+    s.flush()
+    (n,) = LEN.unpack(s.recv_exact(4))
+    return s.recv_exact(n)
+
+
+def test_small_messages_arrive_in_order(echo: Stream) -> None:
+    for i in range(500):
+        s = echo
+        s.send(LEN.pack(4) + struct.pack("<I", i))
+    echo.flush()
+    for i in range(500):
+        assert echo.recv_exact(4) == LEN.pack(4)
+        assert struct.unpack("<I", echo.recv_exact(4))[0] == i
+
+
+def test_large_message_larger_than_the_ring_streams_both_ways(echo: Stream) -> None:
+    payload = os.urandom(1 << 16) * 96  # 6 MiB: several times a 1 MiB ring
+    got = bytearray()
+    sender = threading.Thread(target=lambda: (echo.send(LEN.pack(len(payload))), echo.send_from(memoryview(payload)), echo.flush()))
+    sender.start()
+    (n,) = LEN.unpack(echo.recv_exact(4))
+    for chunk in echo.recv_chunks(n):
+        got += chunk
+    sender.join()
+    assert n == len(payload) and bytes(got) == payload
+
+
+def test_send_chunks_and_recv_into(echo: Stream) -> None:
+    payload = bytes(range(256)) * 800  # fits in the smallest ring: no reader needed meanwhile
+    echo.send(LEN.pack(len(payload)))
+    pos = 0
+    for view in echo.send_chunks(len(payload)):
+        view[:] = payload[pos:pos + len(view)]
+        pos += len(view)
+    echo.flush()
+    (n,) = LEN.unpack(echo.recv_exact(4))
+    out = bytearray(n)
+    echo.recv_into(memoryview(out))
+    assert bytes(out) == payload
+
+
+def test_peer_death_is_noticed_not_a_hang(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shmdev, "SERVER_STALE_S", 1.0)
+    pair = make_pair(kind, "hang", tmp_path)
+    try:
+        time.sleep(0.1)
+        pair.kill_peer()
+        pair.local.timeout = 20
+        t0 = time.monotonic()
+        with pytest.raises(TransportClosed):
+            pair.local.recv_exact(4)
+        assert time.monotonic() - t0 < 10
+    finally:
+        pair.close()
+
+
+def test_orderly_close_by_peer(kind: str, tmp_path: Path) -> None:
+    pair = make_pair(kind, "close", tmp_path)
+    try:
+        pair.local.timeout = 20
+        with pytest.raises(TransportClosed):
+            pair.local.recv_exact(4)
+    finally:
+        pair.close()
+
+
+def test_receive_timeout(kind: str, tmp_path: Path) -> None:
+    pair = make_pair(kind, "hang", tmp_path)
+    try:
+        s = pair.local
+        if isinstance(s, SocketStream):
+            s.set_timeout(0.3)
+        else:
+            s.timeout = 0.3
+        t0 = time.monotonic()
+        with pytest.raises(TransportTimeout):
+            s.recv_exact(4)
+        assert 0.25 <= time.monotonic() - t0 < 5
+    finally:
+        pair.close()
