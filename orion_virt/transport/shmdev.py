@@ -323,6 +323,8 @@ def own_namespace_id() -> int:
 
 
 SERVER_STALE_S = 5.0
+NEW_DEVICE_GRACE_S = 1.0
+"""oriond looks for new devices twice a second: a just-created device may not be served yet."""
 
 
 class ClientChannel:
@@ -379,9 +381,12 @@ def claim_channel(dev: Device, *, check_tenants: bool = True, wait_s: float = 5.
     Raises DeviceError when the device is not served by oriond, is used by another container
     (a different mount namespace), or has no free channel; never waits longer than ``wait_s``.
     """
-    if dev.q[H_SERVER_EPOCH] == 0:
-        raise DeviceError(f"{dev.path}: no oriond is serving this device (start oriond with "
-                          "enable_shm=true; for VMs also enable_kvm=true)")
+    settle = time.monotonic() + min(wait_s, NEW_DEVICE_GRACE_S)
+    while dev.q[H_SERVER_EPOCH] == 0:
+        if time.monotonic() > settle:
+            raise DeviceError(f"{dev.path}: no oriond is serving this device (start oriond with "
+                              "enable_shm=true; for VMs also enable_kvm=true)")
+        time.sleep(0.01)
     me = own_namespace_id()
     if check_tenants and dev.lock_fd == dev.fd:
         for i in range(dev.layout.nchannels):

@@ -1,0 +1,159 @@
+"""The remoting path end to end with real processes: oriond (sim), orion-run, real shm files, loopback TCP."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.oriond_fixture import ROOT, Oriond
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def oriond(tmp_path: Path) -> Iterator[Oriond]:
+    o = Oriond(tmp_path).start()
+    yield o
+    o.stop()
+
+
+def client_log(o: Oriond) -> str:
+    return "\n".join(p.read_text() for p in sorted((o.home / ".orion" / "log").glob("client-*.log")))
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_demo_programs_over_each_transport(oriond: Oriond, tcp: bool) -> None:
+    oriond.device(1)
+    q = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), tcp=tcp)
+    assert q.returncode == 0, q.stderr
+    assert "Detected 2 CUDA Capable device(s)" in q.stdout
+    assert q.stdout.count("Total amount of global memory: 4096 MBytes") == 2
+    assert "VirtaiTech Resource. Build-cuda" in q.stderr
+    assert "Client exits with allocation ID" in q.stderr
+    v = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"), tcp=tcp)
+    assert v.returncode == 0, v.stderr
+    assert v.stdout.count("sum check: PASSED") == 2 and "Test PASSED" in v.stdout
+    log = client_log(oriond)
+    assert ("transport: TCP" in log) if tcp else ("transport: shm device" in log)
+
+
+def test_no_device_falls_back_to_tcp_and_says_why(oriond: Oriond) -> None:
+    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
+    assert r.returncode == 0, r.stderr
+    log = client_log(oriond)
+    assert f"transport: TCP to 127.0.0.1:{oriond.port} because shm_path_base {oriond.shm}" in log
+    assert "holds no Orion device: create one on the host with `orion-shm -i N`" in log
+
+
+def test_without_orion_vgpu_the_client_says_what_to_set(oriond: Oriond) -> None:
+    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), ORION_VGPU="")
+    assert r.returncode != 0
+    assert "ORION_VGPU is not set" in r.stderr
+    assert "Client exits without allocation ID" in r.stderr
+
+
+def test_unreachable_server_is_reported(tmp_path: Path) -> None:
+    o = Oriond(tmp_path)
+    o.port = 1  # nothing listens there
+    for d in (o.shm, o.logs, o.home):
+        d.mkdir(parents=True)
+    r = o.run("python3", str(ROOT / "examples" / "deviceQuery.py"), timeout=30)
+    assert r.returncode != 0
+    assert "Could not connect to server" in r.stderr
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from cuda.bindings import driver as cuda
+    assert cuda.cuInit(0)[0] == 0
+    err, dev = cuda.cuDeviceGet(0)
+    err, ctx = cuda.cuCtxCreate(None, 0, dev)
+    for _ in range(4):
+        err, p = cuda.cuMemAlloc(1 << 20)
+        assert err == 0
+    print("ready", flush=True)
+    while True:
+        err, = cuda.cuCtxSynchronize()
+        if err != 0:
+            print("error", int(err), flush=True)
+            sys.exit(3)
+        time.sleep(0.05)
+""")
+
+
+def test_killed_client_session_is_ended_and_its_memory_freed(oriond: Oriond, tmp_path: Path) -> None:
+    oriond.device(1)
+    prog = tmp_path / "hold.py"
+    prog.write_text(HOLD)
+    p = oriond.popen("python3", str(prog))
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    oriond.wait_log("client process is gone")
+    sessions = "".join(p.read_text() for p in (oriond.logs / "session").glob("*.log"))
+    assert "freed 4 allocation(s)" in sessions
+    # the channel is reusable by the next client
+    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"))
+    assert r.returncode == 0, r.stderr
+    assert "transport: shm device" in client_log(oriond)
+
+
+def test_device_removed_under_a_running_client_is_an_error_not_a_hang(oriond: Oriond, tmp_path: Path) -> None:
+    dev = oriond.device(1)
+    prog = tmp_path / "hold.py"
+    prog.write_text(HOLD)
+    p = oriond.popen("python3", str(prog))
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    dev.unlink()
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 3 and "error" in out
+    assert "device was removed on the host" in err
+    assert time.monotonic() - t0 < 15
+    oriond.wait_log("device was removed on the host; ending its sessions")
+
+
+def test_server_stop_is_noticed_by_a_waiting_client(oriond: Oriond, tmp_path: Path) -> None:
+    oriond.device(1)
+    prog = tmp_path / "hold.py"
+    prog.write_text(HOLD)
+    p = oriond.popen("python3", str(prog))
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    oriond.stop()
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 3
+    assert "oriond stopped" in err or "lost the connection" in err
+
+
+def test_several_applications_share_one_device_on_separate_channels(oriond: Oriond, tmp_path: Path) -> None:
+    oriond.device(1, size_mib=32)
+    prog = tmp_path / "hold.py"
+    prog.write_text(HOLD)
+    procs = [oriond.popen("python3", str(prog)) for _ in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        log = client_log(oriond)
+        channels = {ln.rsplit("channel", 1)[-1].strip() for ln in log.splitlines() if "transport: shm device" in ln}
+        assert channels == {"0", "1", "2"}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+
+
+def test_bad_server_config_names_file_section_and_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    conf = tmp_path / "server.conf"
+    conf.write_text("[server]\n    listen_port = 9960\n    enable_shmm = true\n")
+    r = subprocess.run([str(Path(sys.executable).parent / "oriond"), "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"{conf}: [server] unknown key 'enable_shmm'" in r.stderr
