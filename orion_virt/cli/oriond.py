@@ -36,12 +36,18 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
     Clients reach it over shared-memory devices under shm_path_base (create them with
     orion-shm; the libvirt hook prepares them for VMs) or over TCP on bind_addr:listen_port.
     Logs go to /var/log/orion/server.log and /var/log/orion/session/<id>.log.
+    With [controller] controller_addr set, only sessions with an allocation token of that
+    Orion Controller are accepted, and this server's GPUs are registered there (heartbeats;
+    deregistered on a clean stop). Without it, sessions get what they ask for (direct mode).
     """
-    from ..server.authorize import build_authorizer
+    import logging
+
+    from ..server.authorize import build_authorizer, make_registrar
     from ..server.daemon import run_daemon
     from ..server.logs import setup_server_logging
     from ..server.select_backend import select_backend
 
+    registrar = None
     try:
         cfg = load_server_config(config_path, {
             "backend": backend, "bind_addr": bind_addr, "listen_port": listen_port,
@@ -52,15 +58,28 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
         log.info("configuration from %s", cfg.source)
         be = select_backend(cfg, log, sim_gpus, sim_memory)
         authorize = build_authorizer(cfg, be, log)
+        registrar = make_registrar(cfg, be)
+        if registrar is not None:
+            reg_log = logging.getLogger("orion_virt.controller.registration")
+            reg_log.handlers[:] = log.handlers
+            reg_log.propagate = False
+            reg_log.setLevel(logging.INFO)
 
         def ready() -> None:
             if pid_file:
                 pid_file.write_text(f"{os.getpid()}\n")
+            if registrar is not None:  # only once clients can reach us
+                log.info("registering node %s (%s) with the Orion Controller %s",
+                         registrar.node_info.node_id, registrar.node_info.address,
+                         cfg.controller_addr)
+                registrar.start()
 
         run_daemon(cfg, be, authorize, log, ready)
     except OrionError as e:
         click.echo(f"oriond: {e}", err=True)
         sys.exit(e.exit_code)
     finally:
+        if registrar is not None and registrar.is_alive():
+            registrar.stop(deregister=True)
         if pid_file and pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()

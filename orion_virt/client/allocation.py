@@ -1,16 +1,27 @@
 """What the client asks for and gets: vGPUs from the controller, or a direct grant.
 
-With ``ORION_CONTROLLER``/``controller_addr`` set, the controller allocates the vGPUs and issues a
-token the server checks. Without it ("direct mode", for a single host before a controller is set
-up) the client names its server with ``ORION_SERVER`` (default 127.0.0.1:9960) and the server
-grants what the HELLO asks for within its own GPUs.
+With ``ORION_CONTROLLER``/``controller_addr`` set, the controller allocates the vGPUs (exclusive,
+leased) and issues a token per node that the server checks; the client renews the lease every
+``lease_seconds / 3`` (:class:`Renewer`) and releases it at exit. Without it ("direct mode", for
+a single host before a controller is set up) the client names its server with ``ORION_SERVER``
+(default 127.0.0.1:9960) and the server grants what the HELLO asks for within its own GPUs.
+
+One application talks to one Orion Server: an allocation whose vGPUs span several nodes
+(possible with ``ORION_CROSS_NODE=1``) is released and refused with a message saying so.
+
+Messages follow the seeds: an unreachable controller prints ``Could not connect to server`` and
+``Fail to get version information from Orion Controller.``; a refused request prints the reason
+(the exit line is then ``Client exits without allocation ID``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ..config import ClientConfig
 from ..errors import AllocationError, ConfigError, ControllerError
@@ -25,6 +36,27 @@ class Grant:
     token: str = ""
     server_addr: str | None = None
     from_controller: bool = False
+    node_id: str = ""
+    lease_seconds: float = 0.0
+    vgpus: tuple[Any, ...] = field(default=(), compare=False)
+
+
+def _local_only(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host in ("localhost", "")
+    return ip.is_loopback or ip.is_unspecified
+
+
+def server_for(cfg: ClientConfig, registered: str) -> str:
+    """The TCP address to use for a node registered as ``registered``: that address, unless it
+    is loopback/unspecified (reachable only on the server's host) and this client names its
+    own view of the server (``ORION_SERVER``/``server_addr``, e.g. a VM's gateway)."""
+    host = registered.rpartition(":")[0]
+    if _local_only(host) and cfg.server_addr:
+        return cfg.server_addr
+    return registered
 
 
 def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
@@ -39,33 +71,135 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
                  grant.vgpu_count, grant.gmem_mib or "default", grant.ratio or "default")
         return grant
     from ..controller import client as ctl  # stdlib-only HTTP client
+    from ..controller.exceptions import ControllerUnreachable
 
+    addr = cfg.controller_addr
+    where = f"Orion Controller {addr} (from {cfg.origin('controller_addr')})"
     try:
-        ctl.get_version(cfg.controller_addr)
+        version = ctl.get_version(addr)
+    except ControllerUnreachable as e:
+        log.error("%s unreachable: %s", where, e)
+        raise ControllerError(f"{ctl.MSG_CONNECT}\n{ctl.MSG_VERSION}\n"
+                              f"{where}: {str(e).rpartition(': ')[2]}") from None
     except ControllerError as e:
-        log.error("controller %s unreachable: %s", cfg.controller_addr, e)
-        raise ControllerError(
-            f"Could not connect to server\nFail to get version information from Orion Controller. ({e})"
-        ) from None
+        log.error("%s answered no version: %s", where, e)
+        raise ControllerError(f"{ctl.MSG_VERSION}\n{where}: {e}") from None
+    log.info("%s: %s", where, version)
+    req = ctl.AllocationRequest(vgpu=cfg.vgpu, gmem_mib=cfg.gmem_mib, ratio=cfg.ratio,
+                                cross_node=cfg.cross_node, group_id=cfg.group_id)
     try:
-        alloc = ctl.allocate(cfg.controller_addr, ctl.AllocationRequest(
-            vgpu=cfg.vgpu, gmem_mib=cfg.gmem_mib, ratio=cfg.ratio, cross_node=cfg.cross_node,
-            group_id=cfg.group_id))
+        alloc = ctl.allocate(addr, req)
     except AllocationError as e:
         log.error("allocation refused: %s", e)
-        raise
-    log.info("allocation %s: %s", alloc.allocation_id, alloc)
-    return Grant(alloc.allocation_id, cfg.vgpu, alloc.gmem_mib, alloc.ratio, alloc.token,
-                 alloc.server_addr, True)
+        raise AllocationError(f"Orion Controller {addr} refused {cfg.vgpu} vGPU(s): {e}") from None
+    except ControllerUnreachable as e:
+        log.error("allocation failed: %s", e)
+        raise ControllerError(f"{ctl.MSG_CONNECT}\n{where}: allocation failed: {e}") from None
+    except ControllerError as e:
+        log.error("allocation failed: %s", e)
+        raise ControllerError(f"Orion Controller {addr} could not allocate {cfg.vgpu} vGPU(s): {e}"
+                              ) from None
+    nodes = list(dict.fromkeys(v.node_id for v in alloc.vgpus))
+    log.info("allocation %s: lease %.0fs; %s", alloc.allocation_id, alloc.lease_seconds,
+             ", ".join(f"vGPU {v.index}: {v.node_id} ({v.server}) GPU {v.gpu_index} slot "
+                       f"{v.slot} {v.memory_mib} MiB {v.ratio}%" for v in alloc.vgpus))
+    if len(nodes) != 1:
+        _release(addr, alloc.allocation_id, log)
+        per = ", ".join(f"{n}: {sum(v.node_id == n for v in alloc.vgpus)}" for n in nodes)
+        raise AllocationError(
+            f"the {len(alloc.vgpus)} vGPUs the Orion Controller allocated span {len(nodes)} Orion "
+            f"Servers ({per}); one application uses the vGPUs of one server: ask for fewer "
+            f"vGPUs (ORION_VGPU) or unset ORION_CROSS_NODE" if nodes else
+            "the Orion Controller allocated no vGPU")
+    v0 = alloc.vgpus[0]
+    server = server_for(cfg, v0.server)
+    if server != v0.server:
+        log.info("node %s registered as %s (local to its host); using %s", v0.node_id,
+                 v0.server, server)
+    return Grant(alloc.allocation_id, len(alloc.vgpus), v0.memory_mib, v0.ratio,
+                 alloc.token_for(v0.node_id), server, True, v0.node_id, alloc.lease_seconds,
+                 alloc.vgpus)
+
+
+def _release(addr: str, allocation_id: str, log: logging.Logger) -> bool:
+    from ..controller import client as ctl
+    from ..controller.exceptions import NotFound
+
+    try:
+        ctl.release(addr, allocation_id)
+        log.info("allocation %s released", allocation_id)
+        return True
+    except NotFound:
+        log.warning("allocation %s was already gone (lease expired or node down)", allocation_id)
+    except ControllerError as e:
+        log.warning("could not release allocation %s (its lease will expire): %s", allocation_id, e)
+    return False
 
 
 def release(cfg: ClientConfig, grant: object, log: logging.Logger) -> None:
     """Give a controller allocation back; errors are logged (the lease expires anyway)."""
     if not isinstance(grant, Grant) or not grant.from_controller:
         return
-    from ..controller import client as ctl
+    _release(cfg.controller_addr, grant.allocation_id, log)
 
-    try:
-        ctl.release(cfg.controller_addr, grant.allocation_id)
-    except ControllerError as e:
-        log.warning("could not release allocation %s (its lease will expire): %s", grant.allocation_id, e)
+
+class Renewer:
+    """Renews a controller lease every ``lease_seconds / 3`` in a daemon thread.
+
+    An unreachable controller is retried at the next tick (logged once per outage); when the
+    controller answers that the allocation is gone (expired or its node went down), renewing
+    stops and ``on_lost`` is called once with the reason.
+    """
+
+    def __init__(self, cfg: ClientConfig, grant: Grant, log: logging.Logger,
+                 on_lost: Callable[[str], None] | None = None,
+                 interval: float | None = None) -> None:
+        self.addr = cfg.controller_addr
+        self.grant = grant
+        self.log = log
+        self.on_lost = on_lost
+        self.interval = interval if interval is not None else max(0.2, grant.lease_seconds / 3)
+        self.renewals = 0
+        self.lost: str | None = None
+        self._failing = False
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="orion-lease", daemon=True)
+
+    def start(self) -> Renewer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.renew_once():
+                return
+
+    def renew_once(self) -> bool:
+        """One renewal; False once the allocation is known to be gone."""
+        from ..controller import client as ctl
+        from ..controller.exceptions import NotFound
+
+        try:
+            ctl.renew(self.addr, self.grant.allocation_id)
+        except NotFound as e:
+            self.lost = str(e)
+            self.log.error("allocation %s lost: %s", self.grant.allocation_id, e)
+            if self.on_lost is not None:
+                self.on_lost(str(e))
+            return False
+        except ControllerError as e:
+            if not self._failing:
+                self.log.warning("could not renew allocation %s (retrying every %.1fs): %s",
+                                 self.grant.allocation_id, self.interval, e)
+            self._failing = True
+            return True
+        if self._failing:
+            self.log.info("lease renewal of %s works again", self.grant.allocation_id)
+        self._failing = False
+        self.renewals += 1
+        return True

@@ -155,13 +155,13 @@ def _call(code: Call, args: tuple, blob: Any = None, blob_len: int = 0,
 
 def _host_view(buf: Any, n: int, writable: bool) -> memoryview:
     """A byte view of ``n`` bytes of a host buffer (buffer protocol object or integer address)."""
-    if isinstance(buf, int) or (not hasattr(buf, "__buffer__") and hasattr(buf, "__int__")
-                                and not isinstance(buf, (bytes, bytearray, memoryview))):
+    try:
+        mv = memoryview(buf)
+    except TypeError:
         addr = int(buf)
         if addr == 0 and n:
-            raise ValueError("NULL host pointer")
+            raise ValueError("NULL host pointer") from None
         return memoryview((ctypes.c_char * n).from_address(addr)).cast("B") if n else memoryview(b"")
-    mv = memoryview(buf)
     if mv.ndim != 1 or mv.format != "B":
         mv = mv.cast("B") if mv.c_contiguous else memoryview(bytes(mv))
     if writable and mv.readonly:
@@ -614,6 +614,44 @@ def _orion_transport() -> str:
     """Which transport this process uses ('shm', 'ivshmem', 'tcp'), or '' before cuInit."""
     rt = get_runtime()
     return rt.chosen.transport if rt.chosen else ""
+
+
+_real: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """Anything not remoted (helper types other cuda.bindings modules use, e.g. nvrtc's import of
+    ``_HelperKernelParams``) comes from the real cuda-bindings driver module when it is installed.
+    Its functions are never called through here for the remoted API above."""
+    global _real
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if _real is None:
+        _real = _load_real_driver()
+    if _real is False:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (cuda-bindings is not installed)")
+    return getattr(_real, name)
+
+
+def _load_real_driver() -> Any:
+    import importlib.machinery
+    import importlib.util
+
+    pkg = sys.modules.get("cuda.bindings")
+    path = getattr(pkg, "__path__", None)
+    spec = importlib.machinery.PathFinder.find_spec("cuda.bindings.driver", path) if path else None
+    if spec is None or spec.loader is None:
+        return False
+    saved = sys.modules.get("cuda.bindings.driver")
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except ImportError:
+        return False
+    finally:
+        if saved is not None:
+            sys.modules["cuda.bindings.driver"] = saved
+    return mod
 
 
 __all__ = [n for n in dir(sys.modules[__name__]) if n.startswith(("cu", "CU"))]

@@ -48,6 +48,7 @@ class Runtime:
         self.allocation: object | None = None
         self.failed: str | None = None
         self.heartbeat: Heartbeat | None = None
+        self.renewer: object | None = None
         self.log = logging.getLogger("orion.client")
         self._atexit = False
 
@@ -98,33 +99,79 @@ class Runtime:
         grant = allocation.obtain(cfg, self.log)
         self.allocation = grant
         self.allocation_id = grant.allocation_id
-        try:
-            chosen = choose(cfg, grant.server_addr, log=lambda m: say(m, "WARN"))
-        except TransportError as e:
-            self.log.error("%s", e)
-            allocation.release(cfg, grant, self.log)
-            self.allocation_id = None
-            raise
-        self.chosen = chosen
-        self.log.info("transport: %s", chosen.reason)
-        if chosen.transport == "tcp" and not cfg.enable_net and "no shared-memory device" not in chosen.reason:
-            say(f"using TCP: {chosen.reason}", "INFO")
-        conn = Connection(chosen.stream, chosen.transport)
+        if grant.from_controller:
+            self.renewer = allocation.Renewer(cfg, grant, self.log, self._allocation_lost).start()
         hello = Hello(pid=os.getpid(), vgpu_count=grant.vgpu_count, gmem_mib=grant.gmem_mib,
                       ratio=grant.ratio, token=grant.token, program=" ".join(sys.argv)[:200],
                       allocation_id=grant.allocation_id)
         try:
-            welcome = conn.handshake(hello)
-        except OrionError as e:
-            self.log.error("handshake failed: %s", e)
-            chosen.stream.close()
+            chosen, conn, welcome = self._open(cfg, grant, hello)
+        except OrionError:
+            self._stop_renewer()
             allocation.release(cfg, grant, self.log)
-            raise TransportError(str(e)) from None
+            self.allocation = None
+            if not grant.from_controller:
+                self.allocation_id = None
+            # a controller allocation was obtained: the exit line names it, as the seeds'
+            # "Client exits with allocation ID ..." without more output means "server unreachable"
+            raise
         self.log.info("session %d on backend %s via %s", welcome.session_id, welcome.backend, chosen.transport)
         if chosen.channel is not None:
             self.heartbeat = Heartbeat(chosen.channel).start()
         self.conn = conn
         return conn
+
+    def _open(self, cfg: ClientConfig, grant: object, hello: Hello) -> tuple[Chosen, Connection, object]:
+        """Choose a transport and handshake. A controller grant refused over a shared-memory
+        device (served by another oriond than the allocated node) is retried over TCP to the
+        allocated server."""
+        server_addr = getattr(grant, "server_addr", None)
+        from_controller = getattr(grant, "from_controller", False)
+        try:
+            chosen = choose(cfg, server_addr, log=lambda m: say(m, "WARN"))
+        except TransportError as e:
+            self.log.error("%s", e)
+            raise
+        conn = Connection(chosen.stream, chosen.transport)
+        try:
+            welcome = conn.handshake(hello)
+        except OrionError as e:
+            self.log.error("handshake over %s failed: %s", chosen.reason, e)
+            chosen.stream.close()
+            if not (from_controller and chosen.transport != "tcp" and server_addr):
+                raise TransportError(str(e)) from None
+            self.log.info("retrying over TCP to the allocated server %s", server_addr)
+            import dataclasses
+
+            try:
+                chosen = choose(dataclasses.replace(cfg, enable_net=True), server_addr)
+                conn = Connection(chosen.stream, chosen.transport)
+                welcome = conn.handshake(hello)
+            except OrionError as e2:
+                self.log.error("handshake over TCP failed: %s", e2)
+                raise TransportError(str(e2)) from None
+            chosen.reason = f"TCP to {server_addr} because {e}"
+        self.chosen = chosen
+        self.log.info("transport: %s", chosen.reason)
+        if chosen.transport == "tcp" and not cfg.enable_net and "no shared-memory device" not in chosen.reason:
+            say(f"using TCP: {chosen.reason}", "INFO")
+        return chosen, conn, welcome
+
+    def _allocation_lost(self, why: str) -> None:
+        """The controller no longer holds our allocation (lease expired, node down): its vGPUs
+        may be lent to someone else, so this process stops using them."""
+        say(f"Orion vGPU allocation {self.allocation_id} was released by the Orion Controller "
+            f"({why}); CUDA calls fail from now on", "ERROR")
+        with self.lock:
+            conn, self.conn = self.conn, None
+            self.allocation = None
+            if conn is not None:
+                conn.bye()
+
+    def _stop_renewer(self) -> None:
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()  # type: ignore[attr-defined]
 
     def shutdown(self) -> None:
         """Say goodbye, release the allocation and print the exit line. Idempotent."""
@@ -135,6 +182,7 @@ class Runtime:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
                 self.heartbeat = None
+            self._stop_renewer()
             if self.allocation is not None:
                 from . import allocation
 

@@ -59,8 +59,10 @@ class Registrar(threading.Thread):
         are recorded in ``last_error`` and logged when they first appear."""
         try:
             if not self.registered:
-                client.register_node(self.controller_addr, self.node_info, self.gpus,
-                                     self.timeout)
+                hb_timeout = client.register_node(self.controller_addr, self.node_info,
+                                                  self.gpus, self.timeout)
+                if self.interval > hb_timeout / 3:  # heartbeat well within the controller's timeout
+                    self.interval = max(0.1, hb_timeout / 3)
                 self._registered.set()
                 log.info("registered node %s (%s, %d GPU(s)) with controller %s",
                          self.node_info.node_id, self.node_info.address, len(self.gpus),

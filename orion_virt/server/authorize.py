@@ -1,17 +1,148 @@
-"""Who may open a session, with what: direct grants, or controller tokens when a key is set."""
+"""Who may open a session, with what: controller tokens (token mode) or direct grants.
+
+**Token mode** (``[controller] controller_addr`` set in server.conf): oriond trusts only the
+Orion Controller. A HELLO must carry a token the controller signed with the key shared through
+``token_key_file``, issued for this server's node id and not expired; the session gets exactly
+the token's vGPUs (physical GPU, memory, compute share) whatever else the HELLO asks for. oriond
+registers its GPUs with the controller and heartbeats (:func:`make_registrar`).
+
+**Direct mode** (no ``controller_addr``): for a single host before a controller is set up. A
+session gets what its HELLO asks for (``ORION_VGPU``/``ORION_GMEM``/``ORION_RATIO``) within the
+physical GPUs; nothing is pooled or exclusive. Anyone who can reach the port or a device is
+trusted, so use it only where that holds.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import time
+import uuid
+from typing import Callable
 
 from ..config import ServerConfig
-from .backend import Backend
+from ..controller.client import GpuInfo, NodeInfo
+from ..controller.exceptions import TokenError, TokenExpired
+from ..controller.registration import Registrar
+from ..controller.token import load_key, verify_token
+from ..errors import OrionError
+from ..wire import Hello
+from .backend import Backend, PhysicalGpu, VGpu
 from .session import Authorizer, open_authorizer
+
+NO_TOKEN = ("this Orion Server accepts only vGPUs allocated by the Orion Controller {ctl} and the "
+            "client presented no allocation token: set ORION_CONTROLLER (or [controller] "
+            "controller_addr in client.conf) on the client")
+
+
+def node_id(cfg: ServerConfig, hostname: str | None = None) -> str:
+    """This server's id in the pool: ``<hostname>:<bind_addr>:<listen_port>``.
+
+    Stable across restarts (a restarted server finds its node again) and distinct for several
+    oriond on one host. Tokens are bound to it.
+    """
+    host = hostname or socket.gethostname()
+    return f"{host}:{cfg.bind_addr or '0.0.0.0'}:{cfg.listen_port}"
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def advertised_address(cfg: ServerConfig) -> str:
+    """``HOST:PORT`` clients are told to use for TCP: ``bind_addr``, or when that is unspecified
+    (``0.0.0.0``) the address of ``bind_net``, else the local address of the route towards the
+    controller."""
+    host = cfg.bind_addr
+    if cfg.bind_net:
+        try:
+            from pyroute2 import IPRoute  # host extra; only needed for bind_net
+
+            from ..host.netaddr import addr_of_interface
+
+            with IPRoute() as ipr:
+                host = addr_of_interface(cfg.bind_net, ipr)
+        except Exception:  # noqa: BLE001 - fall back to the route towards the controller
+            host = ""
+    if _unspecified(host):
+        ctl_host, _, ctl_port = cfg.controller_addr.rpartition(":")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((ctl_host.strip("[]") or "127.0.0.1", int(ctl_port or 9123)))
+                host = s.getsockname()[0]
+        except (OSError, ValueError):
+            host = "127.0.0.1"
+    return f"[{host}]:{cfg.listen_port}" if ":" in host else f"{host}:{cfg.listen_port}"
+
+
+def gpu_infos(backend: Backend, vgpu_count: int) -> list[GpuInfo]:
+    """What oriond registers: index, ``GPU-<uuid>``, name, memory in MiB, vGPUs per GPU."""
+    return [GpuInfo(g.index, "GPU-" + str(uuid.UUID(bytes=bytes(g.uuid).ljust(16, b"\0")[:16])),
+                    g.name, g.total_mem >> 20, vgpu_count) for g in backend.gpus()]
+
+
+def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], controller: str = "",
+                     clock: Callable[[], float] = time.time) -> Authorizer:
+    """Grants exactly the vGPUs of a valid controller token for ``this_node``; refuses a
+    HELLO without one, with a bad or expired one, or with one issued for another node."""
+    position = {g.index: i for i, g in enumerate(gpus)}
+
+    def authorize(hello: Hello) -> list[VGpu]:
+        if not hello.token:
+            raise OrionError(NO_TOKEN.format(ctl=controller or "(controller_addr)"))
+        try:
+            grant = verify_token(key, hello.token, clock(), node_id=this_node)
+        except TokenExpired as e:
+            raise OrionError(f"allocation token refused: {e} (the client must renew its lease "
+                             f"with the Orion Controller)") from None
+        except TokenError as e:
+            raise OrionError(f"allocation token refused: {e}") from None
+        if hello.allocation_id and hello.allocation_id != grant.allocation_id:
+            raise OrionError(f"allocation token refused: it is for allocation "
+                             f"{grant.allocation_id}, the client names {hello.allocation_id}")
+        if not grant.vgpus:
+            raise OrionError(f"allocation token refused: allocation {grant.allocation_id} holds "
+                             f"no vGPU on node {this_node}")
+        out = []
+        for q in grant.vgpus:
+            pos = position.get(q.gpu_index)
+            if pos is None:
+                raise OrionError(f"allocation {grant.allocation_id} names GPU {q.gpu_index}, "
+                                 f"which this server does not have")
+            if q.memory_mib << 20 > gpus[pos].total_mem or not 1 <= q.ratio <= 100:
+                raise OrionError(f"allocation {grant.allocation_id}: vGPU of {q.memory_mib} MiB "
+                                 f"at {q.ratio}% does not fit GPU {q.gpu_index}")
+            out.append(VGpu(physical=pos, memory=q.memory_mib << 20, ratio=q.ratio))
+        return out
+
+    return authorize
 
 
 def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -> Authorizer:
+    """Token mode when ``controller_addr`` is set (reads ``token_key_file``: ConfigError if it
+    is missing or malformed), else direct mode."""
     gpus = backend.gpus()
+    if cfg.controller_addr:
+        key = load_key(cfg.token_key_file)
+        me = node_id(cfg)
+        log.info("token mode: sessions need an allocation token from the Orion Controller %s "
+                 "for node %s (key %s)", cfg.controller_addr, me, cfg.token_key_file)
+        return token_authorizer(key, me, gpus, cfg.controller_addr)
     mem = min(g.total_mem for g in gpus) >> 20 if gpus else 0
     default_gmem = mem // cfg.vgpu_count if mem else 1024
-    log.info("direct mode: sessions get what their HELLO asks for (default %d MiB per vGPU)", default_gmem)
+    log.info("direct mode (no controller_addr): sessions get what their HELLO asks for "
+             "(default %d MiB per vGPU)", default_gmem)
     return open_authorizer(1, default_gmem, max(1, len(gpus)), mem or None)
+
+
+def make_registrar(cfg: ServerConfig, backend: Backend, interval: float = 5.0) -> Registrar | None:
+    """A Registrar keeping this server's GPUs in the controller's pool (None in direct mode).
+    ``start()`` it once oriond listens; ``stop(deregister=True)`` on a clean stop."""
+    if not cfg.controller_addr:
+        return None
+    return Registrar(cfg.controller_addr, NodeInfo(node_id(cfg), advertised_address(cfg)),
+                     gpu_infos(backend, cfg.vgpu_count), interval=interval)

@@ -177,6 +177,20 @@ class BackendSession(ABC):
     def close(self) -> None:
         """Free everything this session holds. Idempotent."""
 
+    # Optional hooks (no-ops by default; the cuda backend uses them). ------------------------
+
+    def use_device(self, dev: int | None) -> None:
+        """The session's current vGPU changed (cuCtxCreate/cuCtxSetCurrent/cuCtxDestroy):
+        streams, events and modules created next belong to ``dev``."""
+
+    def register_host(self, view: memoryview) -> None:
+        """A host region that the transport's chunk views lie in (a shared-memory ring) for the
+        session's lifetime; a backend may pin it (cuMemHostRegister). Best effort, never raises."""
+
+    def before_read(self, ptr: int, n: int) -> None:
+        """Called before a device-to-host reply starts (range validated): a backend whose copies
+        can fail asynchronously raises here, while the failure can still be the call's status."""
+
 
 class Backend(ABC):
     name: str

@@ -22,7 +22,7 @@ from typing import Callable
 from ..config import ServerConfig
 from ..errors import OrionError
 from ..transport import tcp
-from ..transport.shmdev import C_GEN, C_STATE, CLAIMED, H_SERVER_EPOCH, SERVING, list_devices
+from ..transport.shmdev import C_GEN, C_STATE, CLAIMED, SERVING, list_devices
 from .backend import Backend
 from .logs import session_logger
 from .session import Authorizer, Session
@@ -142,12 +142,10 @@ class Daemon:
             self._last_dir_scan = now
             for path in list_devices(cfg.shm_path_base):
                 if path not in self.devices:
-                    w = open_for_serving(path)
+                    # check the kind before marking it served: a device of a disabled kind must
+                    # never look served, not even between two scans
+                    w = open_for_serving(path, lambda d: cfg.enable_kvm if d.vm else cfg.enable_shm)
                     if w is None:
-                        continue
-                    if (w.dev.vm and not cfg.enable_kvm) or (not w.dev.vm and not cfg.enable_shm):
-                        w.dev.q[H_SERVER_EPOCH] = 0
-                        w.dev.close()
                         continue
                     self.devices[path] = w
                     self.log.info("serving %s device %s (%d channels of %d KiB rings)",

@@ -116,6 +116,8 @@ class Session:
         self.vgpus = self.authorize(hello)
         self.hello = hello
         self.bs = self.backend.open_session(self.vgpus)
+        for view in getattr(self.stream, "host_regions", lambda: [])():
+            self.bs.register_host(view)  # e.g. the shm rings: the cuda backend pins them
         self.throttles = [Throttle(v.ratio if self.throttle_enabled else 100) for v in self.vgpus]
         self.stream.send(Welcome(self.session_id, self.backend.name).encode())
         self.stream.flush()
@@ -130,6 +132,9 @@ class Session:
         try:
             try:
                 self.handshake()
+            except TransportError as e:
+                self.log.debug("session %d: closed before HELLO: %s", self.session_id, e)
+                return "closed before HELLO"
             except OrionError as e:
                 self.log.warning("session %d: handshake refused: %s", self.session_id, e)
                 self._try_send(encode_error(str(e)))
@@ -305,16 +310,19 @@ class Session:
         d = self._dev(a[1])
         h = self.ctxs.add(d)
         self.current_dev = d
+        self._bs.use_device(d)
         return (h,)
 
     def _cuCtxDestroy(self, a: tuple, b: _Blob) -> tuple:
         d = self.ctxs.pop(a[0])
         if self.current_dev == d and d not in (self.ctxs.items.values()):
             self.current_dev = None
+            self._bs.use_device(None)
         return ()
 
     def _cuCtxSetCurrent(self, a: tuple, b: _Blob) -> tuple:
         self.current_dev = None if a[0] == 0 else self.ctxs.get(a[0])
+        self._bs.use_device(self.current_dev)
         return ()
 
     def _cuCtxSynchronize(self, a: tuple, b: _Blob) -> tuple:
@@ -351,6 +359,7 @@ class Session:
     def _dtoh(self, src: int, n: int) -> _BlobOut:
         self._range(src, n)
         bs = self._bs
+        bs.before_read(src, n)  # asynchronous failures become this call's status
         return _BlobOut((n,), n, lambda sinks: bs.read(src, sinks))
 
     def _cuMemcpyDtoH(self, a: tuple, b: _Blob) -> _BlobOut:

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DeviceError, TransportClosed
 from ..transport.ring import Ring, RingStream
@@ -89,11 +90,15 @@ def device_removed(w: Watched) -> str | None:
     return None
 
 
-def open_for_serving(path: Path) -> Watched | None:
-    """Map ``path`` for serving; None if it is not (yet) a valid Orion device."""
+def open_for_serving(path: Path, accept: Callable[[Device], bool] | None = None) -> Watched | None:
+    """Map ``path`` for serving; None if it is not (yet) a valid Orion device, or if ``accept``
+    rejects it (then its header is left untouched: another oriond may be serving it)."""
     try:
         dev = Device(path)
     except DeviceError:
+        return None
+    if accept is not None and not accept(dev):
+        dev.close()
         return None
     dev.q[H_SERVER_PID] = os.getpid()
     dev.q[H_SERVER_EPOCH] = int(time.time() * 1000) | 1

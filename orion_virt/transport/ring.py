@@ -62,6 +62,11 @@ class RingStream(Stream):
         self._on_close = on_close
         self._closed = False
 
+    def host_regions(self) -> list[memoryview]:
+        """The memory every chunk view of this stream lies in (both rings), e.g. for a backend
+        to page-lock once (cuMemHostRegister) so that device copies go straight to and from it."""
+        return [self.rx.buf, self.tx.buf]
+
     # -- producer side ---------------------------------------------------------------------
 
     def _room(self, want: int) -> int:

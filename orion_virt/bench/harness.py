@@ -1,0 +1,206 @@
+"""The processes a benchmark run starts: its own oriond and its client agents.
+
+Everything lives in one temporary directory (shared-memory device, logs, client home); oriond
+listens on a free loopback port and is stopped by its pid. Agents are ``orion_virt.bench.agent``
+processes that talk JSON lines over pipes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orion_virt
+
+from ..transport.shmdev import format_device
+
+BIN = Path(sys.executable).parent
+PKG_PARENT = str(Path(orion_virt.__file__).resolve().parent.parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def script(name: str, module: str) -> list[str]:
+    """The console script ``name`` next to this Python, else the same entry point via -c."""
+    exe = BIN / name
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+
+
+def _python_path(env: dict[str, str]) -> str:
+    parts = [PKG_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(parts)
+
+
+class Oriond:
+    """oriond on the sim backend, a shared-memory device and a loopback port, under ``workdir``."""
+
+    def __init__(self, workdir: Path, device_mib: int = 128) -> None:
+        self.workdir = workdir
+        self.shm = workdir / "shm"
+        self.logs = workdir / "log"
+        self.home = workdir / "home"
+        for d in (self.shm, self.logs, self.home):
+            d.mkdir(parents=True, exist_ok=True)
+        self.device = self.shm / "orionsock0"
+        self.device_mib = device_mib
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0
+
+    def start(self, timeout: float = 20.0) -> None:
+        format_device(self.device, self.device_mib << 20)
+        conf = self.workdir / "server.conf"
+        conf.write_text("# orion-bench: defaults only\n")
+        pid_file = self.workdir / "oriond.pid"
+        self.port = free_port()
+        cmd = script("oriond", "orion_virt.cli.oriond") + [
+            "--config", str(conf), "--backend", "sim", "--sim-gpus", "1", "--sim-memory", "16384",
+            "--bind-addr", "127.0.0.1", "--listen-port", str(self.port), "--shm-path-base", str(self.shm),
+            "--enable-shm", "--log-dir", str(self.logs), "--pid-file", str(pid_file),
+        ]
+        out = open(self.workdir / "oriond.out", "wb")
+        env = dict(os.environ, PYTHONPATH=_python_path(dict(os.environ)))
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"oriond exited with {self.proc.returncode}; see {self.workdir / 'oriond.out'}")
+            if pid_file.exists() and pid_file.read_text().strip():
+                self.pid = int(pid_file.read_text())
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        else:
+            raise RuntimeError(f"oriond did not start within {timeout:.0f} s")
+        # Wait until oriond has taken up the device (its heartbeat starts ticking).
+        time.sleep(0.6)
+
+    def client_env(self, transport: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
+        env.update(
+            HOME=str(self.home), PYTHONPATH=_python_path(env),
+            ORION_SERVER=f"127.0.0.1:{self.port}", ORION_SHM_PATH_BASE=str(self.shm),
+            ORION_CLIENT_CONF_ETC=str(self.workdir / "no-client.conf"),
+            ORION_LOG_DIR=str(self.workdir / "client-log"),
+            ORION_VGPU="1", ORION_GMEM="4096", ORION_ENABLE_NET="1" if transport == "tcp" else "0",
+        )
+        return env
+
+    def process_tree(self) -> list[int]:
+        """oriond's pid and its session workers' pids."""
+        pids = [self.pid]
+        try:
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                kids = (task / "children").read_text().split()
+                pids.extend(int(k) for k in kids)
+        except OSError:
+            for p in Path("/proc").iterdir():
+                if p.name.isdigit():
+                    try:
+                        fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    if int(fields[1]) == self.pid:
+                        pids.append(int(p.name))
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+class AgentProcess:
+    """One client process (``python -m orion_virt.bench.agent``) and its request/response pipe."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+        self.name = name
+        log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orion_virt.bench.agent"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def call(self, op: str, timeout: float = 600.0, **kw: Any) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps({"op": op, **kw}) + "\n").encode())
+        self.proc.stdin.flush()
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if r else b""
+        if not line:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise RuntimeError(f"agent {self.name} gave no answer to {op!r}; its log ends:\n{tail}")
+        res = json.loads(line)
+        if "error" in res:
+            raise RuntimeError(f"agent {self.name}: {op}: {res['error']}")
+        return res
+
+    def quit(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b'{"op": "quit"}\n')
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by all threads of ``pid``: the scheduler's nanosecond count
+    (/proc/<pid>/task/*/schedstat), else utime + stime from /proc/<pid>/stat (clock ticks).
+    None when the process is gone."""
+    try:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def maps_file(pid: int, needle: str) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False

@@ -1,0 +1,334 @@
+"""One benchmark run: oriond, client agents and floors, measured side by side, repeated.
+
+Every comparison with a floor is made round by round (the floor and the remoted call measured
+back to back, their order alternating), and the reported value is the median over rounds, so
+that load from other processes on a small machine moves both sides alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import floors
+from .harness import PKG_PARENT, AgentProcess, Oriond, cpu_seconds, maps_file, script
+from .stats import gbps, median
+from .targets import evaluate
+
+KiB, MiB = 1 << 10, 1 << 20
+FULL_SIZES = (4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB)
+QUICK_SIZES = (4 * KiB, 64 * KiB, MiB, 64 * MiB)
+TARGET_SIZE = 64 * MiB
+
+
+@dataclass(frozen=True)
+class Settings:
+    transports: tuple[str, ...] = ("shm", "tcp")
+    rounds: int = 5
+    null_n: int = 20000
+    """round trips per round over shm (and the shm floors)"""
+    null_n_tcp: int = 3000
+    pipelined_n: int = 100000
+    pipelined_rounds: int = 3
+    sizes: tuple[int, ...] = FULL_SIZES
+    copy_rounds: int = 3
+    copy_budget: int = 256 * MiB
+    """bytes moved per measurement point (reps = budget / size, clamped)"""
+    min_reps: int = 3
+    max_reps: int = 200
+    starts: int = 5
+    programs: int = 3
+    idle_s: float = 5.0
+    settle_s: float = 1.2
+    """quiet time before TCP latency and idle measurements (idle shm waiters reach their sleep)"""
+    device_mib: int = 128
+
+    @classmethod
+    def quick(cls, **kw: object) -> Settings:
+        return dataclasses.replace(cls(
+            rounds=3, null_n=5000, null_n_tcp=1000, pipelined_n=20000, pipelined_rounds=2,
+            sizes=QUICK_SIZES, copy_rounds=2, copy_budget=64 * MiB, starts=3, programs=2, idle_s=2.0,
+        ), **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def smoke(cls, **kw: object) -> Settings:
+        """Tiny counts: exercises every part in a few seconds (tests)."""
+        return dataclasses.replace(cls(
+            rounds=1, null_n=300, null_n_tcp=100, pipelined_n=500, pipelined_rounds=1,
+            sizes=(4 * KiB, 64 * KiB), copy_rounds=1, copy_budget=MiB, min_reps=2, max_reps=5,
+            starts=1, programs=1, idle_s=0.3, settle_s=0.1, device_mib=16,
+        ), **kw)  # type: ignore[arg-type]
+
+    def reps(self, size: int) -> int:
+        return max(self.min_reps, min(self.max_reps, self.copy_budget // size))
+
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "implementation": platform.python_implementation(),
+        "kernel": platform.release(), "system": platform.system(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path, log: Log = _stderr) -> None:
+        self.s = settings
+        self.workdir = workdir
+        self.log = log
+        self.oriond = Oriond(workdir, settings.device_mib)
+        self.agents: dict[str, AgentProcess] = {}
+        self.ring_size = 0
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def _agent(self, transport: str, tag: str = "") -> AgentProcess:
+        name = f"{transport}{tag}"
+        return AgentProcess(self.oriond.client_env(transport), self.workdir / f"agent-{name}.log", name)
+
+    def start(self) -> None:
+        self.oriond.start()
+        from ..transport.shmdev import plan_layout
+
+        self.ring_size = plan_layout(self.s.device_mib * MiB).ring_size
+        for t in self.s.transports:
+            a = self._agent(t)
+            self.agents[t] = a
+            got = a.call("init")
+            if got["transport"] != t:
+                raise RuntimeError(f"agent for {t} connected over {got['transport']!r}")
+
+    def stop(self) -> None:
+        for a in self.agents.values():
+            a.quit()
+        self.agents.clear()
+        self.oriond.stop()
+
+    # -- null calls -----------------------------------------------------------------------------
+
+    def null_calls(self) -> dict:
+        s = self.s
+        out: dict = {}
+        per: dict[str, list[dict]] = {t: [] for t in s.transports}
+        spin: list[dict] = []
+        for r in range(s.rounds):
+            self.log(f"null calls: round {r + 1}/{s.rounds}")
+            if "shm" in s.transports:
+                spin.append(floors.spin_pingpong(s.null_n))
+                per["shm"].append(self._side_by_side(
+                    r, lambda: floors.ring_pingpong(s.null_n, self.ring_size),
+                    lambda: self.agents["shm"].call("null", n=s.null_n)))
+            if "tcp" in s.transports:
+                time.sleep(s.settle_s)  # idle shm waiters back in their sleep, as in a quiet system
+                per["tcp"].append(self._side_by_side(
+                    r, lambda: floors.tcp_pingpong(s.null_n_tcp),
+                    lambda: self.agents["tcp"].call("null", n=s.null_n_tcp)))
+        for t, rounds in per.items():
+            out[t] = {
+                "floor_name": "RingStream ping-pong" if t == "shm" else "TCP loopback ping-pong",
+                "floor": _median_summary([x["floor"] for x in rounds]),
+                "remote": _median_summary([x["remote"] for x in rounds]),
+                "ratio": median([x["ratio"] for x in rounds]),
+                "ratio_rounds": [x["ratio"] for x in rounds],
+            }
+        if spin:
+            out["shm"]["spin_floor"] = _median_summary(spin)
+        return out
+
+    @staticmethod
+    def _side_by_side(r: int, floor: Callable[[], dict], remote: Callable[[], dict]) -> dict:
+        if r % 2 == 0:
+            f, m = floor(), remote()
+        else:
+            m, f = remote(), floor()
+        return {"floor": f, "remote": m, "ratio": m["median_us"] / f["median_us"]}
+
+    # -- pipelined calls ------------------------------------------------------------------------
+
+    def pipelined(self) -> dict:
+        s = self.s
+        got: dict[str, dict[str, list[dict]]] = {t: {"launch": [], "memset": []} for t in s.transports}
+        for r in range(s.pipelined_rounds):
+            self.log(f"pipelined calls: round {r + 1}/{s.pipelined_rounds}")
+            for t in s.transports:
+                for kind in ("launch", "memset"):
+                    got[t][kind].append(self.agents[t].call("pipelined", n=s.pipelined_n, kind=kind))
+        return {t: {kind: {"per_s": median([x["per_s"] for x in v]),
+                           "issue_per_s": median([x["issue_per_s"] for x in v]), "n": s.pipelined_n}
+                    for kind, v in kinds.items()}
+                for t, kinds in got.items()}
+
+    # -- copies ---------------------------------------------------------------------------------
+
+    def copies(self) -> dict:
+        s = self.s
+        sizes = list(s.sizes)
+        series = ["memcpy"] + [f"{k}_{d}" for t in s.transports
+                               for k in ((t, "ring") if t == "shm" else (t, "socket")) for d in ("htod", "dtoh")]
+        rates: dict[str, list[list[float]]] = {k: [[] for _ in sizes] for k in series}
+        ratios: dict[str, list[list[float]]] = {f"{t}_{d}": [[] for _ in sizes]
+                                                for t in s.transports for d in ("htod", "dtoh")}
+        for i, size in enumerate(sizes):
+            reps = s.reps(size)
+            for r in range(s.copy_rounds):
+                self.log(f"copies: {_size(size)} round {r + 1}/{s.copy_rounds} ({reps} reps)")
+                rates["memcpy"][i].append(gbps(size, median(floors.memcpy(size, reps))))
+                for t in s.transports:
+                    for d in ("htod", "dtoh"):
+                        fname, f_rate, m_rate = self._copy_pair(t, d, size, reps, floor_first=r % 2 == 0)
+                        rates[f"{fname}_{d}"][i].append(f_rate)
+                        rates[f"{t}_{d}"][i].append(m_rate)
+                        ratios[f"{t}_{d}"][i].append(m_rate / f_rate)
+        return {
+            "sizes": sizes,
+            "gbps": {k: [median(v) for v in per_size] for k, per_size in rates.items()},
+            "ratio": {k: [median(v) for v in per_size] for k, per_size in ratios.items()},
+        }
+
+    def _copy_pair(self, t: str, d: str, size: int, reps: int, floor_first: bool) -> tuple[str, float, float]:
+        """(floor name, floor GB/s, remoted GB/s) for one transport, direction and size."""
+        def floor() -> list[float]:
+            if t == "shm":
+                return floors.ring_transfer(size, reps, d, self.ring_size)
+            return floors.socket_transfer(size, reps, d)
+
+        def remote() -> list[float]:
+            return self.agents[t].call("copy", size=size, reps=reps, direction=d)["seconds"]
+
+        if floor_first:
+            fs, ms = floor(), remote()
+        else:
+            ms, fs = remote(), floor()
+        return ("ring" if t == "shm" else "socket"), gbps(size, median(fs)), gbps(size, median(ms))
+
+    # -- session start --------------------------------------------------------------------------
+
+    def session_start(self) -> dict:
+        s = self.s
+        out: dict = {"cuinit_ms": {}, "program_s": {}}
+        for t in s.transports:
+            times = []
+            for k in range(s.starts):
+                a = self._agent(t, f"-start{k}")
+                try:
+                    times.append(a.call("init")["cuinit_s"] * 1e3)
+                finally:
+                    a.quit()
+            out["cuinit_ms"][t] = {"median": median(times), "samples": times}
+        example = Path(PKG_PARENT) / "examples" / "deviceQuery.py"
+        if not example.exists():
+            out["program_s"]["skipped"] = f"{example} not found"
+            return out
+        run = script("orion-run", "orion_virt.cli.orion_run")
+        for t in s.transports:
+            times = []
+            for _ in range(s.programs):
+                t0 = time.perf_counter()
+                r = subprocess.run(run + [sys.executable, str(example)], env=self.oriond.client_env(t),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+                times.append(time.perf_counter() - t0)
+                if r.returncode != 0:
+                    raise RuntimeError(f"deviceQuery over {t} failed: {r.stderr.decode(errors='replace')[-500:]}")
+            out["program_s"][t] = {"median": median(times), "samples": times}
+        times = []
+        for _ in range(s.programs):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            times.append(time.perf_counter() - t0)
+        out["python_startup_s"] = median(times)
+        return out
+
+    # -- idle -----------------------------------------------------------------------------------
+
+    def idle(self) -> dict:
+        s = self.s
+        self.log(f"idle: {s.settle_s:.1f} s to settle, then {s.idle_s:.1f} s measured")
+        time.sleep(s.settle_s)
+        pids = self.oriond.process_tree()
+        roles = {self.oriond.pid: "oriond main"}
+        for p in pids[1:]:
+            roles[p] = "shm worker" if maps_file(p, self.oriond.device.name) else "tcp worker"
+        watched = dict(roles)
+        for t, a in self.agents.items():
+            watched[a.pid] = f"client ({t})"
+        before = {p: cpu_seconds(p) for p in watched}
+        t0 = time.monotonic()
+        time.sleep(s.idle_s)
+        wall = time.monotonic() - t0
+        after = {p: cpu_seconds(p) for p in watched}
+        pct: dict[str, float] = {}
+        for p, role in watched.items():
+            if before[p] is None or after[p] is None:
+                continue
+            pct[role] = pct.get(role, 0.0) + (after[p] - before[p]) / wall * 100  # type: ignore[operator]
+        server_total = sum(v for k, v in pct.items() if not k.startswith("client"))
+        first = {t: a.call("first_call")["us"] for t, a in self.agents.items()}
+        return {"window_s": wall, "percent_of_core": pct, "oriond_total_pct": server_total,
+                "first_call_after_idle_us": first}
+
+    # -- all ------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        res: dict = {"machine": machine(), "settings": dataclasses.asdict(self.s)}
+        t0 = time.monotonic()
+        self.start()
+        try:
+            res["null"] = self.null_calls()
+            res["pipelined"] = self.pipelined()
+            res["copy"] = self.copies()
+            res["idle"] = self.idle()
+            self.log("session start and whole-program runs")
+            res["session"] = self.session_start()
+        finally:
+            self.stop()
+        res["machine"]["loadavg_end"] = list(os.getloadavg())
+        res["elapsed_s"] = time.monotonic() - t0
+        copy = res["copy"]
+        if TARGET_SIZE in copy["sizes"]:
+            i = copy["sizes"].index(TARGET_SIZE)
+            res["targets_input"] = {f"htod_{t}_ratio": copy["ratio"][f"{t}_htod"][i] for t in self.s.transports}
+        res["targets"] = evaluate(res)
+        return res
+
+
+def _median_summary(rounds: list[dict]) -> dict:
+    keys = [k for k in rounds[0] if k != "n"]
+    out = {k: median([r[k] for r in rounds]) for k in keys}
+    out["n"] = sum(r["n"] for r in rounds)
+    out["rounds"] = len(rounds)
+    return out
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= MiB else f"{n >> 10} KiB"
+
+
+def run_bench(settings: Settings, log: Log = _stderr, keep_dir: Path | None = None) -> dict:
+    """Run the whole benchmark in a temporary directory (kept at ``keep_dir`` if given)."""
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        return Bench(settings, keep_dir, log).run()
+    with tempfile.TemporaryDirectory(prefix="orion-bench-") as d:
+        return Bench(settings, Path(d), log).run()

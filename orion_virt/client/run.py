@@ -1,0 +1,50 @@
+"""``python3 -m orion_virt.client.run COMMAND...``: orion-run without click (standard library only).
+
+Does what ``orion-run`` does, for guests and containers that have only the client: runs COMMAND
+with the Orion client activated in every Python it starts (``orion_virt/client/boot`` first on
+``PYTHONPATH`` for its ``sitecustomize``, the package's parent next, ``ORION_RUN=1``).
+
+    ORION_VGPU=2 ORION_GMEM=4096 python3 -m orion_virt.client.run python3 deviceQuery.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+USAGE = "usage: python3 -m orion_virt.client.run COMMAND [ARG...]\n"
+
+
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment that activates the Orion client in every Python the command starts."""
+    pkg = Path(__file__).resolve().parent.parent
+    boot = str(pkg / "client" / "boot")
+    out = dict(env)
+    parts = [boot, str(pkg.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    out["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    out["ORION_RUN"] = "1"
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exec COMMAND (never returns on success); 2 for a usage error, 127 if it cannot run."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        sys.stderr.write(USAGE)
+        return 0 if args else 2
+    if args[0].endswith(".py") and not os.access(args[0], os.X_OK):
+        args = [sys.executable, *args]
+    try:
+        os.execvpe(args[0], args, child_env(os.environ))
+    except OSError as e:
+        sys.stderr.write(f"orion-run: cannot run {args[0]}: {e.strerror}\n")
+        return 127
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

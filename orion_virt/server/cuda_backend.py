@@ -1,0 +1,657 @@
+"""The ``cuda`` backend: executes validated session calls on real GPUs through cuda-python.
+
+Only this module (and the probe it runs in a child process, ``cuda_probe``) imports
+``cuda.bindings``; it does so lazily, inside a session, so oriond's main process never loads or
+initialises the driver. Each session (one forked worker process in oriond) creates its own CUDA
+context on every physical GPU its vGPUs use (``cuCtxCreate``), in the worker, and destroys them
+in ``close``.
+
+Safety rules this module keeps, on top of the session layer's checks:
+
+* Kernel parameters are rebuilt on the server: the client sends one packed buffer laid out as the
+  kernel's parameter layout (``cuFuncGetParamInfo``), the server copies it into memory it owns and
+  hands the driver an array of pointers into that memory. A client never makes the server
+  dereference a host address it chose.
+* Host buffers given to the driver are only the transport's own views (ring chunks, socket
+  buffers, reply slots), copied synchronously, so they can be reused as soon as a call returns.
+* Every ``CUresult`` other than ``CUDA_SUCCESS`` becomes ``CudaCallError(code, message)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import threading
+from typing import Any, Iterable
+
+from ..cuda_enums import CUresult
+from ..errors import BackendError
+from . import ptx as ptx_parser
+from .backend import Backend, BackendSession, CudaCallError, MemoryTable, ParamSlot, PhysicalGpu, VGpu
+from .cuda_probe import ProbeResult, probe
+
+log = logging.getLogger("orion.server.cuda")
+
+E = CUresult
+_SUCCESS = 0
+_NOT_READY = int(E.CUDA_ERROR_NOT_READY)
+_INVALID_VALUE = int(E.CUDA_ERROR_INVALID_VALUE)
+_ALREADY_REGISTERED = int(E.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
+CU_STREAM_NON_BLOCKING = 1
+CU_MEMHOSTREGISTER_PORTABLE = 1
+MAX_KERNEL_PARAMS = 32768
+"""A kernel's parameters take at most 32 KiB, so at most this many of them."""
+
+# -- module images (pure; no CUDA) ---------------------------------------------------------------
+
+ELF_MAGIC = b"\x7fELF"
+EM_CUDA = 190
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of what follows
+
+
+def image_kind(image: bytes) -> str:
+    """'cubin' (a CUDA ELF), 'fatbin', 'ptx', or 'unknown'."""
+    if image[:4] == ELF_MAGIC:
+        return "cubin"
+    if len(image) >= 4 and struct.unpack_from("<I", image)[0] == FATBIN_MAGIC:
+        return "fatbin"
+    if ptx_parser.looks_like_ptx(image):
+        return "ptx"
+    return "unknown"
+
+
+def prepare_image(image: bytes) -> tuple[str, bytes]:
+    """(kind, bytes to hand to cuModuleLoadData). Raises CudaCallError(INVALID_IMAGE) for images
+    that are not a well-formed cubin, fatbin or PTX: arbitrary bytes never reach the driver's parser."""
+    kind = image_kind(image)
+    if kind == "cubin":
+        if len(image) < 64 or image[4] != 2 or image[5] != 1:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_IMAGE, "cubin is not a 64-bit little-endian ELF")
+        machine = struct.unpack_from("<H", image, 18)[0]
+        if machine != EM_CUDA:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_IMAGE, f"ELF image for machine {machine}, not a CUDA cubin")
+        return kind, bytes(image)
+    if kind == "fatbin":
+        if len(image) < FATBIN_HEADER.size:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_IMAGE, "truncated fatbin header")
+        _magic, _version, hsize, fsize = FATBIN_HEADER.unpack_from(image)
+        if hsize < FATBIN_HEADER.size or hsize + fsize > len(image):
+            raise CudaCallError(E.CUDA_ERROR_INVALID_IMAGE,
+                                f"fatbin declares {hsize}+{fsize} bytes, the image has {len(image)}")
+        return kind, bytes(image[:hsize + fsize])
+    if kind == "ptx":
+        text = image.split(b"\0", 1)[0]
+        return kind, text + b"\0"  # cuModuleLoadData reads PTX up to its NUL
+    raise CudaCallError(E.CUDA_ERROR_INVALID_IMAGE, "the image is not a cubin (CUDA ELF), fatbin or PTX")
+
+
+# -- kernel parameters (pure; no CUDA) -----------------------------------------------------------
+
+
+class ParamBuffer:
+    """Server-owned memory for one kernel's parameters, reused across its launches.
+
+    ``buf`` holds the packed parameters exactly as the device-side layout (``slots``) places them;
+    ``ptrs`` is the ``void*[]`` that ``cuLaunchKernel`` reads, entry ``i`` pointing at
+    ``buf + slots[i].offset``. Both are built from the layout alone; client bytes only ever land
+    inside ``buf``. The driver copies the values at launch time, so refilling ``buf`` for the next
+    launch is safe as soon as ``cuLaunchKernel`` has returned.
+    """
+
+    __slots__ = ("slots", "size", "buf", "ptrs", "address")
+
+    def __init__(self, slots: list[ParamSlot]) -> None:
+        for s in slots:
+            if s.offset < 0 or s.size <= 0:
+                raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"bad parameter slot {s}")
+        self.slots = list(slots)
+        self.size = max((s.offset + s.size for s in slots), default=0)
+        self.buf = ctypes.create_string_buffer(max(self.size, 1))
+        base = ctypes.addressof(self.buf)
+        self.ptrs = (ctypes.c_void_p * max(1, len(slots)))(*(base + s.offset for s in slots))
+        self.address = ctypes.addressof(self.ptrs) if slots else 0
+
+    def fill(self, params: bytes | bytearray | memoryview) -> int:
+        """Copy the client's packed parameters in; return the ``void**`` address for the launch
+        (0 for a kernel without parameters)."""
+        if len(params) != self.size:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                                f"{len(params)} bytes of parameters, the kernel takes {self.size}")
+        if self.size:
+            ctypes.memmove(self.buf, bytes(params), self.size)
+        return self.address
+
+
+def buffer_address(view: memoryview) -> int:
+    """Address of the first byte of a contiguous buffer (read-only views too); no copy."""
+    import numpy as np
+
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data) if view.nbytes else 0
+
+
+# -- the session ------------------------------------------------------------------------------
+
+_tls = threading.local()
+"""The context last made current on this thread by this module (``_Ctx``), to skip redundant
+``cuCtxSetCurrent`` calls. Only this module sets contexts in a worker."""
+
+
+class _Ctx:
+    __slots__ = ("handle", "physical", "nonblocking", "timing", "alive")
+
+    def __init__(self, handle: Any, physical: int) -> None:
+        self.handle = handle
+        self.physical = physical
+        self.nonblocking = 0
+        self.timing: tuple[Any, Any] | None = None
+        self.alive = True
+
+
+class _Stream:
+    __slots__ = ("handle", "ctx", "nonblocking")
+
+    def __init__(self, handle: Any, ctx: _Ctx, nonblocking: bool) -> None:
+        self.handle = handle
+        self.ctx = ctx
+        self.nonblocking = nonblocking
+
+
+class _Event:
+    __slots__ = ("handle", "ctx")
+
+    def __init__(self, handle: Any, ctx: _Ctx) -> None:
+        self.handle = handle
+        self.ctx = ctx
+
+
+class _Module:
+    __slots__ = ("handle", "ctx", "dev", "kind", "image", "loaded")
+
+    def __init__(self, handle: Any, ctx: _Ctx, dev: int, kind: str, image: bytes) -> None:
+        self.handle = handle
+        self.ctx = ctx
+        self.dev = dev
+        self.kind = kind
+        self.image = image  # kept alive with the module
+        self.loaded = True
+
+
+class _Function:
+    __slots__ = ("handle", "module", "name", "params")
+
+    def __init__(self, handle: Any, module: _Module, name: str, params: ParamBuffer) -> None:
+        self.handle = handle
+        self.module = module
+        self.name = name
+        self.params = params
+
+
+class CudaSession(BackendSession):
+    """One client session's CUDA state: contexts, memory, streams, events, modules.
+
+    Single-threaded: every call comes from the thread that serves the session.
+    """
+
+    def __init__(self, vgpus: list[VGpu], driver: Any = None) -> None:
+        if driver is None:
+            from cuda.bindings import driver
+        self.d = driver
+        self.vgpus = list(vgpus)
+        self.mem = MemoryTable([v.memory for v in vgpus])
+        self._ctxs: dict[int, _Ctx] = {}
+        self._streams: set[_Stream] = set()
+        self._events: set[_Event] = set()
+        self._modules: set[_Module] = set()
+        self._registered: list[int] = []
+        self._current_dev = 0
+        self._pending: CudaCallError | None = None
+        self._closed = False
+        d = self.d
+        self._ok(d.cuInit(0), "cuInit")
+        try:
+            for phys in sorted({v.physical for v in vgpus}):
+                dev = self._ok(d.cuDeviceGet(phys), "cuDeviceGet")
+                handle = self._ok(d.cuCtxCreate(None, 0, dev), f"cuCtxCreate on GPU {phys}")
+                ctx = _Ctx(handle, phys)
+                _tls.ctx = ctx  # cuCtxCreate made it current
+                self._ctxs[phys] = ctx
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _ok(self, res: Any, what: str) -> Any:
+        """The values of a cuda-bindings result tuple; CudaCallError unless CUDA_SUCCESS."""
+        err = res[0]
+        code = int(err)
+        if code != _SUCCESS:
+            raise self._error(code, what)
+        if len(res) == 1:
+            return None
+        return res[1] if len(res) == 2 else res[1:]
+
+    def _error(self, code: int, what: str) -> CudaCallError:
+        try:
+            name = E(code).name
+        except ValueError:
+            name = f"CUresult {code}"
+        desc = ""
+        try:
+            st, text = self.d.cuGetErrorString(self.d.CUresult(code))
+            if int(st) == 0 and text:
+                desc = f" ({text.decode('utf-8', 'replace') if isinstance(text, bytes) else text})"
+        except Exception:  # noqa: BLE001 - the message is best effort
+            pass
+        return CudaCallError(code, f"{what}: {name}{desc}")
+
+    def _use(self, ctx: _Ctx) -> None:
+        if getattr(_tls, "ctx", None) is not ctx:
+            self._ok(self.d.cuCtxSetCurrent(ctx.handle), "cuCtxSetCurrent")
+            _tls.ctx = ctx
+
+    def _dev_ctx(self, dev: int) -> _Ctx:
+        return self._ctxs[self.vgpus[dev].physical]
+
+    def _ptr_ctx(self, ptr: int, n: int) -> _Ctx:
+        base, _off, _obj = self.mem.resolve(ptr, n)
+        return self._dev_ctx(self.mem.device_of(base))
+
+    def _cur_ctx(self) -> _Ctx:
+        return self._dev_ctx(self._current_dev)
+
+    def _quiesce(self, ctx: _Ctx) -> None:
+        """Work issued on the legacy default stream is not ordered with non-blocking streams:
+        where the client made any, wait for the context before and after such work."""
+        if ctx.nonblocking:
+            self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            err, self._pending = self._pending, None
+            raise err
+
+    # -- hooks called by the session layer ------------------------------------------------------
+
+    def use_device(self, dev: int | None) -> None:
+        """The session's current vGPU (its current context) changed: streams, events and modules
+        created from now on belong to that vGPU's physical GPU."""
+        if dev is not None and 0 <= dev < len(self.vgpus):
+            self._current_dev = dev
+
+    def register_host(self, view: memoryview) -> None:
+        """Page-lock a host region that copies will come from or go to (the shared-memory ring),
+        so the GPU copies straight from it. Best effort: a failure only costs speed."""
+        if self._closed or not self._ctxs or view.nbytes == 0:
+            return
+        addr = buffer_address(view)
+        ctx = next(iter(self._ctxs.values()))
+        try:
+            self._use(ctx)
+            err, = self.d.cuMemHostRegister(addr, view.nbytes, CU_MEMHOSTREGISTER_PORTABLE)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cuMemHostRegister of %d bytes failed: %s; copies stay pageable", view.nbytes, e)
+            return
+        if int(err) == _SUCCESS:
+            self._registered.append(addr)
+            log.info("registered %d KiB of shared memory at 0x%x with CUDA (pinned)", view.nbytes >> 10, addr)
+        elif int(err) != _ALREADY_REGISTERED:
+            log.warning("cuMemHostRegister of %d bytes at 0x%x: %s; copies stay pageable",
+                        view.nbytes, addr, self._error(int(err), "cuMemHostRegister").message)
+
+    def before_read(self, ptr: int, n: int) -> None:
+        """Called before a device-to-host reply is started: wait for the work the read depends on
+        here, so a kernel's failure is this call's status and not a half-sent reply."""
+        self._raise_pending()
+        ctx = self._ptr_ctx(ptr, n)
+        self._use(ctx)
+        self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def alloc(self, dev: int, size: int) -> int:
+        self.mem.check_quota(dev, size)
+        self._use(self._dev_ctx(dev))
+        dptr = self._ok(self.d.cuMemAlloc(size), "cuMemAlloc")
+        base = int(dptr)
+        self.mem.add(dev, base, size, dptr)
+        return base
+
+    def free(self, ptr: int) -> None:
+        _size, dev, dptr = self.mem.remove(ptr)
+        self._use(self._dev_ctx(dev))
+        self._ok(self.d.cuMemFree(dptr), "cuMemFree")
+
+    def write(self, ptr: int, chunks: Iterable[memoryview]) -> None:
+        d = self.d
+        err: CudaCallError | None = None
+        dst = ptr
+        try:
+            ctx = self._ptr_ctx(ptr, 0)
+            self._use(ctx)
+            self._quiesce(ctx)
+        except CudaCallError as e:
+            err = e
+        for chunk in chunks:  # always drain: the transport must end up past the whole blob
+            n = chunk.nbytes
+            if err is None and n:
+                try:
+                    self._ok(d.cuMemcpyHtoD(dst, chunk, n), "cuMemcpyHtoD")
+                except CudaCallError as e:
+                    err = e
+            dst += n
+        if err is not None:
+            raise err
+
+    def read(self, ptr: int, sinks: Iterable[memoryview]) -> None:
+        """Fill every sink; a failure part-way zero-fills the rest and is reported by the next
+        synchronising call (the reply's header has already gone out)."""
+        d = self.d
+        err: CudaCallError | None = None
+        src = ptr
+        try:
+            ctx = self._ptr_ctx(ptr, 0)
+            self._use(ctx)
+            self._quiesce(ctx)
+        except CudaCallError as e:
+            err = e
+        for sink in sinks:
+            n = sink.nbytes
+            if err is None and n:
+                try:
+                    self._ok(d.cuMemcpyDtoH(sink, src, n), "cuMemcpyDtoH")
+                except CudaCallError as e:
+                    err = e
+            if err is not None and n:
+                sink[:] = bytes(n)
+            src += n
+        if err is not None:
+            log.warning("device-to-host copy failed after its reply started: %s", err.message)
+            self._pending = err
+
+    def copy(self, dst: int, src: int, n: int) -> None:
+        dctx, sctx = self._ptr_ctx(dst, n), self._ptr_ctx(src, n)
+        self._use(dctx)
+        self._quiesce(dctx)
+        if sctx is dctx:
+            self._ok(self.d.cuMemcpyDtoD(dst, src, n), "cuMemcpyDtoD")
+        else:
+            self._quiesce(sctx)
+            self._ok(self.d.cuMemcpyPeer(dst, dctx.handle, src, sctx.handle, n), "cuMemcpyPeer")
+        self._quiesce(dctx)
+
+    def memset(self, ptr: int, value: int, elem_size: int, count: int) -> None:
+        ctx = self._ptr_ctx(ptr, elem_size * count)
+        self._use(ctx)
+        self._quiesce(ctx)
+        d = self.d
+        if elem_size == 1:
+            self._ok(d.cuMemsetD8(ptr, value & 0xFF, count), "cuMemsetD8")
+        elif elem_size == 2:
+            self._ok(d.cuMemsetD16(ptr, value & 0xFFFF, count), "cuMemsetD16")
+        elif elem_size == 4:
+            self._ok(d.cuMemsetD32(ptr, value & 0xFFFFFFFF, count), "cuMemsetD32")
+        else:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"memset of {elem_size}-byte elements")
+        self._quiesce(ctx)
+
+    # -- streams and events -------------------------------------------------------------------
+
+    def synchronize(self, stream: Any = None) -> None:
+        self._raise_pending()
+        if stream is None:
+            for ctx in self._ctxs.values():
+                self._use(ctx)
+                self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+        else:
+            self._use(stream.ctx)
+            self._ok(self.d.cuStreamSynchronize(stream.handle), "cuStreamSynchronize")
+
+    def stream_create(self, flags: int) -> Any:
+        ctx = self._cur_ctx()
+        self._use(ctx)
+        handle = self._ok(self.d.cuStreamCreate(flags), "cuStreamCreate")
+        s = _Stream(handle, ctx, bool(flags & CU_STREAM_NON_BLOCKING))
+        ctx.nonblocking += s.nonblocking
+        self._streams.add(s)
+        return s
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._streams.discard(stream)
+        stream.ctx.nonblocking -= stream.nonblocking
+        self._use(stream.ctx)
+        self._ok(self.d.cuStreamDestroy(stream.handle), "cuStreamDestroy")
+
+    def stream_query(self, stream: Any) -> bool:
+        self._raise_pending()
+        ctx = self._cur_ctx() if stream is None else stream.ctx
+        self._use(ctx)
+        err, = self.d.cuStreamQuery(0 if stream is None else stream.handle)
+        if int(err) == _NOT_READY:
+            return False
+        self._ok((err,), "cuStreamQuery")
+        return True
+
+    def event_create(self, flags: int) -> Any:
+        ctx = self._cur_ctx()
+        self._use(ctx)
+        ev = _Event(self._ok(self.d.cuEventCreate(flags), "cuEventCreate"), ctx)
+        self._events.add(ev)
+        return ev
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        if stream is not None and stream.ctx is not event.ctx:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "event and stream belong to different devices")
+        self._use(event.ctx)
+        self._ok(self.d.cuEventRecord(event.handle, 0 if stream is None else stream.handle), "cuEventRecord")
+
+    def event_synchronize(self, event: Any) -> None:
+        self._raise_pending()
+        self._use(event.ctx)
+        self._ok(self.d.cuEventSynchronize(event.handle), "cuEventSynchronize")
+
+    def event_elapsed(self, start: Any, end: Any) -> float:
+        self._use(end.ctx)
+        return float(self._ok(self.d.cuEventElapsedTime(start.handle, end.handle), "cuEventElapsedTime"))
+
+    def event_destroy(self, event: Any) -> None:
+        self._events.discard(event)
+        self._use(event.ctx)
+        self._ok(self.d.cuEventDestroy(event.handle), "cuEventDestroy")
+
+    def event_query(self, event: Any) -> bool:
+        self._use(event.ctx)
+        err, = self.d.cuEventQuery(event.handle)
+        if int(err) == _NOT_READY:
+            return False
+        self._ok((err,), "cuEventQuery")
+        return True
+
+    # -- modules and launches --------------------------------------------------------------------
+
+    def module_load(self, image: bytes) -> Any:
+        kind, data = prepare_image(image)
+        ctx = self._cur_ctx()
+        self._use(ctx)
+        handle = self._ok(self.d.cuModuleLoadData(data), f"cuModuleLoadData ({kind})")
+        m = _Module(handle, ctx, self._current_dev, kind, data)
+        self._modules.add(m)
+        return m
+
+    def module_unload(self, module: Any) -> None:
+        if not module.loaded:
+            return
+        module.loaded = False
+        self._modules.discard(module)
+        self._use(module.ctx)
+        self._ok(self.d.cuModuleUnload(module.handle), "cuModuleUnload")
+
+    def _param_slots(self, module: _Module, func: Any, name: str) -> list[ParamSlot]:
+        slots: list[ParamSlot] = []
+        for i in range(MAX_KERNEL_PARAMS):
+            try:
+                res = self.d.cuFuncGetParamInfo(func, i)
+            except Exception as e:  # noqa: BLE001 - a driver older than CUDA 12.4
+                return self._ptx_slots(module, name, f"cuFuncGetParamInfo unavailable: {e}")
+            code = int(res[0])
+            if code == _INVALID_VALUE:
+                break  # past the last parameter
+            if code != _SUCCESS:
+                if i == 0:
+                    return self._ptx_slots(module, name, self._error(code, "cuFuncGetParamInfo").message)
+                raise self._error(code, f"cuFuncGetParamInfo({name}, {i})")
+            slots.append(ParamSlot(int(res[1]), int(res[2])))
+        return slots
+
+    @staticmethod
+    def _ptx_slots(module: _Module, name: str, why: str) -> list[ParamSlot]:
+        if module.kind == "ptx":
+            table = ptx_parser.entries(module.image.split(b"\0", 1)[0].decode("utf-8", "replace"))
+            if name in table:
+                return table[name]
+        raise CudaCallError(E.CUDA_ERROR_NOT_SUPPORTED, f"{name}: parameter layout unknown ({why})")
+
+    def get_function(self, module: Any, name: str) -> tuple[Any, list[ParamSlot]]:
+        if not module.loaded:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "module was unloaded")
+        self._use(module.ctx)
+        handle = self._ok(self.d.cuModuleGetFunction(module.handle, name.encode()), f"cuModuleGetFunction({name})")
+        slots = self._param_slots(module, handle, name)
+        return _Function(handle, module, name, ParamBuffer(slots)), slots
+
+    def launch(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
+               shared: int, stream: Any, params: bytes) -> float:
+        self._raise_pending()
+        module = func.module
+        if not module.loaded:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, f"{func.name}: its module was unloaded")
+        ctx = module.ctx
+        if stream is not None and stream.ctx is not ctx:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, f"{func.name}: stream belongs to another device")
+        self._use(ctx)
+        d = self.d
+        kp = func.params.fill(params)
+        hs = 0 if stream is None else stream.handle
+        args = (func.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, hs,
+                kp if kp else None, 0)
+        if self.vgpus[module.dev].ratio >= 100:
+            self._ok(d.cuLaunchKernel(*args), f"cuLaunchKernel({func.name})")
+            return 0.0
+        # A compute share below 100 %: measure the kernel's device time (blocking until it ends).
+        if ctx.timing is None:
+            ctx.timing = (self._ok(d.cuEventCreate(0), "cuEventCreate"), self._ok(d.cuEventCreate(0), "cuEventCreate"))
+        t0, t1 = ctx.timing
+        self._ok(d.cuEventRecord(t0, hs), "cuEventRecord")
+        self._ok(d.cuLaunchKernel(*args), f"cuLaunchKernel({func.name})")
+        self._ok(d.cuEventRecord(t1, hs), "cuEventRecord")
+        self._ok(d.cuEventSynchronize(t1), f"{func.name}")
+        ms = self._ok(d.cuEventElapsedTime(t0, t1), "cuEventElapsedTime")
+        return max(0.0, float(ms) / 1000.0)
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free everything; errors (a context left broken by a faulting kernel) are logged, not raised."""
+        if self._closed:
+            return
+        self._closed = True
+        d = self.d
+
+        def quiet(res: Any, what: str) -> None:
+            try:
+                if int(res[0]) != _SUCCESS:
+                    log.debug("close: %s: %s", what, self._error(int(res[0]), what).message)
+            except Exception:  # noqa: BLE001
+                pass
+
+        for ctx in self._ctxs.values():
+            try:
+                d.cuCtxSetCurrent(ctx.handle)
+                _tls.ctx = ctx
+            except Exception:  # noqa: BLE001
+                continue
+            if ctx is next(iter(self._ctxs.values())):
+                for addr in self._registered:
+                    quiet(d.cuMemHostUnregister(addr), "cuMemHostUnregister")
+            for base, _size, dev, dptr in self.mem.items():
+                if self._dev_ctx(dev) is ctx:
+                    quiet(d.cuMemFree(dptr), "cuMemFree")
+                    self.mem.remove(base)
+            for ev in [e for e in self._events if e.ctx is ctx]:
+                quiet(d.cuEventDestroy(ev.handle), "cuEventDestroy")
+            if ctx.timing is not None:
+                for ev in ctx.timing:
+                    quiet(d.cuEventDestroy(ev), "cuEventDestroy")
+            for s in [s for s in self._streams if s.ctx is ctx]:
+                quiet(d.cuStreamDestroy(s.handle), "cuStreamDestroy")
+            for m in [m for m in self._modules if m.ctx is ctx]:
+                m.loaded = False
+                quiet(d.cuModuleUnload(m.handle), "cuModuleUnload")
+        for ctx in self._ctxs.values():
+            ctx.alive = False
+            try:
+                quiet(d.cuCtxDestroy(ctx.handle), "cuCtxDestroy")
+            except Exception:  # noqa: BLE001
+                pass
+            if getattr(_tls, "ctx", None) is ctx:
+                _tls.ctx = None
+        for base, *_ in self.mem.items():
+            self.mem.remove(base)
+        self._registered.clear()
+        self._events.clear()
+        self._streams.clear()
+        self._modules.clear()
+        self._ctxs.clear()
+
+
+class CudaBackend(Backend):
+    """The host's GPUs as seen by a probe in a child process (cached); sessions run on them.
+
+    ``probe_result`` may be given (tests); otherwise the first ``gpus()``/``driver_version()``
+    runs the probe. Nothing here initialises CUDA in the calling process: sessions do, in oriond's
+    forked workers. ``driver`` replaces ``cuda.bindings.driver`` (tests without a GPU).
+    """
+
+    name = "cuda"
+
+    def __init__(self, probe_result: ProbeResult | None = None, probe_timeout: float = 120.0,
+                 driver: Any = None) -> None:
+        self._probe = probe_result
+        self._timeout = probe_timeout
+        self._driver = driver
+        self._lock = threading.Lock()
+
+    def _info(self) -> ProbeResult:
+        with self._lock:
+            if self._probe is None:
+                self._probe = probe(self._timeout)
+            res = self._probe
+        if res.error:
+            raise BackendError(f"cuda backend: {res.error}")
+        if not res.gpus:
+            raise BackendError("cuda backend: CUDA driver present but no GPU")
+        return res
+
+    def gpus(self) -> list[PhysicalGpu]:
+        return list(self._info().gpus)
+
+    def driver_version(self) -> int:
+        return self._info().driver_version
+
+    def open_session(self, vgpus: list[VGpu]) -> CudaSession:
+        n = len(self.gpus())
+        for v in vgpus:
+            if not 0 <= v.physical < n:
+                raise BackendError(f"vGPU on GPU {v.physical}, this host has {n} GPU(s)")
+        try:
+            return CudaSession(vgpus, self._driver)
+        except CudaCallError as e:
+            raise BackendError(f"cannot open CUDA contexts: {e.message}") from None
+
+    def describe(self) -> str:
+        info = self._info()
+        v = info.driver_version
+        gpus = ", ".join(f"GPU {g.index} {g.name} ({g.total_mem >> 20} MiB)" for g in info.gpus)
+        return f"cuda: driver API {v // 1000}.{v % 1000 // 10}, {len(info.gpus)} GPU(s): {gpus}"

@@ -1,0 +1,228 @@
+"""install-client end to end: install into a throwaway root, run a cuda-python-style program with
+the system's Python (which has neither cuda-python nor numpy nor click) against a real oriond,
+uninstall, and compare file lists.
+
+The "system" is the host's ``/`` seen through an overlay in a private mount namespace: read-only
+with the ``--root`` tree on top, or writable with a tmpfs upper layer, where the self-contained
+bundle installs to the real paths (/usr/lib/orion, /etc/orion, dist-packages) without touching
+the host. Everything runs under timeouts; the namespace and its mounts vanish with its process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.nsutil import Lab, Oriond, orion_shm, overlay_chroot_argv, skip_reason, start_oriond
+
+pytestmark = pytest.mark.integration
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+VENV_BIN = Path(sys.executable).parent
+PTX = Path(__file__).resolve().parents[2] / "orion_virt" / "kernels" / "test_kernels.ptx"
+
+# vectorAdd with the standard library only (array + ctypes), as a guest would run it
+PROGRAM = r'''
+import array, ctypes, sys
+try:
+    from cuda.bindings import driver as cuda
+except ImportError as e:
+    print(f"NO-CUDA: {e}")
+    sys.exit(4)
+
+def check(r):
+    err, *vals = r
+    if err != cuda.CUresult.CUDA_SUCCESS:
+        sys.exit(f"CUDA error {err!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+check(cuda.cuInit(0))
+print("driver module:", cuda.__name__, cuda.__file__)
+print("transport:", cuda._orion_transport())
+dev = check(cuda.cuDeviceGet(0))
+ctx = check(cuda.cuCtxCreate(None, 0, dev))
+mod = check(cuda.cuModuleLoadData(open(sys.argv[1], "rb").read() + b"\0"))
+fn = check(cuda.cuModuleGetFunction(mod, b"vectorAdd"))
+n = 10000
+a = array.array("f", (i * 0.5 for i in range(n)))
+b = array.array("f", (2.0 for _ in range(n)))
+c = array.array("f", bytes(4 * n))
+da, db, dc = (check(cuda.cuMemAlloc(4 * n)) for _ in range(3))
+check(cuda.cuMemcpyHtoD(da, a, 4 * n))
+check(cuda.cuMemcpyHtoD(db, b, 4 * n))
+vals = [ctypes.c_uint64(int(da)), ctypes.c_uint64(int(db)), ctypes.c_uint64(int(dc)), ctypes.c_int(n)]
+params = (ctypes.c_void_p * 4)(*[ctypes.addressof(v) for v in vals])
+check(cuda.cuLaunchKernel(fn, (n + 255) // 256, 1, 1, 256, 1, 1, 0, 0, ctypes.addressof(params), 0))
+check(cuda.cuMemcpyDtoH(c, dc, 4 * n))
+check(cuda.cuCtxSynchronize())
+bad = [i for i in range(n) if abs(c[i] - (a[i] + b[i])) > 1e-5]
+print("mods:", sorted(m for m in ("numpy", "click", "lxml") if m in sys.modules))
+print("Test PASSED" if not bad else f"Test FAILED at {bad[:5]}")
+'''
+
+
+def _files(root: Path) -> list[str]:
+    """Every path under ``root`` (files, links, directories), relative, sorted."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    why = skip_reason()
+    if why:
+        pytest.skip(why)
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"{SYSTEM_PYTHON} (the system's Python) is missing")
+    v = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                       capture_output=True, text=True, timeout=30).stdout.strip()
+    if v != "True":
+        pytest.skip(f"{SYSTEM_PYTHON} is older than 3.11")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        pytest.skip("the kernel has no overlayfs")
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+@pytest.fixture
+def oriond(lab: Lab) -> Oriond:
+    shm = lab.path("shm")
+    orion_shm(shm, 1)
+    return start_oriond(lab, shm=shm)
+
+
+def _env_line(lab: Lab, od: Oriond, **extra: str) -> str:
+    """``env -i ...``: a clean login-like environment for a step inside the chroot."""
+    home = lab.path("home")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home),
+           "LANG": "C.UTF-8", "ORION_SERVER": od.addr, "ORION_SHM_PATH_BASE": str(od.shm), **extra}
+    return "env -i " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def _run_ns(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"namespace script failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_root_install_runs_with_system_python_and_uninstalls_cleanly(lab: Lab, oriond: Oriond) -> None:
+    root = lab.path("root")
+    # something that was there before and must survive: an orion-check that is not ours
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/orion-check").write_text("#!/bin/sh\necho not ours\n")
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("guest\n")
+    before = _files(root)
+
+    r = subprocess.run([str(VENV_BIN / "install-client"), "-q", "--root", str(root),
+                        "--python", SYSTEM_PYTHON], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "Configuration file is generated to /etc/orion/client.conf" in out
+    assert 'Please edit the "controller_addr" setting' in out
+    assert "Orion vGPU client environment has been installed in /usr/lib/orion" in out
+    assert "Kept the existing /usr/local/bin/orion-check" in out
+    assert (root / "usr/local/bin/orion-check").read_text() == "#!/bin/sh\necho not ours\n"
+    assert (root / "usr/lib/orion/orion_virt/client/driver.py").is_file()
+    assert not (root / "usr/lib/orion/orion_virt/server").exists()
+    assert not (root / "usr/lib/orion/orion_virt/cli").exists()
+    site = subprocess.run([SYSTEM_PYTHON, "-c", "import site; print(site.getsitepackages()[0])"],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+    assert (root / site.lstrip("/") / "orion-client.pth").is_file()
+
+    prog = lab.tmp / "prog.py"
+    prog.write_text(PROGRAM)
+    ptx = lab.tmp / "kernels.ptx"
+    shutil.copy(PTX, ptx)
+    run = f"{SYSTEM_PYTHON} {prog} {ptx}"
+    res = lab.tmp / "res"
+    res.mkdir()
+    steps = [
+        # no ORION_VGPU: the .pth stays inert and the system Python has no cuda-python
+        f"{_env_line(lab, oriond)} {run} > {res}/plain.out 2>&1 || echo rc=$? >> {res}/plain.out",
+        # ORION_VGPU set: cuda.bindings.driver is the Orion client, over the shm device
+        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_GMEM='1024')} {run} > {res}/shm.out 2>&1",
+        # orion-run (shell wrapper, no click), forced to TCP
+        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_ENABLE_NET='1')} orion-run {run} > {res}/tcp.out 2>&1",
+    ]
+    _run_ns(overlay_chroot_argv(lab, steps, extra_lower=root))
+    plain = (res / "plain.out").read_text()
+    assert "NO-CUDA" in plain and "rc=4" in plain, plain
+    shm_out = (res / "shm.out").read_text()
+    assert "Test PASSED" in shm_out, shm_out
+    assert "driver module: orion_virt.client.driver /usr/lib/orion/orion_virt/client/driver.py" in shm_out
+    assert "transport: shm" in shm_out
+    assert "mods: []" in shm_out, "the client pulled in a third-party module"
+    assert "VirtaiTech Resource" in shm_out and "Client exits with allocation ID" in shm_out
+    tcp_out = (res / "tcp.out").read_text()
+    assert "Test PASSED" in tcp_out and "transport: tcp" in tcp_out, tcp_out
+
+    r = subprocess.run([str(VENV_BIN / "install-client"), "--uninstall", "--root", str(root),
+                        "--python", SYSTEM_PYTHON], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Orion vGPU client environment has been removed from /usr/lib/orion" in r.stdout
+    assert _files(root) == before
+
+
+def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, oriond: Oriond) -> None:
+    bundle = lab.tmp / "install-client"
+    r = subprocess.run([str(VENV_BIN / "install-client"), "--bundle", str(bundle)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    prog = lab.tmp / "prog.py"
+    prog.write_text(PROGRAM)
+    ptx = lab.tmp / "kernels.ptx"
+    shutil.copy(PTX, ptx)
+    res = lab.tmp / "res"
+    res.mkdir()
+    listing = (r'find "$UPPER" -mindepth 1 \( -type f -o -type l -o -type c \) -printf "/%P\n" '
+               r'| grep -v "^/usr/lib/python3[^/]*/.*__pycache__/" | sort')
+    steps = [
+        f"@host {listing} > {res}/upper-before.txt",
+        # the seeds' session: answer the question with n (nothing happens), then with y
+        f"echo n | {SYSTEM_PYTHON} {bundle} > {res}/no.out 2>&1 || echo rc=$? >> {res}/no.out",
+        f"@host {listing} > {res}/upper-after-no.txt",
+        f"echo y | {SYSTEM_PYTHON} {bundle} > {res}/install.out 2>&1",
+        f"@host {listing} > {res}/upper-installed.txt",
+        # as root, so Python writes __pycache__ into /usr/lib/orion: uninstall must remove it
+        f"{_env_line(lab, oriond, ORION_VGPU='1')} {SYSTEM_PYTHON} {prog} {ptx} > {res}/run.out 2>&1",
+        f"@host {listing} > {res}/upper-ran.txt",
+        f"{_env_line(lab, oriond)} orion-check runtime client > {res}/check.out 2>&1 || echo rc=$? >> {res}/check.out",
+        f"{SYSTEM_PYTHON} {bundle} --uninstall > {res}/uninstall.out 2>&1",
+        f"@host {listing} > {res}/upper-after.txt",
+    ]
+    _run_ns(overlay_chroot_argv(lab, steps, writable=True))
+    no = (res / "no.out").read_text()
+    assert "Orion client environment will be installed to /usr/lib/orion" in no
+    assert "Do you want to continue [n/y] ?n\nInstallation is cancelled." in no and "rc=1" in no
+    assert (res / "upper-after-no.txt").read_text() == (res / "upper-before.txt").read_text()
+    out = (res / "install.out").read_text()
+    assert out.startswith("Orion client environment will be installed to /usr/lib/orion\n"
+                          "Do you want to continue [n/y] ?y\n\n"
+                          "Configuration file is generated to /etc/orion/client.conf\n"), out
+    assert "Configuration file is generated to /etc/orion/client.conf" in out
+    assert "Orion vGPU client environment has been installed in /usr/lib/orion" in out
+    installed = (res / "upper-installed.txt").read_text().splitlines()
+    assert "/etc/orion/client.conf" in installed
+    assert "/usr/local/bin/orion-run" in installed and "/usr/local/bin/orion-check" in installed
+    assert any(p.endswith("dist-packages/orion-client.pth") for p in installed), installed
+    run = (res / "run.out").read_text()
+    assert "Test PASSED" in run and "transport: shm" in run, run
+    ran = (res / "upper-ran.txt").read_text()
+    assert "/usr/lib/orion/orion_virt/client/__pycache__/" in ran, "Python wrote no bytecode cache?"
+    check = (res / "check.out").read_text()
+    assert "Orion client is installed in /usr/lib/orion" in check, check
+    assert f"{SYSTEM_PYTHON}: the Orion client runtime is active with ORION_VGPU set" in check, check
+    assert "Transport: shared memory (shm)" in check, check
+    assert "Orion Controller address is not set" in check, check
+    assert "Orion vGPU client environment has been removed from /usr/lib/orion" in (res / "uninstall.out").read_text()
+    assert (res / "upper-after.txt").read_text() == (res / "upper-before.txt").read_text()

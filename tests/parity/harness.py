@@ -1,0 +1,251 @@
+"""Shared helpers of the backend-parity suite (tests/parity) and the gpu tests (tests/gpu).
+
+Backends under test:
+
+* ``sim``        the sim backend (always);
+* ``cuda-fake``  the cuda backend's code on ``fake_cuda.FakeDriver`` (always: exercises its
+                 logic -- contexts, parameter buffers, draining, teardown -- without a GPU);
+* ``cuda``       the cuda backend on the real driver (marked ``gpu``; skipped with the probe's
+                 reason where there is no NVIDIA driver/GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ROOT / "orion_virt" / "kernels"
+PTX = (KERNELS / "test_kernels.ptx").read_bytes()
+CUBIN_SM90 = (KERNELS / "test_kernels.sm_90.cubin").read_bytes()
+FATBIN = (Path(__file__).resolve().parent / "data" / "test_kernels.fatbin").read_bytes()
+"""nvcc --fatbin -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=compute_80"""
+
+MiB = 1 << 20
+_probe_cache: Any = None
+
+
+def cuda_probe() -> Any:
+    """The real host's ProbeResult (run once per test process, in a child process)."""
+    global _probe_cache
+    if _probe_cache is None:
+        from orion_virt.server.cuda_probe import probe
+
+        _probe_cache = probe()
+    return _probe_cache
+
+
+def cuda_missing_reason() -> str | None:
+    res = cuda_probe()
+    if res.error:
+        return f"no NVIDIA driver/GPU: {res.error}"
+    if not res.gpus:
+        return "no NVIDIA driver/GPU: the CUDA driver sees no GPU"
+    return None
+
+
+def require_cuda() -> None:
+    why = cuda_missing_reason()
+    if why:
+        print(why)
+        pytest.skip(why)
+
+
+def fake_probe(gpus: int = 2) -> Any:
+    from orion_virt.cuda_enums import CUdevice_attribute as A
+    from orion_virt.server.backend import PhysicalGpu
+    from orion_virt.server.cuda_probe import ProbeResult
+
+    attrs = {int(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR): 9,
+             int(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR): 0,
+             int(A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT): 132}
+    return ProbeResult(13000, [PhysicalGpu(i, "Fake CUDA GPU (tests)", 16 << 30, bytes([i + 1]) * 16, attrs)
+                               for i in range(gpus)])
+
+
+_real_cuda_backend: Any = None
+
+
+def make_backend(name: str) -> Any:
+    global _real_cuda_backend
+    if name == "sim":
+        from orion_virt.server.sim import SimBackend
+
+        return SimBackend(2, 16384)
+    from orion_virt.server.cuda_backend import CudaBackend
+
+    if name == "cuda-fake":
+        from tests.parity.fake_cuda import FakeDriver
+
+        return CudaBackend(fake_probe(2), driver=FakeDriver(2))
+    if name == "cuda":
+        require_cuda()
+        if _real_cuda_backend is None:
+            _real_cuda_backend = CudaBackend(cuda_probe())
+        return _real_cuda_backend
+    raise ValueError(name)
+
+
+def is_cuda(name: str) -> bool:
+    return name in ("cuda", "cuda-fake")
+
+
+def compute_capability(backend: Any, physical: int = 0) -> tuple[int, int]:
+    from orion_virt.cuda_enums import CUdevice_attribute as A
+
+    attrs = backend.gpus()[physical].attributes
+    return (attrs.get(int(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), 0),
+            attrs.get(int(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR), 0))
+
+
+def pack(fmt: str, *values: Any) -> bytes:
+    return struct.pack(fmt, *values)
+
+
+# -- a Session over a socketpair, driven by the real client module --------------------------------
+
+
+@contextlib.contextmanager
+def remote(backend: Any, vgpus: int = 1, gmem_mib: int = 256, ratio: int = 100,
+           throttle: bool = True) -> Iterator[Any]:
+    """Serve one session of ``backend`` in a thread; yield the client's ``cuda.bindings.driver``
+    stand-in (``orion_virt.client.driver``) connected to it. Calls go through the wire protocol,
+    the session layer's checks and the backend exactly as in oriond (minus the fork)."""
+    from orion_virt.client import driver as cu
+    from orion_virt.client import runtime
+    from orion_virt.client.connection import Connection
+    from orion_virt.server.session import Session, open_authorizer
+    from orion_virt.transport.tcp import SocketStream
+    from orion_virt.wire import Hello
+
+    a, b = socket.socketpair()
+    srv = SocketStream(a, name="parity-server")
+    cli = SocketStream(b, name="parity-client")
+    log = logging.getLogger("orion.test.parity")
+    session = Session(srv, backend, open_authorizer(1, gmem_mib, gpus=len(backend.gpus())), 1, log,
+                      throttle=throttle)
+    ended: dict[str, str] = {}
+    t = threading.Thread(target=lambda: ended.setdefault("why", session.run()), name="parity-session",
+                         daemon=True)
+    t.start()
+    conn = Connection(cli, "tcp")
+    conn.handshake(Hello(pid=os.getpid(), vgpu_count=vgpus, gmem_mib=gmem_mib, ratio=ratio,
+                         program="tests/parity"))
+    rt = runtime.reset_runtime()
+    rt.conn = conn
+    saved = (cu._initialized, cu._current_ctx, cu._failed_once)
+    cu._initialized = True
+    cu._functions.clear()
+    try:
+        yield cu
+    finally:
+        runtime.reset_runtime()  # says BYE
+        t.join(20)
+        cu._initialized, cu._current_ctx, cu._failed_once = saved
+        cu._functions.clear()
+        srv.close()
+        assert not t.is_alive(), "the session thread did not end"
+        assert ended.get("why") == "bye", ended
+
+
+def ok(result: Any) -> Any:
+    """cuda-python style: assert CUDA_SUCCESS and return the value(s)."""
+    err, *values = result
+    assert int(err) == 0, f"CUDA error {err!r}"
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+# -- a real oriond in a subprocess ------------------------------------------------------------------
+
+
+def py_cli(module: str) -> list[str]:
+    """A command line running a click entry point of orion_virt without installed scripts."""
+    return [sys.executable, "-c", f"import sys; from orion_virt.cli.{module} import main; sys.argv[0] = {module!r}; main()"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Oriond:
+    """oriond with ``--backend NAME`` on a loopback port and one shm device under ``tmp``."""
+
+    def __init__(self, tmp: Path, backend: str) -> None:
+        self.tmp = tmp
+        self.backend = backend
+        self.shm, self.logs, self.home = tmp / "shm", tmp / "log", tmp / "home"
+        for d in (self.shm, self.logs, self.home):
+            d.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Oriond:
+        subprocess.run(py_cli("orion_shm") + ["-i", "1", "--size", "64", "--path-base", str(self.shm)],
+                       check=True, env=child_env(), capture_output=True, timeout=60)
+        self.proc = subprocess.Popen(
+            py_cli("oriond") + ["--backend", self.backend, "--bind-addr", "127.0.0.1", "--listen-port",
+                                str(self.port), "--shm-path-base", str(self.shm), "--log-dir", str(self.logs)],
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                raise RuntimeError(f"oriond --backend {self.backend} exited with {self.proc.returncode}:\n{out}"
+                                   f"\n{self.server_log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"oriond did not listen on {self.port}:\n{self.server_log()}")
+
+    def server_log(self) -> str:
+        p = self.logs / "server.log"
+        return p.read_text(errors="replace") if p.exists() else "(no server.log)"
+
+    def client_env(self, tcp: bool, vgpus: int = 1, gmem_mib: int = 1024, ratio: int = 100) -> dict[str, str]:
+        extra = dict(ORION_VGPU=str(vgpus), ORION_GMEM=str(gmem_mib), ORION_RATIO=str(ratio),
+                     HOME=str(self.home), ORION_SERVER=f"127.0.0.1:{self.port}",
+                     ORION_SHM_PATH_BASE=str(self.shm),
+                     ORION_CLIENT_CONF_ETC=str(self.tmp / "no-client.conf"))
+        if tcp:
+            extra["ORION_ENABLE_NET"] = "1"
+        return child_env(**extra)
+
+    def run_client(self, argv: list[str], tcp: bool, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+        """``orion-run ARGV`` against this server; returns the completed process (text output)."""
+        return subprocess.run(py_cli("orion_run") + argv, env=self.client_env(tcp, **kw), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
