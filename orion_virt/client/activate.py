@@ -26,6 +26,7 @@ class _AliasLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         from . import driver
 
+        driver.adopt_real_types()
         return driver
 
     def exec_module(self, module: ModuleType) -> None:

@@ -92,12 +92,17 @@ class CUmodule(_Handle):
 
 
 class CUfunction(_Handle):
-    __slots__ = ("layout", "name")
+    __slots__ = ()
 
-    def __init__(self, init_value: Any = 0, _ptr: int = 0) -> None:
-        super().__init__(init_value)
-        self.layout: list[tuple[int, int]] = []
-        self.name = ""
+
+class _Kernel:
+    """What the client knows of a function handle: its name and parameter layout."""
+
+    __slots__ = ("name", "layout")
+
+    def __init__(self, name: str, layout: list[tuple[int, int]]) -> None:
+        self.name = name
+        self.layout = layout
 
 
 class CUuuid:
@@ -114,7 +119,33 @@ class CUctxCreateParams:
     """Accepted and ignored (execution affinity and CIG are not remoted)."""
 
 
-_functions: dict[int, CUfunction] = {}
+_OwnUuid = CUuuid
+_ADOPTABLE = ("CUdeviceptr", "CUdevice", "CUcontext", "CUstream", "CUevent", "CUmodule", "CUfunction",
+              "CUuuid", "CUctxCreateParams", "CUresult", "CUdevice_attribute", "CUctx_flags",
+              "CUstream_flags", "CUevent_flags", "CUjit_option", "CUfunction_attribute", "CUmemorytype",
+              "CUlimit")
+
+
+def adopt_real_types() -> bool:
+    """Use cuda-bindings' own enums and handle types when it is installed (the application may
+    mix this module with other cuda.bindings modules, e.g. nvrtc, which check those types).
+    Without cuda-bindings the generated enums and the small handle classes above stay."""
+    global _real, _S, _results
+    if _real is None:
+        _real = _load_real_driver()
+    if _real is False:
+        return False
+    g = globals()
+    for name in _ADOPTABLE:
+        if hasattr(_real, name):
+            g[name] = getattr(_real, name)
+    _results = {int(r): r for r in g["CUresult"]}
+    _S = g["CUresult"].CUDA_SUCCESS
+    return True
+
+
+_functions: dict[int, _Kernel] = {}
+_real: Any = None
 _current_ctx = CUcontext(0)
 _initialized = False
 _failed_once = False
@@ -263,7 +294,15 @@ def cuDeviceGetAttribute(attrib: Any, dev: Any) -> tuple[CUresult, int]:
 
 def cuDeviceGetUuid(dev: Any) -> tuple[CUresult, CUuuid]:
     st, v, _ = _call(Call.cuDeviceGetUuid, (_h(dev),))
-    return (_res(st), CUuuid(v[0] if not st else bytes(16)))
+    return (_res(st), _uuid(v[0] if not st else bytes(16)))
+
+
+def _uuid(raw: bytes) -> Any:
+    if CUuuid is _OwnUuid:
+        return CUuuid(raw)
+    u = CUuuid()
+    ctypes.memmove(u.getPtr(), raw, 16)
+    return u
 
 
 cuDeviceGetUuid_v2 = cuDeviceGetUuid
@@ -540,11 +579,9 @@ def cuModuleGetFunction(hmod: Any, name: Any) -> tuple[CUresult, CUfunction]:
     st, v, blob = _call(Call.cuModuleGetFunction, (_h(hmod), len(raw)), raw, len(raw))
     if st:
         return (_res(st), CUfunction(0))
-    f = CUfunction(v[0])
-    f.layout = [struct.unpack_from("<II", blob, i) for i in range(0, len(blob), 8)]
-    f.name = raw.decode("ascii", "replace")
-    _functions[v[0]] = f
-    return (_S, f)
+    _functions[v[0]] = _Kernel(raw.decode("ascii", "replace"),
+                               [struct.unpack_from("<II", blob, i) for i in range(0, len(blob), 8)])
+    return (_S, CUfunction(v[0]))
 
 
 def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
@@ -562,7 +599,7 @@ def _arg_bytes(value: Any, ctype: Any) -> bytes:
     return bytes(ctype(value))
 
 
-def _pack_params(f: CUfunction, kernelParams: Any) -> bytes:
+def _pack_params(f: _Kernel, kernelParams: Any) -> bytes:
     """The parameter buffer, laid out as the kernel expects (layout from cuModuleGetFunction)."""
     layout = f.layout
     total = max((o + s for o, s in layout), default=0)
@@ -594,7 +631,7 @@ def cuLaunchKernel(f: Any, gridDimX: int, gridDimY: int, gridDimZ: int, blockDim
                    blockDimY: int, blockDimZ: int, sharedMemBytes: int, hStream: Any,
                    kernelParams: Any, extra: Any) -> tuple[CUresult]:
     fh = _h(f)
-    func = f if isinstance(f, CUfunction) and f.layout else _functions.get(fh)
+    func = _functions.get(fh)
     if func is None:
         return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
     if extra not in (None, 0) and not (isinstance(extra, (list, tuple)) and not extra):
@@ -614,9 +651,6 @@ def _orion_transport() -> str:
     """Which transport this process uses ('shm', 'ivshmem', 'tcp'), or '' before cuInit."""
     rt = get_runtime()
     return rt.chosen.transport if rt.chosen else ""
-
-
-_real: Any = None
 
 
 def __getattr__(name: str) -> Any:
@@ -651,6 +685,8 @@ def _load_real_driver() -> Any:
     finally:
         if saved is not None:
             sys.modules["cuda.bindings.driver"] = saved
+        elif sys.modules.get("cuda.bindings.driver") is not None and sys.modules["cuda.bindings.driver"] is not sys.modules[__name__]:
+            del sys.modules["cuda.bindings.driver"]
     return mod
 
 

@@ -15,11 +15,8 @@ from orion_virt.cli.orion_run import child_env
 from orion_virt.client import driver as d
 
 
-def _func(layout: list[tuple[int, int]]) -> d.CUfunction:
-    f = d.CUfunction(0x5000_0001)
-    f.layout = layout
-    f.name = "k"
-    return f
+def _func(layout: list[tuple[int, int]]) -> d._Kernel:
+    return d._Kernel("k", layout)
 
 
 VECADD = [(0, 8), (8, 8), (16, 8), (24, 4)]
@@ -82,6 +79,9 @@ def test_orion_run_environment_swaps_only_the_driver_module() -> None:
     code = ("import cuda.bindings.driver as drv, orion_virt.client.driver as ours\n"
             "from cuda.bindings import driver as drv2\n"
             "assert drv is ours and drv2 is ours\n"
+            "import cuda.bindings._version\n"
+            "real = drv._real\n"
+            "assert drv.CUdeviceptr is real.CUdeviceptr and drv.CUresult is real.CUresult\n"
             "import cuda.bindings.nvrtc as nvrtc\n"
             "assert 'orion' not in nvrtc.__name__\n"
             "print('ok')\n")
