@@ -79,7 +79,10 @@ def main(index: int, size: str | None, do_list: bool, remove: bool, owner: str |
             scrub_device(path)
             click.echo(f"Removed {path}")
             return
-        nbytes = parse_size_mib(size) if size else cfg.shm_buffer_size
+        try:
+            nbytes = parse_size_mib(size) if size else cfg.shm_buffer_size
+        except ValueError:
+            raise click.BadParameter(f"--size {size!r}: expected MiB such as 128, 512M or 1G") from None
         uid, gid = _ids(owner, group)
         try:
             fmode = int(mode, 8)
@@ -104,9 +107,12 @@ def main(index: int, size: str | None, do_list: bool, remove: bool, owner: str |
         format_device(path, nbytes, uid=uid, gid=gid, mode=fmode)
         click.echo(f"Created {path} ({nbytes >> 20} MiB, mode {fmode:04o})")
         click.echo(f"Mount it into a container with: docker run -v {path}:{path}:rw ...")
-    except (OrionError, ValueError) as e:
+    except click.BadParameter as e:
+        click.echo(f"orion-shm: {e.message}", err=True)
+        sys.exit(2)
+    except OrionError as e:
         click.echo(f"orion-shm: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(e.exit_code)
 
 
 def _list(base: Path) -> None:
