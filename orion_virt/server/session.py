@@ -50,6 +50,30 @@ class _BlobOut:
     fill: Callable[[Iterator[memoryview]], None]
 
 
+class _Plan:
+    """What the call loop needs for one call code, worked out once: the request struct, whether
+    a blob follows, and one struct packing the reply header and values together."""
+
+    __slots__ = ("spec", "code", "req", "fixed", "has_blob", "synchronizing", "reply", "resp_size", "zeros")
+
+    def __init__(self, spec: CallSpec) -> None:
+        self.spec = spec
+        self.code = int(spec.call)
+        self.req = spec.req
+        self.fixed = spec.req.size
+        self.has_blob = spec.req_blob is not None
+        self.synchronizing = spec.synchronizing
+        self.reply = struct.Struct(HEADER.format + spec.resp.format[1:])
+        self.resp_size = spec.resp.size
+        self.zeros = spec.resp.unpack(bytes(spec.resp.size))
+        """the reply values of a failed call: all zero, as the original ``bytes(resp.size)``"""
+
+
+_PLANS: dict[int, _Plan] = {code: _Plan(spec) for code, spec in SPECS.items()}
+_CALL = int(Kind.CALL)
+_REPLY = int(Kind.REPLY)
+
+
 class _Handles:
     """A per-session table of opaque u64 handles; 0 is never issued."""
 
@@ -91,6 +115,7 @@ class Session:
         self.bs: BackendSession | None = None
         self.deferred = 0
         self.current_dev: int | None = None
+        self.current_ctx = 0
         self.ctxs = _Handles("context", 0x1000_0000, E.CUDA_ERROR_INVALID_CONTEXT)
         self.primary: dict[int, int] = {}
         self.streams = _Handles("stream", 0x2000_0000)
@@ -171,36 +196,37 @@ class Session:
         stream = self.stream
         recv = stream.recv_exact
         unpack = HEADER.unpack
-        specs = SPECS
+        plans = _PLANS
         handlers = self.handlers
+        reply = self._reply
+        blob = _Blob(stream, 0)  # one per session: a handler consumes it before the next call is read
         while True:
             raw = recv(HEADER_SIZE)
             length, kind, flags, code, seq, _status = unpack(raw)
-            spec = specs.get(code)
-            if kind != Kind.CALL or spec is None or flags & ~1:
+            plan = plans.get(code)
+            if kind != _CALL or plan is None or flags & ~1:
                 if kind == Kind.BYE and length == 0:
                     self.log.info("session %d: client said goodbye", self.session_id)
                     return "bye"
                 parse_header(raw)
                 raise ProtocolError(f"unexpected {Kind(kind).name} message")
-            fixed = spec.req.size
-            if length < fixed or (spec.req_blob is None and length != fixed):
+            fixed = plan.fixed
+            if length < fixed or (not plan.has_blob and length != fixed):
                 parse_header(raw)
-            args = spec.req.unpack(recv(fixed)) if fixed else ()
-            blob = _Blob(stream, 0)
-            if spec.req_blob is not None:
-                blob.remaining = check_blob(spec, Kind.CALL, args, length)
+            args = plan.req.unpack(recv(fixed)) if fixed else ()
+            if plan.has_blob:
+                blob.remaining = check_blob(plan.spec, Kind.CALL, args, length)
             self.calls += 1
             status = 0
             result: Any = None
             try:
-                if self.deferred and spec.synchronizing:
+                if self.deferred and plan.synchronizing:
                     status, self.deferred = self.deferred, 0
                 else:
                     result = handlers[code](args, blob)
             except CudaCallError as e:
                 status = e.code
-                self.log.info("session %d: %s failed: %s (%s)", self.session_id, spec.call.name,
+                self.log.info("session %d: %s failed: %s (%s)", self.session_id, plan.spec.call.name,
                               E(e.code).name, e.message)
             if blob.remaining:
                 stream.discard(blob.remaining)
@@ -209,19 +235,19 @@ class Session:
                 if status and not self.deferred:
                     self.deferred = status
                 continue
-            self._reply(spec, seq, status, result)
+            reply(plan.spec, seq, status, result)
 
     def _reply(self, spec: CallSpec, seq: int, status: int, result: Any) -> None:
         stream = self.stream
-        st = spec.resp
+        plan = _PLANS[spec.call]
         if status or result is None:
-            stream.send(HEADER.pack(st.size, Kind.REPLY, 0, spec.call, seq, status) + bytes(st.size))
+            stream.send(plan.reply.pack(plan.resp_size, _REPLY, 0, plan.code, seq, status, *plan.zeros))
         elif isinstance(result, _BlobOut):
-            stream.send(HEADER.pack(st.size + result.size, Kind.REPLY, 0, spec.call, seq, 0) + st.pack(*result.values))
+            stream.send(plan.reply.pack(plan.resp_size + result.size, _REPLY, 0, plan.code, seq, 0, *result.values))
             stream.flush()
             result.fill(stream.send_chunks(result.size))
         else:
-            stream.send(HEADER.pack(st.size, Kind.REPLY, 0, spec.call, seq, 0) + st.pack(*result))
+            stream.send(plan.reply.pack(plan.resp_size, _REPLY, 0, plan.code, seq, 0, *result))
         stream.flush()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -309,19 +335,20 @@ class Session:
     def _cuCtxCreate(self, a: tuple, b: _Blob) -> tuple:
         d = self._dev(a[1])
         h = self.ctxs.add(d)
-        self.current_dev = d
+        self.current_dev, self.current_ctx = d, h
         self._bs.use_device(d)
         return (h,)
 
     def _cuCtxDestroy(self, a: tuple, b: _Blob) -> tuple:
-        d = self.ctxs.pop(a[0])
-        if self.current_dev == d and d not in (self.ctxs.items.values()):
-            self.current_dev = None
+        self.ctxs.pop(a[0])
+        if a[0] == self.current_ctx:
+            self.current_dev, self.current_ctx = None, 0
             self._bs.use_device(None)
         return ()
 
     def _cuCtxSetCurrent(self, a: tuple, b: _Blob) -> tuple:
         self.current_dev = None if a[0] == 0 else self.ctxs.get(a[0])
+        self.current_ctx = a[0]
         self._bs.use_device(self.current_dev)
         return ()
 

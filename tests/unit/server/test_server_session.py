@@ -197,3 +197,18 @@ def test_handshake_refused_with_a_reason() -> None:
     with pytest.raises(TransportError, match="exceeds the memory of one GPU"):
         conn.handshake(Hello(pid=1, vgpu_count=1, gmem_mib=4096, ratio=100))
     t.join(5)
+
+
+def test_context_lifecycle(client: Client) -> None:
+    assert client(Call.cuMemAlloc, 16)[0] == R.CUDA_ERROR_INVALID_CONTEXT
+    c0, c1 = client.ctx(0), client.ctx(1)
+    p1 = client.alloc(1 << 20)  # on device 1, the current one
+    assert client(Call.cuMemGetInfo)[1] == (63 << 20, 64 << 20)
+    client(Call.cuCtxSetCurrent, c0)
+    assert client(Call.cuMemGetInfo)[1] == (64 << 20, 64 << 20)
+    assert client(Call.cuCtxDestroy, c1)[0] == 0
+    assert client(Call.cuMemGetInfo)[0] == 0  # c0 still current
+    assert client(Call.cuCtxDestroy, c0)[0] == 0
+    assert client(Call.cuCtxSynchronize)[0] == R.CUDA_ERROR_INVALID_CONTEXT
+    assert client(Call.cuCtxDestroy, c0)[0] == R.CUDA_ERROR_INVALID_CONTEXT
+    assert p1
