@@ -209,13 +209,10 @@ class Lab:
         return ns
 
     def cleanup(self) -> None:
+        # newest first: containers before the oriond they use. SIGTERM lets oriond end its
+        # session workers; unshare --kill-child takes a container's pid namespace with it.
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.kill()  # unshare --kill-child takes the container's pid namespace with it
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_pid(proc, grace=3.0)
         for ns in self.netnses:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         for link in reversed(self.links):
@@ -243,12 +240,13 @@ def start_oriond(lab: Lab, *, shm: Path, bind: str = "127.0.0.1", port: int | No
     port = port or free_port(bind)
     logs = lab.path(f"{name}-log")
     (lab.tmp / "no-server.conf").touch()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "oriond"), "--backend", "sim", "--sim-gpus", "1", "--sim-memory", "16384",
-         "--bind-addr", bind, "--listen-port", str(port), "--shm-path-base", str(shm),
-         "--log-dir", str(logs), "--enable-shm", "--config", str(lab.tmp / "no-server.conf")],
-        stdout=subprocess.DEVNULL, stderr=open(lab.tmp / f"{name}.stderr", "wb"),
-        stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(lab.path("home"))})
+    with open(lab.tmp / f"{name}.stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "oriond"), "--backend", "sim", "--sim-gpus", "1", "--sim-memory", "16384",
+             "--bind-addr", bind, "--listen-port", str(port), "--shm-path-base", str(shm),
+             "--log-dir", str(logs), "--enable-shm", "--config", str(lab.tmp / "no-server.conf")],
+            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+            env={**os.environ, "HOME": str(lab.path("home"))})
     lab.procs.append(proc)
     try:
         wait_port(bind, port)

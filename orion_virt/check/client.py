@@ -39,8 +39,8 @@ def _python_line(out: Out) -> bool:
     return ok
 
 
-def _installation(env: Mapping[str, str], out: Out) -> str | None:
-    """Report an install-client installation; return its path."""
+def _installation(env: Mapping[str, str], out: Out) -> tuple[str, str] | None:
+    """Report an install-client installation; return (its path, its Python)."""
     from ..installer import core
 
     try:
@@ -53,7 +53,7 @@ def _installation(env: Mapping[str, str], out: Out) -> str | None:
             f"(no {core.DEFAULT_PREFIX}/{core.MANIFEST_NAME})")
         return None
     out(f"Orion client is installed in {m.prefix} for {m.python} (.pth in {m.site_dir})")
-    return m.prefix
+    return m.prefix, m.python
 
 
 # -- install client ----------------------------------------------------------------------------
@@ -214,36 +214,42 @@ def _transport(cfg: ClientConfig, out: Out) -> bool:
     return True
 
 
-def _importable(env: Mapping[str, str], prefix: str | None, out: Out) -> bool:
-    """Is the runtime active for the system's Python when ORION_VGPU is set?"""
+def _importable(env: Mapping[str, str], install: tuple[str, str] | None, out: Out) -> bool:
+    """Does ``ORION_VGPU=1 python3 app.py`` reach the Orion client? Checked for the Python
+    install-client installed for (a failure there is an error), this one and ``python3`` on PATH
+    (for those a note: run programs with orion-run)."""
     ok = True
     pythons: list[str] = []
-    for cand in (sys.executable, shutil.which("python3", path=env.get("PATH"))):
+    for cand in ((install[1] if install else None), sys.executable,
+                 shutil.which("python3", path=env.get("PATH"))):
         if cand and os.path.realpath(cand) not in map(os.path.realpath, pythons):
             pythons.append(cand)
-    probe = ("import sys, cuda.bindings.driver as d, orion_virt; "
-             "print(d.__name__, orion_virt.__file__)")
+    probe = "import orion_virt, cuda.bindings.driver as d; print(d.__name__, orion_virt.__file__)"
     for py in pythons:
         child = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "ORION_RUN")}
         child["ORION_VGPU"] = child.get("ORION_VGPU") or "1"
         try:
-            r = subprocess.run([py, "-c", probe], env=child, capture_output=True, text=True, timeout=30)
+            r = subprocess.run([py, "-c", probe], env=child, capture_output=True, text=True, timeout=30,
+                               cwd="/")
         except (OSError, subprocess.TimeoutExpired) as e:
             out(f"[Warning] cannot run {py}: {e}")
             continue
         words = r.stdout.split()
         if r.returncode == 0 and words[:1] == ["orion_virt.client.driver"]:
-            out(f"{py}: the Orion client runtime is active with ORION_VGPU set (from {Path(words[1]).parent.parent})")
-        elif r.returncode == 0:
-            out(f"{py}: cuda.bindings.driver is NOT the Orion client (it is {words[0]}): the .pth of "
-                "install-client is not in this Python's site-packages; run programs with orion-run")
+            out(f"{py}: the Orion client runtime is active with ORION_VGPU set "
+                f"(from {Path(words[1]).parent.parent})")
+            continue
+        if r.returncode == 0:
+            why = f"its cuda.bindings.driver is {words[0] if words else '?'}"
+        else:
+            why = (r.stderr.strip().splitlines() or ["?"])[-1]
+        if install and py == install[1]:
+            out(f"[Error] {py}: the Orion client installed in {install[0]} is not active with ORION_VGPU "
+                f"set ({why}); reinstall it: install-client -d {install[0]}")
             ok = False
         else:
-            last = (r.stderr.strip().splitlines() or ["?"])[-1]
-            hint = ("run install-client" if prefix is None else
-                    f"use orion-run, or PYTHONPATH={prefix}")
-            out(f"{py}: the Orion client runtime is not importable ({last}); {hint}")
-            ok = False
+            out(f"[Info] {py}: ORION_VGPU alone does not redirect CUDA here ({why}); run programs with "
+                "orion-run" + ("" if install else ", or install the client with install-client"))
     return ok
 
 
@@ -253,7 +259,7 @@ def runtime_client(env: Mapping[str, str] | None, out: Out) -> int:
     failed = False
     out("Checking Orion Client status ...")
     failed |= not _python_line(out)
-    prefix = _installation(env, out)
+    install = _installation(env, out)
     try:
         cfg = load_client_config(env)
     except OrionError as e:
@@ -264,7 +270,7 @@ def runtime_client(env: Mapping[str, str] | None, out: Out) -> int:
     if cfg.vgpu is None:
         out("[Info] ORION_VGPU is not set: applications use Orion vGPUs only with it (export ORION_VGPU=N)")
     out("")
-    failed |= not _importable(env, prefix, out)
+    failed |= not _importable(env, install, out)
     out("")
     failed |= not _transport(cfg, out)
     out("")

@@ -195,7 +195,7 @@ def port_in_use(host: str, port: int) -> str | None:
             return e.strerror or str(e)
 
 
-# -- Python and packages ----------------------------------------------------------------------------
+# -- Python and packages ---------------------------------------------------------------------
 
 
 def check_python(report: Report, minimum: tuple[int, int] = (3, 11)) -> None:
@@ -341,7 +341,7 @@ def check_mps(report: Report, proc_root: Path = Path("/proc"),
             report.info(f"{pipe}/control exists but no MPS daemon runs (stale pipe directory)")
 
 
-# -- Orion Controller ---------------------------------------------------------------------------------
+# -- Orion Controller --------------------------------------------------------------------------
 
 
 def controller_from_env(env: Mapping[str, str]) -> tuple[str, str] | None:

@@ -25,7 +25,12 @@ DEFAULT_KEY = "/etc/orion/token.key"
 
 
 def _store_check(report: Report, kv: str | None, timeout: float) -> None:
-    from ..controller.store import DEFAULT_SQLITE_PATH, EtcdStore, SqliteStore, open_store
+    from ..controller.store import (
+        DEFAULT_SQLITE_PATH,
+        EtcdStore,
+        SqliteStore,
+        open_store,
+    )
 
     report.section("Checking the pool store")
     try:

@@ -20,7 +20,7 @@ _HDR = "IBBHIi"
 
 
 class _Packer:
-    __slots__ = ("spec", "st", "flags", "fixed", "blob_idx", "resp", "resp_blob_idx")
+    __slots__ = ("spec", "st", "flags", "fixed", "blob_idx", "resp", "resp_size", "resp_blob_idx")
 
     def __init__(self, spec: CallSpec) -> None:
         self.spec = spec
@@ -28,10 +28,12 @@ class _Packer:
         self.flags = 1 if spec.async_ else 0
         self.fixed = spec.req.size
         self.resp = spec.resp
+        self.resp_size = spec.resp.size
         self.resp_blob_idx = spec.resp_names.index(spec.resp_blob) if spec.resp_blob else -1
 
 
 PACKERS: dict[int, _Packer] = {code: _Packer(spec) for code, spec in SPECS.items()}
+_NO_REPLY: tuple[int, tuple, bytes] = (0, (), b"")
 
 
 class Connection:
@@ -67,7 +69,10 @@ class Connection:
         p = PACKERS[code]
         self.seq = seq = (self.seq + 1) & 0xFFFFFFFF
         stream = self.stream
-        head = p.st.pack(p.fixed + blob_len, 3, p.flags, code, seq, 0, *args)
+        if args:
+            head = p.st.pack(p.fixed + blob_len, 3, p.flags, code, seq, 0, *args)
+        else:  # no star-call for argument-less calls (cuCtxSynchronize, ...): measurably cheaper
+            head = p.st.pack(blob_len, 3, p.flags, code, seq, 0)
         if blob is None:
             stream.send(head)
         elif blob_len <= 4096:
@@ -76,12 +81,13 @@ class Connection:
             stream.send(head)
             stream.send_from(blob)
         if p.flags:
-            return 0, (), b""
+            return _NO_REPLY
         stream.flush()
-        raw = stream.recv_exact(HEADER_SIZE)
-        length, kind, _flags, rcode, rseq, status = HEADER.unpack(raw)
+        length, kind, flags, rcode, rseq, status = stream.recv_unpack(HEADER)
         if kind != 4 or rcode != code or rseq != seq:
-            return self._unexpected(raw, code, seq)
+            return self._unexpected(HEADER.pack(length, kind, flags, rcode, rseq, status), code, seq)
+        if length == p.resp_size:  # the common reply: fixed values only, no blob
+            return status, (stream.recv_unpack(p.resp) if length else ()), b""
         resp = p.resp
         values = resp.unpack(stream.recv_exact(resp.size)) if resp.size else ()
         if length < resp.size:

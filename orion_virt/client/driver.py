@@ -19,14 +19,16 @@ from ..cuda_enums import (  # noqa: F401  (re-exported API)
 )
 from ..errors import OrionError, TransportError
 from ..wire.calls import Call
+from . import runtime as _runtime_module
 from .runtime import get_runtime, say
 
 _S = CUresult.CUDA_SUCCESS
+_UNKNOWN = CUresult.CUDA_ERROR_UNKNOWN
 _results = {int(r): r for r in CUresult}
 
 
 def _res(code: int) -> CUresult:
-    return _results.get(code, CUresult.CUDA_ERROR_UNKNOWN)
+    return _results.get(code, _UNKNOWN)
 
 
 class _Handle:
@@ -167,7 +169,9 @@ def _call(code: Call, args: tuple, blob: Any = None, blob_len: int = 0,
     global _failed_once
     if not _initialized:
         return int(CUresult.CUDA_ERROR_NOT_INITIALIZED), (), b""
-    rt = get_runtime()
+    # The process runtime, read without get_runtime's lock once it exists (a module global read
+    # is atomic; reset_runtime replaces it as a whole). The call itself is serialised by rt.lock.
+    rt = _runtime_module._runtime or get_runtime()
     try:
         with rt.lock:
             conn = rt.conn

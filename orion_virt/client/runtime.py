@@ -49,6 +49,7 @@ class Runtime:
         self.failed: str | None = None
         self.heartbeat: Heartbeat | None = None
         self.renewer: object | None = None
+        self._closing = False
         self.log = logging.getLogger("orion.client")
         self._atexit = False
 
@@ -88,6 +89,7 @@ class Runtime:
 
     def _connect(self) -> Connection:
         cfg = self.config
+        self._closing = False
         self._setup_log()
         print(BANNER, file=sys.stderr, flush=True)
         self.log.info("%s starting; config from %s", BANNER, cfg.source)
@@ -160,13 +162,20 @@ class Runtime:
     def _allocation_lost(self, why: str) -> None:
         """The controller no longer holds our allocation (lease expired, node down): its vGPUs
         may be lent to someone else, so this process stops using them."""
-        say(f"Orion vGPU allocation {self.allocation_id} was released by the Orion Controller "
-            f"({why}); CUDA calls fail from now on", "ERROR")
-        with self.lock:
+        while not self.lock.acquire(timeout=0.1):
+            if self._closing:
+                return
+        try:
+            if self._closing:
+                return
+            say(f"Orion vGPU allocation {self.allocation_id} was released by the Orion "
+                f"Controller ({why}); CUDA calls fail from now on", "ERROR")
             conn, self.conn = self.conn, None
             self.allocation = None
             if conn is not None:
                 conn.bye()
+        finally:
+            self.lock.release()
 
     def _stop_renewer(self) -> None:
         renewer, self.renewer = self.renewer, None
@@ -175,6 +184,7 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Say goodbye, release the allocation and print the exit line. Idempotent."""
+        self._closing = True
         with self.lock:
             conn, self.conn = self.conn, None
             if conn is not None:

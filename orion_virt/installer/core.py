@@ -292,6 +292,8 @@ class _Writer:
         missing: list[str] = []
         p = PurePosixPath(path)
         while not self.t(str(p)).is_dir():
+            if p == p.parent:
+                raise InstallError(f"root directory {self.t.root} does not exist")
             missing.append(str(p))
             p = p.parent
         for d in reversed(missing):
@@ -337,6 +339,8 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     """Install (or reinstall over a previous installation at ``prefix``). Returns the manifest."""
     prefix = check_prefix(prefix)
     t = Target(root)
+    if t.root != Path("/"):
+        t.root.mkdir(parents=True, exist_ok=True)
     info = query_python(python or default_python())
     if info.version[:2] < MIN_PYTHON:
         raise InstallError(f"{info.executable} is Python {'.'.join(map(str, info.version))}; the Orion "
@@ -346,6 +350,10 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     if foreign:
         raise InstallError(f"the client modules import {', '.join(sorted(foreign))}, which a guest may "
                            "lack; this is a bug in orion_virt")
+    other = t.find_manifest(None, info.executable)
+    if other is not None and other.prefix != prefix:
+        raise InstallError(f"the Orion client is already installed in {other.prefix}; remove it first "
+                           f"(install-client --uninstall -d {other.prefix})")
     old = t.find_manifest(prefix)
     m = Manifest(prefix, info.executable, info.site_dir)
     if old is not None:
@@ -374,8 +382,6 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
         m.files.remove(CONF_PATH)  # tracked separately: kept on uninstall once edited
         m.conf_created, m.conf_sha256 = True, _sha(data)
     (t(prefix) / MANIFEST_NAME).write_text(m.to_json())
-    if t.root != Path("/"):
-        out(f"(installed under the root directory {t.root})")
     out("")
     if conf_new:
         out(f"Configuration file is generated to {CONF_PATH}")
@@ -388,6 +394,8 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     out("export ORION_VGPU=1")
     out(f"(cuda-python programs run by {info.executable} then use Orion vGPUs; for any other Python, "
         "such as a venv: orion-run python3 app.py)")
+    if t.root != Path("/"):
+        out(f"(all of it under the root directory {t.root})")
     return m
 
 

@@ -23,7 +23,7 @@ CLIENT_CONF = """\
     # Write the log of every application run to ~/.orion/log/. 0: no, 1: yes.
     log_to_file = 1
     # Level of the lines printed on screen: ERROR, WARNING, INFO or DEBUG.
-    log_level = WARNING
+    log_level = INFO
     # Level of the lines written to the log file: ERROR, WARNING, INFO or DEBUG.
     file_log_level = INFO
 

@@ -26,7 +26,7 @@ from ..controller.client import GpuInfo, NodeInfo
 from ..controller.exceptions import TokenError, TokenExpired
 from ..controller.registration import Registrar
 from ..controller.token import load_key, verify_token
-from ..errors import OrionError
+from ..errors import ConfigError, OrionError
 from ..wire import Hello
 from .backend import Backend, PhysicalGpu, VGpu
 from .session import Authorizer, open_authorizer
@@ -127,7 +127,13 @@ def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -
     is missing or malformed), else direct mode."""
     gpus = backend.gpus()
     if cfg.controller_addr:
-        key = load_key(cfg.token_key_file)
+        try:
+            key = load_key(cfg.token_key_file)
+        except ConfigError as e:
+            raise ConfigError(f"{e} ([controller] token_key_file): oriond verifies the Orion "
+                              f"Controller's allocation tokens with it; copy the file given to "
+                              f"orion-controller --token-key here (mode 0600), or remove "
+                              f"controller_addr to run in direct mode") from None
         me = node_id(cfg)
         log.info("token mode: sessions need an allocation token from the Orion Controller %s "
                  "for node %s (key %s)", cfg.controller_addr, me, cfg.token_key_file)

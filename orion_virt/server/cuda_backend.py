@@ -40,6 +40,7 @@ _INVALID_VALUE = int(E.CUDA_ERROR_INVALID_VALUE)
 _ALREADY_REGISTERED = int(E.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
 CU_STREAM_NON_BLOCKING = 1
 CU_MEMHOSTREGISTER_PORTABLE = 1
+CU_MEMHOSTREGISTER_READ_ONLY = 8
 MAX_KERNEL_PARAMS = 32768
 """A kernel's parameters take at most 32 KiB, so at most this many of them."""
 
@@ -139,12 +140,13 @@ _tls = threading.local()
 
 
 class _Ctx:
-    __slots__ = ("handle", "physical", "nonblocking", "timing", "alive")
+    __slots__ = ("handle", "physical", "nonblocking", "dirty", "timing", "alive")
 
     def __init__(self, handle: Any, physical: int) -> None:
         self.handle = handle
         self.physical = physical
         self.nonblocking = 0
+        self.dirty = False  # device work issued since the last context-wide synchronize
         self.timing: tuple[Any, Any] | None = None
         self.alive = True
 
@@ -213,7 +215,11 @@ class CudaSession(BackendSession):
         try:
             for phys in sorted({v.physical for v in vgpus}):
                 dev = self._ok(d.cuDeviceGet(phys), "cuDeviceGet")
-                handle = self._ok(d.cuCtxCreate(None, 0, dev), f"cuCtxCreate on GPU {phys}")
+                try:
+                    res = d.cuCtxCreate(None, 0, dev)  # cuda-bindings 13: (ctxCreateParams, flags, dev)
+                except TypeError:
+                    res = d.cuCtxCreate(0, dev)  # cuda-bindings 12.x: (flags, dev)
+                handle = self._ok(res, f"cuCtxCreate on GPU {phys}")
                 ctx = _Ctx(handle, phys)
                 _tls.ctx = ctx  # cuCtxCreate made it current
                 self._ctxs[phys] = ctx
@@ -283,31 +289,43 @@ class CudaSession(BackendSession):
 
     def register_host(self, view: memoryview) -> None:
         """Page-lock a host region that copies will come from or go to (the shared-memory ring),
-        so the GPU copies straight from it. Best effort: a failure only costs speed."""
+        so the GPU copies straight from or to it. A read-only view (the request ring: the device
+        only reads it) is registered READ_ONLY, which Linux also grants for shared mappings of
+        regular files, where a writable long-term pin is refused (only tmpfs/hugetlbfs allow it).
+        Best effort: a failure only costs speed, and is logged."""
         if self._closed or not self._ctxs or view.nbytes == 0:
             return
         addr = buffer_address(view)
-        ctx = next(iter(self._ctxs.values()))
+        tries = [CU_MEMHOSTREGISTER_PORTABLE]
+        if view.readonly:
+            tries.insert(0, CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_READ_ONLY)
         try:
-            self._use(ctx)
-            err, = self.d.cuMemHostRegister(addr, view.nbytes, CU_MEMHOSTREGISTER_PORTABLE)
+            self._use(next(iter(self._ctxs.values())))
+            for flags in tries:
+                err, = self.d.cuMemHostRegister(addr, view.nbytes, flags)
+                if int(err) in (_SUCCESS, _ALREADY_REGISTERED):
+                    break
         except Exception as e:  # noqa: BLE001
             log.warning("cuMemHostRegister of %d bytes failed: %s; copies stay pageable", view.nbytes, e)
             return
         if int(err) == _SUCCESS:
             self._registered.append(addr)
-            log.info("registered %d KiB of shared memory at 0x%x with CUDA (pinned)", view.nbytes >> 10, addr)
+            log.info("registered %d KiB of shared memory at 0x%x with CUDA (pinned%s)", view.nbytes >> 10, addr,
+                     ", read-only" if flags & CU_MEMHOSTREGISTER_READ_ONLY else "")
         elif int(err) != _ALREADY_REGISTERED:
-            log.warning("cuMemHostRegister of %d bytes at 0x%x: %s; copies stay pageable",
-                        view.nbytes, addr, self._error(int(err), "cuMemHostRegister").message)
+            log.warning("cuMemHostRegister of %d bytes at 0x%x: %s; copies stay pageable (a device file on "
+                        "tmpfs, e.g. /dev/shm, can be pinned)", view.nbytes, addr,
+                        self._error(int(err), "cuMemHostRegister").message)
 
     def before_read(self, ptr: int, n: int) -> None:
         """Called before a device-to-host reply is started: wait for the work the read depends on
         here, so a kernel's failure is this call's status and not a half-sent reply."""
         self._raise_pending()
         ctx = self._ptr_ctx(ptr, n)
-        self._use(ctx)
-        self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+        if ctx.dirty:  # otherwise no device work can have failed since the last synchronize
+            self._use(ctx)
+            self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+            ctx.dirty = False
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -332,6 +350,7 @@ class CudaSession(BackendSession):
             ctx = self._ptr_ctx(ptr, 0)
             self._use(ctx)
             self._quiesce(ctx)
+            ctx.dirty = True
         except CudaCallError as e:
             err = e
         for chunk in chunks:  # always drain: the transport must end up past the whole blob
@@ -375,6 +394,7 @@ class CudaSession(BackendSession):
         dctx, sctx = self._ptr_ctx(dst, n), self._ptr_ctx(src, n)
         self._use(dctx)
         self._quiesce(dctx)
+        dctx.dirty = sctx.dirty = True
         if sctx is dctx:
             self._ok(self.d.cuMemcpyDtoD(dst, src, n), "cuMemcpyDtoD")
         else:
@@ -386,6 +406,7 @@ class CudaSession(BackendSession):
         ctx = self._ptr_ctx(ptr, elem_size * count)
         self._use(ctx)
         self._quiesce(ctx)
+        ctx.dirty = True
         d = self.d
         if elem_size == 1:
             self._ok(d.cuMemsetD8(ptr, value & 0xFF, count), "cuMemsetD8")
@@ -405,6 +426,7 @@ class CudaSession(BackendSession):
             for ctx in self._ctxs.values():
                 self._use(ctx)
                 self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+                ctx.dirty = False
         else:
             self._use(stream.ctx)
             self._ok(self.d.cuStreamSynchronize(stream.handle), "cuStreamSynchronize")
@@ -531,6 +553,7 @@ class CudaSession(BackendSession):
         if stream is not None and stream.ctx is not ctx:
             raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, f"{func.name}: stream belongs to another device")
         self._use(ctx)
+        ctx.dirty = True
         d = self.d
         kp = func.params.fill(params)
         hs = 0 if stream is None else stream.handle

@@ -54,7 +54,8 @@ class _Plan:
     """What the call loop needs for one call code, worked out once: the request struct, whether
     a blob follows, and one struct packing the reply header and values together."""
 
-    __slots__ = ("spec", "code", "req", "fixed", "has_blob", "synchronizing", "reply", "resp_size", "zeros")
+    __slots__ = ("spec", "code", "req", "fixed", "has_blob", "blob_idx", "max_blob", "synchronizing", "reply",
+                 "resp_size", "zeros")
 
     def __init__(self, spec: CallSpec) -> None:
         self.spec = spec
@@ -62,6 +63,8 @@ class _Plan:
         self.req = spec.req
         self.fixed = spec.req.size
         self.has_blob = spec.req_blob is not None
+        self.blob_idx = spec.req_names.index(spec.req_blob) if spec.req_blob else -1
+        self.max_blob = spec.max_req_blob
         self.synchronizing = spec.synchronizing
         self.reply = struct.Struct(HEADER.format + spec.resp.format[1:])
         self.resp_size = spec.resp.size
@@ -194,28 +197,30 @@ class Session:
 
     def serve(self) -> str:
         stream = self.stream
-        recv = stream.recv_exact
-        unpack = HEADER.unpack
+        recv_unpack = stream.recv_unpack
+        pack_header = HEADER.pack
         plans = _PLANS
         handlers = self.handlers
-        reply = self._reply
+        reply, send, flush = self._reply, stream.send, stream.flush
         blob = _Blob(stream, 0)  # one per session: a handler consumes it before the next call is read
         while True:
-            raw = recv(HEADER_SIZE)
-            length, kind, flags, code, seq, _status = unpack(raw)
+            length, kind, flags, code, seq, hstatus = recv_unpack(HEADER)
             plan = plans.get(code)
             if kind != _CALL or plan is None or flags & ~1:
                 if kind == Kind.BYE and length == 0:
                     self.log.info("session %d: client said goodbye", self.session_id)
                     return "bye"
-                parse_header(raw)
+                parse_header(pack_header(length, kind, flags, code, seq, hstatus))
                 raise ProtocolError(f"unexpected {Kind(kind).name} message")
             fixed = plan.fixed
             if length < fixed or (not plan.has_blob and length != fixed):
-                parse_header(raw)
-            args = plan.req.unpack(recv(fixed)) if fixed else ()
+                parse_header(pack_header(length, kind, flags, code, seq, hstatus))
+            args = recv_unpack(plan.req) if fixed else ()
             if plan.has_blob:
-                blob.remaining = check_blob(plan.spec, Kind.CALL, args, length)
+                n = args[plan.blob_idx]
+                if n > plan.max_blob or fixed + n != length:
+                    check_blob(plan.spec, Kind.CALL, args, length)  # raises the ProtocolError saying why
+                blob.remaining = n
             self.calls += 1
             status = 0
             result: Any = None
@@ -235,7 +240,14 @@ class Session:
                 if status and not self.deferred:
                     self.deferred = status
                 continue
-            reply(plan.spec, seq, status, result)
+            if status == 0 and type(result) is tuple:  # the common replies, packed in one go
+                if plan.resp_size:
+                    send(plan.reply.pack(plan.resp_size, _REPLY, 0, plan.code, seq, 0, *result))
+                else:  # header only; no star-call (measurably cheaper on the null-call path)
+                    send(pack_header(0, _REPLY, 0, plan.code, seq, 0))
+                flush()
+            else:
+                reply(plan.spec, seq, status, result)
 
     def _reply(self, spec: CallSpec, seq: int, status: int, result: Any) -> None:
         stream = self.stream

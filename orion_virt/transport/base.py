@@ -8,6 +8,7 @@ with shared memory can hand out zero-copy views.
 
 from __future__ import annotations
 
+import struct
 import time
 from abc import ABC, abstractmethod
 from typing import Callable, Iterator
@@ -37,6 +38,10 @@ class Stream(ABC):
     @abstractmethod
     def recv_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes."""
+
+    def recv_unpack(self, st: struct.Struct) -> tuple:
+        """Exactly ``st.size`` bytes, unpacked with ``st`` (a ring unpacks them where they lie)."""
+        return st.unpack(self.recv_exact(st.size))
 
     @abstractmethod
     def recv_chunks(self, n: int) -> Iterator[memoryview]:

@@ -464,6 +464,28 @@ def test_server_loss_and_clean_stop(tmp_path: Path) -> None:
         s.close()
 
 
+def test_cross_node_allocation_spanning_servers_is_refused(tmp_path: Path) -> None:
+    s = Stack(tmp_path)
+    try:
+        s.start_oriond("n1")
+        s.start_oriond("n2")
+        assert s.summary().total_vgpus == 16
+        # ratio 100: one vGPU per GPU, two per node; three must span the two nodes
+        r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"],
+                  s.env(ORION_VGPU="3", ORION_CROSS_NODE="1", ORION_RATIO="100"))
+        assert r.returncode != 0
+        assert "span 2 Orion Servers" in r.stderr and "unset ORION_CROSS_NODE" in r.stderr
+        assert r.stderr.rstrip().endswith("Client exits without allocation ID")
+        assert s.summary().free_vgpus == 16  # released before refusing
+        # two fit on one node: served normally
+        r = s.run([sys.executable, ROOT / "examples" / "vectorAdd.py"],
+                  s.env(ORION_VGPU="2", ORION_CROSS_NODE="1", ORION_RATIO="100"))
+        assert r.returncode == 0 and r.stdout.count("sum check: PASSED") == 2, r.stderr
+        assert s.summary().free_vgpus == 16
+    finally:
+        s.close()
+
+
 # -- quotas under a controller grant ----------------------------------------------------------------
 
 

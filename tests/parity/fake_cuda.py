@@ -64,6 +64,7 @@ class FakeDriver:
         self.modules: dict[int, tuple[int, dict]] = {}
         self.functions: dict[int, tuple[int, str, list]] = {}  # id -> (module id, name, slots)
         self.registered: dict[int, int] = {}
+        self.register_flags: list[int] = []
         self.launches: list[tuple[str, tuple]] = []
         self.calls: list[str] = []
 
@@ -191,10 +192,11 @@ class FakeDriver:
         self._memset(p, v, 4, n)
 
     def _cuMemHostRegister(self, p: int, n: int, flags: int) -> None:
-        assert isinstance(p, int) and flags == 1
+        assert isinstance(p, int) and flags in (1, 9)  # PORTABLE, optionally READ_ONLY
         if p in self.registered:
             raise _Err(CUresult.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
         self.registered[p] = n
+        self.register_flags.append(flags)
 
     def _cuMemHostUnregister(self, p: int) -> None:
         if self.registered.pop(int(p), None) is None:

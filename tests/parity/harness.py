@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -192,12 +195,18 @@ def free_port() -> int:
 
 
 class Oriond:
-    """oriond with ``--backend NAME`` on a loopback port and one shm device under ``tmp``."""
+    """oriond with ``--backend NAME`` on a loopback port and one shm device: under /dev/shm
+    (tmpfs, as deployed: there the cuda backend can pin the rings) where writable, else ``tmp``."""
 
     def __init__(self, tmp: Path, backend: str) -> None:
         self.tmp = tmp
         self.backend = backend
-        self.shm, self.logs, self.home = tmp / "shm", tmp / "log", tmp / "home"
+        self.logs, self.home = tmp / "log", tmp / "home"
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            self.shm = Path(tempfile.mkdtemp(prefix="orion-test-", dir="/dev/shm"))
+        else:
+            self.shm = tmp / "shm"
+        self.on_tmpfs = str(self.shm).startswith("/dev/shm/")
         for d in (self.shm, self.logs, self.home):
             d.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -241,7 +250,15 @@ class Oriond:
         return subprocess.run(py_cli("orion_run") + argv, env=self.client_env(tcp, **kw), capture_output=True,
                               text=True, timeout=timeout)
 
+    def active_sessions(self) -> int:
+        log = self.server_log()
+        return (len(re.findall(r"session \d+: (?:TCP connection|shared-memory channel)", log))
+                - len(re.findall(r"session \d+ ended", log)))
+
     def stop(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.active_sessions() > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # let sessions of clients that just exited finish their teardown
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -249,3 +266,5 @@ class Oriond:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.on_tmpfs:
+            shutil.rmtree(self.shm, ignore_errors=True)

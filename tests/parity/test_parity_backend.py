@@ -285,24 +285,35 @@ def test_close_frees_everything(backend, backend_name):
         assert not drv.ctxs and not drv.allocs and not drv.streams and not drv.events and not drv.modules
 
 
-def test_registered_host_region(backend, backend_name):
-    """The shared-memory path: chunks are views into a region the session registered once."""
-    region = mmap.mmap(-1, 4 * MiB)
+@pytest.mark.parametrize("kind", ["anonymous", "file"])
+def test_registered_host_region(backend, backend_name, kind, tmp_path):
+    """The shared-memory path: chunks are views into rings the session registered once -- the
+    request ring read-only (the device reads it), the response ring writable. A shared mapping of
+    a regular file (not tmpfs) cannot be pinned writable: that one stays pageable, and works."""
+    if kind == "file":
+        f = open(tmp_path / "ring", "w+b")
+        f.truncate(4 * MiB)
+        region = mmap.mmap(f.fileno(), 4 * MiB, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        f.close()
+    else:
+        region = mmap.mmap(-1, 4 * MiB)
     s = backend.open_session([VGpu(0, 64 * MiB, 100)])
     try:
         s.use_device(0)
-        s.register_host(memoryview(region))
-        s.register_host(memoryview(region))  # twice is harmless
-        data = os.urandom(3 * MiB)
+        view = memoryview(region)
+        rx, tx = view[:2 * MiB].toreadonly(), view[2 * MiB:]
+        s.register_host(rx)
+        s.register_host(tx)
+        s.register_host(tx)  # twice is harmless
+        data = os.urandom(2 * MiB)
         region[:len(data)] = data
         p = s.alloc(0, len(data))
-        view = memoryview(region)
-        s.write(p, [view[0:MiB].toreadonly(), view[MiB:3 * MiB].toreadonly()])
-        s.read(p, [view[3 * MiB:4 * MiB], view[MiB:2 * MiB]])
-        assert region[3 * MiB:4 * MiB] == data[:MiB] and region[MiB:2 * MiB] == data[MiB:2 * MiB]
-        del view
+        s.write(p, [rx[0:MiB], rx[MiB:2 * MiB]])
+        s.read(p, [tx[MiB:2 * MiB], tx[0:MiB]])
+        assert region[3 * MiB:4 * MiB] == data[:MiB] and region[2 * MiB:3 * MiB] == data[MiB:]
+        del view, rx, tx
     finally:
         s.close()
     if backend_name == "cuda-fake":
-        assert not backend._driver.registered
+        assert backend._driver.register_flags == [9, 1] and not backend._driver.registered
     region.close()  # no buffer export may outlive the session

@@ -4,10 +4,10 @@ checks' exit codes; no GPU, no running oriond, no controller process needed."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
+from check_fakes import make_proc
 
 from orion_virt.check.common import (
     GpuProbe,
@@ -18,16 +18,6 @@ from orion_virt.check.common import (
     find_processes,
     nvidia_driver_version,
 )
-
-
-def make_proc(root: Path, pid: int, argv: list[str], uid: int = 0, ppid: int = 1,
-              cwd: Path | None = None) -> None:
-    d = root / str(pid)
-    d.mkdir(parents=True)
-    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
-    (d / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
-    (d / "stat").write_text(f"{pid} (py thon) S {ppid} {pid} {pid} 0 -1\n")
-    os.symlink(str(cwd or root), d / "cwd")
 
 
 def test_report_lines_match_the_seed_columns() -> None:
