@@ -178,14 +178,15 @@ def watch(obj: _Ctx, interval: float) -> None:
               default=DEFAULT_HOOKS_DIR, show_default=True, help="libvirt's hooks directory.")
 @click.option("--python", "python", metavar="PATH", default=None,
               help="Interpreter the hook runs with [default: this one].")
-def install_hook_cmd(hooks_dir: Path, python: str | None) -> None:
+@click.pass_obj
+def install_hook_cmd(obj: _Ctx, hooks_dir: Path, python: str | None) -> None:
     """Install the libvirt qemu hook as <hooks-dir>/qemu.d/orion-virt.
 
     An existing <hooks-dir>/qemu of yours is left in place: libvirt (>= 6.5) runs it and then
-    every executable in qemu.d/.
+    every executable in qemu.d/. With --config, the hook reads that server.conf.
     """
     def go() -> None:
-        for line in install_hook(hooks_dir, python).actions:
+        for line in install_hook(hooks_dir, python, obj.config_path).actions:
             click.echo(line)
     _run(go)
 

@@ -37,9 +37,16 @@ sys.exit(main(sys.argv[1:], sys.stdin))
 '''
 
 
-def shim_text(python: str) -> str:
-    """The hook script for interpreter ``python`` (which must be able to import orion_virt)."""
-    return f"#!{python}\n{SHIM_BODY}"
+def shim_text(python: str, config: str | None = None) -> str:
+    """The hook script for interpreter ``python`` (which must be able to import orion_virt).
+
+    ``config``: a server.conf other than /etc/orion/server.conf, written into the shim because
+    libvirtd runs hooks with a cleared environment (ORION_SERVER_CONF would not reach them).
+    """
+    if config is None:
+        return f"#!{python}\n{SHIM_BODY}"
+    pin = f"import os\nos.environ.setdefault('ORION_SERVER_CONF', {str(Path(config).resolve())!r})\n"
+    return f"#!{python}\n{SHIM_BODY.replace('import sys', 'import sys' + chr(10) + pin, 1)}"
 
 
 def is_orion_hook(path: Path) -> bool:
@@ -70,7 +77,8 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def install_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR, python: str | None = None) -> InstallReport:
+def install_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR, python: str | None = None,
+                 config: str | None = None) -> InstallReport:
     """Write ``<hooks_dir>/qemu.d/orion-virt`` (0755) running ``python`` (default: this one).
 
     Idempotent. A user's ``<hooks_dir>/qemu`` is kept untouched; an Orion shim at that path is
@@ -84,7 +92,7 @@ def install_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR, python: str | None = None)
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
         if target.is_symlink() or (target.exists() and not target.is_file()):
             raise HostError(f"{target} exists and is not a regular file; remove it first")
-        text = shim_text(py)
+        text = shim_text(py, config)
         if target.is_file() and target.read_text(errors="replace") == text:
             report.actions.append(f"{target} is already installed")
         else:

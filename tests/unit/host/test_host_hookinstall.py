@@ -72,3 +72,20 @@ def test_refuses_symlink_target(tmp_path: Path) -> None:
 
 def test_uninstall_nothing(tmp_path: Path) -> None:
     assert "no Orion hook" in uninstall_hook(tmp_path)[0]
+
+
+def test_install_hook_pins_a_non_default_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from orion_virt.host.hookinstall import install_hook
+
+    conf = tmp_path / "server.conf"
+    conf.write_text("[server]\n")
+    hook = install_hook(tmp_path / "hooks", sys.executable, str(conf)).installed
+    text = hook.read_text()
+    assert f"os.environ.setdefault('ORION_SERVER_CONF', {str(conf)!r})" in text
+    # the shim still runs (here: an unknown domain without Orion metadata is left alone)
+    r = subprocess.run([str(hook), "dom", "prepare", "begin", "-"], input="<domain><name>dom</name></domain>",
+                       capture_output=True, text=True, timeout=30, env={})
+    assert r.returncode == 0, r.stderr
