@@ -67,7 +67,8 @@ class Agent:
         self.params = np.array([a.ctypes.data for a in self._keep], dtype=np.uint64)
         return {"cuinit_s": cuinit_s, "transport": cuda._orion_transport()}
 
-    def null(self, n: int, warmup: int = 200) -> dict:
+    def null(self, n: int, warmup: int = 200, raw: bool = False) -> dict:
+        """``n`` timed cuCtxSynchronize round trips: their summary, or the samples (ns) if ``raw``."""
         sync = self.cuda.cuCtxSynchronize
         for _ in range(warmup):
             sync()
@@ -81,7 +82,7 @@ class Agent:
             bad += r[0] != 0
         if bad:
             raise BenchError(f"{bad} of {n} cuCtxSynchronize calls failed")
-        return latency_summary(samples)
+        return {"samples": samples} if raw else latency_summary(samples)
 
     def first_call(self) -> dict:
         """One round trip after the session was idle (the waiters are in their slowest sleep)."""

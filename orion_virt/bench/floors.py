@@ -157,19 +157,33 @@ def spin_pingpong(n: int, warmup: int = 1000) -> dict[str, float]:
     return latency_summary(samples)
 
 
-def ring_pingpong(n: int, ring_size: int = 1 << 20, warmup: int = 1000) -> dict[str, float]:
-    """16-byte round trips through RingStream (send/recv_exact and its Backoff waiting)."""
-    total = n + warmup
-    with RawRings(ring_size) as rr:
-        def echo() -> None:
-            s = rr.stream(1)
-            send, recv = s.send, s.recv_exact
-            for _ in range(total):
-                send(recv(MSG))
+class RingEcho:
+    """A forked peer echoing 16-byte messages through RingStream until closed.
 
-        pid = fork_peer(echo)
-        s = rr.stream(0, _peer_alive(pid))
-        send, recv = s.send, s.recv_exact
+    ``batch(n)`` times ``n`` round trips (after ``warmup`` untimed ones, which wake the peer if
+    its waiting had backed off to sleeping). Kept alive so that batches can alternate with the
+    remoted calls they are compared with.
+    """
+
+    QUIT = b"\xff" * MSG
+
+    def __init__(self, ring_size: int = 1 << 20) -> None:
+        self.rr = RawRings(ring_size)
+
+        def echo() -> None:
+            s = self.rr.stream(1)
+            send, recv = s.send, s.recv_exact
+            while True:
+                m = recv(MSG)
+                if m == self.QUIT:
+                    return
+                send(m)
+
+        self.pid = fork_peer(echo)
+        self.s = self.rr.stream(0, _peer_alive(self.pid))
+
+    def batch(self, n: int, warmup: int = 50) -> list[int]:
+        send, recv = self.s.send, self.s.recv_exact
         msg = bytes(MSG)
         for _ in range(warmup):
             send(msg)
@@ -181,8 +195,24 @@ def ring_pingpong(n: int, ring_size: int = 1 << 20, warmup: int = 1000) -> dict[
             send(msg)
             recv(MSG)
             samples[i] = clock() - t0
-        join(pid)
-    return latency_summary(samples)
+        return samples
+
+    def close(self) -> None:
+        self.s.send(self.QUIT)
+        join(self.pid)
+        self.rr.close()
+
+    def __enter__(self) -> RingEcho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ring_pingpong(n: int, ring_size: int = 1 << 20, warmup: int = 1000) -> dict[str, float]:
+    """16-byte round trips through RingStream (send/recv_exact and its Backoff waiting)."""
+    with RingEcho(ring_size) as echo:
+        return latency_summary(echo.batch(n, warmup))
 
 
 # -- TCP loopback ----------------------------------------------------------------------------------
@@ -222,18 +252,23 @@ def _tcp_pair(peer: Callable[[socket.socket], None]) -> tuple[socket.socket, int
     return conn, pid
 
 
-def tcp_pingpong(n: int, warmup: int = 200) -> dict[str, float]:
-    """16-byte round trips over a loopback TCP connection (blocking sockets, TCP_NODELAY)."""
-    total = n + warmup
+class TcpEcho:
+    """A forked peer echoing 16-byte messages over a loopback TCP connection until closed."""
 
-    def echo(c: socket.socket) -> None:
-        buf = memoryview(bytearray(MSG))
-        for _ in range(total):
-            _recv_exact_into(c, buf)
-            c.sendall(buf)
+    def __init__(self) -> None:
+        def echo(c: socket.socket) -> None:
+            buf = memoryview(bytearray(MSG))
+            while True:
+                try:
+                    _recv_exact_into(c, buf)
+                except EOFError:
+                    return
+                c.sendall(buf)
 
-    conn, pid = _tcp_pair(echo)
-    try:
+        self.conn, self.pid = _tcp_pair(echo)
+
+    def batch(self, n: int, warmup: int = 20) -> list[int]:
+        conn = self.conn
         msg = bytes(MSG)
         buf = memoryview(bytearray(MSG))
         send, recv = conn.sendall, _recv_exact_into
@@ -247,10 +282,23 @@ def tcp_pingpong(n: int, warmup: int = 200) -> dict[str, float]:
             send(msg)
             recv(conn, buf)
             samples[i] = clock() - t0
-        join(pid)
-    finally:
-        conn.close()
-    return latency_summary(samples)
+        return samples
+
+    def close(self) -> None:
+        self.conn.close()
+        join(self.pid)
+
+    def __enter__(self) -> TcpEcho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tcp_pingpong(n: int, warmup: int = 200) -> dict[str, float]:
+    """16-byte round trips over a loopback TCP connection (blocking sockets, TCP_NODELAY)."""
+    with TcpEcho() as echo:
+        return latency_summary(echo.batch(n, warmup))
 
 
 # -- bulk ------------------------------------------------------------------------------------------

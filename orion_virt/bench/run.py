@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import floors
 from .harness import PKG_PARENT, AgentProcess, Oriond, cpu_seconds, maps_file, script
-from .stats import gbps, median
+from .stats import gbps, latency_summary, median
 from .targets import evaluate
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -36,6 +36,8 @@ class Settings:
     null_n: int = 20000
     """round trips per round over shm (and the shm floors)"""
     null_n_tcp: int = 3000
+    batches: int = 10
+    """floor and remoted batches alternate this many times per round"""
     pipelined_n: int = 100000
     pipelined_rounds: int = 3
     sizes: tuple[int, ...] = FULL_SIZES
@@ -62,7 +64,7 @@ class Settings:
     def smoke(cls, **kw: object) -> Settings:
         """Tiny counts: exercises every part in a few seconds (tests)."""
         return dataclasses.replace(cls(
-            rounds=1, null_n=300, null_n_tcp=100, pipelined_n=500, pipelined_rounds=1,
+            rounds=1, null_n=300, null_n_tcp=100, batches=2, pipelined_n=500, pipelined_rounds=1,
             sizes=(4 * KiB, 64 * KiB), copy_rounds=1, copy_budget=MiB, min_reps=2, max_reps=5,
             starts=1, programs=1, idle_s=0.3, settle_s=0.1, device_mib=16,
         ), **kw)  # type: ignore[arg-type]
@@ -129,6 +131,9 @@ class Bench:
     # -- null calls -----------------------------------------------------------------------------
 
     def null_calls(self) -> dict:
+        """Per round: the floor and the remoted call in alternating batches, so that both see
+        the same machine state (on a small VM, a loopback round trip is ~7 µs while the other
+        core is busy and ~70 µs when it has gone idle, and that flips within seconds)."""
         s = self.s
         out: dict = {}
         per: dict[str, list[dict]] = {t: [] for t in s.transports}
@@ -137,14 +142,12 @@ class Bench:
             self.log(f"null calls: round {r + 1}/{s.rounds}")
             if "shm" in s.transports:
                 spin.append(floors.spin_pingpong(s.null_n))
-                per["shm"].append(self._side_by_side(
-                    r, lambda: floors.ring_pingpong(s.null_n, self.ring_size),
-                    lambda: self.agents["shm"].call("null", n=s.null_n)))
+                with floors.RingEcho(self.ring_size) as echo:
+                    per["shm"].append(self._alternate(echo, self.agents["shm"], s.null_n, warmup=200))
             if "tcp" in s.transports:
                 time.sleep(s.settle_s)  # idle shm waiters back in their sleep, as in a quiet system
-                per["tcp"].append(self._side_by_side(
-                    r, lambda: floors.tcp_pingpong(s.null_n_tcp),
-                    lambda: self.agents["tcp"].call("null", n=s.null_n_tcp)))
+                with floors.TcpEcho() as echo:
+                    per["tcp"].append(self._alternate(echo, self.agents["tcp"], s.null_n_tcp, warmup=20))
         for t, rounds in per.items():
             out[t] = {
                 "floor_name": "RingStream ping-pong" if t == "shm" else "TCP loopback ping-pong",
@@ -157,12 +160,19 @@ class Bench:
             out["shm"]["spin_floor"] = _median_summary(spin)
         return out
 
-    @staticmethod
-    def _side_by_side(r: int, floor: Callable[[], dict], remote: Callable[[], dict]) -> dict:
-        if r % 2 == 0:
-            f, m = floor(), remote()
-        else:
-            m, f = remote(), floor()
+    def _alternate(self, echo: floors.RingEcho | floors.TcpEcho, agent: AgentProcess, n: int,
+                   warmup: int) -> dict:
+        k = max(1, n // self.s.batches)
+        floor: list[int] = []
+        remote: list[int] = []
+        for b in range(self.s.batches):
+            if b % 2 == 0:
+                floor += echo.batch(k, warmup)
+                remote += agent.call("null", n=k, warmup=warmup, raw=True)["samples"]
+            else:
+                remote += agent.call("null", n=k, warmup=warmup, raw=True)["samples"]
+                floor += echo.batch(k, warmup)
+        f, m = latency_summary(floor), latency_summary(remote)
         return {"floor": f, "remote": m, "ratio": m["median_us"] / f["median_us"]}
 
     # -- pipelined calls ------------------------------------------------------------------------

@@ -116,6 +116,9 @@ class Backoff:
                 raise TransportTimeout(f"timed out waiting for {self.what}")
         if idle < self.spin_s:
             return
+        # Past the spin phase every wait yields or sleeps: the next call comes straight back here
+        # instead of polling 63 more times first (an idle waiter's wake-up is one poll).
+        self.n |= 63
         if idle < 0.002:
             time.sleep(0)
         elif idle < 0.05:

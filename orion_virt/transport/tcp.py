@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Iterator
 
 from ..errors import TransportClosed, TransportError, TransportTimeout
@@ -20,6 +21,7 @@ class SocketStream(Stream):
         self._out: list[bytes] = []
         self._out_len = 0
         self._buf = bytearray(CHUNK)
+        self._view = memoryview(self._buf)
         self._closed = False
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,9 +63,10 @@ class SocketStream(Stream):
 
     def _recv_into(self, view: memoryview) -> None:
         pos, n = 0, len(view)
+        recv_into = self.sock.recv_into
         try:
             while pos < n:
-                got = self.sock.recv_into(view[pos:])
+                got = recv_into(view[pos:] if pos else view)
                 if got == 0:
                     raise TransportClosed(f"{self.name}: peer closed the connection")
                 pos += got
@@ -72,18 +75,22 @@ class SocketStream(Stream):
 
     def recv_exact(self, n: int) -> bytes:
         if n <= len(self._buf):
-            view = memoryview(self._buf)[:n]
+            view = self._view[:n]
             self._recv_into(view)
             return bytes(view)
         out = bytearray(n)
         self._recv_into(memoryview(out))
         return bytes(out)
 
+    def recv_unpack(self, st: struct.Struct) -> tuple:
+        self._recv_into(self._view[:st.size])
+        return st.unpack_from(self._buf)
+
     def recv_into(self, view: memoryview) -> None:
         self._recv_into(view.cast("B") if view.format != "B" else view)
 
     def recv_chunks(self, n: int) -> Iterator[memoryview]:
-        buf = memoryview(self._buf)
+        buf = self._view
         while n > 0:
             k = min(n, len(buf))
             self._recv_into(buf[:k])
@@ -92,7 +99,7 @@ class SocketStream(Stream):
 
     def send_chunks(self, n: int) -> Iterator[memoryview]:
         self.flush()
-        buf = memoryview(self._buf)
+        buf = self._view
         while n > 0:
             k = min(n, len(buf))
             yield buf[:k]

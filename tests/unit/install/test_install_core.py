@@ -200,8 +200,9 @@ def test_given_path_or_quiet_asks_nothing(tmp_path: Path) -> None:
     def never(prompt: str) -> str:
         raise AssertionError("asked")
 
-    for kw in ({"prefix": "/opt/orion", "quiet": False}, {"prefix": None, "quiet": True}):
-        rc = core.run(do_uninstall=False, root=str(tmp_path), python=PY, out=lambda s: None, ask=never, **kw)
+    for i, kw in enumerate(({"prefix": "/opt/orion", "quiet": False}, {"prefix": None, "quiet": True})):
+        rc = core.run(do_uninstall=False, root=str(tmp_path / str(i)), python=PY, out=lambda s: None,
+                      ask=never, **kw)
         assert rc == 0
 
 
