@@ -58,6 +58,7 @@ class Daemon:
         self.stopping = False
         self.ids = itertools.count(int(time.time()) % 100000 * 1000)
         self._last_dir_scan = 0.0
+        self._skipped: set[str] = set()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -144,7 +145,8 @@ class Daemon:
                 if path not in self.devices:
                     # check the kind before marking it served: a device of a disabled kind must
                     # never look served, not even between two scans
-                    w = open_for_serving(path, lambda d: cfg.enable_kvm if d.vm else cfg.enable_shm)
+                    w = open_for_serving(path, lambda d: cfg.enable_kvm if d.vm else cfg.enable_shm,
+                                         skipped=self._skipped_once)
                     if w is None:
                         continue
                     self.devices[path] = w
@@ -162,6 +164,11 @@ class Daemon:
             tick(w)
             for ch, gen in pending_claims(w):
                 self._start_channel(w, ch, gen)
+
+    def _skipped_once(self, reason: str) -> None:
+        if reason not in self._skipped:
+            self._skipped.add(reason)
+            self.log.warning("not serving: %s", reason)
 
     def _kill_workers_of(self, w: Watched, channel: int | None = None) -> None:
         for pid, wk in list(self.workers.items()):

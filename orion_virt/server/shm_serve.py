@@ -90,12 +90,16 @@ def device_removed(w: Watched) -> str | None:
     return None
 
 
-def open_for_serving(path: Path, accept: Callable[[Device], bool] | None = None) -> Watched | None:
-    """Map ``path`` for serving; None if it is not (yet) a valid Orion device, or if ``accept``
-    rejects it (then its header is left untouched: another oriond may be serving it)."""
+def open_for_serving(path: Path, accept: Callable[[Device], bool] | None = None,
+                     skipped: Callable[[str], None] | None = None) -> Watched | None:
+    """Map ``path`` for serving; None if it is not (yet) a valid Orion device (``skipped`` gets
+    the reason), or if ``accept`` rejects it (then its header is left untouched: another oriond
+    may be serving it)."""
     try:
         dev = Device(path)
-    except DeviceError:
+    except DeviceError as e:
+        if skipped is not None:
+            skipped(str(e))
         return None
     if accept is not None and not accept(dev):
         dev.close()

@@ -157,3 +157,12 @@ def test_bad_server_config_names_file_section_and_key(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert f"{conf}: [server] unknown key 'enable_shmm'" in r.stderr
+
+
+def test_oriond_says_once_why_it_skips_a_bad_device(oriond: Oriond) -> None:
+    (oriond.shm / "orionsock5").write_bytes(b"\0" * (1 << 20))
+    log = oriond.wait_log("not serving:")
+    time.sleep(1.2)  # a few rescans later, still said only once
+    log = oriond.server_log()
+    assert log.count("not serving:") == 1
+    assert "orionsock5: not an Orion device (no header); create it with orion-shm" in log

@@ -285,7 +285,10 @@ def test_install_server(controller: str, tmp_path: Path) -> None:
 
 
 def test_cli_client_checks_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orion_virt.check
+
     monkeypatch.setitem(sys.modules, "orion_virt.check.client", None)
+    monkeypatch.delattr(orion_virt.check, "client", raising=False)
     r = CliRunner().invoke(orion_check.main, ["runtime", "client"])
     assert r.exit_code == 2
     assert "the Orion Client checks are not available in this installation" in r.output
