@@ -39,6 +39,21 @@ _A_HEAD, _A_TAIL, _B_HEAD, _B_TAIL = 16, 24, 32, 40
 # -- forked peers ---------------------------------------------------------------------------------
 
 
+_peer_cpus: set[int] | None = None
+
+
+def set_peer_cpus(cpus: set[int] | None) -> None:
+    """Run every floor peer forked from now on these CPUs (None: wherever the parent may run).
+
+    The benchmark keeps the client side (this process, the agents) and the server side (oriond,
+    floor peers) on different cores: where the two ends of a round trip run decides what a
+    loopback TCP round trip costs (~7 µs on one core, ~70 µs across cores on a small VM), and
+    two spinning ends on one core take milliseconds.
+    """
+    global _peer_cpus
+    _peer_cpus = cpus
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -53,6 +68,8 @@ def fork_peer(body: Callable[[], None]) -> int:
         code = 0
         try:
             _die_with_parent()
+            if _peer_cpus:
+                os.sched_setaffinity(0, _peer_cpus)
             body()
         except BaseException:  # noqa: BLE001 - the parent sees the exit status
             code = 1
@@ -228,6 +245,18 @@ def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
+def _sendall_parts(sock: socket.socket, parts: list[memoryview]) -> None:
+    """Send ``parts`` back to back in gather writes (as few syscalls and segments as possible)."""
+    views = list(parts)
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
 def _tcp_pair(peer: Callable[[socket.socket], None]) -> tuple[socket.socket, int]:
     """(our end, peer pid): the peer connects to us over loopback and runs ``peer(sock)``."""
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -371,11 +400,11 @@ def socket_transfer(size: int, reps: int, direction: str) -> list[float]:
         out = []
         for _ in range(total):
             t0 = time.perf_counter()
-            conn.sendall(small)
             if direction == "htod":
-                conn.sendall(buf)
+                _sendall_parts(conn, [small, buf])
                 _recv_exact_into(conn, small)
             else:
+                conn.sendall(small)
                 _recv_exact_into(conn, buf)
             out.append(time.perf_counter() - t0)
         join(pid)

@@ -61,7 +61,8 @@ class Oriond:
         self.proc: subprocess.Popen | None = None
         self.pid = 0
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, cpus: set[int] | None = None) -> None:
+        """Start oriond (on ``cpus`` if given: its session workers inherit them)."""
         format_device(self.device, self.device_mib << 20)
         conf = self.workdir / "server.conf"
         conf.write_text("# orion-bench: defaults only\n")
@@ -76,6 +77,8 @@ class Oriond:
         env = dict(os.environ, PYTHONPATH=_python_path(dict(os.environ)))
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -199,8 +202,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def maps_file(pid: int, needle: str) -> bool:
+def has_socket(pid: int) -> bool:
+    """Whether ``pid`` holds an open socket (a TCP session worker does; a shm worker does not)."""
     try:
-        return needle in Path(f"/proc/{pid}/maps").read_text()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("socket:"):
+                    return True
+            except OSError:
+                continue
     except OSError:
-        return False
+        pass
+    return False

@@ -42,17 +42,21 @@ def text(res: dict) -> str:
         out.append("Null call: cuCtxSynchronize round trip through orion_virt.client.driver "
                    "(floor: 16-byte ping-pong between two processes)")
         rows = []
-        for t in ("shm", "tcp"):
+        for t, label in (("shm", "shm"), ("tcp", "tcp"), ("tcp_same_core", "tcp, one core")):
             if t not in null:
                 continue
             n = null[t]
-            rows.append([t, _f(n["remote"]["median_us"]), _f(n["remote"]["p99_us"], "{:.1f}"),
+            rows.append([label, _f(n["remote"]["median_us"]), _f(n["remote"]["p99_us"], "{:.1f}"),
                          n["floor_name"], _f(n["floor"]["median_us"]), _f(n["floor"]["p99_us"], "{:.1f}"),
                          _f(n["ratio"], "{:.2f}x")])
             if "spin_floor" in n:
                 sp = n["spin_floor"]
                 rows.append(["", "", "", "bare spin (context)", _f(sp["median_us"]), _f(sp["p99_us"], "{:.1f}"), ""])
         out += _table(["", "median us", "p99 us", "floor", "median us", "p99 us", "ratio"], rows)
+        pl = res.get("placement")
+        if pl:
+            out.append(f"  client side on CPU {pl['client_cpus']}, oriond and floor peers on CPU {pl['server_cpus']}"
+                       " (\"one core\": both on the client's CPU, for context)")
         out.append("")
     pipe = res.get("pipelined", {})
     if pipe:
@@ -133,17 +137,25 @@ def plot(res: dict, path: Path) -> None:
     ax = axes[0][0]
     null = res.get("null", {})
     labels, med, p99, colors = [], [], [], []
-    for t in ("shm", "tcp"):
+    names = {"shm": ("ring ping-pong\n(floor)", "shm\nnull call"),
+             "tcp": ("TCP ping-pong\n(floor)", "TCP\nnull call"),
+             "tcp_same_core": ("TCP, 1 core\n(floor)", "TCP, 1 core\nnull call")}
+    for t, (floor_label, remote_label) in names.items():
         if t not in null:
             continue
         n = null[t]
         if "spin_floor" in n:
             labels.append("bare spin\n(floor)")
-            med.append(n["spin_floor"]["median_us"]); p99.append(n["spin_floor"]["p99_us"]); colors.append("#bbb")
-        labels.append("ring ping-pong\n(floor)" if t == "shm" else "TCP ping-pong\n(floor)")
-        med.append(n["floor"]["median_us"]); p99.append(n["floor"]["p99_us"]); colors.append("#888")
-        labels.append(f"{t} null call")
-        med.append(n["remote"]["median_us"]); p99.append(n["remote"]["p99_us"])
+            med.append(n["spin_floor"]["median_us"])
+            p99.append(n["spin_floor"]["p99_us"])
+            colors.append("#bbb")
+        labels.append(floor_label)
+        med.append(n["floor"]["median_us"])
+        p99.append(n["floor"]["p99_us"])
+        colors.append("#888")
+        labels.append(remote_label)
+        med.append(n["remote"]["median_us"])
+        p99.append(n["remote"]["p99_us"])
         colors.append("#1f77b4" if t == "shm" else "#ff7f0e")
     if labels:
         x = range(len(labels))

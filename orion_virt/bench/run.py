@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import floors
-from .harness import PKG_PARENT, AgentProcess, Oriond, cpu_seconds, maps_file, script
+from .harness import PKG_PARENT, AgentProcess, Oriond, cpu_seconds, has_socket, script
 from .stats import gbps, latency_summary, median
 from .targets import evaluate
 
@@ -52,6 +52,8 @@ class Settings:
     settle_s: float = 1.2
     """quiet time before TCP latency and idle measurements (idle shm waiters reach their sleep)"""
     device_mib: int = 128
+    pin: bool = True
+    """client side (this process, agents) on one CPU, server side (oriond, floor peers) on another"""
 
     @classmethod
     def quick(cls, **kw: object) -> Settings:
@@ -103,6 +105,8 @@ class Bench:
         self.oriond = Oriond(workdir, settings.device_mib)
         self.agents: dict[str, AgentProcess] = {}
         self.ring_size = 0
+        self.placement: tuple[set[int], set[int]] | None = None
+        self._saved_affinity: set[int] | None = None
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -110,8 +114,25 @@ class Bench:
         name = f"{transport}{tag}"
         return AgentProcess(self.oriond.client_env(transport), self.workdir / f"agent-{name}.log", name)
 
+    def _pin(self) -> None:
+        if not self.s.pin or not hasattr(os, "sched_setaffinity"):
+            return
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return
+        self._saved_affinity = set(cpus)
+        self.placement = ({cpus[0]}, {cpus[1]})
+        os.sched_setaffinity(0, self.placement[0])  # agents and programs started from here inherit it
+        floors.set_peer_cpus(self.placement[1])
+
+    def _unpin(self) -> None:
+        floors.set_peer_cpus(None)
+        if self._saved_affinity:
+            os.sched_setaffinity(0, self._saved_affinity)
+
     def start(self) -> None:
-        self.oriond.start()
+        self._pin()
+        self.oriond.start(cpus=self.placement[1] if self.placement else None)
         from ..transport.shmdev import plan_layout
 
         self.ring_size = plan_layout(self.s.device_mib * MiB).ring_size
@@ -127,6 +148,7 @@ class Bench:
             a.quit()
         self.agents.clear()
         self.oriond.stop()
+        self._unpin()
 
     # -- null calls -----------------------------------------------------------------------------
 
@@ -138,6 +160,7 @@ class Bench:
         out: dict = {}
         per: dict[str, list[dict]] = {t: [] for t in s.transports}
         spin: list[dict] = []
+        same: list[dict] = []
         for r in range(s.rounds):
             self.log(f"null calls: round {r + 1}/{s.rounds}")
             if "shm" in s.transports:
@@ -148,6 +171,8 @@ class Bench:
                 time.sleep(s.settle_s)  # idle shm waiters back in their sleep, as in a quiet system
                 with floors.TcpEcho() as echo:
                     per["tcp"].append(self._alternate(echo, self.agents["tcp"], s.null_n_tcp, warmup=20))
+                if self.placement:
+                    same.append(self._tcp_same_core())
         for t, rounds in per.items():
             out[t] = {
                 "floor_name": "RingStream ping-pong" if t == "shm" else "TCP loopback ping-pong",
@@ -158,7 +183,33 @@ class Bench:
             }
         if spin:
             out["shm"]["spin_floor"] = _median_summary(spin)
+        if same:
+            out["tcp_same_core"] = {
+                "floor_name": "TCP loopback ping-pong, both ends on one core",
+                "floor": _median_summary([x["floor"] for x in same]),
+                "remote": _median_summary([x["remote"] for x in same]),
+                "ratio": median([x["ratio"] for x in same]),
+                "ratio_rounds": [x["ratio"] for x in same],
+            }
         return out
+
+    def _tcp_same_core(self) -> dict:
+        """The TCP comparison again with both ends of each round trip on the client's core: the
+        round trip is then a context switch (~7 µs) instead of a cross-core wake-up, so the
+        Python work per call weighs several times more."""
+        assert self.placement is not None
+        client, server = self.placement
+        workers = [p for p in self.oriond.process_tree()[1:] if has_socket(p)]
+        for p in workers:
+            os.sched_setaffinity(p, client)
+        floors.set_peer_cpus(client)
+        try:
+            with floors.TcpEcho() as echo:
+                return self._alternate(echo, self.agents["tcp"], self.s.null_n_tcp, warmup=20)
+        finally:
+            floors.set_peer_cpus(server)
+            for p in workers:
+                os.sched_setaffinity(p, server)
 
     def _alternate(self, echo: floors.RingEcho | floors.TcpEcho, agent: AgentProcess, n: int,
                    warmup: int) -> dict:
@@ -279,7 +330,7 @@ class Bench:
         pids = self.oriond.process_tree()
         roles = {self.oriond.pid: "oriond main"}
         for p in pids[1:]:
-            roles[p] = "shm worker" if maps_file(p, self.oriond.device.name) else "tcp worker"
+            roles[p] = "tcp worker" if has_socket(p) else "shm worker"
         watched = dict(roles)
         for t, a in self.agents.items():
             watched[a.pid] = f"client ({t})"
@@ -303,8 +354,10 @@ class Bench:
     def run(self) -> dict:
         res: dict = {"machine": machine(), "settings": dataclasses.asdict(self.s)}
         t0 = time.monotonic()
-        self.start()
         try:
+            self.start()
+            res["placement"] = ({"client_cpus": sorted(self.placement[0]), "server_cpus": sorted(self.placement[1])}
+                                if self.placement else None)
             res["null"] = self.null_calls()
             res["pipelined"] = self.pipelined()
             res["copy"] = self.copies()
