@@ -26,7 +26,7 @@ from .exceptions import (
     ControllerUnreachable,
     NotFound,
 )
-from .model import AllocationRequest
+from .model import AllocationRequest, Summary
 
 __all__ = [
     "Allocation", "AllocationError", "AllocationRequest", "BadRequest", "ControllerError",
@@ -49,16 +49,6 @@ class VersionInfo:
 
     def __str__(self) -> str:
         return f"data_version={self.data_version},api_version={self.api_version}"
-
-
-@dataclass(frozen=True)
-class Summary:
-    total_vgpus: int
-    free_vgpus: int
-    nodes_up: int
-    nodes_down: int
-    gpus: int
-    allocations: int
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ held by at most one allocation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .exceptions import BadRequest
@@ -232,3 +232,17 @@ class PoolState:
 
     nodes: dict[str, Node] = field(default_factory=dict)
     allocations: dict[str, Allocation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Summary:
+    total_vgpus: int
+    free_vgpus: int
+    nodes_up: int
+    nodes_down: int
+    gpus: int
+    allocations: int
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+

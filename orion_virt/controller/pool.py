@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .exceptions import AllocationError, NotFound
-from .model import Allocation, AllocationRequest, Gpu, Node, Placement, PoolState
+from .model import Allocation, AllocationRequest, Gpu, Node, Placement, PoolState, Summary
 
 
 @dataclass(frozen=True)
@@ -34,19 +34,6 @@ class Usage:
     slots: dict[int, str] = field(default_factory=dict)
     memory_mib: int = 0
     ratio: int = 0
-
-
-@dataclass(frozen=True)
-class Summary:
-    total_vgpus: int
-    free_vgpus: int
-    nodes_up: int
-    nodes_down: int
-    gpus: int
-    allocations: int
-
-    def to_json(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
