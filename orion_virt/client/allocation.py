@@ -6,8 +6,9 @@ leased) and issues a token per node that the server checks; the client renews th
 a single host before a controller is set up) the client names its server with ``ORION_SERVER``
 (default 127.0.0.1:9960) and the server grants what the HELLO asks for within its own GPUs.
 
-One application talks to one Orion Server: an allocation whose vGPUs span several nodes
-(possible with ``ORION_CROSS_NODE=1``) is released and refused with a message saying so.
+With ``ORION_CROSS_NODE=1`` (and ``ORION_RATIO=100``) the vGPUs may span several nodes: the
+grant then lists one :class:`NodePart` per node (its server, its token, its vGPUs) and the
+runtime opens a session with each (see ``multinode``).
 
 Messages follow the seeds: an unreachable controller prints ``Could not connect to server`` and
 ``Fail to get version information from Orion Controller.``; a refused request prints the reason
@@ -39,6 +40,23 @@ class Grant:
     node_id: str = ""
     lease_seconds: float = 0.0
     vgpus: tuple[Any, ...] = field(default=(), compare=False)
+    parts: tuple[NodePart, ...] = field(default=(), compare=False)
+    """one per node of a controller allocation, in the order of their first vGPU"""
+
+
+@dataclass(frozen=True)
+class NodePart:
+    """The vGPUs of an allocation on one node: where to connect and the token to present."""
+
+    node_id: str
+    server_addr: str
+    token: str
+    vgpus: tuple[Any, ...]
+    from_controller: bool = True
+
+    @property
+    def gmem_mib(self) -> int:
+        return self.vgpus[0].memory_mib if self.vgpus else 0
 
 
 def _local_only(host: str) -> bool:
@@ -49,12 +67,15 @@ def _local_only(host: str) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
-def server_for(cfg: ClientConfig, registered: str) -> str:
+def server_for(cfg: ClientConfig, registered: str, several: bool = False) -> str:
     """The TCP address to use for a node registered as ``registered``: that address, unless it
     is loopback/unspecified (reachable only on the server's host) and this client names its
-    own view of the server (``ORION_SERVER``/``server_addr``, e.g. a VM's gateway)."""
-    host = registered.rpartition(":")[0]
+    own view of the server (``ORION_SERVER``/``server_addr``, e.g. a VM's gateway). With
+    ``several`` nodes to reach, only the host of that view is used, with each node's own port."""
+    host, _, port = registered.rpartition(":")
     if _local_only(host) and cfg.server_addr:
+        if several:
+            return f"{cfg.server_addr.rpartition(':')[0]}:{port}"
         return cfg.server_addr
     return registered
 
@@ -103,22 +124,23 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
     log.info("allocation %s: lease %.0fs; %s", alloc.allocation_id, alloc.lease_seconds,
              ", ".join(f"vGPU {v.index}: {v.node_id} ({v.server}) GPU {v.gpu_index} slot "
                        f"{v.slot} {v.memory_mib} MiB {v.ratio}%" for v in alloc.vgpus))
-    if len(nodes) != 1:
+    if not nodes:
         _release(addr, alloc.allocation_id, log)
-        per = ", ".join(f"{n}: {sum(v.node_id == n for v in alloc.vgpus)}" for n in nodes)
-        raise AllocationError(
-            f"the {len(alloc.vgpus)} vGPUs the Orion Controller allocated span {len(nodes)} Orion "
-            f"Servers ({per}); one application uses the vGPUs of one server: ask for fewer "
-            f"vGPUs (ORION_VGPU) or unset ORION_CROSS_NODE" if nodes else
-            "the Orion Controller allocated no vGPU")
-    v0 = alloc.vgpus[0]
-    server = server_for(cfg, v0.server)
-    if server != v0.server:
-        log.info("node %s registered as %s (local to its host); using %s", v0.node_id,
-                 v0.server, server)
-    return Grant(alloc.allocation_id, len(alloc.vgpus), v0.memory_mib, v0.ratio,
-                 alloc.token_for(v0.node_id), server, True, v0.node_id, alloc.lease_seconds,
-                 alloc.vgpus)
+        raise AllocationError("the Orion Controller allocated no vGPU")
+    parts = []
+    for n in nodes:
+        vs = tuple(v for v in alloc.vgpus if v.node_id == n)
+        server = server_for(cfg, vs[0].server, several=len(nodes) > 1)
+        if server != vs[0].server:
+            log.info("node %s registered as %s (local to its host); using %s", n, vs[0].server,
+                     server)
+        parts.append(NodePart(n, server, alloc.token_for(n), vs))
+    if len(parts) > 1:
+        log.info("cross-node allocation: %s", ", ".join(
+            f"{p.node_id} ({p.server_addr}): {len(p.vgpus)} vGPU(s)" for p in parts))
+    v0, p0 = alloc.vgpus[0], parts[0]
+    return Grant(alloc.allocation_id, len(alloc.vgpus), v0.memory_mib, v0.ratio, p0.token,
+                 p0.server_addr, True, v0.node_id, alloc.lease_seconds, alloc.vgpus, tuple(parts))
 
 
 def _release(addr: str, allocation_id: str, log: logging.Logger) -> bool:

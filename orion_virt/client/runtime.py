@@ -1,5 +1,8 @@
 """The process-wide client runtime: configuration, vGPU allocation, the connection, logging.
 
+An allocation on one node gets one Connection (``conn``); one spanning several nodes
+(``ORION_CROSS_NODE=1``) gets one per node behind a ``multinode.Router`` in its place.
+
 Started lazily by cuInit. Prints the seeds' banner on start and ``Client exits with allocation ID
 <id>`` at exit (or ``Client exits without allocation ID`` when none was obtained). Standard
 library only: this is what a guest or container runs.
@@ -15,6 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..config import ClientConfig, load_client_config
@@ -48,6 +52,8 @@ class Runtime:
         self.allocation: object | None = None
         self.failed: str | None = None
         self.heartbeat: Heartbeat | None = None
+        self.router: Any = None
+        """the Router of a cross-node session (also ``conn`` until the session ends)"""
         self.renewer: object | None = None
         self._closing = False
         self.log = logging.getLogger("orion.client")
@@ -103,6 +109,8 @@ class Runtime:
         self.allocation_id = grant.allocation_id
         if grant.from_controller:
             self.renewer = allocation.Renewer(cfg, grant, self.log, self._allocation_lost).start()
+        if len(grant.parts) > 1:
+            return self._connect_nodes(cfg, grant)
         hello = Hello(pid=os.getpid(), vgpu_count=grant.vgpu_count, gmem_mib=grant.gmem_mib,
                       ratio=grant.ratio, token=grant.token, program=" ".join(sys.argv)[:200],
                       allocation_id=grant.allocation_id)
@@ -122,6 +130,46 @@ class Runtime:
             self.heartbeat = Heartbeat(chosen.channel).start()
         self.conn = conn
         return conn
+
+    def _connect_nodes(self, cfg: ClientConfig, grant: Any) -> Any:
+        """A session with each node of a cross-node allocation (its token, its vGPU count),
+        behind one Router that takes the Connection's place."""
+        from . import allocation
+        from .multinode import Router, device_map
+
+        parts = grant.parts
+        links: list[Connection] = []
+        beats: list[Heartbeat] = []
+        first: Chosen | None = None
+        try:
+            for part in parts:
+                hello = Hello(pid=os.getpid(), vgpu_count=len(part.vgpus), gmem_mib=part.gmem_mib,
+                              ratio=grant.ratio, token=part.token, program=" ".join(sys.argv)[:200],
+                              allocation_id=grant.allocation_id)
+                chosen, conn, welcome = self._open(cfg, part, hello)
+                links.append(conn)
+                first = first or chosen
+                self.log.info("node %s: session %d on backend %s via %s, %d vGPU(s)", part.node_id,
+                              welcome.session_id, welcome.backend, chosen.transport, len(part.vgpus))
+                if chosen.channel is not None:
+                    beats.append(Heartbeat(chosen.channel).start())
+        except OrionError:
+            for c in links:
+                c.bye()
+            for b in beats:
+                b.stop()
+            self._stop_renewer()
+            allocation.release(cfg, grant, self.log)
+            self.allocation = None
+            raise
+        nodes = [p.node_id for p in parts]
+        router = Router(links, device_map([v.node_id for v in grant.vgpus], nodes),
+                        [f"oriond of node {p.node_id} ({p.server_addr})" for p in parts],
+                        [b.stop for b in beats])
+        self.chosen = first
+        self.router = router
+        self.conn = router  # Connection-compatible
+        return router
 
     def _open(self, cfg: ClientConfig, grant: object, hello: Hello) -> tuple[Chosen, Connection, object]:
         """Choose a transport and handshake. A controller grant refused over a shared-memory
@@ -189,6 +237,9 @@ class Runtime:
             conn, self.conn = self.conn, None
             if conn is not None:
                 conn.bye()
+            router, self.router = self.router, None
+            if router is not None:  # still BYE to the other nodes after one was lost
+                router.bye()
             if self.heartbeat is not None:
                 self.heartbeat.stop()
                 self.heartbeat = None

@@ -172,13 +172,13 @@ class Stack:
         return conf
 
     def start_oriond(self, name: str = "node", controller: str | None = None,
-                     register: bool = True, port: int | None = None) -> Path:
+                     register: bool = True, port: int | None = None, gpus: int = 2) -> Path:
         port = port or free_port()
         shm = self.tmp / f"shm-{name}"
         shm.mkdir(exist_ok=True)
         conf = self.server_conf(name, port, controller or self.addr, shm)
         logs = self.tmp / f"log-{name}"
-        p = self._spawn([BIN / "oriond", "--config", conf, "--sim-gpus", "2",
+        p = self._spawn([BIN / "oriond", "--config", conf, "--sim-gpus", str(gpus),
                          "--log-dir", logs], self.tmp / f"{name}.out")
         self.servers[name] = (p, conf)
         nid = node_id(load_server_config(conf))
@@ -464,24 +464,82 @@ def test_server_loss_and_clean_stop(tmp_path: Path) -> None:
         s.close()
 
 
-def test_cross_node_allocation_spanning_servers_is_refused(tmp_path: Path) -> None:
+def _session_logs(tmp: Path, name: str) -> str:
+    d = tmp / f"log-{name}" / "session"
+    return "".join(f.read_text() for f in sorted(d.iterdir())) if d.is_dir() else ""
+
+
+def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path) -> None:
     s = Stack(tmp_path)
     try:
-        s.start_oriond("n1")
-        s.start_oriond("n2")
-        assert s.summary().total_vgpus == 16
-        # ratio 100: one vGPU per GPU, two per node; three must span the two nodes
+        # two nodes of one GPU each; ratio 100 holds one vGPU per GPU: two vGPUs must span them
+        s.start_oriond("n1", gpus=1)
+        s.start_oriond("n2", gpus=1)
+        assert len({n["node_id"] for n in ctl.nodes(s.addr)}) == 2
+        assert (s.summary().total_vgpus, s.summary().free_vgpus) == (8, 8)
+        env = s.env(ORION_VGPU="2", ORION_GMEM="3072", ORION_CROSS_NODE="1", ORION_RATIO="100")
+        r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"], env)
+        assert r.returncode == 0, r.stderr
+        assert "Detected 2 CUDA Capable device(s)" in r.stdout
+        assert r.stdout.count("Total amount of global memory: 3072 MBytes") == 2, r.stdout
+        assert len(EXIT_WITH.findall(r.stderr)) == 1, r.stderr
+        log = latest_client_log(s.home)
+        assert "cross-node allocation:" in log and log.count(": session ") == 2, log
+        r = s.run([sys.executable, ROOT / "examples" / "vectorAdd.py"], env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("sum check: PASSED") == 2 and "on device 1]" in r.stdout, r.stdout
+        assert r.stdout.rstrip().endswith("Test PASSED")
+        aid = exit_id(r.stderr)
+        assert aid and len(EXIT_WITH.findall(r.stderr)) == 1, r.stderr
+        assert all(t["allocation_id"] != aid for t in ctl.tasks(s.addr))  # released at exit
+        # each server served one vGPU of that allocation (its own token), ran a whole vectorAdd
+        # on it (context, module, copies, launch, sync, frees: 20 calls and more) and heard the
+        # client's goodbye
+        pattern = re.compile(rf"session (\d+): pid \d+ program .*vectorAdd.* allocation "
+                             rf"'{aid}': 1 vGPU\(s\)")
+
+        def ended(name: str) -> bool:
+            logs = _session_logs(tmp_path, name)
+            m = pattern.search(logs)
+            done = m and re.search(rf"session {m.group(1)}: closed after (\d+) calls", logs)
+            return bool(done) and f"session {m.group(1)}: client said goodbye" in logs \
+                and int(done.group(1)) >= 20  # type: ignore[union-attr]
+
+        for name in ("n1", "n2"):
+            wait_for(lambda n=name: ended(n), 5, f"the session on {name} to end")  # type: ignore[misc]
+        wait_for(lambda: s.summary().free_vgpus == 8, 10, "the pool to be whole again")
+        # more than the whole pool holds is still refused before anything is opened
         r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"],
-                  s.env(ORION_VGPU="3", ORION_CROSS_NODE="1", ORION_RATIO="100"))
-        assert r.returncode != 0
-        assert "span 2 Orion Servers" in r.stderr and "unset ORION_CROSS_NODE" in r.stderr
+                  {**env, "ORION_VGPU": "3"})
+        assert r.returncode != 0 and "more than the whole pool can hold" in r.stderr, r.stderr
         assert r.stderr.rstrip().endswith("Client exits without allocation ID")
-        assert s.summary().free_vgpus == 16  # released before refusing
-        # two fit on one node: served normally
-        r = s.run([sys.executable, ROOT / "examples" / "vectorAdd.py"],
+    finally:
+        s.close()
+
+
+def test_cross_node_session_fails_cleanly_when_a_server_is_unreachable(tmp_path: Path) -> None:
+    s = Stack(tmp_path, heartbeat_timeout=30)
+    try:
+        s.start_oriond("n1", gpus=1)
+        s.start_oriond("n2", gpus=1)
+        # the controller places equal candidates in node id order and the client connects in
+        # that order: stop the second, so the first one's session is opened, then closed
+        first, second = sorted(("n1", "n2"), key=lambda n: node_id(load_server_config(
+            s.servers[n][1])))
+        dead = s.servers[second][0]
+        os.kill(dead.pid, signal.SIGKILL)  # still "up" at the controller for 30 s
+        dead.wait()
+        r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"],
                   s.env(ORION_VGPU="2", ORION_CROSS_NODE="1", ORION_RATIO="100"))
-        assert r.returncode == 0 and r.stdout.count("sum check: PASSED") == 2, r.stderr
-        assert s.summary().free_vgpus == 16
+        assert r.returncode != 0
+        assert "Could not connect to server" in r.stderr, r.stderr
+        assert exit_id(r.stderr), r.stderr  # an allocation was obtained, and released
+        assert s.summary().free_vgpus == 8
+        # the first node's session was opened, then closed with a goodbye
+        nid = node_id(load_server_config(s.servers[first][1]))
+        assert f"node {nid}: session" in latest_client_log(s.home)
+        wait_for(lambda: "client said goodbye" in _session_logs(tmp_path, first), 5,
+                 f"the session on {first} to end")
     finally:
         s.close()
 
