@@ -20,21 +20,26 @@ def _f(v: float | None, fmt: str = "{:.2f}") -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Aligned columns: the first left-justified, the others right-justified."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
     def line(cells: list[str]) -> str:
-        return indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
     return [line(headers), indent + "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
 def text(res: dict) -> str:
     m = res["machine"]
     s = res["settings"]
+    load_end = m.get("loadavg_end", [float("nan")])[0]
     out = [
-        f"orion-bench: oriond on the sim backend; {m['cpus']} CPUs ({m['cpu_model']}), "
-        f"{m['implementation']} {m['python']}, {m['system']} {m['kernel']}",
-        f"load average {m['loadavg_start'][0]:.2f} at start, {m.get('loadavg_end', [float('nan')])[0]:.2f} at end; "
-        f"medians over {s['rounds']} rounds (latency), {s['pipelined_rounds']} (pipelined), "
-        f"{s['copy_rounds']} (copies); {res.get('elapsed_s', 0):.0f} s",
+        (f"orion-bench: oriond on the sim backend; {m['cpus']} CPUs ({m['cpu_model']}), "
+         f"{m['implementation']} {m['python']}, {m['system']} {m['kernel']}"),
+        (f"load average {m['loadavg_start'][0]:.2f} at start, {load_end:.2f} at end; "
+         f"medians over {s['rounds']} rounds (latency), {s['pipelined_rounds']} (pipelined), "
+         f"{s['copy_rounds']} (copies); {res.get('elapsed_s', 0):.0f} s"),
         "",
     ]
     null = res.get("null", {})
@@ -102,7 +107,8 @@ def text(res: dict) -> str:
         out.append("")
     idle = res.get("idle")
     if idle:
-        out.append(f"Idle: CPU over {idle['window_s']:.1f} s with one idle shm and one idle TCP session (% of one core)")
+        out.append(f"Idle: CPU over {idle['window_s']:.1f} s with one idle shm and one idle TCP session "
+                   "(% of one core)")
         rows = [[k, _f(v, "{:.2f}%")] for k, v in idle["percent_of_core"].items()]
         rows.append(["oriond total", _f(idle["oriond_total_pct"], "{:.2f}%")])
         out += _table(["process", "CPU"], rows)

@@ -1,8 +1,10 @@
 """One benchmark run: oriond, client agents and floors, measured side by side, repeated.
 
-Every comparison with a floor is made round by round (the floor and the remoted call measured
-back to back, their order alternating), and the reported value is the median over rounds, so
-that load from other processes on a small machine moves both sides alike.
+Every comparison with a floor is made side by side: latencies in alternating batches of the floor
+and the remoted call, copies and rounds with their order alternating; each reported value is the
+median over rounds, so that load from other processes on a small machine moves both sides alike.
+The client side (this process, the agents) runs on one CPU and the server side (oriond, the
+floors' peers) on another, so that a round trip always crosses cores as it does in the floors.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -46,7 +49,7 @@ class Settings:
     """bytes moved per measurement point (reps = budget / size, clamped)"""
     min_reps: int = 3
     max_reps: int = 200
-    starts: int = 5
+    starts: int = 8
     programs: int = 3
     idle_s: float = 5.0
     settle_s: float = 1.2
@@ -59,7 +62,7 @@ class Settings:
     def quick(cls, **kw: object) -> Settings:
         return dataclasses.replace(cls(
             rounds=3, null_n=5000, null_n_tcp=1000, pipelined_n=20000, pipelined_rounds=2,
-            sizes=QUICK_SIZES, copy_rounds=2, copy_budget=64 * MiB, starts=3, programs=2, idle_s=2.0,
+            sizes=QUICK_SIZES, copy_rounds=2, copy_budget=64 * MiB, starts=4, programs=2, idle_s=2.0,
         ), **kw)  # type: ignore[arg-type]
 
     @classmethod
@@ -246,8 +249,9 @@ class Bench:
     def copies(self) -> dict:
         s = self.s
         sizes = list(s.sizes)
-        series = ["memcpy"] + [f"{k}_{d}" for t in s.transports
-                               for k in ((t, "ring") if t == "shm" else (t, "socket")) for d in ("htod", "dtoh")]
+        floor_of = {"shm": "ring", "tcp": "socket"}
+        series = ["memcpy"] + [f"{name}_{d}" for t in s.transports for name in (t, floor_of[t])
+                               for d in ("htod", "dtoh")]
         rates: dict[str, list[list[float]]] = {k: [[] for _ in sizes] for k in series}
         ratios: dict[str, list[list[float]]] = {f"{t}_{d}": [[] for _ in sizes]
                                                 for t in s.transports for d in ("htod", "dtoh")}
@@ -292,6 +296,9 @@ class Bench:
         for t in s.transports:
             times = []
             for k in range(s.starts):
+                # oriond notices a claimed shm channel at its next device scan (every 20 ms): a
+                # random pause samples that phase instead of locking onto one
+                time.sleep(random.uniform(0, 0.02))
                 a = self._agent(t, f"-start{k}")
                 try:
                     times.append(a.call("init")["cuinit_s"] * 1e3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Sequence
 
@@ -29,17 +30,9 @@ def latency_summary(samples_ns: Sequence[int]) -> dict[str, float]:
 
 
 def median(values: Sequence[float]) -> float:
-    vals = [v for v in values if v == v]
+    """Median of the values that are not NaN (NaN if none)."""
+    vals = [v for v in values if not math.isnan(v)]
     return float(statistics.median(vals)) if vals else float("nan")
-
-
-def merge_rounds(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Per-key median over the rounds' summaries (each round measured side by side)."""
-    if not rounds:
-        return {}
-    out = {k: median([r[k] for r in rounds if k in r]) for k in rounds[0]}
-    out["rounds"] = len(rounds)
-    return out
 
 
 def gbps(nbytes: int, seconds: float) -> float:
