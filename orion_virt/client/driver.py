@@ -98,13 +98,21 @@ class CUfunction(_Handle):
 
 
 class _Kernel:
-    """What the client knows of a function handle: its name and parameter layout."""
+    """What the client knows of a function handle: its name and parameter layout, plus what
+    packing needs precomputed: each parameter's size and the zero padding before it."""
 
-    __slots__ = ("name", "layout")
+    __slots__ = ("name", "layout", "total", "sizes", "pads")
 
     def __init__(self, name: str, layout: list[tuple[int, int]]) -> None:
         self.name = name
         self.layout = layout
+        self.total = max((o + s for o, s in layout), default=0)
+        self.sizes = tuple(s for _, s in layout)
+        pads, end = [], 0
+        for off, size in layout:
+            pads.append(bytes(max(0, off - end)))
+            end = off + size
+        self.pads = tuple(pads)
 
 
 class CUuuid:
@@ -603,32 +611,55 @@ def _arg_bytes(value: Any, ctype: Any) -> bytes:
     return bytes(ctype(value))
 
 
+_VIEW_CACHE_MAX = 4096
+_ptr_views: dict[tuple[int, int], memoryview] = {}
+_arg_views: dict[tuple[int, int], memoryview] = {}
+
+
+def _view(cache: dict[tuple[int, int], memoryview], addr: int, size: int, fmt: str) -> memoryview:
+    """A live view of ``size`` bytes at ``addr`` (cached: programs reuse their argument arrays)."""
+    v = cache.get((addr, size))
+    if v is None:
+        if not addr:
+            raise ValueError("NULL parameter pointer")
+        if len(cache) >= _VIEW_CACHE_MAX:
+            cache.clear()
+        v = cache[(addr, size)] = memoryview((ctypes.c_char * size).from_address(addr)).cast("B").cast(fmt)
+    return v
+
+
 def _pack_params(f: _Kernel, kernelParams: Any) -> bytes:
-    """The parameter buffer, laid out as the kernel expects (layout from cuModuleGetFunction)."""
-    layout = f.layout
-    total = max((o + s for o, s in layout), default=0)
-    if kernelParams is None or (isinstance(kernelParams, int) and kernelParams == 0):
+    """The parameter buffer, laid out as the kernel expects (layout from cuModuleGetFunction).
+
+    ``kernelParams`` as cuda-python takes it: the address of an array of pointers to each
+    argument (an int or an object with one, e.g. a NumPy array's ``ctypes.data``), a buffer
+    holding that array, or ``((values...), (ctypes types or None...))``.
+    """
+    if kernelParams is None or isinstance(kernelParams, int) and kernelParams == 0:
         return b""
-    buf = bytearray(total)
+    sizes, pads = f.sizes, f.pads
+    n = len(sizes)
     if isinstance(kernelParams, tuple) and len(kernelParams) == 2 and isinstance(kernelParams[0], (tuple, list)):
         values, types = kernelParams
-        if len(values) != len(layout):
-            raise ValueError(f"{f.name} takes {len(layout)} parameters, {len(values)} given")
-        for (off, size), value, ctype in zip(layout, values, types):
-            raw = _arg_bytes(value, ctype)
-            buf[off:off + size] = raw[:size].ljust(size, b"\0")
-        return bytes(buf)
-    if isinstance(kernelParams, int) or hasattr(kernelParams, "__int__") and not hasattr(kernelParams, "__len__"):
-        addr = int(kernelParams)
-        ptrs = (ctypes.c_uint64 * len(layout)).from_address(addr) if layout else []
+        if len(values) != n:
+            raise ValueError(f"{f.name} takes {n} parameters, {len(values)} given")
+        parts = []
+        for pad, size, value, ctype in zip(pads, sizes, values, types):
+            parts.append(pad)
+            parts.append(_arg_bytes(value, ctype)[:size].ljust(size, b"\0"))
     else:
-        mv = memoryview(kernelParams).cast("B")
-        ptrs = struct.unpack(f"<{len(layout)}Q", mv[: 8 * len(layout)])
-    for (off, size), p in zip(layout, ptrs):
-        if not p:
-            raise ValueError(f"{f.name}: NULL parameter pointer")
-        buf[off:off + size] = ctypes.string_at(p, size)
-    return bytes(buf)
+        if isinstance(kernelParams, int):
+            ptrs: Any = _view(_ptr_views, kernelParams, 8 * n, "Q") if n else ()
+        elif hasattr(kernelParams, "__int__") and not hasattr(kernelParams, "__len__"):
+            ptrs = _view(_ptr_views, int(kernelParams), 8 * n, "Q") if n else ()
+        else:
+            ptrs = struct.unpack(f"<{n}Q", memoryview(kernelParams).cast("B")[: 8 * n])
+        parts = []
+        for pad, size, p in zip(pads, sizes, ptrs):
+            parts.append(pad)
+            parts.append(_view(_arg_views, p, size, "B"))
+    raw = b"".join(parts)
+    return raw if len(raw) == f.total else raw.ljust(f.total, b"\0")
 
 
 def cuLaunchKernel(f: Any, gridDimX: int, gridDimY: int, gridDimZ: int, blockDimX: int,
@@ -645,9 +676,12 @@ def cuLaunchKernel(f: Any, gridDimX: int, gridDimY: int, gridDimZ: int, blockDim
     except (ValueError, TypeError, OverflowError) as e:
         get_runtime().log.warning("cuLaunchKernel(%s): %s", func.name, e)
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
-    st, _, _ = _call(Call.cuLaunchKernel, (fh, int(gridDimX), int(gridDimY), int(gridDimZ), int(blockDimX),
-                                           int(blockDimY), int(blockDimZ), int(sharedMemBytes),
-                                           _h(hStream), len(params)), params, len(params))
+    try:
+        st, _, _ = _call(Call.cuLaunchKernel, (fh, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY,
+                                               blockDimZ, sharedMemBytes, _h(hStream), len(params)),
+                         params, len(params))
+    except struct.error:
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     return (_res(st),)
 
 

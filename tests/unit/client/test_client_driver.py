@@ -99,3 +99,17 @@ def test_client_imports_no_host_packages() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_params_are_read_live_and_padding_is_zero() -> None:
+    a = np.array([1.5], dtype=np.float32)
+    x = np.array([0x10], dtype=np.uint64)
+    y = np.array([0x20], dtype=np.uint64)
+    n = np.array([3], dtype=np.int32)
+    ptrs = np.array([v.ctypes.data for v in (a, x, y, n)], dtype=np.uint64)
+    f = _func(SAXPY)
+    assert d._pack_params(f, ptrs.ctypes.data) == struct.pack("<f4xQQi", 1.5, 0x10, 0x20, 3)
+    a[0], n[0] = 2.0, 9  # the same arrays, new values: the next launch must see them
+    assert d._pack_params(f, ptrs.ctypes.data) == struct.pack("<f4xQQi", 2.0, 0x10, 0x20, 9)
+    with pytest.raises(ValueError, match="NULL"):
+        d._pack_params(f, np.zeros(4, dtype=np.uint64).ctypes.data)
