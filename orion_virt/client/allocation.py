@@ -175,11 +175,13 @@ class Renewer:
 
     def __init__(self, cfg: ClientConfig, grant: Grant, log: logging.Logger,
                  on_lost: Callable[[str], None] | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None,
+                 on_renewed: Callable[[Any], None] | None = None) -> None:
         self.addr = cfg.controller_addr
         self.grant = grant
         self.log = log
         self.on_lost = on_lost
+        self.on_renewed = on_renewed
         self.interval = interval if interval is not None else max(0.2, grant.lease_seconds / 3)
         self.renewals = 0
         self.lost: str | None = None
@@ -207,7 +209,7 @@ class Renewer:
         from ..controller.exceptions import NotFound
 
         try:
-            ctl.renew(self.addr, self.grant.allocation_id)
+            renewed = ctl.renew(self.addr, self.grant.allocation_id)
         except NotFound as e:
             self.lost = str(e)
             self.log.error("allocation %s lost: %s", self.grant.allocation_id, e)
@@ -224,4 +226,6 @@ class Renewer:
             self.log.info("lease renewal of %s works again", self.grant.allocation_id)
         self._failing = False
         self.renewals += 1
+        if self.on_renewed is not None:
+            self.on_renewed(renewed)
         return True

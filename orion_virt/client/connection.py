@@ -14,7 +14,7 @@ from ..errors import ProtocolError, TransportError
 from ..transport.base import Stream
 from ..wire import HEADER, HEADER_SIZE, SPECS, Call, Hello, Kind, Welcome, parse_header
 from ..wire.calls import CallSpec
-from ..wire.frames import encode_bye
+from ..wire.frames import encode_bye, encode_renew
 
 _HDR = "IBBHIi"
 
@@ -111,6 +111,12 @@ class Connection:
             raise TransportError(f"oriond ended the session: {text}")
         raise ProtocolError(f"reply {hdr.kind.name} code {hdr.code} seq {hdr.seq} does not answer "
                             f"{Call(code).name} seq {seq}")
+
+    def renew(self, token: str) -> None:
+        """Pass a renewed allocation token to the server (no reply; it ends the session when the
+        token is not valid for this allocation)."""
+        self.stream.send(encode_renew(token))
+        self.stream.flush()
 
     def bye(self) -> None:
         if self.closed:

@@ -53,6 +53,8 @@ class Runtime:
         self.failed: str | None = None
         self.heartbeat: Heartbeat | None = None
         self.router: Any = None
+        self.links: list[tuple[str, Connection]] = []
+        """(node id, its session) for passing renewed allocation tokens on"""
         """the Router of a cross-node session (also ``conn`` until the session ends)"""
         self.renewer: object | None = None
         self._closing = False
@@ -108,7 +110,8 @@ class Runtime:
         self.allocation = grant
         self.allocation_id = grant.allocation_id
         if grant.from_controller:
-            self.renewer = allocation.Renewer(cfg, grant, self.log, self._allocation_lost).start()
+            self.renewer = allocation.Renewer(cfg, grant, self.log, self._allocation_lost,
+                                              on_renewed=self._lease_renewed).start()
         if len(grant.parts) > 1:
             return self._connect_nodes(cfg, grant)
         hello = Hello(pid=os.getpid(), vgpu_count=grant.vgpu_count, gmem_mib=grant.gmem_mib,
@@ -128,6 +131,7 @@ class Runtime:
         self.log.info("session %d on backend %s via %s", welcome.session_id, welcome.backend, chosen.transport)
         if chosen.channel is not None:
             self.heartbeat = Heartbeat(chosen.channel).start()
+        self.links = [(grant.node_id, conn)]
         self.conn = conn
         return conn
 
@@ -167,6 +171,7 @@ class Runtime:
                         [f"oriond of node {p.node_id} ({p.server_addr})" for p in parts],
                         [b.stop for b in beats])
         self.chosen = first
+        self.links = [(p.node_id, c) for p, c in zip(parts, links)]
         self.router = router
         self.conn = router  # Connection-compatible
         return router
@@ -222,6 +227,24 @@ class Runtime:
             self.allocation = None
             if conn is not None:
                 conn.bye()
+        finally:
+            self.lock.release()
+
+    def _lease_renewed(self, alloc: Any) -> None:
+        """Pass each node's renewed token to its server, which ends sessions whose lease ran out."""
+        while not self.lock.acquire(timeout=0.1):
+            if self._closing:
+                return
+        try:
+            if self._closing or self.conn is None:
+                return
+            for node_id, conn in self.links:
+                token = alloc.token_for(node_id)
+                if token and not conn.closed:
+                    try:
+                        conn.renew(token)
+                    except OrionError as e:
+                        self.log.warning("could not pass the renewed token to node %s: %s", node_id, e)
         finally:
             self.lock.release()
 

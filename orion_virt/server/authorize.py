@@ -19,7 +19,7 @@ import logging
 import socket
 import time
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import ServerConfig
 from ..controller.client import GpuInfo, NodeInfo
@@ -29,7 +29,7 @@ from ..controller.token import load_key, verify_token
 from ..errors import ConfigError, OrionError
 from ..wire import Hello
 from .backend import Backend, PhysicalGpu, VGpu
-from .session import Authorizer, open_authorizer
+from .session import Admission, Authorizer, open_authorizer
 
 NO_TOKEN = ("this Orion Server accepts only vGPUs allocated by the Orion Controller {ctl} and the "
             "client presented no allocation token: set ORION_CONTROLLER (or [controller] "
@@ -91,16 +91,19 @@ def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], contro
     HELLO without one, with a bad or expired one, or with one issued for another node."""
     position = {g.index: i for i, g in enumerate(gpus)}
 
-    def authorize(hello: Hello) -> list[VGpu]:
-        if not hello.token:
-            raise OrionError(NO_TOKEN.format(ctl=controller or "(controller_addr)"))
+    def check(token: str) -> Any:
         try:
-            grant = verify_token(key, hello.token, clock(), node_id=this_node)
+            return verify_token(key, token, clock(), node_id=this_node)
         except TokenExpired as e:
             raise OrionError(f"allocation token refused: {e} (the client must renew its lease "
                              f"with the Orion Controller)") from None
         except TokenError as e:
             raise OrionError(f"allocation token refused: {e}") from None
+
+    def authorize(hello: Hello) -> Admission:
+        if not hello.token:
+            raise OrionError(NO_TOKEN.format(ctl=controller or "(controller_addr)"))
+        grant = check(hello.token)
         if hello.allocation_id and hello.allocation_id != grant.allocation_id:
             raise OrionError(f"allocation token refused: it is for allocation "
                              f"{grant.allocation_id}, the client names {hello.allocation_id}")
@@ -117,7 +120,15 @@ def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], contro
                 raise OrionError(f"allocation {grant.allocation_id}: vGPU of {q.memory_mib} MiB "
                                  f"at {q.ratio}% does not fit GPU {q.gpu_index}")
             out.append(VGpu(physical=pos, memory=q.memory_mib << 20, ratio=q.ratio))
-        return out
+
+        def renew(token: str) -> float:
+            new = check(token)
+            if new.allocation_id != grant.allocation_id or new.vgpus != grant.vgpus:
+                raise OrionError(f"renewed token is for allocation {new.allocation_id}, not "
+                                 f"{grant.allocation_id} with the same vGPUs")
+            return new.expires_at
+
+        return Admission(out, grant.expires_at, renew)
 
     return authorize
 

@@ -21,12 +21,31 @@ from ..errors import OrionError, ProtocolError, TransportError
 from ..transport.base import Stream
 from ..wire import HEADER, HEADER_SIZE, SPECS, Call, Hello, Kind, Welcome, encode_error, parse_header
 from ..wire.calls import CallSpec
-from ..wire.frames import PROTO_MAJOR, check_blob
+from ..wire.frames import MAX_CONTROL_BODY, PROTO_MAJOR, check_blob
 from .backend import Backend, BackendSession, CudaCallError, VGpu
 from .throttle import Throttle
 
 E = CUresult
-Authorizer = Callable[[Hello], list[VGpu]]
+LEASE_GRACE_S = 2.0
+"""Slack for clock skew between the controller and this server."""
+
+
+class LeaseExpired(OrionError):
+    """The session's allocation was not renewed in time: its vGPUs may be lent to someone else."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A session admitted on a lease: its vGPUs, the lease end (wall clock, seconds) and how to
+    check a renewed token (returns the new lease end; raises OrionError if it is not valid for
+    this same allocation)."""
+
+    vgpus: list[VGpu]
+    expires_at: float
+    renew: Callable[[str], float]
+
+
+Authorizer = Callable[[Hello], "list[VGpu] | Admission"]
 
 
 @dataclass
@@ -128,6 +147,8 @@ class Session:
         self.throttles: list[Throttle] = []
         self.calls = 0
         self.hello: Hello | None = None
+        self.admission: Admission | None = None
+        self.lease_end = 0.0
         self.handlers: dict[int, Callable[..., Any]] = {
             c: getattr(self, "_" + Call(c).name) for c in SPECS
         }
@@ -141,7 +162,12 @@ class Session:
         hello = Hello.decode(self.stream.recv_exact(hdr.length))
         if hello.major != PROTO_MAJOR:
             raise ProtocolError(f"client speaks protocol {hello.major}.{hello.minor}, server {PROTO_MAJOR}.x")
-        self.vgpus = self.authorize(hello)
+        granted = self.authorize(hello)
+        if isinstance(granted, Admission):
+            self.admission = granted
+            self.lease_end = granted.expires_at + LEASE_GRACE_S
+            granted = granted.vgpus
+        self.vgpus = granted
         self.hello = hello
         self.bs = self.backend.open_session(self.vgpus)
         for view in getattr(self.stream, "host_regions", lambda: [])():
@@ -168,6 +194,10 @@ class Session:
                 self._try_send(encode_error(str(e)))
                 return f"refused: {e}"
             return self.serve()
+        except LeaseExpired as e:
+            self.log.warning("session %d: %s", self.session_id, e)
+            self._try_send(encode_error(str(e)))
+            return "lease expired"
         except ProtocolError as e:
             self.log.warning("session %d: protocol error, closing: %s", self.session_id, e)
             self._try_send(encode_error(f"protocol error: {e}"))
@@ -207,6 +237,9 @@ class Session:
             length, kind, flags, code, seq, hstatus = recv_unpack(HEADER)
             plan = plans.get(code)
             if kind != _CALL or plan is None or flags & ~1:
+                if kind == Kind.RENEW and code == 0 and length <= MAX_CONTROL_BODY:
+                    self._renew(stream.recv_exact(length))
+                    continue
                 if kind == Kind.BYE and length == 0:
                     self.log.info("session %d: client said goodbye", self.session_id)
                     return "bye"
@@ -222,6 +255,8 @@ class Session:
                     check_blob(plan.spec, Kind.CALL, args, length)  # raises the ProtocolError saying why
                 blob.remaining = n
             self.calls += 1
+            if self.lease_end and not flags & 1 and time.time() > self.lease_end:
+                raise LeaseExpired(self._expired_message())
             status = 0
             result: Any = None
             try:
@@ -248,6 +283,24 @@ class Session:
                 flush()
             else:
                 reply(plan.spec, seq, status, result)
+
+    def _renew(self, body: bytes) -> None:
+        """A renewed token: it must be valid for this same allocation, else the session ends."""
+        if self.admission is None:
+            self.log.info("session %d: lease renewal ignored (direct mode)", self.session_id)
+            return
+        try:
+            token = body.decode("ascii")
+            expires = self.admission.renew(token)
+        except (UnicodeDecodeError, OrionError) as e:
+            raise ProtocolError(f"renewed token refused: {e}") from None
+        self.lease_end = expires + LEASE_GRACE_S
+        self.log.debug("session %d: lease renewed until %.0f", self.session_id, expires)
+
+    def _expired_message(self) -> str:
+        alloc = self.hello.allocation_id if self.hello else "?"
+        return (f"allocation {alloc} expired: its lease was not renewed with the Orion Controller, "
+                f"so its vGPUs were returned to the pool; the session is closed")
 
     def _reply(self, spec: CallSpec, seq: int, status: int, result: Any) -> None:
         stream = self.stream

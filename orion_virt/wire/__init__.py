@@ -3,11 +3,11 @@
 from .calls import SPECS, Call, CallSpec
 from .frames import (
     HEADER, HEADER_SIZE, PROTO_MAJOR, PROTO_MINOR, Flag, Header, Hello, Kind, Message, Welcome,
-    check_blob, decode_message, encode_bye, encode_call, encode_error, encode_reply, parse_header,
+    check_blob, decode_message, encode_bye, encode_call, encode_error, encode_renew, encode_reply, parse_header,
 )
 
 __all__ = [
     "SPECS", "Call", "CallSpec", "HEADER", "HEADER_SIZE", "PROTO_MAJOR", "PROTO_MINOR", "Flag",
     "Header", "Hello", "Kind", "Message", "Welcome", "check_blob", "decode_message", "encode_bye",
-    "encode_call", "encode_error", "encode_reply", "parse_header",
+    "encode_call", "encode_error", "encode_renew", "encode_reply", "parse_header",
 ]

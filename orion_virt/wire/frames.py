@@ -36,6 +36,7 @@ class Kind(IntEnum):
     REPLY = 4
     ERROR = 5
     BYE = 6
+    RENEW = 7
 
 
 class Flag(IntFlag):
@@ -197,6 +198,12 @@ def encode_bye() -> bytes:
     return Header(0, Kind.BYE, Flag.NONE, 0, 0, 0).pack()
 
 
+def encode_renew(token: str) -> bytes:
+    """A renewed allocation token for the running session (no reply)."""
+    body = token.encode("ascii")
+    return Header(len(body), Kind.RENEW, Flag.NONE, 0, 0, 0).pack() + body
+
+
 def encode_call(spec: CallSpec, seq: int, args: tuple, blob_len: int = 0) -> bytes:
     """Header + fixed args of a CALL; the caller sends ``blob_len`` blob bytes after it."""
     fixed = spec.req.pack(*args)
@@ -235,7 +242,7 @@ def decode_message(data: bytes) -> Message:
         return Message(header, hello=Hello.decode(body))
     if header.kind is Kind.WELCOME:
         return Message(header, welcome=Welcome.decode(body))
-    if header.kind in (Kind.ERROR, Kind.BYE):
+    if header.kind in (Kind.ERROR, Kind.BYE, Kind.RENEW):
         return Message(header, text=body.decode("utf-8", "replace"))
     assert spec is not None
     st = spec.req if header.kind is Kind.CALL else spec.resp

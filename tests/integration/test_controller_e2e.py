@@ -680,3 +680,45 @@ def test_orion_check_fails_when_things_are_down(tmp_path: Path) -> None:
     assert f"SQLite store {tmp_path}/c.db will be created at first start." in r.stdout
     r = _check("install", "controller", "--kv", f"http://127.0.0.1:{ctl_port}")
     assert r.returncode == 1 and f"etcd at http://127.0.0.1:{ctl_port} cannot be used" in r.stdout
+
+
+def _session_on_lease(stack: Stack) -> tuple[object, object]:
+    """A raw session (no renewal thread) on a fresh 1-vGPU allocation: (connection, allocation)."""
+    from orion_virt.client.connection import Connection
+
+    alloc = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1))
+    v = alloc.vgpus[0]
+    conn = Connection(tcp.connect(v.server, timeout=5), "tcp")
+    conn.handshake(Hello(pid=os.getpid(), vgpu_count=1, gmem_mib=v.memory_mib, ratio=v.ratio,
+                         token=alloc.token_for(v.node_id), allocation_id=alloc.allocation_id))
+    return conn, alloc
+
+
+def test_server_ends_a_session_whose_lease_was_not_renewed(stack: Stack) -> None:
+    from orion_virt.wire import Call
+
+    conn, alloc = _session_on_lease(stack)
+    assert conn.call(Call.cuDeviceGetCount, ())[1] == (1,)  # type: ignore[attr-defined]
+    time.sleep(alloc.lease_seconds + 2.5)  # lease (2 s) + the server's grace (2 s)
+    with pytest.raises(TransportError, match=f"allocation {alloc.allocation_id} expired"):
+        conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
+    wait_for(lambda: stack.summary().free_vgpus == 8, 10, "the expired lease back in the pool")
+
+
+def test_renewed_tokens_keep_a_session_alive_past_its_first_lease(stack: Stack) -> None:
+    from orion_virt.wire import Call
+
+    conn, alloc = _session_on_lease(stack)
+    node = alloc.vgpus[0].node_id
+    deadline = time.monotonic() + alloc.lease_seconds * 2 + 2.5
+    while time.monotonic() < deadline:
+        conn.renew(ctl.renew(stack.addr, alloc.allocation_id).token_for(node))  # type: ignore[attr-defined]
+        time.sleep(alloc.lease_seconds / 3)
+    assert conn.call(Call.cuDeviceGetCount, ())[:2] == (0, (1,))  # type: ignore[attr-defined]
+    # a token for another allocation is refused and ends the session
+    other = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1))
+    conn.renew(other.token_for(other.vgpus[0].node_id))  # type: ignore[attr-defined]
+    with pytest.raises(TransportError, match="renewed token"):
+        conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
+    ctl.release(stack.addr, other.allocation_id)
+    ctl.release(stack.addr, alloc.allocation_id)

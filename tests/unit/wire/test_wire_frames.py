@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from orion_virt.errors import ProtocolError
 from orion_virt.wire import (
     HEADER, HEADER_SIZE, SPECS, Call, Hello, Kind, Welcome, decode_message, encode_bye, encode_call,
-    encode_error, encode_reply, parse_header,
+    encode_error, encode_renew, encode_reply, parse_header,
 )
 from orion_virt.wire.frames import MAX_CONTROL_BODY
 
@@ -55,6 +55,8 @@ def test_hello_welcome_error_bye_round_trip() -> None:
     assert decode_message(w.encode()).welcome == w
     assert decode_message(encode_error("no such thing")).text == "no such thing"
     assert decode_message(encode_bye()).header.kind is Kind.BYE
+    renew = decode_message(encode_renew("o1.abc.def"))
+    assert renew.header.kind is Kind.RENEW and renew.text == "o1.abc.def"
 
 
 def test_blob_length_must_match_its_field() -> None:
