@@ -13,6 +13,7 @@ trips of cuCtxSynchronize), ``pipelined`` (async calls counted until a final cuC
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,14 @@ class BenchError(RuntimeError):
 
 class Agent:
     def __init__(self) -> None:
-        from ..client import driver
+        if os.environ.get("ORION_BENCH_NATIVE") == "1":
+            from cuda.bindings import driver  # the baseline: the real driver, no orion_virt
 
+            self.native = True
+        else:
+            from ..client import driver  # type: ignore[no-redef]
+
+            self.native = False
         self.cuda = driver
         self.func: Any = None
         self.params: np.ndarray | None = None
@@ -65,7 +72,7 @@ class Agent:
         self._keep = [np.array([int(self.small)], dtype=np.uint64), np.array([7], dtype=np.uint32),
                       np.array([0], dtype=np.int32)]
         self.params = np.array([a.ctypes.data for a in self._keep], dtype=np.uint64)
-        return {"cuinit_s": cuinit_s, "transport": cuda._orion_transport()}
+        return {"cuinit_s": cuinit_s, "transport": "native" if self.native else cuda._orion_transport()}
 
     def null(self, n: int, warmup: int = 200, raw: bool = False) -> dict:
         """``n`` timed cuCtxSynchronize round trips: their summary, or the samples (ns) if ``raw``."""
@@ -144,6 +151,39 @@ class Agent:
             out.append(time.perf_counter() - t0)
             self.check(r, direction)
         return {"seconds": out}
+
+    def matmul(self, n: int, iters: int) -> dict:
+        """A compute-bound program: ``iters`` products of n x n float32 matrices with the naive
+        matmul_f32 kernel, launched back to back, then one synchronize; checked against NumPy."""
+        cuda = self.cuda
+        module = self.check(cuda.cuModuleLoadData(PTX.read_bytes() + b"\0"), "cuModuleLoadData")
+        fn = self.check(cuda.cuModuleGetFunction(module, b"matmul_f32"), "cuModuleGetFunction")
+        rng = np.random.default_rng(0)
+        a = rng.random((n, n), dtype=np.float32)
+        b = rng.random((n, n), dtype=np.float32)
+        c = np.zeros((n, n), dtype=np.float32)
+        da, db, dc = (self.check(cuda.cuMemAlloc(a.nbytes), "cuMemAlloc") for _ in range(3))
+        self.check(cuda.cuMemcpyHtoD(da, a.ctypes.data, a.nbytes), "HtoD")
+        self.check(cuda.cuMemcpyHtoD(db, b.ctypes.data, b.nbytes), "HtoD")
+        args = [np.array([int(x)], dtype=np.uint64) for x in (da, db, dc)] + [np.array([n], dtype=np.int32)]
+        params = np.array([x.ctypes.data for x in args], dtype=np.uint64)
+        grid = (n + 15) // 16
+        launch = lambda: cuda.cuLaunchKernel(fn, grid, grid, 1, 16, 16, 1, 0, 0, params.ctypes.data, 0)  # noqa: E731
+        self.check(launch(), "warm-up launch")
+        self.check(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            launch()
+        self.check(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
+        seconds = time.perf_counter() - t0
+        self.check(cuda.cuMemcpyDtoH(c.ctypes.data, dc, c.nbytes), "DtoH")
+        rows = slice(0, min(n, 64))
+        ok = bool(np.allclose(c[rows], a[rows] @ b, rtol=1e-3, atol=1e-2))
+        for p in (da, db, dc):
+            self.check(cuda.cuMemFree(p), "cuMemFree")
+        self.check(cuda.cuModuleUnload(module), "cuModuleUnload")
+        return {"n": n, "iters": iters, "seconds": seconds, "gflops": 2 * n ** 3 * iters / seconds / 1e9,
+                "correct": ok}
 
     def cpu(self) -> dict:
         return {"cpu_s": time.process_time()}

@@ -48,9 +48,11 @@ def _python_path(env: dict[str, str]) -> str:
 class Oriond:
     """oriond on the sim backend, a shared-memory device and a loopback port, under ``workdir``."""
 
-    def __init__(self, workdir: Path, device_mib: int = 128) -> None:
+    def __init__(self, workdir: Path, device_mib: int = 128, backend: str = "sim",
+                 shm_dir: Path | None = None) -> None:
         self.workdir = workdir
-        self.shm = workdir / "shm"
+        self.backend = backend
+        self.shm = shm_dir or workdir / "shm"
         self.logs = workdir / "log"
         self.home = workdir / "home"
         for d in (self.shm, self.logs, self.home):
@@ -69,7 +71,8 @@ class Oriond:
         pid_file = self.workdir / "oriond.pid"
         self.port = free_port()
         cmd = script("oriond", "orion_virt.cli.oriond") + [
-            "--config", str(conf), "--backend", "sim", "--sim-gpus", "1", "--sim-memory", "16384",
+            "--config", str(conf), "--backend", self.backend,
+            *(["--sim-gpus", "1", "--sim-memory", "16384"] if self.backend == "sim" else []),
             "--bind-addr", "127.0.0.1", "--listen-port", str(self.port), "--shm-path-base", str(self.shm),
             "--enable-shm", "--log-dir", str(self.logs), "--pid-file", str(pid_file),
         ]

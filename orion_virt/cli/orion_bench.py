@@ -24,10 +24,16 @@ def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               help="Transports to measure: shm, tcp or both.")
 @click.option("--rounds", type=click.IntRange(1, 100), help="Rounds of the latency comparison (default 5, quick 3).")
 @click.option("--idle-seconds", type=click.FloatRange(0.1, 600), help="Idle-CPU window (default 5 s, quick 2 s).")
+@click.option("--native", is_flag=True,
+              help="On a GPU host: oriond on the cuda backend, and the same operations natively "
+                   "(cuda-python, no orion_virt), over shm and over TCP; writes OUT/native.json and "
+                   "OUT/native.png.")
+@click.option("--backend", type=click.Choice(["cuda", "sim"]), default="cuda", show_default=True,
+              help="With --native: oriond's backend (sim checks the plumbing; no native column).")
 @click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep oriond's and the clients' logs in this directory instead of a temporary one.")
 def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | None,
-         idle_seconds: float | None, keep_dir: Path | None) -> None:
+         idle_seconds: float | None, native: bool, backend: str, keep_dir: Path | None) -> None:
     """Start an oriond (sim backend, temporary shared-memory device, loopback port) and measure,
     in one run and side by side with the floors of each transport: null-call latency, pipelined
     calls, HtoD/DtoH throughput, session start, and oriond's idle CPU.
@@ -36,6 +42,9 @@ def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | 
     OUT/bench.png. Numbers are medians over rounds; on a small shared machine run it when it is
     otherwise quiet.
     """
+    if native:
+        _native(out_dir, quick, backend, keep_dir)
+        return
     from ..bench.report import plot, text, write_json
     from ..bench.run import Settings, run_bench
 
@@ -58,3 +67,21 @@ def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | 
     plot(res, out_dir / "bench.png")
     click.echo(text(res))
     click.echo(f"\nwrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
+
+
+def _native(out_dir: Path, quick: bool, backend: str, keep_dir: Path | None) -> None:
+    import json
+
+    from ..bench.compare import CompareSettings, plot_compare, run_compare, text_compare
+
+    settings = CompareSettings.quick(backend) if quick else CompareSettings(backend)
+    try:
+        res = run_compare(settings, keep_dir)
+    except (RuntimeError, OSError) as e:
+        click.echo(f"orion-bench: {e}", err=True)
+        sys.exit(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "native.json").write_text(json.dumps(res, indent=1))
+    plot_compare(res, out_dir / "native.png")
+    click.echo(text_compare(res))
+    click.echo(f"\nwrote {out_dir / 'native.json'} and {out_dir / 'native.png'}")
