@@ -194,6 +194,9 @@ class BackendSession(ABC):
 
 class Backend(ABC):
     name: str
+    preferred_chunk: int = 0
+    """Bulk copies reach the backend in chunks at least this large when the transport can
+    (each chunk costs a backend call: a GPU copy has a fixed cost of several microseconds)."""
 
     @abstractmethod
     def gpus(self) -> list[PhysicalGpu]: ...

@@ -638,6 +638,7 @@ class CudaBackend(Backend):
     """
 
     name = "cuda"
+    preferred_chunk = 512 << 10
 
     def __init__(self, probe_result: ProbeResult | None = None, probe_timeout: float = 120.0,
                  driver: Any = None) -> None:

@@ -170,6 +170,8 @@ class Session:
         self.vgpus = granted
         self.hello = hello
         self.bs = self.backend.open_session(self.vgpus)
+        if hasattr(self.stream, "min_chunk"):
+            self.stream.min_chunk = getattr(self.backend, "preferred_chunk", 0)
         for view in getattr(self.stream, "host_regions", lambda: [])():
             self.bs.register_host(view)  # e.g. the shm rings: the cuda backend pins them
         self.throttles = [Throttle(v.ratio if self.throttle_enabled else 100) for v in self.vgpus]

@@ -65,6 +65,9 @@ class RingStream(Stream):
         self.max_sleep = max_sleep
         self._on_close = on_close
         self._closed = False
+        self.min_chunk = 0
+        """Smallest chunk ``recv_chunks``/``send_chunks`` hand out while more is on its way: a
+        consumer with a per-chunk cost (a GPU copy per chunk) sets it to get fewer, larger ones."""
 
     def host_regions(self) -> list[memoryview]:
         """The memory every chunk view of this stream lies in, e.g. for a backend to page-lock
@@ -123,11 +126,29 @@ class RingStream(Stream):
             tx.head += k
             tx.ctrl[tx.head_i] = tx.head
 
+    def _room_at_least(self, want: int, need: int) -> int:
+        """Bytes writable now (at most ``want``), waiting until there are at least ``need``."""
+        tx = self.tx
+        room = tx.limit - tx.head
+        if room >= need:
+            return min(room, want)
+        ctrl, ti = tx.ctrl, tx.tail_i
+        bo: Backoff | None = None
+        while True:
+            tx.limit = ctrl[ti] + tx.size
+            room = tx.limit - tx.head
+            if room >= need:
+                return min(room, want)
+            if bo is None:
+                bo = Backoff(self.check, self.timeout, max_sleep=self.max_sleep, what=f"{self.name} peer to read")
+            bo.wait()
+
     def send_chunks(self, n: int) -> Iterator[memoryview]:
         tx = self.tx
         while n > 0:
-            k = self._room(min(n, CHUNK))
             pos = tx.head & tx.mask
+            want = min(n, CHUNK)
+            k = self._room_at_least(want, max(1, min(want, self.min_chunk, tx.size - pos)))
             k = min(k, tx.size - pos)
             yield tx.buf[pos:pos + k]
             tx.head += k
@@ -200,9 +221,13 @@ class RingStream(Stream):
     def recv_chunks(self, n: int) -> Iterator[memoryview]:
         rx = self.rx
         while n > 0:
-            k = self._avail(min(n, CHUNK))
             pos = rx.tail & rx.mask
-            k = min(k, rx.size - pos)
+            want = min(n, CHUNK)
+            need = max(1, min(want, self.min_chunk, rx.size - pos))
+            avail = rx.ctrl[rx.head_i] - rx.tail
+            if avail < need:
+                avail = self._readable(need)
+            k = min(avail, want, rx.size - pos)
             yield rx.buf[pos:pos + k].toreadonly()
             rx.tail += k
             rx.ctrl[rx.tail_i] = rx.tail

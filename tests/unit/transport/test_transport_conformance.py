@@ -236,3 +236,34 @@ def test_receive_timeout(kind: str, tmp_path: Path) -> None:
         assert 0.25 <= time.monotonic() - t0 < 5
     finally:
         pair.close()
+
+
+def test_min_chunk_gives_a_costly_consumer_fewer_larger_chunks() -> None:
+    from orion_virt.transport.ring import Ring, RingStream
+
+    ring_size = 1 << 20
+    mem = memoryview(bytearray(4096 + 2 * ring_size))
+    ctrl = mem[:4096].cast("Q")
+    a_to_b, b_to_a = mem[4096:4096 + ring_size], mem[4096 + ring_size:]
+    a = RingStream(Ring(a_to_b, ctrl, 16, 24), Ring(b_to_a, ctrl, 32, 40))
+    b = RingStream(Ring(b_to_a, ctrl, 32, 40), Ring(a_to_b, ctrl, 16, 24))
+    b.min_chunk = 256 << 10
+    total = 3 << 20
+    payload = os.urandom(total)
+
+    def trickle() -> None:
+        for i in range(0, total, 4096):
+            a.send(payload[i:i + 4096])
+            if i % (64 << 10) == 0:
+                time.sleep(0.0005)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    sizes, got = [], bytearray()
+    for chunk in b.recv_chunks(total):
+        sizes.append(len(chunk))
+        got += chunk
+    t.join()
+    assert bytes(got) == payload
+    small = [s for s in sizes[:-1] if s < b.min_chunk]
+    assert len(small) <= total // ring_size  # only where the ring wraps
