@@ -290,15 +290,15 @@ class CudaSession(BackendSession):
     def register_host(self, view: memoryview) -> None:
         """Page-lock a host region that copies will come from or go to (the shared-memory ring),
         so the GPU copies straight from or to it. A read-only view (the request ring: the device
-        only reads it) is registered READ_ONLY, which Linux also grants for shared mappings of
+        only reads it) falls back to READ_ONLY, which Linux also grants for shared mappings of
         regular files, where a writable long-term pin is refused (only tmpfs/hugetlbfs allow it).
         Best effort: a failure only costs speed, and is logged."""
         if self._closed or not self._ctxs or view.nbytes == 0:
             return
         addr = buffer_address(view)
         tries = [CU_MEMHOSTREGISTER_PORTABLE]
-        if view.readonly:
-            tries.insert(0, CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_READ_ONLY)
+        if view.readonly:  # a plain pin first (tmpfs allows it); READ_ONLY where only that is granted
+            tries.append(CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_READ_ONLY)
         try:
             self._use(next(iter(self._ctxs.values())))
             for flags in tries:

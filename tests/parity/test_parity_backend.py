@@ -287,9 +287,10 @@ def test_close_frees_everything(backend, backend_name):
 
 @pytest.mark.parametrize("kind", ["anonymous", "file"])
 def test_registered_host_region(backend, backend_name, kind, tmp_path):
-    """The shared-memory path: chunks are views into rings the session registered once -- the
-    request ring read-only (the device reads it), the response ring writable. A shared mapping of
-    a regular file (not tmpfs) cannot be pinned writable: that one stays pageable, and works."""
+    """The shared-memory path: chunks are views into rings the session registered once -- a plain
+    pin first for both rings (tmpfs allows it; READ_ONLY registration measured ~0.5 ms slower per
+    copy on an H100), READ_ONLY as the fallback for the request ring. A shared mapping of a
+    regular file (not tmpfs) cannot be pinned writable: that one stays pageable, and works."""
     if kind == "file":
         f = open(tmp_path / "ring", "w+b")
         f.truncate(4 * MiB)
@@ -315,5 +316,5 @@ def test_registered_host_region(backend, backend_name, kind, tmp_path):
     finally:
         s.close()
     if backend_name == "cuda-fake":
-        assert backend._driver.register_flags == [9, 1] and not backend._driver.registered
+        assert backend._driver.register_flags == [1, 1] and not backend._driver.registered
     region.close()  # no buffer export may outlive the session
