@@ -35,6 +35,7 @@ class ServerChannel:
         self._beat = (self.ctrl[C_CLIENT_BEAT], time.monotonic())
 
     def start(self) -> RingStream:
+        self.dev.populate(self.index)
         c = self.ctrl
         c[C_REQ_HEAD] = c[C_REQ_TAIL] = c[C_RESP_HEAD] = c[C_RESP_TAIL] = 0
         c[C_SERVED_GEN] = self.gen

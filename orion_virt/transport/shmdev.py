@@ -59,6 +59,7 @@ C_RESP_TAIL = 40
 C_REASON = 48  # 8 slots: a short ASCII reason for DEAD
 
 FREE, CLAIMED, SERVING, CLOSED, DEAD = 0, 1, 2, 3, 4
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 STATE_NAMES = {FREE: "free", CLAIMED: "claimed", SERVING: "serving", CLOSED: "closed", DEAD: "dead"}
 
 
@@ -268,6 +269,18 @@ class Device:
         self.view[off:off + 64] = raw + bytes(64 - len(raw))
         self.ctrl(i)[C_STATE] = DEAD
 
+    def populate(self, i: int) -> None:
+        """Fault channel ``i``'s pages into this mapping now, before it carries traffic: a copy
+        into never-touched shared pages runs several times slower (measured here: 1 MiB in 500 µs
+        against 110 µs), which would tax every first pass over the rings. Best effort."""
+        off, length = self.layout.channel_offset(i), self.layout.stride
+        try:
+            self.mm.madvise(MADV_POPULATE_WRITE, off, length)
+        except (OSError, ValueError):
+            view = self.view
+            for p in range(off, off + length, PAGE):
+                view[p] = view[p]
+
     def lock_offset(self, i: int) -> int:
         return self.layout.channel_offset(i) if self.lock_fd == self.fd else i
 
@@ -400,6 +413,8 @@ def claim_channel(dev: Device, *, check_tenants: bool = True, wait_s: float = 5.
         if not dev.try_lock(i):
             continue
         c = dev.ctrl(i)
+        if dev.lock_fd == dev.fd:  # a file mapping (not a VM's PCI BAR): fault the rings in once
+            dev.populate(i)
         gen = c[C_GEN] + 1
         c[C_OWNER_PID] = os.getpid()
         c[C_OWNER_NONCE] = secrets.randbits(63)

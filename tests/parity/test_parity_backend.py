@@ -288,8 +288,7 @@ def test_close_frees_everything(backend, backend_name):
 @pytest.mark.parametrize("kind", ["anonymous", "file"])
 def test_registered_host_region(backend, backend_name, kind, tmp_path):
     """The shared-memory path: chunks are views into rings the session registered once -- a plain
-    pin first for both rings (tmpfs allows it; READ_ONLY registration measured ~0.5 ms slower per
-    copy on an H100), READ_ONLY as the fallback for the request ring. A shared mapping of a
+    pin first for both rings (tmpfs allows it), READ_ONLY as the fallback for the request ring. A shared mapping of a
     regular file (not tmpfs) cannot be pinned writable: that one stays pageable, and works."""
     if kind == "file":
         f = open(tmp_path / "ring", "w+b")
