@@ -50,6 +50,7 @@ def test_server_log_names_the_backend_and_pins_the_ring(oriond_cuda):
     # the shm sessions above registered their rings with cuMemHostRegister (best effort: where
     # pinning fails, copies stay pageable and a warning says so; on tmpfs it must succeed)
     if oriond_cuda.on_tmpfs:
-        assert "(pinned, read-only)" in log and "(pinned)" in log, log[-3000:]
+        assert log.count("with CUDA (pinned") >= 2, log[-3000:]  # both rings of a session
+        assert "copies stay pageable" not in log, log[-3000:]
     else:
         assert "shared memory at 0x" in log or "cuMemHostRegister" in log, log[-3000:]
