@@ -205,7 +205,7 @@ class Device:
             raise
         self.view = memoryview(self.mm)
         self.q = self.view[:PAGE].cast("Q")
-        self.lock_fd = self.fd if lock_path is None else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock_fd = self.fd if lock_path is None else _open_lock_file(lock_path)
         try:
             self.layout = self._validate(real)
         except BaseException:
@@ -326,6 +326,16 @@ class Device:
             os.close(self.fd)
         except OSError:
             pass
+
+
+def _open_lock_file(path: str) -> int:
+    """A guest-local claim-lock file: holds no data, so every user of the guest may lock it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        os.fchmod(fd, 0o666)
+    except PermissionError:
+        pass
+    return fd
 
 
 def own_namespace_id() -> int:

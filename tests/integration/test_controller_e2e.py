@@ -699,9 +699,13 @@ def test_server_ends_a_session_whose_lease_was_not_renewed(stack: Stack) -> None
 
     conn, alloc = _session_on_lease(stack)
     assert conn.call(Call.cuDeviceGetCount, ())[1] == (1,)  # type: ignore[attr-defined]
-    time.sleep(alloc.lease_seconds + 2.5)  # lease (2 s) + the server's grace (2 s)
+    # no renewal: past the lease (2 s) and the server's grace (2 s) the next call ends the session
+    deadline = alloc.expires_at + 2 + 15
     with pytest.raises(TransportError, match=f"allocation {alloc.allocation_id} expired"):
-        conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
+        while time.time() < deadline:
+            conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
+            time.sleep(0.25)
+    assert time.time() > alloc.expires_at + 2  # not before the lease and its grace ran out
     wait_for(lambda: stack.summary().free_vgpus == 8, 10, "the expired lease back in the pool")
 
 
