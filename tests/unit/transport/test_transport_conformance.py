@@ -24,7 +24,7 @@ from orion_virt.transport import shmdev
 from orion_virt.transport.base import Stream
 from orion_virt.transport.shmdev import Device, claim_channel, format_device
 from orion_virt.transport.tcp import SocketStream
-from orion_virt.server.shm_serve import ServerChannel, open_for_serving, pending_claims, tick
+from orion_virt.server.shm_serve import ServerChannel, open_for_serving, pending_claims
 
 CTX = mp.get_context("fork")
 LEN = struct.Struct("<I")
