@@ -56,7 +56,7 @@ class Daemon:
         self.devices: dict[Path, Watched] = {}
         self.listener: socket.socket | None = None
         self.stopping = False
-        self.ids = itertools.count(int(time.time()) % 100000 * 1000)
+        self.ids = itertools.count(int(time.time()) * 1000)  # unique across restarts (< 1000 sessions/s)
         self._last_dir_scan = 0.0
         self._skipped: set[str] = set()
 
