@@ -312,7 +312,7 @@ def cuDeviceGetUuid(dev: Any) -> tuple[CUresult, CUuuid]:
 def _uuid(raw: bytes) -> Any:
     if CUuuid is _OwnUuid:
         return CUuuid(raw)
-    u = CUuuid()
+    u: Any = CUuuid()
     ctypes.memmove(u.getPtr(), raw, 16)
     return u
 
@@ -624,7 +624,8 @@ def _view(cache: dict[tuple[int, int], memoryview], addr: int, size: int, fmt: s
             raise ValueError("NULL parameter pointer")
         if len(cache) >= _VIEW_CACHE_MAX:
             cache.clear()
-        v = cache[(addr, size)] = memoryview((ctypes.c_char * size).from_address(addr)).cast("B").cast(fmt)
+        raw = memoryview((ctypes.c_char * size).from_address(addr)).cast("B")
+        v = cache[(addr, size)] = raw if fmt == "B" else raw.cast(fmt)  # type: ignore[call-overload]
     return v
 
 
@@ -643,7 +644,7 @@ def _pack_params(f: _Kernel, kernelParams: Any) -> bytes:
         values, types = kernelParams
         if len(values) != n:
             raise ValueError(f"{f.name} takes {n} parameters, {len(values)} given")
-        parts = []
+        parts: list[bytes | memoryview] = []
         for pad, size, value, ctype in zip(pads, sizes, values, types):
             parts.append(pad)
             parts.append(_arg_bytes(value, ctype)[:size].ljust(size, b"\0"))

@@ -23,7 +23,7 @@ from typing import Any
 from .. import __version__
 from ..config import ClientConfig, load_client_config
 from ..errors import OrionError, TransportError
-from ..wire import Hello
+from ..wire import Hello, Welcome
 from .connection import Connection
 from .select import Chosen, Heartbeat, choose
 
@@ -46,7 +46,8 @@ class Runtime:
     def __init__(self, config: ClientConfig | None = None) -> None:
         self._config = config
         self.lock = threading.RLock()
-        self.conn: Connection | None = None
+        self.conn: Any = None
+        """The Connection, or a multinode Router for a cross-node allocation (same call/bye)."""
         self.chosen: Chosen | None = None
         self.allocation_id: str | None = None
         self.allocation: object | None = None
@@ -176,7 +177,7 @@ class Runtime:
         self.conn = router  # Connection-compatible
         return router
 
-    def _open(self, cfg: ClientConfig, grant: object, hello: Hello) -> tuple[Chosen, Connection, object]:
+    def _open(self, cfg: ClientConfig, grant: object, hello: Hello) -> tuple[Chosen, Connection, Welcome]:
         """Choose a transport and handshake. A controller grant refused over a shared-memory
         device (served by another oriond than the allocated node) is retried over TCP to the
         allocated server."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -182,12 +183,12 @@ def plan(cfg: ClientConfig, server_addr: str | None = None, beat_wait: float = 0
     me = own_namespace_id()
     candidates: list[tuple[str, Callable[[], Device]]] = []
     for pci in ivshmem.find_devices():
-        candidates.append(("ivshmem", lambda pci=pci: ivshmem.open_device(pci)))
+        candidates.append(("ivshmem", functools.partial(ivshmem.open_device, pci)))
     paths = [Path(cfg.shm_device)] if cfg.shm_device else list_devices(cfg.shm_path_base)
     if not paths:
         reasons.append(_no_device_reason(cfg))
     for p in paths:
-        candidates.append(("shm", lambda p=p: Device(p)))
+        candidates.append(("shm", functools.partial(Device, p)))
     for kind, opener in candidates:
         try:
             dev = opener()

@@ -198,7 +198,9 @@ class CudaSession(BackendSession):
 
     def __init__(self, vgpus: list[VGpu], driver: Any = None) -> None:
         if driver is None:
-            from cuda.bindings import driver
+            from cuda.bindings import driver as real
+
+            driver = real
         self.d = driver
         self.vgpus = list(vgpus)
         self.mem = MemoryTable([v.memory for v in vgpus])

@@ -199,9 +199,9 @@ class RingStream(Stream):
                 rx.tail = tail = tail + n
                 rx.ctrl[rx.tail_i] = tail
                 return out
-        out = bytearray(n)
-        self.recv_into(memoryview(out))
-        return bytes(out)
+        buf = bytearray(n)
+        self.recv_into(memoryview(buf))
+        return bytes(buf)
 
     def recv_unpack(self, st: struct.Struct) -> tuple:
         """``st.unpack(recv_exact(st.size))`` without copying the bytes out of the ring first."""

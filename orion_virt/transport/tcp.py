@@ -159,7 +159,7 @@ class SocketStream(Stream):
             return
         # What is queued (a call's header) and the payload leave in one gather write: no extra
         # syscall and no extra small segment before a large copy.
-        parts = [*self._out, view]
+        parts: list[bytes | memoryview] = [*self._out, view]
         self._out.clear()
         self._out_len = 0
         self._sendv(parts)
