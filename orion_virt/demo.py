@@ -12,7 +12,6 @@ controller at cuInit and releases them at exit), prints their output, shows
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+from .procs import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,16 +72,6 @@ SERVER_CONF = """[server]
 """
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
 
@@ -100,7 +91,7 @@ def main() -> int:
             "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(key),
             "--log", str(tmp / "controller.log"), "--vgpu", "4", "--lease", "30",
         ])
-        stack.callback(stop, controller)
+        stack.callback(stop_process, controller)
         wait_port(ctl_port, what="orion-controller")
         print(f"listening; token key {key} (shared with oriond)")
         banner("orion-shm -i 1 (a device for the 'container')")
@@ -113,7 +104,7 @@ def main() -> int:
             BIN / "oriond", "--config", str(conf), "--backend", "sim", "--sim-gpus", "1",
             "--sim-memory", "16384", "--log-dir", str(logs),
         ])
-        stack.callback(stop, server)
+        stack.callback(stop_process, server)
         wait_port(port)
         total = wait_registered(controller_addr)
         print(f"oriond registered its GPU with the controller: {total} vGPUs in the pool")

@@ -21,6 +21,7 @@ from typing import Any
 import orion_virt
 
 from ..transport.shmdev import format_device
+from ..procs import stop_process
 
 BIN = Path(sys.executable).parent
 PKG_PARENT = str(Path(orion_virt.__file__).resolve().parent.parent)
@@ -131,13 +132,7 @@ class Oriond:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from orion_virt.procs import stop_process
 
 ETCD_BINARY = os.environ.get("ORION_TEST_ETCD", "/usr/bin/etcd")
 
@@ -63,13 +63,8 @@ class EtcdProcess:
         raise RuntimeError(f"etcd did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from orion_virt.controller.client import AllocationRequest, GpuInfo, NodeInfo
 from orion_virt.controller.exceptions import AllocationError, ControllerUnreachable
 from orion_virt.controller.registration import Registrar
 from orion_virt.controller.token import load_key, verify_token
+from orion_virt.procs import stop_process
 
 BIN = str(Path(sys.executable).parent / "orion-controller")
 GPUS = [GpuInfo(0, "GPU-0", "Tesla V100-PCIE-16GB", 16384),
@@ -47,14 +46,7 @@ class ControllerProcess:
                 time.sleep(0.05)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @pytest.fixture

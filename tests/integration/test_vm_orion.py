@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.vmharness import Guest, GuestImage, GuestResult, LibvirtDaemon, define_guest, run_guest
+from orion_virt.procs import stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -251,13 +251,7 @@ def start_oriond(orion_host: OrionHost, tmp_path: Path) -> Iterator[Callable[...
         yield start
     finally:
         for o in started:
-            if o.proc.poll() is None:
-                os.kill(o.proc.pid, signal.SIGTERM)
-                try:
-                    o.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.kill(o.proc.pid, signal.SIGKILL)
-                    o.proc.wait(5)
+            stop_process(o.proc)
 
 
 def _scrubbed(path: Path, timeout: float = 10.0) -> bool:
