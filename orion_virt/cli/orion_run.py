@@ -1,25 +1,19 @@
-"""orion-run: run an unmodified cuda-python program on Orion vGPUs."""
+"""orion-run: run an unmodified cuda-python program on Orion vGPUs.
+
+A click front end over :mod:`orion_virt.client.run`, the standard-library implementation that
+guests run (``guest/orion-run.in``); the environment (``child_env``) and the exec live only there.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
+from ..client import run
+from ..client.run import child_env
 
-def child_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment that activates the Orion client in every Python the command starts."""
-    import orion_virt
-
-    pkg_parent = str(Path(orion_virt.__file__).resolve().parent.parent)
-    boot = str(Path(orion_virt.__file__).resolve().parent / "client" / "boot")
-    out = dict(env)
-    parts = [boot, pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    out["PYTHONPATH"] = os.pathsep.join(parts)
-    out["ORION_RUN"] = "1"
-    return out
+__all__ = ["child_env", "main"]  # child_env: re-exported for older importers (tests/unit/client)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
@@ -35,11 +29,4 @@ def main(command: tuple[str, ...]) -> None:
     ORION_GMEM, ORION_RATIO, ORION_CONTROLLER or ORION_SERVER, ~/.orion/client.conf,
     /etc/orion/client.conf.
     """
-    argv = list(command)
-    if argv[0].endswith(".py") and not os.access(argv[0], os.X_OK):
-        argv = [sys.executable, *argv]
-    try:
-        os.execvpe(argv[0], argv, child_env(dict(os.environ)))
-    except OSError as e:
-        click.echo(f"orion-run: cannot run {argv[0]}: {e.strerror}", err=True)
-        sys.exit(127)
+    sys.exit(run.exec_command(list(command)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 USAGE = "usage: python3 -m orion_virt.client.run COMMAND [ARG...]\n"
 
@@ -28,6 +28,23 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def exec_command(args: Sequence[str]) -> int:
+    """Exec ``args`` with :func:`child_env` (never returns on success); 127 if it cannot run.
+
+    A ``.py`` file that is not executable runs under this Python. Both front ends end here:
+    ``python3 -m orion_virt.client.run`` (guests) and the click command ``orion-run``.
+    """
+    argv = list(args)
+    if argv[0].endswith(".py") and not os.access(argv[0], os.X_OK):
+        argv = [sys.executable, *argv]
+    try:
+        os.execvpe(argv[0], argv, child_env(os.environ))
+    except OSError as e:
+        sys.stderr.write(f"orion-run: cannot run {argv[0]}: {e.strerror}\n")
+        return 127
+    return 0  # not reached
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exec COMMAND (never returns on success); 2 for a usage error, 127 if it cannot run."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -36,14 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stderr.write(USAGE)
         return 0 if args else 2
-    if args[0].endswith(".py") and not os.access(args[0], os.X_OK):
-        args = [sys.executable, *args]
-    try:
-        os.execvpe(args[0], args, child_env(os.environ))
-    except OSError as e:
-        sys.stderr.write(f"orion-run: cannot run {args[0]}: {e.strerror}\n")
-        return 127
-    return 0  # not reached
+    return exec_command(args)
 
 
 if __name__ == "__main__":
