@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import TransportClosed
+from ..errors import StreamBroken
 from ..transport.ring import Ring, RingStream
 from .stats import latency_summary
 
@@ -97,7 +97,7 @@ def _peer_alive(pid: int) -> Callable[[], None]:
     def check() -> None:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
-            raise TransportClosed(f"floor peer {pid} exited")
+            raise StreamBroken(f"floor peer {pid} exited")
     return check
 
 

@@ -17,8 +17,8 @@ from ..cuda_enums import (  # noqa: F401  (re-exported API)
     CUctx_flags, CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUjit_option, CUlimit,
     CUmemorytype, CUresult, CUstream_flags,
 )
-from ..errors import OrionError, TransportError
-from ..wire.calls import Call
+from ..errors import OrionError, Refused, TransportError, UsageError
+from ..wire import PLANS, Call
 from . import runtime as _runtime_module
 from .runtime import get_runtime, say
 
@@ -159,6 +159,8 @@ _real: Any = None
 _current_ctx = CUcontext(0)
 _initialized = False
 _failed_once = False
+_ended = 0
+"""After oriond refused to go on: the status every later call returns (its refusal's)."""
 
 
 def _h(x: Any) -> int:
@@ -172,9 +174,12 @@ def _h(x: Any) -> int:
         raise TypeError(f"expected a handle or an int, got {type(x).__name__}") from None
 
 
-def _call(code: Call, args: tuple, blob: Any = None, blob_len: int = 0,
+def _call(code: int, args: tuple, blob: Any = None, blob_len: int = 0,
           out: memoryview | None = None) -> tuple[int, tuple, bytes]:
-    global _failed_once
+    """One remoted call: (status, reply values, reply blob). Never raises for the application:
+    a refusal by oriond is its status (said once, with the reason), a broken session
+    CUDA_ERROR_DEVICE_UNAVAILABLE, arguments that do not fit the wire CUDA_ERROR_INVALID_VALUE."""
+    global _failed_once, _ended
     if not _initialized:
         return int(CUresult.CUDA_ERROR_NOT_INITIALIZED), (), b""
     # The process runtime, read without get_runtime's lock once it exists (a module global read
@@ -184,16 +189,39 @@ def _call(code: Call, args: tuple, blob: Any = None, blob_len: int = 0,
         with rt.lock:
             conn = rt.conn
             if conn is None:
-                return int(CUresult.CUDA_ERROR_DEINITIALIZED), (), b""
+                return _ended or int(CUresult.CUDA_ERROR_DEINITIALIZED), (), b""
             return conn.call(code, args, blob, blob_len, out)
-    except (TransportError, OrionError) as e:
+    except Refused as e:
+        _ended = e.status
+        if not _failed_once:
+            _failed_once = True
+            say(f"oriond ended the session: {e.reason}", "ERROR")
+            rt.log.error("%s refused by oriond (status %d): %s", PLANS[code].name, e.status, e.reason)
+        _drop(rt)
+        return e.status, (), b""
+    except TransportError as e:
         if not _failed_once:
             _failed_once = True
             say(f"lost the connection to oriond: {e}", "ERROR")
-            rt.log.error("connection lost during %s: %s", code.name, e)
-        with rt.lock:
-            rt.conn = None
+            rt.log.error("connection lost during %s: %s", PLANS[code].name, e)
+        _drop(rt)
         return int(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE), (), b""
+    except UsageError as e:
+        rt.log.warning("%s: %s", PLANS[code].name, e)
+        return int(CUresult.CUDA_ERROR_INVALID_VALUE), (), b""
+    except OrionError as e:  # the peer broke the protocol: the session cannot go on
+        if not _failed_once:
+            _failed_once = True
+            say(f"oriond sent an invalid reply, the session is closed: {e}", "ERROR")
+            rt.log.error("protocol error during %s: %s", PLANS[code].name, e)
+        _drop(rt)
+        return int(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE), (), b""
+
+
+def _drop(rt: Any) -> None:
+    """Stop using the session; the runtime's shutdown says BYE to the links still open."""
+    with rt.lock:
+        rt.conn = None
 
 
 def _host_view(buf: Any, n: int, writable: bool) -> memoryview:
@@ -222,6 +250,10 @@ def cuInit(Flags: int) -> tuple[CUresult]:
     rt = get_runtime()
     try:
         rt.connect()
+    except Refused as e:
+        for line in str(e).splitlines():
+            say(line, "ERROR")
+        return (_res(e.status),)
     except OrionError as e:
         for line in str(e).splitlines():
             say(line, "ERROR")
@@ -273,17 +305,7 @@ def cuGetErrorString(error: Any) -> tuple[CUresult, bytes]:
     return (_S, _MESSAGES.get(r, r.name.removeprefix("CUDA_ERROR_").replace("_", " ").lower()).encode())
 
 
-# -- devices ---------------------------------------------------------------------------------
-
-
-def cuDeviceGetCount() -> tuple[CUresult, int]:
-    st, v, _ = _call(Call.cuDeviceGetCount, ())
-    return (_res(st), v[0] if not st else 0)
-
-
-def cuDeviceGet(ordinal: int) -> tuple[CUresult, CUdevice]:
-    st, v, _ = _call(Call.cuDeviceGet, (int(ordinal),))
-    return (_res(st), CUdevice(v[0] if not st else 0))
+# -- hand-written bindings (client="custom" in the call spec) ----------------------------------
 
 
 def cuDeviceGetName(length: int, dev: Any) -> tuple[CUresult, bytes]:
@@ -292,16 +314,6 @@ def cuDeviceGetName(length: int, dev: Any) -> tuple[CUresult, bytes]:
         return (_res(st), b"")
     pad = max(0, int(length) - len(blob) - 1)
     return (_S, blob + b"\0" + b" " * pad)
-
-
-def cuDeviceTotalMem(dev: Any) -> tuple[CUresult, int]:
-    st, v, _ = _call(Call.cuDeviceTotalMem, (_h(dev),))
-    return (_res(st), v[0] if not st else 0)
-
-
-def cuDeviceGetAttribute(attrib: Any, dev: Any) -> tuple[CUresult, int]:
-    st, v, _ = _call(Call.cuDeviceGetAttribute, (int(attrib), _h(dev)))
-    return (_res(st), v[0] if not st else 0)
 
 
 def cuDeviceGetUuid(dev: Any) -> tuple[CUresult, CUuuid]:
@@ -317,26 +329,11 @@ def _uuid(raw: bytes) -> Any:
     return u
 
 
-cuDeviceGetUuid_v2 = cuDeviceGetUuid
-
-
 def cuDeviceComputeCapability(dev: Any) -> tuple[CUresult, int, int]:
+    """Client-side: two attribute queries."""
     st, major = cuDeviceGetAttribute(CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
     _, minor = cuDeviceGetAttribute(CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
     return (st, major, minor)
-
-
-# -- contexts --------------------------------------------------------------------------------
-
-
-def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUresult, CUcontext]:
-    st, v, _ = _call(Call.cuDevicePrimaryCtxRetain, (_h(dev),))
-    return (_res(st), CUcontext(v[0] if not st else 0))
-
-
-def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuDevicePrimaryCtxRelease, (_h(dev),))
-    return (_res(st),)
 
 
 def cuCtxCreate(*args: Any) -> tuple[CUresult, CUcontext]:
@@ -355,18 +352,12 @@ def cuCtxCreate(*args: Any) -> tuple[CUresult, CUcontext]:
     return (_S, _current_ctx)
 
 
-cuCtxCreate_v2 = cuCtxCreate
-
-
 def cuCtxDestroy(ctx: Any) -> tuple[CUresult]:
     global _current_ctx
     st, _, _ = _call(Call.cuCtxDestroy, (_h(ctx),))
     if not st and _h(ctx) == int(_current_ctx):
         _current_ctx = CUcontext(0)
     return (_res(st),)
-
-
-cuCtxDestroy_v2 = cuCtxDestroy
 
 
 def cuCtxSetCurrent(ctx: Any) -> tuple[CUresult]:
@@ -378,175 +369,12 @@ def cuCtxSetCurrent(ctx: Any) -> tuple[CUresult]:
 
 
 def cuCtxGetCurrent() -> tuple[CUresult, CUcontext]:
+    """Client-side: the context this process made current."""
     if not _initialized:
         return (CUresult.CUDA_ERROR_NOT_INITIALIZED, CUcontext(0))
     return (_S, _current_ctx)
 
 
-def cuCtxSynchronize() -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuCtxSynchronize, ())
-    return (_res(st),)
-
-
-# -- memory ----------------------------------------------------------------------------------
-
-
-def cuMemAlloc(bytesize: int) -> tuple[CUresult, CUdeviceptr]:
-    st, v, _ = _call(Call.cuMemAlloc, (int(bytesize),))
-    return (_res(st), CUdeviceptr(v[0] if not st else 0))
-
-
-cuMemAlloc_v2 = cuMemAlloc
-
-
-def cuMemFree(dptr: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemFree, (_h(dptr),))
-    return (_res(st),)
-
-
-cuMemFree_v2 = cuMemFree
-
-
-def cuMemGetInfo() -> tuple[CUresult, int, int]:
-    st, v, _ = _call(Call.cuMemGetInfo, ())
-    return (_res(st), *(v if not st else (0, 0)))
-
-
-cuMemGetInfo_v2 = cuMemGetInfo
-
-
-def _htod(code: Call, dst: Any, src: Any, n: int, extra: tuple = ()) -> tuple[CUresult]:
-    n = int(n)
-    try:
-        view = _host_view(src, n, writable=False)
-    except (ValueError, TypeError):
-        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
-    st, _, _ = _call(code, (_h(dst), n, *extra), view, n)
-    return (_res(st),)
-
-
-def cuMemcpyHtoD(dstDevice: Any, srcHost: Any, ByteCount: int) -> tuple[CUresult]:
-    return _htod(Call.cuMemcpyHtoD, dstDevice, srcHost, ByteCount)
-
-
-def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
-    return _htod(Call.cuMemcpyHtoDAsync, dstDevice, srcHost, ByteCount, (_h(hStream),))
-
-
-def _dtoh(code: Call, dst: Any, src: Any, n: int, extra: tuple = ()) -> tuple[CUresult]:
-    n = int(n)
-    try:
-        view = _host_view(dst, n, writable=True)
-    except (ValueError, TypeError):
-        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
-    st, _, _ = _call(code, (_h(src), n, *extra), out=view)
-    return (_res(st),)
-
-
-def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: int) -> tuple[CUresult]:
-    return _dtoh(Call.cuMemcpyDtoH, dstHost, srcDevice, ByteCount)
-
-
-def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
-    return _dtoh(Call.cuMemcpyDtoHAsync, dstHost, srcDevice, ByteCount, (_h(hStream),))
-
-
-def cuMemcpyDtoD(dstDevice: Any, srcDevice: Any, ByteCount: int) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemcpyDtoD, (_h(dstDevice), _h(srcDevice), int(ByteCount)))
-    return (_res(st),)
-
-
-def cuMemcpyDtoDAsync(dstDevice: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemcpyDtoDAsync, (_h(dstDevice), _h(srcDevice), int(ByteCount), _h(hStream)))
-    return (_res(st),)
-
-
-cuMemcpyHtoD_v2, cuMemcpyDtoH_v2, cuMemcpyDtoD_v2 = cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD
-
-
-def cuMemsetD8(dstDevice: Any, uc: int, N: int) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemsetD8, (_h(dstDevice), int(uc) & 0xFFFFFFFF, int(N)))
-    return (_res(st),)
-
-
-def cuMemsetD32(dstDevice: Any, ui: int, N: int) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemsetD32, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N)))
-    return (_res(st),)
-
-
-def cuMemsetD8Async(dstDevice: Any, uc: int, N: int, hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemsetD8Async, (_h(dstDevice), int(uc) & 0xFFFFFFFF, int(N), _h(hStream)))
-    return (_res(st),)
-
-
-def cuMemsetD32Async(dstDevice: Any, ui: int, N: int, hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuMemsetD32Async, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N), _h(hStream)))
-    return (_res(st),)
-
-
-# -- streams and events ----------------------------------------------------------------------
-
-
-def cuStreamCreate(Flags: int) -> tuple[CUresult, CUstream]:
-    st, v, _ = _call(Call.cuStreamCreate, (int(Flags),))
-    return (_res(st), CUstream(v[0] if not st else 0))
-
-
-def cuStreamSynchronize(hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuStreamSynchronize, (_h(hStream),))
-    return (_res(st),)
-
-
-def cuStreamDestroy(hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuStreamDestroy, (_h(hStream),))
-    return (_res(st),)
-
-
-cuStreamDestroy_v2 = cuStreamDestroy
-
-
-def cuStreamQuery(hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuStreamQuery, (_h(hStream),))
-    return (_res(st),)
-
-
-def cuEventCreate(Flags: int) -> tuple[CUresult, CUevent]:
-    st, v, _ = _call(Call.cuEventCreate, (int(Flags),))
-    return (_res(st), CUevent(v[0] if not st else 0))
-
-
-def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuEventRecord, (_h(hEvent), _h(hStream)))
-    return (_res(st),)
-
-
-def cuEventSynchronize(hEvent: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuEventSynchronize, (_h(hEvent),))
-    return (_res(st),)
-
-
-def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[CUresult, float]:
-    st, v, _ = _call(Call.cuEventElapsedTime, (_h(hStart), _h(hEnd)))
-    return (_res(st), v[0] if not st else 0.0)
-
-
-cuEventElapsedTime_v2 = cuEventElapsedTime
-
-
-def cuEventDestroy(hEvent: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuEventDestroy, (_h(hEvent),))
-    return (_res(st),)
-
-
-cuEventDestroy_v2 = cuEventDestroy
-
-
-def cuEventQuery(hEvent: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuEventQuery, (_h(hEvent),))
-    return (_res(st),)
-
-
-# -- modules and kernels ---------------------------------------------------------------------
 
 _FATBIN_MAGIC = 0xBA55ED50
 
@@ -677,13 +505,264 @@ def cuLaunchKernel(f: Any, gridDimX: int, gridDimY: int, gridDimZ: int, blockDim
     except (ValueError, TypeError, OverflowError) as e:
         get_runtime().log.warning("cuLaunchKernel(%s): %s", func.name, e)
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
-    try:
-        st, _, _ = _call(Call.cuLaunchKernel, (fh, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY,
-                                               blockDimZ, sharedMemBytes, _h(hStream), len(params)),
-                         params, len(params))
-    except struct.error:
-        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, _, _ = _call(Call.cuLaunchKernel, (fh, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY,
+                                           blockDimZ, sharedMemBytes, _h(hStream), len(params)),
+                     params, len(params))
     return (_res(st),)
+
+
+# --- BEGIN GENERATED by tools/gen_wire.py from orion_virt/wire/spec.py: do not edit ---
+
+
+def cuDeviceGetCount() -> tuple[CUresult, Any]:
+    """cuDeviceGetCount: remoted (call 3)."""
+    st, v, _ = _call(3, ())
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuDeviceGet(ordinal: Any) -> tuple[CUresult, Any]:
+    """cuDeviceGet: remoted (call 4)."""
+    st, v, _ = _call(4, (_h(ordinal),))
+    if st:
+        return (_res(st), CUdevice(0))
+    return (_S, CUdevice(v[0]))
+
+
+def cuDeviceTotalMem(dev: Any) -> tuple[CUresult, Any]:
+    """cuDeviceTotalMem: remoted (call 6)."""
+    st, v, _ = _call(6, (_h(dev),))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuDeviceGetAttribute(attrib: Any, dev: Any) -> tuple[CUresult, Any]:
+    """cuDeviceGetAttribute: remoted (call 7)."""
+    st, v, _ = _call(7, (int(attrib), _h(dev)))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUresult, Any]:
+    """cuDevicePrimaryCtxRetain: remoted (call 9)."""
+    st, v, _ = _call(9, (_h(dev),))
+    if st:
+        return (_res(st), CUcontext(0))
+    return (_S, CUcontext(v[0]))
+
+
+def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[CUresult]:
+    """cuDevicePrimaryCtxRelease: remoted (call 10)."""
+    st, v, _ = _call(10, (_h(dev),))
+    return (_res(st),)
+
+
+def cuCtxSynchronize() -> tuple[CUresult]:
+    """cuCtxSynchronize: remoted (call 15)."""
+    st, v, _ = _call(15, ())
+    return (_res(st),)
+
+
+def cuMemAlloc(bytesize: Any) -> tuple[CUresult, Any]:
+    """cuMemAlloc: remoted (call 16)."""
+    st, v, _ = _call(16, (int(bytesize),))
+    if st:
+        return (_res(st), CUdeviceptr(0))
+    return (_S, CUdeviceptr(v[0]))
+
+
+def cuMemFree(dptr: Any) -> tuple[CUresult]:
+    """cuMemFree: remoted (call 17, NO_REPLY)."""
+    st, v, _ = _call(17, (_h(dptr),))
+    return (_res(st),)
+
+
+def cuMemGetInfo() -> tuple[CUresult, Any, Any]:
+    """cuMemGetInfo: remoted (call 18)."""
+    st, v, _ = _call(18, ())
+    if st:
+        return (_res(st), 0, 0)
+    return (_S, v[0], v[1])
+
+
+def cuMemcpyHtoD(dstDevice: Any, srcHost: Any, ByteCount: Any) -> tuple[CUresult]:
+    """cuMemcpyHtoD: remoted (call 19)."""
+    n = int(ByteCount)
+    try:
+        view = _host_view(srcHost, n, writable=False)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, v, _ = _call(19, (_h(dstDevice), int(ByteCount)), view, n)
+    return (_res(st),)
+
+
+def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: Any) -> tuple[CUresult]:
+    """cuMemcpyDtoH: remoted (call 20)."""
+    n = int(ByteCount)
+    try:
+        view = _host_view(dstHost, n, writable=True)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, v, _ = _call(20, (_h(srcDevice), int(ByteCount)), None, 0, out=view)
+    return (_res(st),)
+
+
+def cuMemcpyDtoD(dstDevice: Any, srcDevice: Any, ByteCount: Any) -> tuple[CUresult]:
+    """cuMemcpyDtoD: remoted (call 21)."""
+    st, v, _ = _call(21, (_h(dstDevice), _h(srcDevice), int(ByteCount)))
+    return (_res(st),)
+
+
+def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
+    """cuMemcpyHtoDAsync: remoted (call 22, NO_REPLY)."""
+    n = int(ByteCount)
+    try:
+        view = _host_view(srcHost, n, writable=False)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, v, _ = _call(22, (_h(dstDevice), int(ByteCount), _h(hStream)), view, n)
+    return (_res(st),)
+
+
+def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
+    """cuMemcpyDtoHAsync: remoted (call 23). remoted synchronously: the bytes come back in the reply"""
+    n = int(ByteCount)
+    try:
+        view = _host_view(dstHost, n, writable=True)
+    except (ValueError, TypeError):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    st, v, _ = _call(23, (_h(srcDevice), int(ByteCount), _h(hStream)), None, 0, out=view)
+    return (_res(st),)
+
+
+def cuMemcpyDtoDAsync(dstDevice: Any, srcDevice: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
+    """cuMemcpyDtoDAsync: remoted (call 24, NO_REPLY)."""
+    st, v, _ = _call(24, (_h(dstDevice), _h(srcDevice), int(ByteCount), _h(hStream)))
+    return (_res(st),)
+
+
+def cuMemsetD8(dstDevice: Any, uc: Any, N: Any) -> tuple[CUresult]:
+    """cuMemsetD8: remoted (call 25)."""
+    st, v, _ = _call(25, (_h(dstDevice), int(uc) & 0xFF, int(N)))
+    return (_res(st),)
+
+
+def cuMemsetD32(dstDevice: Any, ui: Any, N: Any) -> tuple[CUresult]:
+    """cuMemsetD32: remoted (call 26)."""
+    st, v, _ = _call(26, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N)))
+    return (_res(st),)
+
+
+def cuMemsetD8Async(dstDevice: Any, uc: Any, N: Any, hStream: Any) -> tuple[CUresult]:
+    """cuMemsetD8Async: remoted (call 27, NO_REPLY)."""
+    st, v, _ = _call(27, (_h(dstDevice), int(uc) & 0xFF, int(N), _h(hStream)))
+    return (_res(st),)
+
+
+def cuMemsetD32Async(dstDevice: Any, ui: Any, N: Any, hStream: Any) -> tuple[CUresult]:
+    """cuMemsetD32Async: remoted (call 28, NO_REPLY)."""
+    st, v, _ = _call(28, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N), _h(hStream)))
+    return (_res(st),)
+
+
+def cuStreamCreate(Flags: Any) -> tuple[CUresult, Any]:
+    """cuStreamCreate: remoted (call 29)."""
+    st, v, _ = _call(29, (int(Flags) & 0xFFFFFFFF,))
+    if st:
+        return (_res(st), CUstream(0))
+    return (_S, CUstream(v[0]))
+
+
+def cuStreamSynchronize(hStream: Any) -> tuple[CUresult]:
+    """cuStreamSynchronize: remoted (call 30)."""
+    st, v, _ = _call(30, (_h(hStream),))
+    return (_res(st),)
+
+
+def cuStreamDestroy(hStream: Any) -> tuple[CUresult]:
+    """cuStreamDestroy: remoted (call 31, NO_REPLY)."""
+    st, v, _ = _call(31, (_h(hStream),))
+    return (_res(st),)
+
+
+def cuStreamQuery(hStream: Any) -> tuple[CUresult]:
+    """cuStreamQuery: remoted (call 32)."""
+    st, v, _ = _call(32, (_h(hStream),))
+    return (_res(st),)
+
+
+def cuEventCreate(Flags: Any) -> tuple[CUresult, Any]:
+    """cuEventCreate: remoted (call 33)."""
+    st, v, _ = _call(33, (int(Flags) & 0xFFFFFFFF,))
+    if st:
+        return (_res(st), CUevent(0))
+    return (_S, CUevent(v[0]))
+
+
+def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[CUresult]:
+    """cuEventRecord: remoted (call 34, NO_REPLY)."""
+    st, v, _ = _call(34, (_h(hEvent), _h(hStream)))
+    return (_res(st),)
+
+
+def cuEventSynchronize(hEvent: Any) -> tuple[CUresult]:
+    """cuEventSynchronize: remoted (call 35)."""
+    st, v, _ = _call(35, (_h(hEvent),))
+    return (_res(st),)
+
+
+def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[CUresult, Any]:
+    """cuEventElapsedTime: remoted (call 36)."""
+    st, v, _ = _call(36, (_h(hStart), _h(hEnd)))
+    if st:
+        return (_res(st), 0.0)
+    return (_S, v[0])
+
+
+def cuEventDestroy(hEvent: Any) -> tuple[CUresult]:
+    """cuEventDestroy: remoted (call 37, NO_REPLY)."""
+    st, v, _ = _call(37, (_h(hEvent),))
+    return (_res(st),)
+
+
+def cuEventQuery(hEvent: Any) -> tuple[CUresult]:
+    """cuEventQuery: remoted (call 38)."""
+    st, v, _ = _call(38, (_h(hEvent),))
+    return (_res(st),)
+
+
+def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
+    """cuModuleUnload: remoted (call 41, NO_REPLY)."""
+    st, v, _ = _call(41, (_h(hmod),))
+    return (_res(st),)
+
+
+cuDeviceTotalMem_v2 = cuDeviceTotalMem
+cuDeviceGetUuid_v2 = cuDeviceGetUuid
+cuDevicePrimaryCtxRelease_v2 = cuDevicePrimaryCtxRelease
+cuCtxCreate_v2 = cuCtxCreate
+cuCtxDestroy_v2 = cuCtxDestroy
+cuMemAlloc_v2 = cuMemAlloc
+cuMemFree_v2 = cuMemFree
+cuMemGetInfo_v2 = cuMemGetInfo
+cuMemcpyHtoD_v2 = cuMemcpyHtoD
+cuMemcpyDtoH_v2 = cuMemcpyDtoH
+cuMemcpyDtoD_v2 = cuMemcpyDtoD
+cuMemcpyHtoDAsync_v2 = cuMemcpyHtoDAsync
+cuMemcpyDtoHAsync_v2 = cuMemcpyDtoHAsync
+cuMemcpyDtoDAsync_v2 = cuMemcpyDtoDAsync
+cuMemsetD8_v2 = cuMemsetD8
+cuMemsetD32_v2 = cuMemsetD32
+cuStreamDestroy_v2 = cuStreamDestroy
+cuEventElapsedTime_v2 = cuEventElapsedTime
+cuEventDestroy_v2 = cuEventDestroy
+
+
+REMOTED = ("cuInit", "cuDriverGetVersion", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetName", "cuDeviceTotalMem", "cuDeviceGetAttribute", "cuDeviceGetUuid", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent", "cuCtxSynchronize", "cuMemAlloc", "cuMemFree", "cuMemGetInfo", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemcpyDtoD", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemsetD8", "cuMemsetD32", "cuMemsetD8Async", "cuMemsetD32Async", "cuStreamCreate", "cuStreamSynchronize", "cuStreamDestroy", "cuStreamQuery", "cuEventCreate", "cuEventRecord", "cuEventSynchronize", "cuEventElapsedTime", "cuEventDestroy", "cuEventQuery", "cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel",)
+# --- END GENERATED ---
 
 
 def _orion_transport() -> str:

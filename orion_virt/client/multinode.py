@@ -29,49 +29,59 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..errors import OrionError, TransportError
-from ..wire.calls import Call
+from ..cuda_enums import CUresult
+from ..errors import OrionError, Refused, TransportError, UsageError
+from ..wire import SPECS, Call
+from ..wire.spec import Role
 
 TAG_SHIFT = 56
 VALUE_MASK = (1 << TAG_SHIFT) - 1
 ALIAS_BIT = 0x80
 MAX_SERVERS = ALIAS_BIT - 1
 
-INVALID_DEVICE = 101
-INVALID_CONTEXT = 201
-INVALID_HANDLE = 400
+INVALID_DEVICE = int(CUresult.CUDA_ERROR_INVALID_DEVICE)
+INVALID_CONTEXT = int(CUresult.CUDA_ERROR_INVALID_CONTEXT)
+INVALID_HANDLE = int(CUresult.CUDA_ERROR_INVALID_HANDLE)
 
 Reply = tuple[int, tuple, bytes]
 _NO_REPLY: Reply = (0, (), b"")
 
+
+def _tables() -> tuple[dict[int, int], dict[int, tuple[int, tuple[int, ...]]], frozenset[int],
+                       frozenset[int], dict[int, str]]:
+    """The routing tables, from the roles of the call spec (see the module docstring)."""
+    device_arg: dict[int, int] = {}
+    owned_by: dict[int, tuple[int, tuple[int, ...]]] = {}
+    reply_handle: set[int] = set()
+    context_calls: set[int] = set()
+    broadcast: dict[int, str] = {}
+    for code, sp in SPECS.items():
+        fn = sp.fn
+        if fn.route.startswith("all:"):
+            broadcast[code] = fn.route[4:]
+            continue
+        handles = [i for i, f in enumerate(sp.req_fields) if f.arg is not None and f.arg.role is Role.HANDLE]
+        devices = [i for i, f in enumerate(sp.req_fields) if f.arg is not None and f.arg.role is Role.DEVICE]
+        if devices:
+            device_arg[code] = devices[0]
+        elif handles:
+            owned_by[code] = (handles[0], tuple(handles[1:]))
+            first = sp.req_fields[handles[0]].arg
+            if first is not None and first.kind == "context":
+                context_calls.add(code)
+        outs = [f for f in sp.resp_fields if f.arg is not None]
+        if outs and outs[0].arg is not None and outs[0].arg.role is Role.HANDLE and sp.resp_fields[0] is outs[0]:
+            reply_handle.add(code)
+    return device_arg, owned_by, frozenset(reply_handle), frozenset(context_calls), broadcast
+
+
+DEVICE_ARG, OWNED_BY, REPLY_HANDLE, _CONTEXT_CALLS, BROADCAST = _tables()
+"""DEVICE_ARG: code -> position of the device argument (routed by device ordinal). OWNED_BY:
+code -> (position of the routing handle, positions of further handles that must come from the
+same server); a 0 routing handle (the default stream, no context) goes to the current server.
+REPLY_HANDLE: calls whose first reply value is a new handle (tagged before the application sees
+it). BROADCAST: code -> how the replies of every server merge ("sum", "min", "first")."""
 C = Call
-DEVICE_ARG: dict[int, int] = {
-    C.cuDeviceGet: 0, C.cuDeviceGetName: 1, C.cuDeviceTotalMem: 0, C.cuDeviceGetAttribute: 1,
-    C.cuDeviceGetUuid: 0, C.cuDevicePrimaryCtxRetain: 0, C.cuDevicePrimaryCtxRelease: 0,
-    C.cuCtxCreate: 1,
-}
-"""Calls routed by a device ordinal: code -> position of the device argument."""
-
-OWNED_BY: dict[int, tuple[int, tuple[int, ...]]] = {
-    C.cuCtxDestroy: (0, ()), C.cuCtxSetCurrent: (0, ()),
-    C.cuStreamSynchronize: (0, ()), C.cuStreamDestroy: (0, ()), C.cuStreamQuery: (0, ()),
-    C.cuEventRecord: (0, (1,)), C.cuEventSynchronize: (0, ()), C.cuEventElapsedTime: (0, (1,)),
-    C.cuEventDestroy: (0, ()), C.cuEventQuery: (0, ()),
-    C.cuModuleGetFunction: (0, ()), C.cuModuleUnload: (0, ()),
-    C.cuLaunchKernel: (0, (8,)),
-    C.cuMemcpyHtoDAsync: (2, ()), C.cuMemcpyDtoHAsync: (2, ()), C.cuMemcpyDtoDAsync: (3, ()),
-    C.cuMemsetD8Async: (3, ()), C.cuMemsetD32Async: (3, ()),
-}
-"""Calls routed by a handle: code -> (position of the routing handle, positions of further
-handles that must come from the same server). A 0 routing handle (the default stream, no
-context) goes to the current server."""
-
-REPLY_HANDLE = frozenset({C.cuDevicePrimaryCtxRetain, C.cuCtxCreate, C.cuStreamCreate,
-                          C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction})
-"""Calls whose first reply value is a new handle (tagged before the application sees it)."""
-
-_CONTEXT_CALLS = frozenset({C.cuCtxDestroy, C.cuCtxSetCurrent})
-BROADCAST = frozenset({C.cuInit, C.cuDriverGetVersion, C.cuDeviceGetCount})
 
 
 def device_map(node_of_vgpu: Sequence[str], nodes: Sequence[str]) -> list[tuple[int, int]]:
@@ -207,9 +217,10 @@ class Router:
         for r in replies:
             if r[0]:
                 return r
-        if c == C.cuDeviceGetCount:
+        merge = BROADCAST[c]
+        if merge == "sum":
             return 0, (sum(r[1][0] for r in replies),), b""
-        if c == C.cuDriverGetVersion:
+        if merge == "min":
             return 0, (min(r[1][0] for r in replies),), b""
         return replies[0]
 
@@ -218,6 +229,11 @@ class Router:
         link = self.links[i]
         try:
             return link.call(c, args, blob, blob_len, out)
+        except UsageError:
+            raise
+        except Refused as e:
+            link.closed = True
+            raise Refused(f"{self.names[i]}: {e.reason}", e.status, e.by) from None
         except OrionError as e:
             # this server's stream is unusable: forget it (no BYE into a broken stream)
             link.closed = True

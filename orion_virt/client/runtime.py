@@ -20,14 +20,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, compat
 from ..config import ClientConfig, load_client_config
 from ..errors import OrionError, TransportError
 from ..wire import Hello, Welcome
 from .connection import Connection
 from .select import Chosen, Heartbeat, choose
 
-BANNER = f"VirtaiTech Resource. Build-cuda-orion_virt-{__version__}"
+BANNER = f"{compat.BANNER_PREFIX}orion_virt-{__version__}"
 
 
 def _stamp() -> str:
@@ -188,24 +188,24 @@ class Runtime:
         except TransportError as e:
             self.log.error("%s", e)
             raise
-        conn = Connection(chosen.stream, chosen.transport)
+        conn = Connection(chosen.stream, chosen.transport, cfg.connect_timeout)
         try:
             welcome = conn.handshake(hello)
         except OrionError as e:
             self.log.error("handshake over %s failed: %s", chosen.reason, e)
             chosen.stream.close()
             if not (from_controller and chosen.transport != "tcp" and server_addr):
-                raise TransportError(str(e)) from None
+                raise
             self.log.info("retrying over TCP to the allocated server %s", server_addr)
             import dataclasses
 
             try:
                 chosen = choose(dataclasses.replace(cfg, enable_net=True), server_addr)
-                conn = Connection(chosen.stream, chosen.transport)
+                conn = Connection(chosen.stream, chosen.transport, cfg.connect_timeout)
                 welcome = conn.handshake(hello)
             except OrionError as e2:
                 self.log.error("handshake over TCP failed: %s", e2)
-                raise TransportError(str(e2)) from None
+                raise
             chosen.reason = f"TCP to {server_addr} because {e}"
         self.chosen = chosen
         self.log.info("transport: %s", chosen.reason)
@@ -277,9 +277,9 @@ class Runtime:
                 return
             self._atexit = False
             if self.allocation_id:
-                say(f"Client exits with allocation ID {self.allocation_id}")
+                say(compat.MSG_EXIT_WITH.format(allocation_id=self.allocation_id))
             else:
-                say("Client exits without allocation ID")
+                say(compat.MSG_NO_ALLOCATION)
 
 
 _runtime: Runtime | None = None

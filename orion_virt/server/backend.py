@@ -84,6 +84,11 @@ class MemoryTable:
         self.used[entry[1]] -= entry[0]
         return entry
 
+    def check_base(self, base: int) -> None:
+        """Raise INVALID_VALUE unless ``base`` is the start of a live allocation of this session."""
+        if base not in self._allocs:
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"0x{base:x} is not an allocation of this session")
+
     def resolve(self, ptr: int, n: int) -> tuple[int, int, Any]:
         """(base, offset, backend object) of the allocation holding [ptr, ptr+n)."""
         i = bisect.bisect_right(self._starts, ptr) - 1

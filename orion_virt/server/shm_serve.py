@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DeviceError, TransportClosed
+from ..errors import DeviceError, StreamBroken
 from ..transport.ring import Ring, RingStream
 from ..transport.shmdev import (
     C_CLIENT_BEAT, C_GEN, C_REQ_HEAD, C_REQ_TAIL, C_RESP_HEAD, C_RESP_TAIL, C_SERVED_GEN, C_STATE,
@@ -48,22 +48,22 @@ class ServerChannel:
     def check(self) -> None:
         c = self.ctrl
         if c[C_GEN] != self.gen:
-            raise TransportClosed("channel reclaimed by a new client")
+            raise StreamBroken("channel reclaimed by a new client")
         state = c[C_STATE]
         if state == CLOSED:
-            raise TransportClosed("client released the channel")
+            raise StreamBroken("client released the channel")
         if state == DEAD:
-            raise TransportClosed(self.dev.reason(self.index) or "channel marked dead")
+            raise StreamBroken(self.dev.reason(self.index) or "channel marked dead")
         if not self.vm:
             if not self.dev.owner_alive(self.index):
-                raise TransportClosed("client process is gone (its channel lock was released)")
+                raise StreamBroken("client process is gone (its channel lock was released)")
             return
         beat = c[C_CLIENT_BEAT]
         now = time.monotonic()
         if beat != self._beat[0]:
             self._beat = (beat, now)
         elif now - self._beat[1] > CLIENT_TIMEOUT_S:
-            raise TransportClosed(f"client heartbeat stopped for {CLIENT_TIMEOUT_S:.0f} s")
+            raise StreamBroken(f"client heartbeat stopped for {CLIENT_TIMEOUT_S:.0f} s")
 
     def finish(self, reason: str) -> None:
         if self.ctrl[C_GEN] == self.gen and self.ctrl[C_STATE] == SERVING:

@@ -16,17 +16,25 @@ from typing import Callable, Iterator
 from ..errors import TransportTimeout
 
 CHUNK = 1 << 20
+HEARTBEAT_S = 5.0
+"""Within this many seconds a peer that died is noticed, on every transport (shm heartbeats,
+TCP keepalive and user timeout)."""
 
 
 class Stream(ABC):
     """One end of a connection. Not thread-safe: one thread sends, one thread receives.
 
-    Failure modes: ``TransportClosed`` when the peer closed or died, ``TransportTimeout`` when a
-    wait exceeds ``timeout`` seconds (``None`` waits forever, still noticing peer death).
+    Failure modes: ``StreamBroken`` when the peer closed or died, ``StreamClosed`` when this side
+    already closed the stream, ``TransportTimeout`` when a wait exceeds ``timeout`` seconds
+    (``None`` waits for ever, still noticing peer death within ``HEARTBEAT_S``).
     """
 
     timeout: float | None = None
     name: str = "stream"
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Bound every later wait to ``timeout`` seconds (``None``: no bound)."""
+        self.timeout = timeout
 
     @abstractmethod
     def send(self, data: bytes | bytearray | memoryview) -> None:

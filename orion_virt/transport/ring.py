@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Iterator
 
-from ..errors import TransportClosed
+from ..errors import StreamClosed
 from .base import CHUNK, Backoff, Stream
 
 SPIN_POLLS = range(2000)
@@ -88,8 +88,6 @@ class RingStream(Stream):
         room = tx.limit - tx.head
         if room > 0:
             return min(room, want)
-        if self._closed:
-            raise TransportClosed(f"{self.name}: closed")
         for _ in SPIN_POLLS:
             tx.limit = ctrl[ti] + tx.size
             room = tx.limit - tx.head
@@ -103,7 +101,12 @@ class RingStream(Stream):
             if room > 0:
                 return min(room, want)
 
+    def _used_after_close(self) -> StreamClosed:
+        return StreamClosed(f"{self.name}: used after close()")
+
     def send(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise self._used_after_close()
         tx = self.tx
         n = len(data)
         head = tx.head
@@ -144,6 +147,8 @@ class RingStream(Stream):
             bo.wait()
 
     def send_chunks(self, n: int) -> Iterator[memoryview]:
+        if self._closed:
+            raise self._used_after_close()
         tx = self.tx
         while n > 0:
             pos = tx.head & tx.mask
@@ -187,6 +192,8 @@ class RingStream(Stream):
         self._avail(1)
 
     def recv_exact(self, n: int) -> bytes:
+        if self._closed:
+            raise self._used_after_close()
         rx = self.rx
         tail = rx.tail
         if n <= rx.size:
@@ -205,6 +212,8 @@ class RingStream(Stream):
 
     def recv_unpack(self, st: struct.Struct) -> tuple:
         """``st.unpack(recv_exact(st.size))`` without copying the bytes out of the ring first."""
+        if self._closed:
+            raise self._used_after_close()
         rx = self.rx
         n = st.size
         tail = rx.tail
@@ -219,6 +228,8 @@ class RingStream(Stream):
         return values
 
     def recv_chunks(self, n: int) -> Iterator[memoryview]:
+        if self._closed:
+            raise self._used_after_close()
         rx = self.rx
         while n > 0:
             pos = rx.tail & rx.mask

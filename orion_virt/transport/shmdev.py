@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DeviceError, TransportClosed
+from ..errors import DeviceError, StreamBroken
 from .ring import Ring, RingStream
 
 MAGIC = b"ORIONSHM"
@@ -362,19 +362,19 @@ class ClientChannel:
         self._server_seen = (dev.q[H_SERVER_BEAT], time.monotonic())
 
     def check(self) -> None:
-        """Raise TransportClosed when the session can no longer progress."""
+        """Raise StreamBroken when the session can no longer progress."""
         state = self.ctrl[C_STATE]
         if self.ctrl[C_GEN] != self.gen:
-            raise TransportClosed(f"{self.dev.path}: channel {self.index} was taken over by another client")
+            raise StreamBroken(f"{self.dev.path}: channel {self.index} was taken over by another client")
         if state == DEAD:
             reason = self.dev.reason(self.index) or "session ended by oriond"
-            raise TransportClosed(f"{self.dev.path}: {reason}")
+            raise StreamBroken(f"{self.dev.path}: {reason}")
         beat = self.dev.q[H_SERVER_BEAT]
         now = time.monotonic()
         if beat != self._server_seen[0]:
             self._server_seen = (beat, now)
         elif now - self._server_seen[1] > SERVER_STALE_S:
-            raise TransportClosed(
+            raise StreamBroken(
                 f"{self.dev.path}: oriond stopped serving this device (no heartbeat for "
                 f"{SERVER_STALE_S:.0f} s); check `systemctl status oriond` and /var/log/orion/server.log")
 

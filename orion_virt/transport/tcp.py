@@ -1,5 +1,9 @@
 """TCP transport: a Stream over a connected socket (TCP_NODELAY, small sends coalesced until flush).
 
+A peer that dies is noticed at once when its kernel closes the connection, and within
+``HEARTBEAT_S`` when its host stops answering (TCP keepalive probes). Using the stream after
+``close()`` raises StreamClosed; a peer that closed or broke it, StreamBroken.
+
 Reads go through a read-ahead buffer: one ``recv`` takes whatever has arrived (up to 64 KiB), so a
 call's header, arguments and small blob, or a burst of pipelined calls, cost one syscall instead
 of one each. Large payloads bypass it and land straight in the caller's buffer.
@@ -11,8 +15,8 @@ import socket
 import struct
 from typing import Iterator
 
-from ..errors import TransportClosed, TransportError, TransportTimeout
-from .base import CHUNK, Stream
+from ..errors import StreamBroken, StreamClosed, TransportError, TransportTimeout
+from .base import CHUNK, HEARTBEAT_S, Stream
 
 _COALESCE = 64 << 10
 _READ_AHEAD = 64 << 10
@@ -34,16 +38,24 @@ class SocketStream(Stream):
         self._closed = False
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keepalive(sock, HEARTBEAT_S)
         self.set_timeout(timeout)
 
     def set_timeout(self, timeout: float | None) -> None:
         self.timeout = timeout
-        self.sock.settimeout(timeout)
+        if not self._closed:
+            self.sock.settimeout(timeout)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosed(f"{self.name}: used after close()")
 
     def _fail(self, e: OSError) -> TransportError:
         if isinstance(e, socket.timeout):
             return TransportTimeout(f"{self.name}: timed out after {self.timeout} s")
-        return TransportClosed(f"{self.name}: connection lost ({e.strerror or e})")
+        if self._closed:
+            return StreamClosed(f"{self.name}: used after close()")
+        return StreamBroken(f"{self.name}: connection lost ({e.strerror or e})")
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         if len(data) >= _COALESCE:
@@ -56,8 +68,7 @@ class SocketStream(Stream):
             self.flush()
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise TransportClosed(f"{self.name}: closed")
+        self._check_open()
         try:
             self.sock.sendall(data)
         except OSError as e:
@@ -77,7 +88,7 @@ class SocketStream(Stream):
             while pos < n:
                 got = recv_into(view[pos:] if pos else view)
                 if got == 0:
-                    raise TransportClosed(f"{self.name}: peer closed the connection")
+                    raise StreamBroken(f"{self.name}: peer closed the connection")
                 pos += got
         except OSError as e:
             raise self._fail(e) from None
@@ -93,13 +104,14 @@ class SocketStream(Stream):
             while self._rend - self._rpos < need:
                 got = recv_into(view[self._rend:])
                 if got == 0:
-                    raise TransportClosed(f"{self.name}: peer closed the connection")
+                    raise StreamBroken(f"{self.name}: peer closed the connection")
                 self._rend += got
         except OSError as e:
             raise self._fail(e) from None
         return self._rpos
 
     def recv_exact(self, n: int) -> bytes:
+        self._check_open()
         pos = self._rpos
         if self._rend - pos < n:
             if n > _READ_AHEAD:
@@ -114,6 +126,7 @@ class SocketStream(Stream):
         n = st.size
         pos = self._rpos
         if self._rend - pos < n:
+            self._check_open()
             pos = self._fill(n)
         self._rpos = pos + n
         return st.unpack_from(self._rbuf, pos)
@@ -133,6 +146,7 @@ class SocketStream(Stream):
             self._recv_into(view[len(head):])
 
     def recv_chunks(self, n: int) -> Iterator[memoryview]:
+        self._check_open()
         if self._rend > self._rpos and n > 0:
             head = self._take_buffered(n)
             n -= len(head)
@@ -165,8 +179,7 @@ class SocketStream(Stream):
         self._sendv(parts)
 
     def _sendv(self, parts: list[bytes | memoryview]) -> None:
-        if self._closed:
-            raise TransportClosed(f"{self.name}: closed")
+        self._check_open()
         views = [memoryview(p) for p in parts]
         try:
             while views:
@@ -187,11 +200,22 @@ class SocketStream(Stream):
         except TransportError:
             pass
         self._closed = True
+        self._rpos = self._rend = 0
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+
+
+def keepalive(sock: socket.socket, within_s: float) -> None:
+    """Probe an idle connection so that a peer host that vanished is noticed within ``within_s``."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, int(within_s / 2))
+    for opt, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", max(1, int(within_s) - idle)),
+                       ("TCP_USER_TIMEOUT", int(within_s * 1000))):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
 
 def connect(addr: str, timeout: float = 5.0) -> SocketStream:

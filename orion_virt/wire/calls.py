@@ -1,4 +1,4 @@
-"""The call table: every remoted driver-API call, its code and its argument layouts.
+"""The wire layout of every call, derived from the call spec (``wire.spec``) at import.
 
 Each call has a fixed little-endian request struct and reply struct (Python ``struct`` notation,
 documented in docs/protocol.md so a C client can speak it), plus optional variable-length blobs:
@@ -15,128 +15,105 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+
+from .codes import Call
+from .spec import CALLS, Arg, Dir, Fn, Role
+
+MAX_COPY = 1 << 40
+"""Copies are streamed: a blob's length is bounded by what the session owns, checked before reading."""
+MAX_REPLY_BLOB = 1 << 40
+
+WIRE_TYPES: dict[str, str] = {
+    "int": "i", "CUdevice": "i", "CUdevice_attribute": "i", "unsigned int": "I", "unsigned char": "B",
+    "size_t": "Q", "CUdeviceptr": "Q", "float": "f", "CUuuid": "16s",
+    "CUcontext": "Q", "CUstream": "Q", "CUevent": "Q", "CUmodule": "Q", "CUfunction": "Q",
+}
+"""C type (pointee for ``out`` arguments) -> struct code of its wire field."""
+
+_BUFFERS = (Role.HOST_IN, Role.HOST_OUT)
 
 
-class Call(IntEnum):
-    cuInit = 1
-    cuDriverGetVersion = 2
-    cuDeviceGetCount = 3
-    cuDeviceGet = 4
-    cuDeviceGetName = 5
-    cuDeviceTotalMem = 6
-    cuDeviceGetAttribute = 7
-    cuDeviceGetUuid = 8
-    cuDevicePrimaryCtxRetain = 9
-    cuDevicePrimaryCtxRelease = 10
-    cuCtxCreate = 11
-    cuCtxDestroy = 12
-    cuCtxSetCurrent = 13
-    cuCtxSynchronize = 15
-    cuMemAlloc = 16
-    cuMemFree = 17
-    cuMemGetInfo = 18
-    cuMemcpyHtoD = 19
-    cuMemcpyDtoH = 20
-    cuMemcpyDtoD = 21
-    cuMemcpyHtoDAsync = 22
-    cuMemcpyDtoHAsync = 23
-    cuMemcpyDtoDAsync = 24
-    cuMemsetD8 = 25
-    cuMemsetD32 = 26
-    cuMemsetD8Async = 27
-    cuMemsetD32Async = 28
-    cuStreamCreate = 29
-    cuStreamSynchronize = 30
-    cuStreamDestroy = 31
-    cuStreamQuery = 32
-    cuEventCreate = 33
-    cuEventRecord = 34
-    cuEventSynchronize = 35
-    cuEventElapsedTime = 36
-    cuEventDestroy = 37
-    cuEventQuery = 38
-    cuModuleLoadData = 39
-    cuModuleGetFunction = 40
-    cuModuleUnload = 41
-    cuLaunchKernel = 42
+@dataclass(frozen=True)
+class WireField:
+    name: str
+    fmt: str
+    arg: Arg | None
+    """The C argument the field carries, or None for a length field the wire adds."""
+    length_of: str = ""
+    """For a length field: the buffer argument whose byte count it is."""
 
 
 @dataclass(frozen=True)
 class CallSpec:
+    fn: Fn
     call: Call
     req: struct.Struct
     req_names: tuple[str, ...]
+    req_fields: tuple[WireField, ...]
     resp: struct.Struct
     resp_names: tuple[str, ...]
+    resp_fields: tuple[WireField, ...]
     req_blob: str | None = None
     resp_blob: str | None = None
     async_: bool = False
     synchronizing: bool = False
     max_req_blob: int = 0
 
+    def req_index(self, arg: str) -> int:
+        """Position in the request tuple of the field carrying C argument ``arg``."""
+        return self.req_names.index(arg)
 
-def _spec(call: Call, req: str, req_names: str, resp: str = "", resp_names: str = "", **kw: object) -> CallSpec:
+
+def _pointee(a: Arg) -> str:
+    t = a.ctype.removesuffix("*").strip() if a.dir is not Dir.IN else a.ctype
+    try:
+        return WIRE_TYPES[t]
+    except KeyError:
+        raise ValueError(f"argument {a.name}: no wire type for C type {a.ctype!r}") from None
+
+
+def layout(fn: Fn) -> CallSpec:
+    """The wire layout of ``fn``. Raises ValueError for a spec entry that cannot be laid out."""
+    req: list[WireField] = []
+    resp: list[WireField] = []
+    req_blob = resp_blob = None
+    limit = 0
+    names = {a.name for a in fn.args}
+    for a in fn.args:
+        if a.role is Role.NULL:
+            continue
+        if a.role is Role.HOST_IN:
+            if req_blob is not None:
+                raise ValueError(f"{fn.name}: more than one input buffer")
+            if a.length:
+                if a.length not in names:
+                    raise ValueError(f"{fn.name}: {a.name} length {a.length!r} is not an argument")
+                req_blob, limit = a.length, MAX_COPY
+            else:
+                req_blob, limit = f"{a.name}_len", a.limit
+                req.append(WireField(req_blob, "I", None, a.name))
+                if not a.limit:
+                    raise ValueError(f"{fn.name}: {a.name} needs a limit")
+        elif a.role is Role.HOST_OUT:
+            if resp_blob is not None:
+                raise ValueError(f"{fn.name}: more than one output buffer")
+            resp_blob = f"{a.name}_len"
+            resp.append(WireField(resp_blob, "Q", None, a.name))
+        elif a.dir is Dir.IN:
+            req.append(WireField(a.name, _pointee(a), a))
+        else:
+            if a.dir is Dir.INOUT:
+                req.append(WireField(a.name, _pointee(a), a))
+            resp.append(WireField(a.name, _pointee(a), a))
+    if fn.no_reply and resp:
+        raise ValueError(f"{fn.name}: a NO_REPLY call cannot return values")
     return CallSpec(
-        call, struct.Struct("<" + req), tuple(req_names.split()), struct.Struct("<" + resp),
-        tuple(resp_names.split()), **kw,  # type: ignore[arg-type]
+        fn, Call(fn.code),
+        struct.Struct("<" + "".join(f.fmt for f in req)), tuple(f.name for f in req), tuple(req),
+        struct.Struct("<" + "".join(f.fmt for f in resp)), tuple(f.name for f in resp), tuple(resp),
+        req_blob, resp_blob, fn.no_reply, fn.sync, limit,
     )
 
 
-MAX_NAME = 4096
-MAX_IMAGE = 64 << 20
-MAX_PARAMS = 32764
-MAX_COPY = 1 << 40
-"""Copies are streamed: a blob's length is bounded by what the session owns, checked before reading."""
-
-C = Call
-SPECS: dict[int, CallSpec] = {s.call: s for s in [
-    _spec(C.cuInit, "I", "flags"),
-    _spec(C.cuDriverGetVersion, "", "", "i", "version"),
-    _spec(C.cuDeviceGetCount, "", "", "i", "count"),
-    _spec(C.cuDeviceGet, "i", "ordinal", "i", "device"),
-    _spec(C.cuDeviceGetName, "ii", "length device", "I", "name_len", resp_blob="name_len"),
-    _spec(C.cuDeviceTotalMem, "i", "device", "Q", "bytes"),
-    _spec(C.cuDeviceGetAttribute, "ii", "attrib device", "i", "value"),
-    _spec(C.cuDeviceGetUuid, "i", "device", "16s", "uuid"),
-    _spec(C.cuDevicePrimaryCtxRetain, "i", "device", "Q", "ctx"),
-    _spec(C.cuDevicePrimaryCtxRelease, "i", "device"),
-    _spec(C.cuCtxCreate, "Ii", "flags device", "Q", "ctx"),
-    _spec(C.cuCtxDestroy, "Q", "ctx"),
-    _spec(C.cuCtxSetCurrent, "Q", "ctx", async_=True),
-    _spec(C.cuCtxSynchronize, "", "", synchronizing=True),
-    _spec(C.cuMemAlloc, "Q", "size", "Q", "dptr"),
-    _spec(C.cuMemFree, "Q", "dptr", async_=True),
-    _spec(C.cuMemGetInfo, "", "", "QQ", "free total"),
-    _spec(C.cuMemcpyHtoD, "QQ", "dst size", req_blob="size", synchronizing=True, max_req_blob=MAX_COPY),
-    _spec(C.cuMemcpyDtoH, "QQ", "src size", "Q", "size", resp_blob="size", synchronizing=True),
-    _spec(C.cuMemcpyDtoD, "QQQ", "dst src size", synchronizing=True),
-    _spec(C.cuMemcpyHtoDAsync, "QQQ", "dst size stream", req_blob="size", async_=True, max_req_blob=MAX_COPY),
-    _spec(C.cuMemcpyDtoHAsync, "QQQ", "src size stream", "Q", "size", resp_blob="size", synchronizing=True),
-    _spec(C.cuMemcpyDtoDAsync, "QQQQ", "dst src size stream", async_=True),
-    _spec(C.cuMemsetD8, "QIQ", "dst value count"),
-    _spec(C.cuMemsetD32, "QIQ", "dst value count"),
-    _spec(C.cuMemsetD8Async, "QIQQ", "dst value count stream", async_=True),
-    _spec(C.cuMemsetD32Async, "QIQQ", "dst value count stream", async_=True),
-    _spec(C.cuStreamCreate, "I", "flags", "Q", "stream"),
-    _spec(C.cuStreamSynchronize, "Q", "stream", synchronizing=True),
-    _spec(C.cuStreamDestroy, "Q", "stream", async_=True),
-    _spec(C.cuStreamQuery, "Q", "stream"),
-    _spec(C.cuEventCreate, "I", "flags", "Q", "event"),
-    _spec(C.cuEventRecord, "QQ", "event stream", async_=True),
-    _spec(C.cuEventSynchronize, "Q", "event", synchronizing=True),
-    _spec(C.cuEventElapsedTime, "QQ", "start end", "f", "ms"),
-    _spec(C.cuEventDestroy, "Q", "event", async_=True),
-    _spec(C.cuEventQuery, "Q", "event"),
-    _spec(C.cuModuleLoadData, "I", "image_len", "Q", "module", req_blob="image_len", max_req_blob=MAX_IMAGE),
-    _spec(C.cuModuleGetFunction, "QI", "module name_len", "QI", "function params_len",
-          req_blob="name_len", resp_blob="params_len", max_req_blob=MAX_NAME),
-    _spec(C.cuModuleUnload, "Q", "module", async_=True),
-    _spec(C.cuLaunchKernel, "QIIIIIIIQI",
-          "function grid_x grid_y grid_z block_x block_y block_z shared_mem stream params_len",
-          req_blob="params_len", async_=True, max_req_blob=MAX_PARAMS),
-]}
-
-
-def blob_len(spec: CallSpec, args: tuple, names: tuple[str, ...], field: str | None) -> int:
-    return 0 if field is None else int(args[names.index(field)])
+SPECS: dict[int, CallSpec] = {fn.code: layout(fn) for fn in CALLS}
+BY_NAME: dict[str, CallSpec] = {s.fn.name: s for s in SPECS.values()}

@@ -9,18 +9,19 @@ Every message is a 16-byte header followed by ``length`` body bytes::
     u32 seq      request sequence number, echoed by its reply
     i32 status   CUresult of a REPLY, 0 otherwise
 
-``parse_header`` and ``decode_message`` either return a valid message or raise ProtocolError:
-lengths are checked against per-kind and per-call limits *before* anything is allocated.
+``parse_header`` returns a valid header or raises ProtocolError: lengths are checked against
+per-kind and per-call limits *before* anything is allocated. Whole sessions (states, sequence
+numbers, replies matched to calls) are ``wire.protocol``'s.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from ..errors import ProtocolError
-from .calls import SPECS, CallSpec
+from .calls import MAX_REPLY_BLOB, SPECS, CallSpec
 
 HEADER = struct.Struct("<IBBHIi")
 HEADER_SIZE = HEADER.size
@@ -67,7 +68,7 @@ def max_body(kind: Kind, code: int, spec: CallSpec | None) -> int:
         fixed = spec.req.size if kind is Kind.CALL else spec.resp.size
         if kind is Kind.CALL:
             return fixed + (spec.max_req_blob if spec.req_blob else 0)
-        return fixed + ((1 << 40) if spec.resp_blob else 0)
+        return fixed + (MAX_REPLY_BLOB if spec.resp_blob else 0)
     return MAX_CONTROL_BODY
 
 
@@ -96,20 +97,6 @@ def parse_header(data: bytes | memoryview) -> tuple[Header, CallSpec | None]:
     if length > max_body(k, code, spec):
         raise ProtocolError(f"{k.name} body of {length} bytes exceeds the limit")
     return Header(length, k, Flag(flags), code, seq, status), spec
-
-
-def check_blob(spec: CallSpec, kind: Kind, args: tuple, body_len: int) -> int:
-    """The blob length that ``args`` declare must be exactly what the body holds after them."""
-    if kind is Kind.CALL:
-        st, names, fld, limit = spec.req, spec.req_names, spec.req_blob, spec.max_req_blob
-    else:
-        st, names, fld, limit = spec.resp, spec.resp_names, spec.resp_blob, 1 << 40
-    n = 0 if fld is None else int(args[names.index(fld)])
-    if n > limit:
-        raise ProtocolError(f"{spec.call.name}: {fld}={n} exceeds the limit {limit}")
-    if st.size + n != body_len:
-        raise ProtocolError(f"{spec.call.name}: {fld}={n} does not match a body of {body_len} bytes")
-    return n
 
 
 # --- HELLO / WELCOME / ERROR bodies -------------------------------------------------------------
@@ -202,50 +189,3 @@ def encode_renew(token: str) -> bytes:
     """A renewed allocation token for the running session (no reply)."""
     body = token.encode("ascii")
     return Header(len(body), Kind.RENEW, Flag.NONE, 0, 0, 0).pack() + body
-
-
-def encode_call(spec: CallSpec, seq: int, args: tuple, blob_len: int = 0) -> bytes:
-    """Header + fixed args of a CALL; the caller sends ``blob_len`` blob bytes after it."""
-    fixed = spec.req.pack(*args)
-    flags = Flag.NO_REPLY if spec.async_ else Flag.NONE
-    return HEADER.pack(len(fixed) + blob_len, Kind.CALL, flags, spec.call, seq, 0) + fixed
-
-
-def encode_reply(spec: CallSpec, seq: int, status: int, values: tuple = (), blob_len: int = 0) -> bytes:
-    fixed = spec.resp.pack(*values) if values or spec.resp.size == 0 else bytes(spec.resp.size)
-    return HEADER.pack(len(fixed) + blob_len, Kind.REPLY, 0, spec.call, seq, status) + fixed
-
-
-# --- whole-message decoding (tests, fuzzing, small messages) -------------------------------------
-
-
-@dataclass(frozen=True)
-class Message:
-    header: Header
-    args: tuple = ()
-    blob: bytes = b""
-    hello: Hello | None = None
-    welcome: Welcome | None = None
-    text: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def decode_message(data: bytes) -> Message:
-    """Decode one complete message (header + body, nothing more). Raises ProtocolError."""
-    if len(data) < HEADER_SIZE:
-        raise ProtocolError("truncated header")
-    header, spec = parse_header(data[:HEADER_SIZE])
-    body = data[HEADER_SIZE:]
-    if len(body) != header.length:
-        raise ProtocolError(f"body is {len(body)} bytes, header says {header.length}")
-    if header.kind is Kind.HELLO:
-        return Message(header, hello=Hello.decode(body))
-    if header.kind is Kind.WELCOME:
-        return Message(header, welcome=Welcome.decode(body))
-    if header.kind in (Kind.ERROR, Kind.BYE, Kind.RENEW):
-        return Message(header, text=body.decode("utf-8", "replace"))
-    assert spec is not None
-    st = spec.req if header.kind is Kind.CALL else spec.resp
-    args = st.unpack_from(body)
-    n = check_blob(spec, header.kind, args, len(body))
-    return Message(header, args=args, blob=bytes(body[st.size:st.size + n]))

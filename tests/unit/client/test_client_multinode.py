@@ -16,7 +16,7 @@ import pytest
 
 from orion_virt.client import multinode as mn
 from orion_virt.client.multinode import Router, device_map
-from orion_virt.errors import TransportClosed, TransportError
+from orion_virt.errors import StreamBroken, TransportError
 from orion_virt.wire.calls import SPECS, Call
 
 C = Call
@@ -161,17 +161,23 @@ def test_calls_follow_the_current_context_and_the_owner_of_handles() -> None:
 
 def test_every_call_has_a_route() -> None:
     """New calls in the call table must be classified (device, handle or current context)."""
-    routed = set(mn.DEVICE_ARG) | set(mn.OWNED_BY) | mn.BROADCAST
+    routed = set(mn.DEVICE_ARG) | set(mn.OWNED_BY) | set(mn.BROADCAST)
     current = {C.cuCtxSynchronize, C.cuMemAlloc, C.cuMemFree, C.cuMemGetInfo, C.cuMemcpyHtoD,
                C.cuMemcpyDtoH, C.cuMemcpyDtoD, C.cuMemsetD8, C.cuMemsetD32, C.cuStreamCreate,
                C.cuEventCreate, C.cuModuleLoadData}
     assert set(SPECS) == routed | current
+    # the tables come from the call spec's roles: spot-check what they must say
+    assert mn.DEVICE_ARG[C.cuDeviceGetAttribute] == 1 and mn.DEVICE_ARG[C.cuCtxCreate] == 1
+    assert mn.OWNED_BY[C.cuLaunchKernel] == (0, (8,)) and mn.OWNED_BY[C.cuMemcpyDtoDAsync] == (3, ())
+    assert mn.REPLY_HANDLE == {C.cuDevicePrimaryCtxRetain, C.cuCtxCreate, C.cuStreamCreate,
+                               C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction}
+    assert mn.BROADCAST == {C.cuInit: "first", C.cuDriverGetVersion: "min", C.cuDeviceGetCount: "sum"}
 
 
 def test_a_lost_server_fails_the_call_and_bye_reaches_the_others() -> None:
     r, (a, b) = router(1, 1)
     r.call(C.cuCtxCreate, (0, 1))
-    b.fail_with = TransportClosed("peer closed")
+    b.fail_with = StreamBroken("peer closed")
     with pytest.raises(TransportError, match="server 1: peer closed"):
         r.call(C.cuMemAlloc, (16,))
     assert b.closed and b.byes == 0  # no BYE into a broken stream

@@ -14,7 +14,7 @@ import pytest
 
 from orion_virt.client.connection import Connection
 from orion_virt.cuda_enums import CUresult as R
-from orion_virt.errors import TransportError
+from orion_virt.errors import Refused, TransportError
 from orion_virt.server.session import Session, open_authorizer
 from orion_virt.server.sim import SimBackend
 from orion_virt.transport.tcp import SocketStream
@@ -168,8 +168,9 @@ def test_garbage_ends_only_that_session() -> None:
         good.ctx()
         bad.conn.stream.send(HEADER.pack(8, Kind.CALL, 0, 9999, 1, 0) + b"\0" * 8)
         bad.conn.stream.flush()
-        with pytest.raises(TransportError, match="protocol error"):
+        with pytest.raises(Refused, match="protocol error: unknown call code 9999") as e:
             bad(Call.cuCtxSynchronize)
+        assert e.value.status == R.CUDA_ERROR_UNKNOWN
         bad.thread.join(5)
         assert bad.result and bad.result[0].startswith("protocol error")
         assert good(Call.cuCtxSynchronize)[0] == 0
@@ -194,8 +195,9 @@ def test_handshake_refused_with_a_reason() -> None:
     t = threading.Thread(target=s.run, daemon=True)
     t.start()
     conn = Connection(SocketStream(a), "test")
-    with pytest.raises(TransportError, match="exceeds the memory of one GPU"):
+    with pytest.raises(Refused, match="exceeds the memory of one GPU") as e:
         conn.handshake(Hello(pid=1, vgpu_count=1, gmem_mib=4096, ratio=100))
+    assert e.value.status == R.CUDA_ERROR_OUT_OF_MEMORY
     t.join(5)
 
 

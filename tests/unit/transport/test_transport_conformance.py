@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from orion_virt.errors import TransportClosed, TransportTimeout
+from orion_virt.errors import StreamBroken, TransportTimeout
 from orion_virt.transport import shmdev
 from orion_virt.transport.base import Stream
 from orion_virt.transport.shmdev import Device, claim_channel, format_device
@@ -205,7 +205,7 @@ def test_peer_death_is_noticed_not_a_hang(kind: str, tmp_path: Path, monkeypatch
         pair.kill_peer()
         pair.local.timeout = 20
         t0 = time.monotonic()
-        with pytest.raises(TransportClosed):
+        with pytest.raises(StreamBroken):
             pair.local.recv_exact(4)
         assert time.monotonic() - t0 < 10
     finally:
@@ -216,7 +216,7 @@ def test_orderly_close_by_peer(kind: str, tmp_path: Path) -> None:
     pair = make_pair(kind, "close", tmp_path)
     try:
         pair.local.timeout = 20
-        with pytest.raises(TransportClosed):
+        with pytest.raises(StreamBroken):
             pair.local.recv_exact(4)
     finally:
         pair.close()

@@ -1,0 +1,218 @@
+"""The call spec: every remoted driver-API function, declared once.
+
+Each entry names the function as ``cuda.h`` does, its wire code, its exported spellings (the
+versioned and per-thread-stream names that share its ABI), and each argument in C order with its
+C type, direction and role. Everything else is derived from this table and nothing else:
+
+* the wire layout (``wire.calls``): a request carries the ``in`` arguments that are not host
+  buffers, in C order, plus a ``u32 <name>_len`` for an input buffer whose length no argument
+  gives, then that buffer as the blob; a reply carries the ``out`` arguments' values, plus a
+  ``u64 <name>_len`` for an output buffer, then that buffer;
+* the client marshalling (``tools/gen_wire.py`` writes it into ``client/driver.py``; the C
+  client of the native library is generated from the same table);
+* the server dispatch and its ownership checks (``server/dispatch_gen.py``, from the roles);
+* the cross-node router's tables (``client/multinode.py`` reads the roles at import);
+* the call table of ``docs/protocol.md``.
+
+Adding a driver function is one entry here plus, on the server, its execution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Dir(str, Enum):
+    IN = "in"
+    OUT = "out"
+    INOUT = "inout"
+
+
+class Role(str, Enum):
+    VALUE = "value"
+    """A plain scalar passed as is."""
+    FLAGS = "flags"
+    """A bit mask (checked by the server's execution)."""
+    DEVICE = "device"
+    """A device ordinal of the session (0 .. vGPU count - 1)."""
+    HANDLE = "handle"
+    """A handle of ``kind``; ``op`` says whether the call creates, uses or destroys it."""
+    DPTR = "dptr"
+    """A device pointer; ``extent`` (times ``scale``) bytes from it must lie in one live
+    allocation of the session. As an ``out`` argument: a new allocation."""
+    DPTR_FREE = "dptr_free"
+    """The base of a live allocation of the session, which the call frees."""
+    HOST_IN = "host_in"
+    """A host buffer the client sends (the request blob); ``length`` names its byte count."""
+    HOST_OUT = "host_out"
+    """A host buffer the server fills (the reply blob); ``length`` names its capacity."""
+    NULL = "null"
+    """Must be NULL (not remoted: e.g. cuLaunchKernel's ``extra``); not on the wire."""
+
+
+class Op(str, Enum):
+    USE = "use"
+    CREATE = "create"
+    DESTROY = "destroy"
+
+
+HANDLE_KINDS = ("context", "stream", "event", "module", "function")
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    ctype: str
+    dir: Dir = Dir.IN
+    role: Role = Role.VALUE
+    kind: str = ""
+    """Handle kind (one of HANDLE_KINDS) for HANDLE."""
+    op: Op = Op.USE
+    length: str = ""
+    """HOST_IN/HOST_OUT: the argument holding the byte length; "" = a length field on the wire."""
+    extent: str = ""
+    """DPTR: the argument holding the extent (element count with ``scale``)."""
+    scale: int = 1
+    null_ok: bool = False
+    """HANDLE: 0 is accepted (the default stream, no current context)."""
+    wire_only: bool = False
+    """Not a C argument: the protocol adds it (a kernel's parameter layout)."""
+    limit: int = 0
+    """HOST_IN without ``length``: the most bytes the server accepts."""
+
+
+@dataclass(frozen=True)
+class Fn:
+    name: str
+    code: int
+    args: tuple[Arg, ...]
+    spellings: tuple[str, ...] = ()
+    sync: bool = False
+    """Synchronising: reports the deferred error of an earlier NO_REPLY call instead of running."""
+    no_reply: bool = False
+    """Sent without waiting (NO_REPLY); its error is deferred to the next synchronising call."""
+    route: str = ""
+    """Cross-node: "" the server of the device, handle or current context; "all:sum",
+    "all:min", "all:first" every server, merging the first reply value so."""
+    client: str = "gen"
+    """"gen": the Python binding is generated; "custom": written by hand in client/driver.py."""
+    doc: str = ""
+
+
+MAX_NAME = 4096
+MAX_IMAGE = 64 << 20
+MAX_PARAMS = 32764
+
+_i = "int"
+_u = "unsigned int"
+_sz = "size_t"
+
+
+def _a(name: str, ctype: str, role: Role = Role.VALUE, d: Dir = Dir.IN, **kw: object) -> Arg:
+    return Arg(name, ctype, d, role, **kw)  # type: ignore[arg-type]
+
+
+def _dev(name: str = "dev") -> Arg:
+    return _a(name, "CUdevice", Role.DEVICE)
+
+
+def _h(name: str, kind: str, op: Op = Op.USE, null_ok: bool = False) -> Arg:
+    ctype = {"context": "CUcontext", "stream": "CUstream", "event": "CUevent", "module": "CUmodule",
+             "function": "CUfunction"}[kind]
+    d = Dir.OUT if op is Op.CREATE else Dir.IN
+    return Arg(name, ctype + (" *" if d is Dir.OUT else ""), d, Role.HANDLE, kind=kind, op=op, null_ok=null_ok)
+
+
+def _out(name: str, ctype: str, role: Role = Role.VALUE) -> Arg:
+    return Arg(name, ctype + " *", Dir.OUT, role)
+
+
+def _dptr(name: str, extent: str, scale: int = 1) -> Arg:
+    return _a(name, "CUdeviceptr", Role.DPTR, extent=extent, scale=scale)
+
+
+def _stream(name: str = "hStream") -> Arg:
+    return _h(name, "stream", null_ok=True)
+
+
+CALLS: tuple[Fn, ...] = (
+    Fn("cuInit", 1, (_a("Flags", _u, Role.FLAGS),), route="all:first", client="custom"),
+    Fn("cuDriverGetVersion", 2, (_out("driverVersion", _i),), route="all:min", client="custom"),
+    Fn("cuDeviceGetCount", 3, (_out("count", _i),), route="all:sum"),
+    Fn("cuDeviceGet", 4, (_out("device", "CUdevice", Role.DEVICE), _a("ordinal", _i, Role.DEVICE))),
+    Fn("cuDeviceGetName", 5, (Arg("name", "char *", Dir.OUT, Role.HOST_OUT, length="len"),
+                              _a("len", _i), _dev()), client="custom"),
+    Fn("cuDeviceTotalMem", 6, (_out("bytes", _sz), _dev()), spellings=("cuDeviceTotalMem_v2",)),
+    Fn("cuDeviceGetAttribute", 7, (_out("pi", _i), _a("attrib", "CUdevice_attribute"), _dev())),
+    Fn("cuDeviceGetUuid", 8, (_out("uuid", "CUuuid"), _dev()), spellings=("cuDeviceGetUuid_v2",),
+       client="custom"),
+    Fn("cuDevicePrimaryCtxRetain", 9, (_h("pctx", "context", Op.CREATE), _dev())),
+    Fn("cuDevicePrimaryCtxRelease", 10, (_dev(),), spellings=("cuDevicePrimaryCtxRelease_v2",)),
+    Fn("cuCtxCreate", 11, (_h("pctx", "context", Op.CREATE), _a("flags", _u, Role.FLAGS), _dev()),
+       spellings=("cuCtxCreate_v2",), client="custom"),
+    Fn("cuCtxDestroy", 12, (_h("ctx", "context", Op.DESTROY),), spellings=("cuCtxDestroy_v2",), client="custom"),
+    Fn("cuCtxSetCurrent", 13, (_h("ctx", "context", null_ok=True),), no_reply=True, client="custom"),
+    Fn("cuCtxSynchronize", 15, (), sync=True),
+    Fn("cuMemAlloc", 16, (_out("dptr", "CUdeviceptr", Role.DPTR), _a("bytesize", _sz)), spellings=("cuMemAlloc_v2",)),
+    Fn("cuMemFree", 17, (_a("dptr", "CUdeviceptr", Role.DPTR_FREE),), spellings=("cuMemFree_v2",), no_reply=True),
+    Fn("cuMemGetInfo", 18, (_out("free", _sz), _out("total", _sz)), spellings=("cuMemGetInfo_v2",)),
+    Fn("cuMemcpyHtoD", 19, (_dptr("dstDevice", "ByteCount"),
+                            _a("srcHost", "const void *", Role.HOST_IN, length="ByteCount"), _a("ByteCount", _sz)),
+       spellings=("cuMemcpyHtoD_v2", "cuMemcpyHtoD_v2_ptds"), sync=True),
+    Fn("cuMemcpyDtoH", 20, (Arg("dstHost", "void *", Dir.OUT, Role.HOST_OUT, length="ByteCount"),
+                            _dptr("srcDevice", "ByteCount"), _a("ByteCount", _sz)),
+       spellings=("cuMemcpyDtoH_v2", "cuMemcpyDtoH_v2_ptds"), sync=True),
+    Fn("cuMemcpyDtoD", 21, (_dptr("dstDevice", "ByteCount"), _dptr("srcDevice", "ByteCount"), _a("ByteCount", _sz)),
+       spellings=("cuMemcpyDtoD_v2", "cuMemcpyDtoD_v2_ptds"), sync=True),
+    Fn("cuMemcpyHtoDAsync", 22, (_dptr("dstDevice", "ByteCount"),
+                                 _a("srcHost", "const void *", Role.HOST_IN, length="ByteCount"),
+                                 _a("ByteCount", _sz), _stream()),
+       spellings=("cuMemcpyHtoDAsync_v2", "cuMemcpyHtoDAsync_v2_ptsz"), no_reply=True),
+    Fn("cuMemcpyDtoHAsync", 23, (Arg("dstHost", "void *", Dir.OUT, Role.HOST_OUT, length="ByteCount"),
+                                 _dptr("srcDevice", "ByteCount"), _a("ByteCount", _sz), _stream()),
+       spellings=("cuMemcpyDtoHAsync_v2", "cuMemcpyDtoHAsync_v2_ptsz"), sync=True,
+       doc="remoted synchronously: the bytes come back in the reply"),
+    Fn("cuMemcpyDtoDAsync", 24, (_dptr("dstDevice", "ByteCount"), _dptr("srcDevice", "ByteCount"),
+                                 _a("ByteCount", _sz), _stream()),
+       spellings=("cuMemcpyDtoDAsync_v2", "cuMemcpyDtoDAsync_v2_ptsz"), no_reply=True),
+    Fn("cuMemsetD8", 25, (_dptr("dstDevice", "N"), _a("uc", "unsigned char"), _a("N", _sz)),
+       spellings=("cuMemsetD8_v2", "cuMemsetD8_v2_ptds")),
+    Fn("cuMemsetD32", 26, (_dptr("dstDevice", "N", 4), _a("ui", _u), _a("N", _sz)),
+       spellings=("cuMemsetD32_v2", "cuMemsetD32_v2_ptds")),
+    Fn("cuMemsetD8Async", 27, (_dptr("dstDevice", "N"), _a("uc", "unsigned char"), _a("N", _sz), _stream()),
+       spellings=("cuMemsetD8Async_ptsz",), no_reply=True),
+    Fn("cuMemsetD32Async", 28, (_dptr("dstDevice", "N", 4), _a("ui", _u), _a("N", _sz), _stream()),
+       spellings=("cuMemsetD32Async_ptsz",), no_reply=True),
+    Fn("cuStreamCreate", 29, (_h("phStream", "stream", Op.CREATE), _a("Flags", _u, Role.FLAGS))),
+    Fn("cuStreamSynchronize", 30, (_stream(),), spellings=("cuStreamSynchronize_ptsz",), sync=True),
+    Fn("cuStreamDestroy", 31, (_h("hStream", "stream", Op.DESTROY),), spellings=("cuStreamDestroy_v2",),
+       no_reply=True),
+    Fn("cuStreamQuery", 32, (_stream(),), spellings=("cuStreamQuery_ptsz",)),
+    Fn("cuEventCreate", 33, (_h("phEvent", "event", Op.CREATE), _a("Flags", _u, Role.FLAGS))),
+    Fn("cuEventRecord", 34, (_h("hEvent", "event"), _stream()), spellings=("cuEventRecord_ptsz",), no_reply=True),
+    Fn("cuEventSynchronize", 35, (_h("hEvent", "event"),), sync=True),
+    Fn("cuEventElapsedTime", 36, (_out("pMilliseconds", "float"), _h("hStart", "event"), _h("hEnd", "event")),
+       spellings=("cuEventElapsedTime_v2",)),
+    Fn("cuEventDestroy", 37, (_h("hEvent", "event", Op.DESTROY),), spellings=("cuEventDestroy_v2",), no_reply=True),
+    Fn("cuEventQuery", 38, (_h("hEvent", "event"),)),
+    Fn("cuModuleLoadData", 39, (_h("module", "module", Op.CREATE),
+                                _a("image", "const void *", Role.HOST_IN, limit=MAX_IMAGE)),
+       client="custom", doc="the client finds the image's length (ELF, fatbin, PTX text)"),
+    Fn("cuModuleGetFunction", 40, (_h("hfunc", "function", Op.CREATE), _h("hmod", "module"),
+                                   _a("name", "const char *", Role.HOST_IN, limit=MAX_NAME),
+                                   Arg("params", "", Dir.OUT, Role.HOST_OUT, wire_only=True)),
+       client="custom", doc="the reply blob is the kernel's parameter layout: u32 offset, u32 size each"),
+    Fn("cuModuleUnload", 41, (_h("hmod", "module", Op.DESTROY),), no_reply=True),
+    Fn("cuLaunchKernel", 42, (_h("f", "function"), _a("gridDimX", _u), _a("gridDimY", _u), _a("gridDimZ", _u),
+                              _a("blockDimX", _u), _a("blockDimY", _u), _a("blockDimZ", _u),
+                              _a("sharedMemBytes", _u), _stream(),
+                              _a("kernelParams", "void **", Role.HOST_IN, limit=MAX_PARAMS),
+                              _a("extra", "void **", Role.NULL)),
+       spellings=("cuLaunchKernel_ptsz",), no_reply=True, client="custom",
+       doc="the blob is the packed parameter buffer, laid out as cuModuleGetFunction said"),
+)
+"""Every remoted call, in code order."""
+
+CLIENT_ONLY: tuple[str, ...] = ("cuCtxGetCurrent", "cuGetErrorName", "cuGetErrorString")
+"""Answered by the client without a round trip."""
