@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import compat
 from .errors import ConfigError
 
 DEFAULT_SERVER_CONF = Path("/etc/orion/server.conf")
@@ -306,7 +307,7 @@ CLIENT_KEYS: list[Key] = [
     Key("cross_node", (), "ORION_CROSS_NODE", parse_bool, env=("ORION_CROSS_NODE",)),
     Key("group_id", (), "ORION_GROUP_ID", _str, env=("ORION_GROUP_ID",)),
     Key("controller_addr", ("controller",), "controller_addr", parse_addr,
-        env=("ORION_CONTROLLER", "ORION_OCNTROLLER")),
+        env=compat.ENV_CONTROLLER_NAMES),  # the seeds' misspelt name too (see compat)
     Key("server_addr", ("client",), "server_addr", parse_addr, env=("ORION_SERVER",)),
     Key("enable_net", ("client",), "enable_net", parse_bool, env=("ORION_ENABLE_NET",)),
     Key("connect_timeout", ("client",), "connect_timeout", float, env=("ORION_CONNECT_TIMEOUT",)),

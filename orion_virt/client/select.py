@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .. import compat
 from ..config import ClientConfig
 from ..errors import DeviceError, TransportError
 from ..transport import tcp
@@ -114,7 +115,8 @@ def choose(cfg: ClientConfig, server_addr: str | None = None,
         if vm_unserved:
             # the seeds' message alone on its line (cuInit prints each line), then the details
             raise TransportError(f"{VM_NOT_SERVED}\n({why}; {e})") from None
-        raise TransportError(f"Could not connect to server: {e}" + (f" (shared memory unusable: {why})" if why else "")) from None
+        raise TransportError(f"{compat.MSG_CONNECT}: {e}"
+                             + (f" (shared memory unusable: {why})" if why else "")) from None
     return Chosen(stream, "tcp", f"TCP to {addr}" + (f" because {why}" if why else ""))
 
 

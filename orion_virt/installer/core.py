@@ -36,6 +36,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from .. import compat
 from . import templates
 
 DEFAULT_PREFIX = "/usr/lib/orion"
@@ -384,13 +385,13 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     (t(prefix) / MANIFEST_NAME).write_text(m.to_json())
     out("")
     if conf_new:
-        out(f"Configuration file is generated to {CONF_PATH}")
+        out(compat.INSTALL_CONF_GENERATED.format(path=CONF_PATH))
     else:
         out(f"Configuration file {CONF_PATH} already exists and is kept unchanged")
-    out('Please edit the "controller_addr" setting and make it point to the controller address in your environment.')
+    out(compat.INSTALL_EDIT_CONTROLLER)
     out("")
-    out(f"Orion vGPU client environment has been installed in {prefix}")
-    out("To run application with Orion vGPU environment, please make sure Orion environment is loaded. e.g.")
+    out(compat.INSTALL_DONE.format(prefix=prefix))
+    out(compat.INSTALL_HOW_TO_RUN)
     out("export ORION_VGPU=1")
     out(f"(cuda-python programs run by {info.executable} then use Orion vGPUs; for any other Python, "
         "such as a venv: orion-run python3 app.py)")
@@ -425,9 +426,9 @@ def uninstall(*, prefix: str | None = None, root: str = "/", python: str | None 
 
 def confirm(prefix: str, ask: Callable[[str], str], out: Out) -> bool:
     """The seeds' question before installing to the default path."""
-    out(f"Orion client environment will be installed to {prefix}")
+    out(compat.INSTALL_TO.format(prefix=prefix))
     try:
-        answer = ask("Do you want to continue [n/y] ?")
+        answer = ask(compat.INSTALL_QUESTION)
     except EOFError:
         answer = ""
     return answer.strip().lower() in ("y", "yes")
