@@ -15,15 +15,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..config import CLIENT_KEYS, ClientConfig, client_config_paths, load_client_config, read_ini
 from ..errors import OrionError
+from .controller_status import check_controller, controller_intro
+from .report import Report
 
 Out = Callable[[str], None]
 MIN_PYTHON = (3, 11)
-SEEDS_INFO = ("[Info] Orion Controller setting may be different in different SHELL.",
-              "[Info] Environment variable ORION_CONTROLLER has the first priority.")
 
 
 def _root(env: Mapping[str, str]) -> str:
@@ -139,51 +139,19 @@ def _report_config(env: Mapping[str, str], cfg: ClientConfig, out: Out) -> None:
 
 
 def _controller(cfg: ClientConfig, out: Out) -> bool:
-    """The seeds' controller diagnosis. False if the controller is configured but unusable."""
-    for line in SEEDS_INFO:
-        out(line)
-    out("")
+    """The controller section (the one diagnosis in ``controller_status``). False if the
+    controller is configured but unusable."""
+    r = Report(out)
+    controller_intro(r)
     addr = cfg.controller_addr
     if not addr:
         out("Orion Controller address is not set (ORION_CONTROLLER or controller_addr in client.conf): "
             "applications ask the Orion Server directly (direct mode, no vGPU pool).")
         return True
     origin = cfg.origin("controller_addr")
-    where = ("in configuration file" if not origin.startswith("environment")
-             else f"in {origin.replace('environment', 'environment variable')}")
-    out(f"Orion Controller addrress is set as {addr} {where}. Using this address to diagnose Orion Controller")
-    host, _, port = addr.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
-    except OSError as e:
-        out(f"Address {addr} cannot be reached: {e.strerror or e}")
-        out("Could not connect to server")
-        out("Fail to get version information from Orion Controller.")
-        out("Check that the controller runs and listens on 0.0.0.0:9123, and that no firewall "
-            "(firewalld, Docker's iptables rules) blocks the port.")
-        return False
-    out(f"Address {addr} is reached.")
-    try:
-        from ..controller import client as ctl
-    except ImportError:  # pragma: no cover - the controller client is part of every installation
-        out("[Warning] the controller's client is not installed; cannot query the controller")
-        return True
-    try:
-        version = ctl.get_version(addr)
-    except OrionError as e:
-        out("Fail to get version information from Orion Controller.")
-        out(f"    ({e})")
-        return False
-    out(f"Orion Controller Version Infomation : {version}")
-    try:
-        s = ctl.summary(addr)
-        out(f"There are {s.total_vgpus} vGPU under managered by Orion Controller. {s.free_vgpus} vGPU are free now.")
-        if s.free_vgpus == 0:
-            out("[Warning] no vGPU is free: applications get \"Client exits without allocation ID\" until "
-                "one is released (orion-check runtime server on the server shows the pool).")
-    except OrionError as e:
-        out(f"[Warning] could not read the vGPU summary: {e}")
-    return True
+    where = ("configuration file" if not origin.startswith("environment")
+             else origin.replace("environment", "environment variable"))
+    return check_controller(r, addr, where)
 
 
 def _transport(cfg: ClientConfig, out: Out) -> bool:
@@ -274,7 +242,6 @@ def runtime_client(env: Mapping[str, str] | None, out: Out) -> int:
     out("")
     failed |= not _transport(cfg, out)
     out("")
-    out("Checking Orion Controller status ...")
     failed |= not _controller(cfg, out)
     return 1 if failed else 0
 

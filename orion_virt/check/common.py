@@ -1,9 +1,9 @@
-"""Building blocks of ``orion-check``: the report (the seeds' output format), process lookup in
-``/proc``, network probes, and the checks several components share (Python, packages, NVIDIA
-GPU and MPS, Orion Controller status).
+"""Building blocks of the host's ``orion-check``: process lookup in ``/proc``, port probes, and
+the checks several host components share (Python, packages, NVIDIA GPU and MPS). The report
+and the network probes are in ``report``, the Orion Controller's diagnosis in
+``controller_status`` (both also run in guests).
 
-Every check writes lines through a :class:`Report`; a failed check calls ``report.error`` and the
-command exits non-zero (``report.exit_code``). Warnings never change the exit code. All I/O
+Every check writes lines through a :class:`~orion_virt.check.report.Report`. All I/O
 handles (``/proc`` root, the CUDA probe, the clock of timeouts) can be passed in, so the
 formatting is unit-tested without a GPU, a controller or a running oriond.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import os
 import pwd
 import socket
@@ -20,64 +19,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, TextIO
+from collections.abc import Callable, Iterable, Mapping
 
-COLUMN = 40
-ENV_CONTROLLER = ("ORION_CONTROLLER", "ORION_OCNTROLLER")
-
-
-class Report:
-    """Lines to ``out`` (default stdout); counts errors and warnings."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out if out is not None else sys.stdout
-        self.errors: list[str] = []
-        self.warnings: list[str] = []
-        self._sections = 0
-
-    def line(self, text: str = "") -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def section(self, title: str) -> None:
-        """``Title ...``, separated from the previous section by a blank line."""
-        if self._sections:
-            self.line()
-        self._sections += 1
-        self.line(f"{title} ...")
-
-    def info(self, text: str) -> None:
-        self.line(f"[Info] {text}")
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
-        self.line(f"[Warning] {text}")
-
-    def error(self, text: str) -> None:
-        self.errors.append(text)
-        self.line(f"[Error] {text}")
-
-    def flag(self, name: str, on: bool) -> None:
-        """``Enable SHM                              [Yes]``"""
-        self.line(f"{name:<{COLUMN}}[{'Yes' if on else 'No'}]")
-
-    def value(self, name: str, value: object) -> None:
-        """``Binding IP Address :                    33.31.0.1``"""
-        self.line(f"{name + ' :':<{COLUMN}}{value}")
-
-    def summary(self) -> None:
-        self.line()
-        if self.errors:
-            self.line(f"{len(self.errors)} check(s) failed, {len(self.warnings)} warning(s).")
-        elif self.warnings:
-            self.line(f"All checks passed with {len(self.warnings)} warning(s).")
-        else:
-            self.line("All checks passed.")
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.errors else 0
-
+from .report import Report
 
 # -- processes ------------------------------------------------------------------------------------
 
@@ -164,25 +108,6 @@ def find_processes(name: str, proc_root: Path = Path("/proc")) -> list[Proc]:
 # -- network ------------------------------------------------------------------------------------
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.strip().rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def probe_host(host: str) -> str:
-    """Where to connect to reach a service bound to ``host`` (``0.0.0.0`` -> loopback)."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-def tcp_reach(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """None when a TCP connection to ``host:port`` succeeds, else why not."""
-    try:
-        socket.create_connection((probe_host(host), port), timeout=timeout).close()
-        return None
-    except OSError as e:
-        return e.strerror or str(e)
-
-
 def port_in_use(host: str, port: int) -> str | None:
     """None when ``host:port`` could be bound now, else why not."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -243,21 +168,6 @@ _DISTS = {"cuda.bindings": "cuda-bindings", "libvirt": "libvirt-python", "sysv_i
 
 # -- NVIDIA --------------------------------------------------------------------------------------
 
-_DETAILS = (
-    "import json\n"
-    "from cuda.bindings import driver as d\n"
-    "d.cuInit(0)\n"
-    "e,v=d.cuDriverGetVersion()\n"
-    "e,n=d.cuDeviceGetCount()\n"
-    "names=[]\n"
-    "for i in range(n):\n"
-    "    e,dev=d.cuDeviceGet(i)\n"
-    "    e,nm=d.cuDeviceGetName(256,dev)\n"
-    "    names.append(nm.split(b'\\0',1)[0].decode())\n"
-    "print(json.dumps({'cuda':int(v),'names':names}))\n"
-)
-
-
 @dataclass(frozen=True)
 class GpuProbe:
     count: int
@@ -279,26 +189,18 @@ def nvidia_driver_version(path: Path = Path("/proc/driver/nvidia/version")) -> s
     return ""
 
 
-def probe_gpus(timeout: float = 60.0) -> GpuProbe:
-    """``select_backend.probe_cuda`` (in a child process), then names and versions if it found
-    GPUs."""
-    from ..server.select_backend import probe_cuda
+def probe_gpus(timeout: float = 120.0) -> GpuProbe:
+    """The GPUs as oriond would see them: ``cuda_probe`` in one child process (names and the
+    driver version come with it)."""
+    from ..server.select_backend import probe_cuda, probe_summary
 
-    n, why = probe_cuda(timeout)
+    res = probe_cuda(timeout)
+    n, why = probe_summary(res)
     if not n:
         return GpuProbe(0, why)
-    driver = nvidia_driver_version()
-    names: tuple[str, ...] = ()
-    try:
-        r = subprocess.run([sys.executable, "-c", _DETAILS], capture_output=True, text=True,
-                           timeout=timeout)
-        d = json.loads(r.stdout.strip().splitlines()[-1])
-        names = tuple(d["names"])
-        if not driver:
-            driver = f"{d['cuda'] // 1000}.{d['cuda'] % 1000 // 10}"
-    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError):
-        pass
-    return GpuProbe(n, why, driver, names)
+    v = res.driver_version
+    driver = nvidia_driver_version() or (f"{v // 1000}.{v % 1000 // 10}" if v else "")
+    return GpuProbe(n, why, driver, tuple(g.name for g in res.gpus))
 
 
 def check_nvidia(report: Report, probe: GpuProbe, gpu_required: bool) -> None:
@@ -339,76 +241,6 @@ def check_mps(report: Report, proc_root: Path = Path("/proc"),
         report.line("NVIDIA CUDA MPS is off.")
         if (pipe / "control").exists():
             report.info(f"{pipe}/control exists but no MPS daemon runs (stale pipe directory)")
-
-
-# -- Orion Controller --------------------------------------------------------------------------
-
-
-def controller_from_env(env: Mapping[str, str]) -> tuple[str, str] | None:
-    """(address, variable) when ORION_CONTROLLER (or the seeds' misspelling) is set."""
-    for var in ENV_CONTROLLER:
-        if env.get(var, "").strip():
-            return env[var].strip(), var
-    return None
-
-
-def check_controller(report: Report, addr: str, origin: str, timeout: float = 3.0,
-                     summary_out: list | None = None) -> bool:
-    """The seeds' controller diagnosis for ``addr`` (``origin``: e.g. ``configuration file``,
-    ``environment variable ORION_CONTROLLER``). Returns True when version and pool could be read;
-    ``summary_out`` receives the :class:`Summary` when given."""
-    from ..controller import client as ctl
-    from ..errors import ControllerError
-
-    report.line(f"Orion Controller addrress is set as {addr} in {origin}. Using this address "
-                f"to diagnose Orion Controller")
-    try:
-        host, port = split_addr(addr)
-    except ValueError:
-        report.error(f"{addr} is not HOST:PORT")
-        return False
-    why = tcp_reach(host, port, timeout)
-    if why is not None:
-        report.error(f"Address {addr} cannot be reached: {why}")
-        report.line(ctl.MSG_VERSION)
-        report.info("check that orion-controller runs (orion-check runtime controller on its "
-                    "host), listens on 0.0.0.0:9123 or this address, and that no firewall "
-                    "(firewalld, Docker's iptables rules) blocks the port")
-        return False
-    report.line(f"Address {addr} is reached.")
-    try:
-        version = ctl.get_version(addr, timeout=timeout)
-    except ControllerError as e:
-        report.line(ctl.MSG_VERSION)
-        report.error(f"{addr} answers, but not as an Orion Controller: {e}")
-        return False
-    report.line(f"Orion Controller Version Infomation : {version}")
-    try:
-        s = ctl.summary(addr, timeout=timeout)
-    except ControllerError as e:
-        report.error(f"cannot read the pool from the Orion Controller: {e}")
-        return False
-    report.line(f"There are {s.total_vgpus} vGPU under managered by Orion Controller. "
-                f"{s.free_vgpus} vGPU are free now.")
-    if summary_out is not None:
-        summary_out.append(s)
-    if s.nodes_down:
-        report.warn(f"{s.nodes_down} Orion Server node(s) stopped heartbeating and are marked "
-                    f"down: their vGPUs are not in the pool")
-    if not s.total_vgpus:
-        report.warn("no Orion Server has registered GPUs with this Orion Controller: clients "
-                    "will print \"Client exits without allocation ID\"")
-    elif not s.free_vgpus:
-        report.warn("no vGPU is free: running clients hold them all (or released ones are "
-                    "still within their lease)")
-    return True
-
-
-def controller_intro(report: Report) -> None:
-    report.section("Checking Orion Controller status")
-    report.info("Orion Controller setting may be different in different SHELL.")
-    report.info("Environment variable ORION_CONTROLLER has the first priority.")
-    report.line()
 
 
 def writable_dir(path: Path) -> str | None:

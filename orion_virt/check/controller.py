@@ -9,16 +9,14 @@ from typing import Any, Mapping, TextIO
 from ..errors import OrionError
 from .common import (
     Proc,
-    Report,
-    check_controller,
     check_packages,
     check_python,
-    controller_from_env,
-    controller_intro,
     find_processes,
     port_in_use,
     writable_dir,
 )
+from .controller_status import check_controller, controller_from_env, controller_intro
+from .report import Report
 
 DEFAULT_PORT = 9123
 DEFAULT_KEY = "/etc/orion/token.key"

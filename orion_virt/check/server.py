@@ -13,25 +13,23 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
+from .. import compat
 from ..config import DEFAULT_SERVER_CONF, ServerConfig, load_server_config
 from ..errors import OrionError
 from .common import (
     GpuProbe,
     Proc,
-    Report,
-    check_controller,
     check_mps,
     check_nvidia,
     check_packages,
     check_python,
-    controller_from_env,
-    controller_intro,
     find_processes,
     port_in_use,
     probe_gpus,
-    tcp_reach,
     writable_dir,
 )
+from .controller_status import check_controller, controller_from_env, controller_intro
+from .report import Report, tcp_reach
 
 REQUIRED = {"click": "the command-line tools need it", "numpy": "the sim backend needs it"}
 OPTIONAL = {
@@ -157,8 +155,8 @@ def runtime_server(config_path: Path | None = None, out: TextIO | None = None,
         if procs:
             r.info(f"other oriond processes run (pids {', '.join(str(p.pid) for p in procs)})")
     else:
-        r.line(f"Orion Server is running with Linux user   : {proc.user}")
-        r.line(f"Orion Server is running with command line : {proc.command_line}")
+        r.line(compat.SERVER_USER.format(user=proc.user))
+        r.line(compat.SERVER_COMMAND.format(command=proc.command_line))
         if len(procs) > 1:
             r.info(f"{len(procs)} oriond processes run (pids "
                    f"{', '.join(str(p.pid) for p in procs)}); diagnosing pid {proc.pid}")
@@ -180,7 +178,7 @@ def runtime_server(config_path: Path | None = None, out: TextIO | None = None,
     addr = f"{cfg.bind_addr}:{cfg.listen_port}"
     why = tcp_reach(cfg.bind_addr, cfg.listen_port, timeout)
     if why is None:
-        r.line(f"Orion Server can be reached through {addr}")
+        r.line(compat.SERVER_REACHED.format(addr=addr))
     else:
         r.error(f"Orion Server cannot be reached through {addr}: {why}")
 
@@ -270,7 +268,7 @@ def install_server(config_path: Path | None = None, out: TextIO | None = None,
         host, _, port = cfg.controller_addr.rpartition(":")
         why = tcp_reach(host.strip("[]"), int(port), timeout)
         if why is None:
-            r.line(f"Address {cfg.controller_addr} is reached.")
+            r.line(compat.ADDRESS_REACHED.format(addr=cfg.controller_addr))
         else:
             r.warn(f"Orion Controller {cfg.controller_addr} cannot be reached now ({why}); "
                    f"oriond keeps trying to register once started")

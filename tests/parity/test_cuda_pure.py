@@ -144,10 +144,17 @@ def test_select_backend_builds_cuda_backend_lazily(monkeypatch):
     from orion_virt.server import select_backend as sb
 
     cfg = load_server_config(None, {"backend": "auto"})
-    monkeypatch.setattr(sb, "probe_cuda", lambda timeout=60.0: (1, "1 GPU(s) found"))
+    probes = []
+
+    def one_gpu(timeout: float = 120.0) -> ProbeResult:
+        probes.append(timeout)
+        return fake_probe(1)
+
+    monkeypatch.setattr(sb, "probe_cuda", one_gpu)
     be = sb.select_backend(cfg, logging.getLogger("test"))
-    assert isinstance(be, CudaBackend) and be._probe is None  # nothing probed or initialised yet
-    monkeypatch.setattr(sb, "probe_cuda", lambda timeout=60.0: (0, "no usable CUDA driver (test)"))
+    assert isinstance(be, CudaBackend) and be._probe is not None  # the probe's result is handed down
+    assert [g.index for g in be.gpus()] == [0] and len(probes) == 1  # ... so the backend never probes again
+    monkeypatch.setattr(sb, "probe_cuda", lambda timeout=120.0: ProbeResult(0, [], "test"))
     assert sb.select_backend(cfg, logging.getLogger("test")).name == "sim"
     with pytest.raises(BackendError, match="test"):
         sb.select_backend(load_server_config(None, {"backend": "cuda"}), logging.getLogger("test"))

@@ -11,13 +11,13 @@ from check_fakes import make_proc
 
 from orion_virt.check.common import (
     GpuProbe,
-    Report,
     _program_names,
     check_mps,
     check_nvidia,
     find_processes,
     nvidia_driver_version,
 )
+from orion_virt.check.report import Report
 
 
 def test_report_lines_match_the_seed_columns() -> None:
