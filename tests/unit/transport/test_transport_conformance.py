@@ -19,12 +19,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from orion_virt.errors import StreamBroken, TransportTimeout
+from orion_virt.errors import StreamBroken, StreamClosed, TransportTimeout, UsageError
 from orion_virt.transport import shmdev
 from orion_virt.transport.base import Stream
 from orion_virt.transport.shmdev import Device, claim_channel, format_device
 from orion_virt.transport.tcp import SocketStream
-from orion_virt.server.shm_serve import ServerChannel, open_for_serving, pending_claims
+from tests.streampairs import _client, _serve_one
 
 CTX = mp.get_context("fork")
 LEN = struct.Struct("<I")
@@ -46,38 +46,6 @@ def peer_script(stream: Stream, role: str, on_close: Callable[[], None]) -> None
         for chunk in stream.recv_chunks(n):
             stream.send(bytes(chunk))
         stream.flush()
-
-
-def _ticker(w: shmdev.Device, stop: threading.Event) -> None:
-    while not stop.wait(0.02):
-        w.q[shmdev.H_SERVER_BEAT] += 1
-
-
-def _serve_one(path: Path, stop: threading.Event) -> tuple[Stream, ServerChannel]:
-    w = open_for_serving(path)
-    assert w is not None
-    threading.Thread(target=_ticker, args=(w.dev, stop), daemon=True).start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        claims = pending_claims(w)
-        if claims:
-            ch, gen = claims[0]
-            chan = ServerChannel(w.dev, ch, gen, vm=False)
-            return chan.start(), chan
-        time.sleep(0.002)
-    raise AssertionError("no client claimed a channel")
-
-
-def _client(path: Path) -> Stream:
-    deadline = time.monotonic() + 10
-    while True:
-        dev = Device(path)
-        if dev.q[shmdev.H_SERVER_EPOCH]:
-            return claim_channel(dev).stream()
-        dev.close()
-        if time.monotonic() > deadline:
-            raise AssertionError("device never served")
-        time.sleep(0.005)
 
 
 class Pair:
@@ -222,14 +190,32 @@ def test_orderly_close_by_peer(kind: str, tmp_path: Path) -> None:
         pair.close()
 
 
+def test_use_after_our_own_close_is_closed_not_broken(kind: str, tmp_path: Path) -> None:
+    """As trio distinguishes ClosedResourceError from BrokenResourceError: after close() every
+    operation raises StreamClosed (our misuse), even with unread bytes waiting."""
+    pair = make_pair(kind, "echo", tmp_path)
+    try:
+        s = pair.local
+        assert roundtrip(s, b"ping") == b"ping"
+        s.send(LEN.pack(4) + b"pong")
+        s.flush()
+        time.sleep(0.2)  # the echo is waiting to be read
+        s.close()
+        s.close()  # idempotent
+        for op in (lambda: s.recv_exact(4), lambda: s.recv_unpack(LEN), lambda: list(s.recv_chunks(4)),
+                   lambda: (s.send(b"x" * 8), s.flush()), lambda: list(s.send_chunks(4))):
+            with pytest.raises(StreamClosed) as e:
+                op()
+            assert isinstance(e.value, UsageError) and not isinstance(e.value, StreamBroken)
+    finally:
+        pair.close()
+
+
 def test_receive_timeout(kind: str, tmp_path: Path) -> None:
     pair = make_pair(kind, "hang", tmp_path)
     try:
         s = pair.local
-        if isinstance(s, SocketStream):
-            s.set_timeout(0.3)
-        else:
-            s.timeout = 0.3
+        s.set_timeout(0.3)
         t0 = time.monotonic()
         with pytest.raises(TransportTimeout):
             s.recv_exact(4)
