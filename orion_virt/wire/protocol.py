@@ -255,9 +255,10 @@ class ClientProtocol:
         ProtocolError at once, before a body byte is read.
         """
         p = self.expect
-        length, kind, flags, code, seq, _status = h
+        length, kind, flags, code, seq, status = h
         if kind == REPLY and p is not None and code == p.code and seq == self.expect_seq and not flags:
-            if length == p.resp_size or (p.resp_blob_idx >= 0 and p.resp_size < length <= p.resp_size + MAX_REPLY_BLOB):
+            if length == p.resp_size or (p.resp_blob_idx >= 0 and not status
+                                         and p.resp_size < length <= p.resp_size + MAX_REPLY_BLOB):
                 self.expect = None
                 return p
         return self._unexpected(h)
@@ -271,7 +272,9 @@ class ClientProtocol:
         p = self.expect
         if p is None:
             raise ProtocolError(f"{hdr.kind.name} code {code} seq {seq} arrived while no call waits")
-        if hdr.kind is Kind.REPLY and code == p.code and seq == self.expect_seq:
+        if hdr.kind is Kind.REPLY and code == p.code and seq == self.expect_seq and not flags:
+            if status:
+                raise ProtocolError(f"{p.name}: a failed reply (status {status}) carries a blob")
             raise ProtocolError(f"{p.name}: reply body of {length} bytes, its layout has {p.resp_size}"
                                 + (" plus a blob" if p.resp_blob_idx >= 0 else ""))
         raise ProtocolError(f"{hdr.kind.name} code {code} seq {seq} does not answer {p.name} seq {self.expect_seq}")
@@ -390,8 +393,8 @@ class ServerProtocol:
         """Check a header (as unpacked with HEADER). Returns the call's Plan (read ``req_size``
         argument bytes next, then ``call_blob``), or Kind.RENEW (read ``h[0]`` bytes, then
         ``renew_body``) or Kind.BYE (the session is over). Raises ProtocolError otherwise."""
-        length, kind, flags, code, _seq, _st = h
-        if kind == CALL:
+        length, kind, flags, code, _seq, st = h
+        if kind == CALL and not st:
             p = PLANS.get(code)
             if p is not None and flags == p.flags and (
                     length == p.req_size or p.req_blob_idx >= 0 and length > p.req_size):
@@ -411,6 +414,8 @@ class ServerProtocol:
                 raise ProtocolError("BYE carries no body")
             self.state = State.CLOSED
             return Kind.BYE
+        if hdr.kind is Kind.CALL and status:
+            raise ProtocolError("a CALL carries status 0")
         if hdr.kind is Kind.CALL and spec is not None:
             want = "NO_REPLY" if spec.async_ else "no flags"
             raise ProtocolError(f"{spec.fn.name} must be sent with {want}")
