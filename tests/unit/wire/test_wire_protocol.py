@@ -251,6 +251,7 @@ def test_fuzz_client_protocol(data: bytes, seed: int) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(7200)
 def test_fuzz_long_run() -> None:
     """At least a million inputs to each end (``pytest -m long``): random bytes, and valid
     message streams with bytes flipped, cut and spliced."""
