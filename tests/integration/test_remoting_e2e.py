@@ -166,3 +166,42 @@ def test_oriond_says_once_why_it_skips_a_bad_device(oriond: Oriond) -> None:
     log = oriond.server_log()
     assert log.count("not serving:") == 1
     assert "orionsock5: not an Orion device (no header); create it with orion-shm" in log
+
+
+INIT = "from cuda.bindings import driver as cu\nprint('cuInit:', cu.cuInit(0)[0].name)\n"
+
+
+def test_a_refusal_reaches_the_application_as_its_cuda_error(oriond: Oriond, tmp_path: Path) -> None:
+    """oriond refuses a vGPU larger than a GPU (8192 MiB here): the program gets
+    CUDA_ERROR_OUT_OF_MEMORY from cuInit and the reason on stderr, not a transport error."""
+    prog = tmp_path / "init.py"
+    prog.write_text(INIT)
+    r = oriond.run("python3", str(prog), tcp=True, ORION_GMEM="16384")
+    assert "cuInit: CUDA_ERROR_OUT_OF_MEMORY" in r.stdout, r.stdout + r.stderr
+    assert "ORION_GMEM=16384 MiB exceeds the memory of one GPU (8192 MiB)" in r.stderr
+    assert "lost the connection" not in r.stderr
+
+
+def test_a_server_address_that_never_answers_fails_within_the_connect_timeout(tmp_path: Path) -> None:
+    """ORION_SERVER pointing at a port that accepts and says nothing: a bounded wait and a
+    message naming the address, not a frozen program."""
+    import socket
+
+    o = Oriond(tmp_path)
+    for d in (o.shm, o.logs, o.home):
+        d.mkdir(parents=True)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    prog = tmp_path / "init.py"
+    prog.write_text(INIT)
+    try:
+        t0 = time.monotonic()
+        r = o.run("python3", str(prog), tcp=True, timeout=30, ORION_SERVER=addr, ORION_CONNECT_TIMEOUT="1")
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert "cuInit: CUDA_ERROR_NO_DEVICE" in r.stdout, r.stdout + r.stderr
+    assert f"tcp {addr}: no answer to HELLO within 1 s" in r.stderr
+    assert took < 15  # the interpreter start and orion-run included
