@@ -15,6 +15,7 @@ import argparse
 import difflib
 import importlib
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -103,6 +104,8 @@ def gen_dispatch() -> str:
                 params.append(v)
         outs = _outs(fn)
         call = f"s.x_{fn.name}({', '.join(params)})"
+        if len(call) > 100:
+            call = f"s.x_{fn.name}(\n        " + ",\n        ".join(params) + ",\n    )"
         if not outs:
             body.append(f"    {call}")
             body.append("    return ()")
@@ -170,7 +173,6 @@ def gen_client() -> str:
         if fn.client != "gen":
             continue
         sp = calls.SPECS[fn.code]
-        fmt = {f.name: f.fmt for f in sp.req_fields}
         params = [a for a in fn.args if a.dir is S.Dir.IN or a.role is S.Role.HOST_OUT]
         params = [a for a in params if not a.wire_only]
         sig = ", ".join(f"{_py_param(a)}: Any" for a in params)
@@ -211,10 +213,12 @@ def gen_client() -> str:
             body.append("    if st:")
             body.append("        return (_res(st), " + ", ".join(b for _, b in ok) + ")")
             body.append("    return (_S, " + ", ".join(g for g, _ in ok) + ")")
-        doc = f'    """{fn.name}: remoted (call {fn.code}{", NO_REPLY" if fn.no_reply else ""}).{" " + fn.doc if fn.doc else ""}"""'
+        flags = ", NO_REPLY" if fn.no_reply else ""
+        doc = f'    """{fn.name}: remoted (call {fn.code}{flags}).{" " + fn.doc if fn.doc else ""}"""'
         out += ["", "", f"def {fn.name}({sig}) -> tuple[{ret}]:", doc, *body]
-    out += ["", ""] + aliases + ["", "", "REMOTED = (" + ", ".join(f'"{fn.name}"' for fn in S.CALLS) + ",)",
-                                 END.rstrip("\n")]
+    remoted = textwrap.wrap(" ".join(f'"{fn.name}",' for fn in S.CALLS), 96)
+    out += ["", ""] + aliases + ["", "", "REMOTED = (", *("    " + r for r in remoted), ")",
+                                 '"""Every call this module sends to oriond, in code order."""', END.rstrip("\n")]
     return "\n".join(out) + "\n"
 
 
@@ -244,7 +248,8 @@ def gen_doc_table() -> str:
             elif a.role is S.Role.HOST_IN:
                 role = f"{role}, at most {a.limit} bytes"
             parts.append(f"`{a.ctype or 'protocol'} {a.name}` ({a.dir.value}, {role})")
-        rows.append(f"- `{fn.name}`: " + ("; ".join(parts) or "no arguments") + (f". {fn.doc}" if fn.doc else "") + "\n")
+        doc = f". {fn.doc}" if fn.doc else ""
+        rows.append(f"- `{fn.name}`: " + ("; ".join(parts) or "no arguments") + doc + "\n")
     rows.append(DOC_END)
     return "".join(rows)
 

@@ -14,8 +14,15 @@ import sys
 from typing import Any
 
 from ..cuda_enums import (  # noqa: F401  (re-exported API)
-    CUctx_flags, CUdevice_attribute, CUevent_flags, CUfunction_attribute, CUjit_option, CUlimit,
-    CUmemorytype, CUresult, CUstream_flags,
+    CUctx_flags,
+    CUdevice_attribute,
+    CUevent_flags,
+    CUfunction_attribute,
+    CUjit_option,
+    CUlimit,
+    CUmemorytype,
+    CUresult,
+    CUstream_flags,
 )
 from ..errors import OrionError, Refused, TransportError, UsageError
 from ..wire import PLANS, Call
@@ -47,7 +54,7 @@ class _Handle:
         return self._value
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._value == self._value  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._value == self._value
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._value))
@@ -424,15 +431,10 @@ def cuModuleGetFunction(hmod: Any, name: Any) -> tuple[CUresult, CUfunction]:
     return (_S, CUfunction(v[0]))
 
 
-def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
-    st, _, _ = _call(Call.cuModuleUnload, (_h(hmod),))
-    return (_res(st),)
-
-
 def _arg_bytes(value: Any, ctype: Any) -> bytes:
     if ctype is None:
         return struct.pack("<Q", _h(value) & 0xFFFFFFFFFFFFFFFF)
-    if isinstance(value, ctypes._SimpleCData):  # type: ignore[attr-defined]
+    if isinstance(value, ctypes._SimpleCData):
         return bytes(value)
     if ctype is ctypes.c_void_p:
         return struct.pack("<Q", _h(value))
@@ -473,7 +475,7 @@ def _pack_params(f: _Kernel, kernelParams: Any) -> bytes:
         if len(values) != n:
             raise ValueError(f"{f.name} takes {n} parameters, {len(values)} given")
         parts: list[bytes | memoryview] = []
-        for pad, size, value, ctype in zip(pads, sizes, values, types):
+        for pad, size, value, ctype in zip(pads, sizes, values, types, strict=True):
             parts.append(pad)
             parts.append(_arg_bytes(value, ctype)[:size].ljust(size, b"\0"))
     else:
@@ -484,7 +486,7 @@ def _pack_params(f: _Kernel, kernelParams: Any) -> bytes:
         else:
             ptrs = struct.unpack(f"<{n}Q", memoryview(kernelParams).cast("B")[: 8 * n])
         parts = []
-        for pad, size, p in zip(pads, sizes, ptrs):
+        for pad, size, p in zip(pads, sizes, ptrs, strict=True):
             parts.append(pad)
             parts.append(_view(_arg_views, p, size, "B"))
     raw = b"".join(parts)
@@ -761,7 +763,18 @@ cuEventElapsedTime_v2 = cuEventElapsedTime
 cuEventDestroy_v2 = cuEventDestroy
 
 
-REMOTED = ("cuInit", "cuDriverGetVersion", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetName", "cuDeviceTotalMem", "cuDeviceGetAttribute", "cuDeviceGetUuid", "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent", "cuCtxSynchronize", "cuMemAlloc", "cuMemFree", "cuMemGetInfo", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemcpyDtoD", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemsetD8", "cuMemsetD32", "cuMemsetD8Async", "cuMemsetD32Async", "cuStreamCreate", "cuStreamSynchronize", "cuStreamDestroy", "cuStreamQuery", "cuEventCreate", "cuEventRecord", "cuEventSynchronize", "cuEventElapsedTime", "cuEventDestroy", "cuEventQuery", "cuModuleLoadData", "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel",)
+REMOTED = (
+    "cuInit", "cuDriverGetVersion", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetName",
+    "cuDeviceTotalMem", "cuDeviceGetAttribute", "cuDeviceGetUuid", "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent",
+    "cuCtxSynchronize", "cuMemAlloc", "cuMemFree", "cuMemGetInfo", "cuMemcpyHtoD", "cuMemcpyDtoH",
+    "cuMemcpyDtoD", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemsetD8",
+    "cuMemsetD32", "cuMemsetD8Async", "cuMemsetD32Async", "cuStreamCreate", "cuStreamSynchronize",
+    "cuStreamDestroy", "cuStreamQuery", "cuEventCreate", "cuEventRecord", "cuEventSynchronize",
+    "cuEventElapsedTime", "cuEventDestroy", "cuEventQuery", "cuModuleLoadData",
+    "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel",
+)
+"""Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---
 
 
@@ -803,8 +816,10 @@ def _load_real_driver() -> Any:
     finally:
         if saved is not None:
             sys.modules["cuda.bindings.driver"] = saved
-        elif sys.modules.get("cuda.bindings.driver") is not None and sys.modules["cuda.bindings.driver"] is not sys.modules[__name__]:
-            del sys.modules["cuda.bindings.driver"]
+        else:
+            loaded = sys.modules.get("cuda.bindings.driver")
+            if loaded is not None and loaded is not sys.modules[__name__]:
+                del sys.modules["cuda.bindings.driver"]
     return mod
 
 

@@ -224,7 +224,18 @@ def cuModuleUnload(s: Session, a: tuple, b: Blob) -> Any:
 
 
 def cuLaunchKernel(s: Session, a: tuple, b: Blob) -> Any:
-    s.x_cuLaunchKernel(s.h_function.get(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], s.h_stream.get(a[8]) if a[8] else None, b)
+    s.x_cuLaunchKernel(
+        s.h_function.get(a[0]),
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        s.h_stream.get(a[8]) if a[8] else None,
+        b,
+    )
     return ()
 
 

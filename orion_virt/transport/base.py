@@ -40,7 +40,7 @@ class Stream(ABC):
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue or write all of ``data``; visible to the peer at the latest after ``flush``."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - a stream that writes through has nothing to flush
         """Make everything sent so far visible to the peer."""
 
     @abstractmethod

@@ -4,12 +4,33 @@
 from .calls import BY_NAME, SPECS, CallSpec
 from .codes import Call
 from .frames import (
-    HEADER, HEADER_SIZE, PROTO_MAJOR, PROTO_MINOR, Flag, Header, Hello, Kind, Welcome, encode_bye,
-    encode_error, encode_renew, parse_header,
+    HEADER,
+    HEADER_SIZE,
+    PROTO_MAJOR,
+    PROTO_MINOR,
+    Flag,
+    Header,
+    Hello,
+    Kind,
+    Welcome,
+    encode_bye,
+    encode_error,
+    encode_renew,
+    parse_header,
 )
 from .protocol import (
-    NEED_DATA, PLANS, CallReceived, ClientProtocol, Goodbye, HelloReceived, Plan, Renewed, Replied,
-    ServerProtocol, State, Welcomed,
+    NEED_DATA,
+    PLANS,
+    CallReceived,
+    ClientProtocol,
+    Goodbye,
+    HelloReceived,
+    Plan,
+    Renewed,
+    Replied,
+    ServerProtocol,
+    State,
+    Welcomed,
 )
 
 __all__ = [

@@ -32,8 +32,18 @@ from ..cuda_enums import CUresult
 from ..errors import ProtocolError, Refused, UsageError
 from .calls import MAX_REPLY_BLOB, SPECS, CallSpec
 from .frames import (
-    HEADER, HEADER_SIZE, MAX_CONTROL_BODY, PROTO_MAJOR, Flag, Hello, Kind, Welcome, encode_bye,
-    encode_error, encode_renew, parse_header,
+    HEADER,
+    HEADER_SIZE,
+    MAX_CONTROL_BODY,
+    PROTO_MAJOR,
+    Flag,
+    Hello,
+    Kind,
+    Welcome,
+    encode_bye,
+    encode_error,
+    encode_renew,
+    parse_header,
 )
 
 CALL: Final = int(Kind.CALL)
@@ -171,7 +181,7 @@ class ClientProtocol:
         self.expect_seq = 0
         self.welcome: Welcome | None = None
         self._in = _Buffer()
-        self._pending: tuple[int, int, int, int, int, int] | None = None
+        self._pending: tuple | None = None
         self._values: tuple | None = None
 
     # -- sending ------------------------------------------------------------------------------
@@ -261,14 +271,17 @@ class ClientProtocol:
                                          and p.resp_size < length <= p.resp_size + MAX_REPLY_BLOB):
                 self.expect = None
                 return p
-        return self._unexpected(h)
+        self._unexpected(h)
+        return None
 
     def _unexpected(self, h: tuple) -> None:
+        """Raise the ProtocolError a header that answers nothing deserves; an ERROR frame is kept
+        pending for ``error_body``."""
         length, kind, flags, code, seq, status = h
         hdr, _ = parse_header(HEADER.pack(length, kind, flags, code, seq, status))
         if hdr.kind is Kind.ERROR:
-            self._pending = h  # type: ignore[assignment]
-            return None
+            self._pending = h
+            return
         p = self.expect
         if p is None:
             raise ProtocolError(f"{hdr.kind.name} code {code} seq {seq} arrived while no call waits")

@@ -20,16 +20,16 @@ Adding a driver function is one entry here plus, on the server, its execution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Dir(str, Enum):
+class Dir(StrEnum):
     IN = "in"
     OUT = "out"
     INOUT = "inout"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     VALUE = "value"
     """A plain scalar passed as is."""
     FLAGS = "flags"
@@ -51,7 +51,7 @@ class Role(str, Enum):
     """Must be NULL (not remoted: e.g. cuLaunchKernel's ``extra``); not on the wire."""
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     USE = "use"
     CREATE = "create"
     DESTROY = "destroy"

@@ -18,9 +18,9 @@ from orion_virt.client.connection import Connection
 from orion_virt.cuda_enums import CUresult
 from orion_virt.errors import ProtocolError, Refused, TransportTimeout
 from orion_virt.transport.base import Stream
-from orion_virt.wire import HEADER, HEADER_SIZE, Call, Hello, Kind, ServerProtocol, Welcome
 from orion_virt.transport.shmdev import format_device
 from orion_virt.transport.tcp import SocketStream
+from orion_virt.wire import HEADER, HEADER_SIZE, Call, Hello, Kind, ServerProtocol, Welcome
 from tests.streampairs import _client, _serve_one
 
 HELLO = Hello(pid=1, vgpu_count=1, gmem_mib=64, ratio=100)

@@ -71,7 +71,8 @@ def test_enums_match_the_installed_cuda_bindings() -> None:
 
 def test_calls_before_cuinit_are_not_initialized() -> None:
     assert d.cuDeviceGetCount()[0] == d.CUresult.CUDA_ERROR_NOT_INITIALIZED
-    assert d.cuGetErrorName(d.CUresult.CUDA_ERROR_OUT_OF_MEMORY) == (d.CUresult.CUDA_SUCCESS, b"CUDA_ERROR_OUT_OF_MEMORY")
+    assert d.cuGetErrorName(d.CUresult.CUDA_ERROR_OUT_OF_MEMORY) == (d.CUresult.CUDA_SUCCESS,
+                                                                 b"CUDA_ERROR_OUT_OF_MEMORY")
     assert d.cuGetErrorString(2)[1] == b"out of memory"
 
 
@@ -94,7 +95,8 @@ def test_orion_run_environment_swaps_only_the_driver_module() -> None:
 def test_client_imports_no_host_packages() -> None:
     code = ("import sys\n"
             "import orion_virt.client.driver, orion_virt.client.activate\n"
-            "bad = [m for m in ('libvirt', 'lxml', 'pyroute2', 'cuda.bindings', 'click', 'numpy') if m in sys.modules]\n"
+            "bad = [m for m in ('libvirt', 'lxml', 'pyroute2', 'cuda.bindings', 'click', 'numpy')\n"
+            "       if m in sys.modules]\n"
             "print(bad)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

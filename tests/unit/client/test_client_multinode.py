@@ -72,8 +72,8 @@ class FakeLink:
 
 def router(*devices: int, order: list[str] | None = None) -> tuple[Router, list[FakeLink]]:
     names = [chr(ord("a") + i) for i in range(len(devices))]
-    links = [FakeLink(n, d) for n, d in zip(names, devices)]
-    order = order or [n for n, d in zip(names, devices) for _ in range(d)]
+    links = [FakeLink(n, d) for n, d in zip(names, devices, strict=True)]
+    order = order or [n for n, d in zip(names, devices, strict=True) for _ in range(d)]
     return Router(links, device_map(order, names)), links
 
 
@@ -233,7 +233,7 @@ def two_servers(gmem_mib: int = 256, ends: tuple[str, str] = ("bye", "bye")
         runtime.reset_runtime()  # BYE to both
         cu._initialized, cu._current_ctx, cu._failed_once = saved
         cu._functions.clear()
-        for (t, ended), why in zip(threads, ends):
+        for (t, ended), why in zip(threads, ends, strict=True):
             t.join(20)
             assert ended.get("why", "").startswith(why), ended
 

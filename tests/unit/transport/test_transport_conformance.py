@@ -22,7 +22,7 @@ import pytest
 from orion_virt.errors import StreamBroken, StreamClosed, TransportTimeout, UsageError
 from orion_virt.transport import shmdev
 from orion_virt.transport.base import Stream
-from orion_virt.transport.shmdev import Device, claim_channel, format_device
+from orion_virt.transport.shmdev import format_device
 from orion_virt.transport.tcp import SocketStream
 from tests.streampairs import _client, _serve_one
 
@@ -142,7 +142,8 @@ def test_small_messages_arrive_in_order(echo: Stream) -> None:
 def test_large_message_larger_than_the_ring_streams_both_ways(echo: Stream) -> None:
     payload = os.urandom(1 << 16) * 96  # 6 MiB: several times a 1 MiB ring
     got = bytearray()
-    sender = threading.Thread(target=lambda: (echo.send(LEN.pack(len(payload))), echo.send_from(memoryview(payload)), echo.flush()))
+    sender = threading.Thread(target=lambda: (echo.send(LEN.pack(len(payload))), echo.send_from(memoryview(payload)),
+                                              echo.flush()))
     sender.start()
     (n,) = LEN.unpack(echo.recv_exact(4))
     for chunk in echo.recv_chunks(n):

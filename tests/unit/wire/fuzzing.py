@@ -9,7 +9,16 @@ import struct
 
 from orion_virt.errors import ProtocolError, Refused
 from orion_virt.wire import (
-    NEED_DATA, PLANS, CallReceived, ClientProtocol, Goodbye, Hello, Plan, Renewed, Replied, ServerProtocol,
+    NEED_DATA,
+    PLANS,
+    CallReceived,
+    ClientProtocol,
+    Goodbye,
+    Hello,
+    Plan,
+    Renewed,
+    Replied,
+    ServerProtocol,
     Welcome,
 )
 

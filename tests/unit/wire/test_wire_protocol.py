@@ -11,18 +11,33 @@ import random
 import struct
 
 import pytest
+from fuzzing import fuzz_client, fuzz_server, ready_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orion_virt.cuda_enums import CUresult
 from orion_virt.errors import ProtocolError, Refused, UsageError
 from orion_virt.wire import (
-    HEADER, HEADER_SIZE, NEED_DATA, PLANS, SPECS, Call, CallReceived, ClientProtocol, Goodbye, Hello,
-    HelloReceived, Kind, Renewed, Replied, ServerProtocol, State, Welcome, Welcomed,
+    HEADER,
+    HEADER_SIZE,
+    NEED_DATA,
+    PLANS,
+    SPECS,
+    Call,
+    CallReceived,
+    ClientProtocol,
+    Goodbye,
+    Hello,
+    HelloReceived,
+    Kind,
+    Renewed,
+    Replied,
+    ServerProtocol,
+    State,
+    Welcome,
+    Welcomed,
 )
 from orion_virt.wire.frames import MAX_CONTROL_BODY
-
-from fuzzing import fuzz_client, fuzz_server, ready_pair
 
 
 def _values(fmt: struct.Struct) -> list:
