@@ -166,7 +166,18 @@ class _Buffer:
         return out
 
 
-class ClientProtocol:
+class _End:
+    """What both ends share: the buffer behind ``receive_data``/``next_event``."""
+
+    def __init__(self) -> None:
+        self._in = _Buffer()
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` marks the end of the stream."""
+        self._in.add(data)
+
+
+class ClientProtocol(_End):
     """The client end. Not thread-safe: the runtime serialises calls.
 
     Invariant: at most one call waits for its reply (``expect``); every REPLY must answer it
@@ -174,13 +185,13 @@ class ClientProtocol:
     """
 
     def __init__(self, peer: str = "oriond") -> None:
+        super().__init__()
         self.peer = peer
         self.state = State.IDLE
         self.seq = 0
         self.expect: Plan | None = None
         self.expect_seq = 0
         self.welcome: Welcome | None = None
-        self._in = _Buffer()
         self._pending: tuple | None = None
         self._values: tuple | None = None
 
@@ -311,10 +322,6 @@ class ClientProtocol:
 
     # -- receiving: whole messages ------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes from the server; ``b""`` marks the end of the stream."""
-        self._in.add(data)
-
     def next_event(self) -> Event | _NeedData:
         """The next complete message as an event, or NEED_DATA. Raises ProtocolError or Refused."""
         buf = self._in
@@ -357,16 +364,16 @@ class ClientProtocol:
     _plan: Plan | None = None
 
 
-class ServerProtocol:
+class ServerProtocol(_End):
     """The server end. Owns the deferred error of NO_REPLY calls: the first one that fails is
     reported as the status of the next synchronising call, which then does not run."""
 
     def __init__(self, peer: str = "client") -> None:
+        super().__init__()
         self.peer = peer
         self.state = State.IDLE
         self.deferred = 0
         self.hello: Hello | None = None
-        self._in = _Buffer()
         self._pending: tuple | None = None
         self._plan: Plan | None = None
 
@@ -477,9 +484,6 @@ class ServerProtocol:
         return p.reply_st.pack(p.resp_size + blob_len, REPLY, 0, p.code, seq, 0, *values)
 
     # -- receiving: whole messages -----------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        self._in.add(data)
 
     def next_event(self) -> Event | _NeedData:
         buf = self._in
