@@ -12,7 +12,6 @@ controller at cuInit and releases them at exit), prints their output, shows
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,27 +19,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from .launch import OriondProcess, free_port, wait_port
 from .procs import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0, what: str = "oriond") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start listening on port {port}")
 
 
 def wait_registered(addr: str, timeout: float = 15.0) -> int:
@@ -92,7 +75,7 @@ def main() -> int:
             "--log", str(tmp / "controller.log"), "--vgpu", "4", "--lease", "30",
         ])
         stack.callback(stop_process, controller)
-        wait_port(ctl_port, what="orion-controller")
+        wait_port(ctl_port, what="orion-controller", proc=controller)
         print(f"listening; token key {key} (shared with oriond)")
         banner("orion-shm -i 1 (a device for the 'container')")
         subprocess.run([BIN / "orion-shm", "-i", "1", "--size", "64", "--path-base", str(shm)], check=True)
@@ -100,12 +83,10 @@ def main() -> int:
         conf.write_text(SERVER_CONF.format(port=port, shm=shm, controller=controller_addr,
                                            key=key))
         banner(f"oriond --backend sim on 127.0.0.1:{port}, controller_addr = {controller_addr}")
-        server = subprocess.Popen([
-            BIN / "oriond", "--config", str(conf), "--backend", "sim", "--sim-gpus", "1",
-            "--sim-memory", "16384", "--log-dir", str(logs),
-        ])
-        stack.callback(stop_process, server)
-        wait_port(port)
+        server = OriondProcess(logs, backend="sim", config=conf, port=port,
+                               extra=["--sim-gpus", "1", "--sim-memory", "16384"])
+        stack.callback(server.stop)
+        server.start()
         total = wait_registered(controller_addr)
         print(f"oriond registered its GPU with the controller: {total} vGPUs in the pool")
         env = dict(os.environ, ORION_VGPU="2", ORION_GMEM="4096", HOME=str(home),

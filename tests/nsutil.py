@@ -14,7 +14,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from orion_virt.launch import OriondProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -41,23 +42,6 @@ def skip_reason(need_ip: bool = False) -> str | None:
     if probe.returncode != 0:
         return f"unshare cannot create namespaces here: {probe.stderr.strip()}"
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 def stop_pid(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -237,22 +221,17 @@ class Oriond:
 
 def start_oriond(lab: Lab, *, shm: Path, bind: str = "127.0.0.1", port: int | None = None,
                  name: str = "oriond") -> Oriond:
-    port = port or free_port(bind)
     logs = lab.path(f"{name}-log")
+    launcher = OriondProcess(logs, backend="sim", bind_addr=bind, port=port, shm_path_base=shm,
+                             config=lab.tmp / "no-server.conf", output=lab.tmp / f"{name}.stderr",
+                             extra=["--sim-gpus", "1", "--sim-memory", "16384", "--enable-shm"],
+                             env={**os.environ, "HOME": str(lab.path("home"))})
     (lab.tmp / "no-server.conf").touch()
-    with open(lab.tmp / f"{name}.stderr", "wb") as err:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "oriond"), "--backend", "sim", "--sim-gpus", "1", "--sim-memory", "16384",
-             "--bind-addr", bind, "--listen-port", str(port), "--shm-path-base", str(shm),
-             "--log-dir", str(logs), "--enable-shm", "--config", str(lab.tmp / "no-server.conf")],
-            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-            env={**os.environ, "HOME": str(lab.path("home"))})
+    launcher.start(timeout=15)
+    proc = launcher.proc
+    assert proc is not None
     lab.procs.append(proc)
-    try:
-        wait_port(bind, port)
-    except RuntimeError:
-        stop_pid(proc)
-        raise RuntimeError((lab.tmp / f"{name}.stderr").read_text())
+    port = launcher.port
     return Oriond(proc, f"{bind}:{port}", shm, logs)
 
 

@@ -1,29 +1,23 @@
 """A real oriond (sim backend) on a loopback port and a temporary shm directory, for tests.
 
-Started as a subprocess and stopped by pid; ``Oriond.run`` runs a program under orion-run
+Started and stopped by pid with ``orion_virt.launch``; ``Oriond.run`` runs a program under orion-run
 against it with the given transport.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orion_virt.procs import stop_process
+from orion_virt.launch import OriondProcess, free_port
+
+__all__ = ["BIN", "ROOT", "Oriond", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -32,6 +26,7 @@ class Oriond:
     port: int = 0
     proc: subprocess.Popen | None = None
     extra: list[str] = field(default_factory=list)
+    launcher: OriondProcess | None = None
 
     @property
     def shm(self) -> Path:
@@ -45,25 +40,15 @@ class Oriond:
     def home(self) -> Path:
         return self.tmp / "home"
 
-    def start(self) -> "Oriond":
+    def start(self) -> Oriond:
         for d in (self.shm, self.logs, self.home):
             d.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        self.proc = subprocess.Popen(
-            [str(BIN / "oriond"), "--backend", "sim", "--sim-memory", "8192", "--bind-addr", "127.0.0.1",
-             "--listen-port", str(self.port), "--shm-path-base", str(self.shm), "--log-dir", str(self.logs),
-             *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"oriond exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("oriond did not start")
+        self.launcher = OriondProcess(self.logs, backend="sim", port=self.port or None,
+                                      shm_path_base=self.shm, extra=["--sim-memory", "8192", *self.extra])
+        self.port = self.launcher.port
+        self.launcher.start(timeout=20)
+        self.proc = self.launcher.proc
+        return self
 
     def device(self, index: int = 1, size_mib: int = 16) -> Path:
         subprocess.run([str(BIN / "orion-shm"), "-i", str(index), "--size", str(size_mib), "--path-base",
@@ -89,18 +74,12 @@ class Oriond:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def server_log(self) -> str:
-        p = self.logs / "server.log"
-        return p.read_text() if p.exists() else ""
+        return self.launcher.server_log() if self.launcher else ""
 
     def wait_log(self, needle: str, timeout: float = 15) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.server_log()
-            if needle in text:
-                return text
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} never appeared in server.log:\n{self.server_log()[-3000:]}")
+        assert self.launcher is not None
+        return self.launcher.wait_log(needle, timeout)
 
     def stop(self) -> None:
-        if self.proc:
-            stop_process(self.proc)
+        if self.launcher:
+            self.launcher.stop()

@@ -11,7 +11,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +19,12 @@ from typing import Any
 
 import orion_virt
 
+from ..launch import OriondProcess, free_port, script
 from ..transport.shmdev import format_device
-from ..procs import stop_process
 
-BIN = Path(sys.executable).parent
+__all__ = ["PKG_PARENT", "AgentProcess", "Oriond", "cpu_seconds", "free_port", "has_socket", "script"]
+
 PKG_PARENT = str(Path(orion_virt.__file__).resolve().parent.parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def script(name: str, module: str) -> list[str]:
-    """The console script ``name`` next to this Python, else the same entry point via -c."""
-    exe = BIN / name
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
 def _python_path(env: dict[str, str]) -> str:
@@ -63,40 +49,18 @@ class Oriond:
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.pid = 0
+        self.launcher: OriondProcess | None = None
 
     def start(self, timeout: float = 20.0, cpus: set[int] | None = None) -> None:
         """Start oriond (on ``cpus`` if given: its session workers inherit them)."""
         format_device(self.device, self.device_mib << 20)
-        conf = self.workdir / "server.conf"
-        conf.write_text("# orion-bench: defaults only\n")
-        pid_file = self.workdir / "oriond.pid"
-        self.port = free_port()
-        cmd = script("oriond", "orion_virt.cli.oriond") + [
-            "--config", str(conf), "--backend", self.backend,
-            *(["--sim-gpus", "1", "--sim-memory", "16384"] if self.backend == "sim" else []),
-            "--bind-addr", "127.0.0.1", "--listen-port", str(self.port), "--shm-path-base", str(self.shm),
-            "--enable-shm", "--log-dir", str(self.logs), "--pid-file", str(pid_file),
-        ]
-        out = open(self.workdir / "oriond.out", "wb")
-        env = dict(os.environ, PYTHONPATH=_python_path(dict(os.environ)))
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        out.close()
-        if cpus:
-            os.sched_setaffinity(self.proc.pid, cpus)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"oriond exited with {self.proc.returncode}; see {self.workdir / 'oriond.out'}")
-            if pid_file.exists() and pid_file.read_text().strip():
-                self.pid = int(pid_file.read_text())
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                    break
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        else:
-            raise RuntimeError(f"oriond did not start within {timeout:.0f} s")
+        self.launcher = OriondProcess(
+            self.logs, backend=self.backend, shm_path_base=self.shm, output=self.workdir / "oriond.out",
+            extra=[*(["--sim-gpus", "1", "--sim-memory", "16384"] if self.backend == "sim" else []), "--enable-shm"],
+            env=dict(os.environ, PYTHONPATH=_python_path(dict(os.environ))))
+        self.port = self.launcher.port
+        self.launcher.start(timeout, cpus)
+        self.proc, self.pid = self.launcher.proc, self.launcher.pid
         # Wait until oriond has taken up the device (its heartbeat starts ticking).
         time.sleep(0.6)
 
@@ -130,9 +94,10 @@ class Oriond:
         return pids
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self.launcher is None:
             return
-        stop_process(self.proc)
+        self.launcher.stop()
+        self.launcher = None
         self.proc = None
 
 

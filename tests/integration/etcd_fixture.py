@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,15 +17,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from orion_virt.launch import free_port
 from orion_virt.procs import stop_process
 
+__all__ = ["EtcdProcess", "etcd_url", "free_port"]
+
 ETCD_BINARY = os.environ.get("ORION_TEST_ETCD", "/usr/bin/etcd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdProcess:

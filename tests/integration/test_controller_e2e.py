@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from orion_virt.config import load_server_config
 from orion_virt.controller import client as ctl
 from orion_virt.controller.exceptions import ControllerUnreachable
 from orion_virt.controller.token import Grant, VGpuQuota, issue_token, load_key
-from orion_virt.errors import TransportError
+from orion_virt.errors import Refused, TransportError
+from orion_virt.launch import OriondProcess, free_port
 from orion_virt.server.authorize import node_id
 from orion_virt.transport import tcp
 from orion_virt.transport.shmdev import Device
@@ -85,12 +85,6 @@ got = np.zeros(1, dtype=np.int32)
 cuda.cuMemcpyDtoH(got.ctypes.data, out, 4)
 print(f"wall {wall:.3f} count {int(got[0])}", flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
@@ -177,16 +171,18 @@ class Stack:
         shm = self.tmp / f"shm-{name}"
         shm.mkdir(exist_ok=True)
         conf = self.server_conf(name, port, controller or self.addr, shm)
-        logs = self.tmp / f"log-{name}"
-        p = self._spawn([BIN / "oriond", "--config", conf, "--sim-gpus", str(gpus),
-                         "--log-dir", logs], self.tmp / f"{name}.out")
+        launcher = OriondProcess(self.tmp / f"log-{name}", backend=None, config=conf, port=port,
+                                 extra=["--sim-gpus", str(gpus)], output=self.tmp / f"{name}.out",
+                                 start_new_session=True)
+        launcher.start(timeout=20)
+        p = launcher.proc
+        assert p is not None
+        self.procs.append(p)
         self.servers[name] = (p, conf)
         nid = node_id(load_server_config(conf))
         if register:
             wait_for(lambda: any(n["node_id"] == nid and n["up"] for n in ctl.nodes(self.addr))
                      or p.poll() is not None, 20, f"oriond {name} to register")
-        else:
-            wait_for(lambda: tcp_up(port) or p.poll() is not None, 20, f"oriond {name}")
         assert p.poll() is None, (self.tmp / f"{name}.out").read_text()
         return conf
 
@@ -234,14 +230,6 @@ def client_env(tmp: Path, controller: str, **extra: str) -> dict[str, str]:
 def latest_client_log(home: Path) -> str:
     logs = sorted((home / ".orion" / "log").glob("client-*.log"), key=lambda p: p.stat().st_mtime)
     return logs[-1].read_text() if logs else ""
-
-
-def tcp_up(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def exit_id(stderr: str) -> str | None:
@@ -335,7 +323,7 @@ def _hello(addr: str, token: str, allocation_id: str = "") -> str:
                              token=token, allocation_id=allocation_id))
         conn.bye()
         return "ok"
-    except TransportError as e:
+    except (TransportError, Refused) as e:  # a refusal is Refused since the one protocol core
         conn.stream.close()
         return str(e)
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from etcd_fixture import etcd_url, free_port  # noqa: F401 - pytest fixture
+from etcd_fixture import etcd_url  # noqa: F401 - pytest fixture
 
 from orion_virt.controller import client
 from orion_virt.controller.client import AllocationRequest, GpuInfo, NodeInfo
 from orion_virt.controller.exceptions import AllocationError, ControllerUnreachable
 from orion_virt.controller.registration import Registrar
 from orion_virt.controller.token import load_key, verify_token
+from orion_virt.launch import free_port
 from orion_virt.procs import stop_process
 
 BIN = str(Path(sys.executable).parent / "orion-controller")

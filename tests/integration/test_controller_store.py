@@ -19,6 +19,7 @@ from orion_virt.controller.exceptions import AllocationError, StoreError
 from orion_virt.controller.model import AllocationRequest, PoolState, parse_registration
 from orion_virt.controller.store import EtcdStore, SqliteStore, Store, open_store
 from orion_virt.errors import ConfigError
+from orion_virt.launch import free_port
 
 POLICY = pool.Policy(lease_seconds=600, heartbeat_timeout=600)
 Spec = tuple[str, str, str]
@@ -166,11 +167,7 @@ def test_open_store_urls(tmp_path: Path) -> None:
 
 
 def test_unreachable_etcd_is_a_store_error() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(StoreError, match="cannot reach etcd"):
         EtcdStore(f"http://127.0.0.1:{port}", timeout=2).read()
 

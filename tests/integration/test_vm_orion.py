@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +28,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+from orion_virt.launch import OriondProcess, free_port
 from tests.vmharness import Guest, GuestImage, GuestResult, LibvirtDaemon, define_guest, run_guest
-from orion_virt.procs import stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -141,12 +140,6 @@ def parse_steps(stdout: str) -> dict[str, Step]:
     return steps
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _orion_virt(*args: str, conf: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "orion-virt"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "orion_virt.cli.orion_virt_cmd"]
@@ -183,7 +176,7 @@ def orion_host(libvirt_daemon: LibvirtDaemon, tmp_path_factory: pytest.TempPathF
     # enable_shm off: this oriond must not serve other tests' container devices in /dev/shm.
     conf.write_text(
         "[server]\nenable_kvm = true\nenable_shm = false\nbackend = sim\nbind_addr = 127.0.0.1\n"
-        f"listen_port = {_free_port()}\n"
+        f"listen_port = {free_port()}\n"
         f"[server-log]\nlog_dir = {log_dir}\n"
         f"[server-shm]\nshm_path_base = {SHM_DIR}\nshm_user_name = root\nshm_group_name = root\n"
         f"shm_buffer_size = {SHM_MIB}\n"
@@ -204,8 +197,11 @@ def orion_host(libvirt_daemon: LibvirtDaemon, tmp_path_factory: pytest.TempPathF
 
 @dataclass
 class Oriond:
-    proc: subprocess.Popen[bytes]
-    log_dir: Path
+    launcher: OriondProcess
+
+    @property
+    def log_dir(self) -> Path:
+        return self.launcher.log_dir
 
     @property
     def server_log(self) -> str:
@@ -227,31 +223,19 @@ def start_oriond(orion_host: OrionHost, tmp_path: Path) -> Iterator[Callable[...
     started: list[Oriond] = []
 
     def start(*, kvm: bool = True) -> Oriond:
-        log_dir = tmp_path / f"oriond-{len(started)}"
-        log_dir.mkdir()
-        pid_file = log_dir / "oriond.pid"
-        exe = Path(sys.executable).parent / "oriond"
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "orion_virt.cli.oriond"]
-        with open(log_dir / "stdout.log", "wb") as out:
-            proc = subprocess.Popen(
-                [*cmd, "--config", str(orion_host.conf), "--backend", "sim", "--bind-addr", "127.0.0.1",
-                 "--listen-port", str(_free_port()), "--log-dir", str(log_dir),
-                 "--enable-kvm" if kvm else "--disable-kvm", "--pid-file", str(pid_file)],
-                stdout=out, stderr=subprocess.STDOUT)
-        o = Oriond(proc, log_dir)
+        launcher = OriondProcess(tmp_path / f"oriond-{len(started)}", backend="sim", config=orion_host.conf,
+                                 output=tmp_path / f"oriond-{len(started)}" / "stdout.log",
+                                 extra=["--enable-kvm" if kvm else "--disable-kvm"])
+        o = Oriond(launcher)
         started.append(o)
-        deadline = time.monotonic() + 20
-        while not pid_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"oriond did not start: {(log_dir / 'stdout.log').read_text()}")
-            time.sleep(0.05)
+        launcher.start(timeout=20)
         return o
 
     try:
         yield start
     finally:
         for o in started:
-            stop_process(o.proc)
+            o.launcher.stop()
 
 
 def _scrubbed(path: Path, timeout: float = 10.0) -> bool:

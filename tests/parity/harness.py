@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from orion_virt.launch import OriondProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "orion_virt" / "kernels"
@@ -177,7 +178,8 @@ def ok(result: Any) -> Any:
 
 def py_cli(module: str) -> list[str]:
     """A command line running a click entry point of orion_virt without installed scripts."""
-    return [sys.executable, "-c", f"import sys; from orion_virt.cli.{module} import main; sys.argv[0] = {module!r}; main()"]
+    code = f"import sys; from orion_virt.cli.{module} import main; sys.argv[0] = {module!r}; main()"
+    return [sys.executable, "-c", code]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -186,12 +188,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Oriond:
@@ -209,28 +205,17 @@ class Oriond:
         self.on_tmpfs = str(self.shm).startswith("/dev/shm/")
         for d in (self.shm, self.logs, self.home):
             d.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.launcher = OriondProcess(self.logs, backend=backend, shm_path_base=self.shm, env=child_env(),
+                                      command=py_cli("oriond"))
+        self.port = self.launcher.port
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Oriond:
         subprocess.run(py_cli("orion_shm") + ["-i", "1", "--size", "64", "--path-base", str(self.shm)],
                        check=True, env=child_env(), capture_output=True, timeout=60)
-        self.proc = subprocess.Popen(
-            py_cli("oriond") + ["--backend", self.backend, "--bind-addr", "127.0.0.1", "--listen-port",
-                                str(self.port), "--shm-path-base", str(self.shm), "--log-dir", str(self.logs)],
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-                raise RuntimeError(f"oriond --backend {self.backend} exited with {self.proc.returncode}:\n{out}"
-                                   f"\n{self.server_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"oriond did not listen on {self.port}:\n{self.server_log()}")
+        self.launcher.start(timeout=120)  # the cuda backend probes its GPUs first
+        self.proc = self.launcher.proc
+        return self
 
     def server_log(self) -> str:
         p = self.logs / "server.log"
@@ -259,12 +244,6 @@ class Oriond:
         deadline = time.monotonic() + 10
         while self.active_sessions() > 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # let sessions of clients that just exited finish their teardown
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.launcher.stop(15)
         if self.on_tmpfs:
             shutil.rmtree(self.shm, ignore_errors=True)

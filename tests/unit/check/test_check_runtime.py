@@ -17,9 +17,9 @@ from check_fakes import make_proc
 from click.testing import CliRunner
 
 from orion_virt.check.common import GpuProbe
+from orion_virt.check.controller import install_controller, runtime_controller
 from orion_virt.check.controller_status import check_controller
 from orion_virt.check.report import Report
-from orion_virt.check.controller import install_controller, runtime_controller
 from orion_virt.check.server import install_server, pick_oriond, runtime_server
 from orion_virt.cli import orion_check
 from orion_virt.config import load_server_config
@@ -28,6 +28,7 @@ from orion_virt.controller.api import make_server
 from orion_virt.controller.pool import Policy
 from orion_virt.controller.service import Controller
 from orion_virt.controller.store import SqliteStore
+from orion_virt.launch import free_port
 from orion_virt.server.authorize import node_id
 
 KEY_HEX = "ab" * 32
@@ -53,12 +54,6 @@ def listener() -> Iterator[int]:
     s.listen(8)
     yield s.getsockname()[1]
     s.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_conf(tmp: Path, controller: str, port: int = 1, kvm: bool = True) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from orion_virt.controller.service import Controller
 from orion_virt.controller.store import SqliteStore
 from orion_virt.controller.token import verify_token
 from orion_virt.errors import ControllerError
+from orion_virt.launch import free_port
 
 KEY = b"k" * 32
 GPUS = [GpuInfo(0, "GPU-0", "Tesla V100-PCIE-16GB", 16384),
@@ -173,9 +173,7 @@ def test_metrics_and_portal(ctl: tuple[str, Controller, Clock]) -> None:
 
 
 def test_unreachable_controller_wording() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(ControllerUnreachable, match="^Could not connect to server") as e:
         client.get_version(f"127.0.0.1:{port}", timeout=2)
     assert isinstance(e.value, ControllerError) and not isinstance(e.value, AllocationError)
@@ -207,9 +205,7 @@ def test_registrar_registers_heartbeats_and_reregisters(
 
 
 def test_registrar_survives_missing_controller() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     reg = Registrar(f"127.0.0.1:{port}", NodeInfo("n", "127.0.0.1:9960"), GPUS, interval=0.05)
     reg.start()
     time.sleep(0.3)

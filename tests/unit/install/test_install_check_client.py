@@ -20,6 +20,7 @@ from orion_virt.controller.pool import Policy
 from orion_virt.controller.service import Controller
 from orion_virt.controller.store import SqliteStore
 from orion_virt.installer import core
+from orion_virt.launch import free_port
 from orion_virt.transport import shmdev
 from orion_virt.transport.shmdev import Device, format_device
 
@@ -39,11 +40,7 @@ def controller(tmp_path: Path) -> Iterator[str]:
 
 
 def _closed_port() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def _env(tmp_path: Path, conf: str | None = None, **extra: str) -> dict[str, str]:
