@@ -184,8 +184,9 @@ class ServerConfig:
     log_dir: str = "/var/log/orion"
     log: LogConfig = field(default_factory=LogConfig)
     enable_computation_throttle: bool = True
-    throttle_level: int = 100
     source: str = "defaults"
+    ignored: tuple[tuple[str, str], ...] = ()
+    """(``[section] key``, why) for each key of the file that is accepted but has no effect"""
 
     @property
     def server_log_path(self) -> Path:
@@ -242,6 +243,41 @@ SERVER_KEYS: list[Key] = [
 ]
 
 
+# Keys of the seeds' server.conf that this server accepts (so their files load) but that have no
+# effect, with the reason logged once when oriond starts; a key maps to (is it in effect with this
+# value?, why it is ignored).
+IGNORED_SERVER_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "enable_rdma": (bool, "not supported, using TCP/shm (this Orion Server has no RDMA transport)"),
+    "ibverbs_device": (lambda v: True, "not supported: there is no RDMA transport (TCP/shm are used)"),
+    "comm_id": (lambda v: True, "not supported: NCCL is not remoted (as in the original, see its limits)"),
+    "throttle_level": (lambda v: True, "not supported: each vGPU's compute share (ORION_RATIO) is enforced "
+                       "by measured device time; [throttle] enable_computation_throttle turns that off"),
+    "computation_throttle_mode2": (lambda v: True, "not needed: there is a single throttle mode"),
+}
+
+
+def _ignored(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for key in SERVER_KEYS:
+        rule = IGNORED_SERVER_KEYS.get(key.attr)
+        if rule is not None and key.attr in values and rule[0](values[key.attr]):
+            out.append((f"[{key.sections[0]}] {key.name}", rule[1]))
+    return tuple(out)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_ignored_keys(cfg: ServerConfig, log: Any) -> None:
+    """Log each accepted-but-ignored key of ``cfg``'s file, with the reason, once per process
+    (``log``: a logging.Logger). Called by the entry point that loaded the config (oriond)."""
+    for key, why in cfg.ignored:
+        if (cfg.source, key) in _warned:
+            continue
+        _warned.add((cfg.source, key))
+        log.warning("%s: %s is ignored: %s", cfg.source, key, why)
+
+
 def _build(cls: type, values: dict[str, Any], source: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     log_values = {k[4:]: v for k, v in values.items() if k.startswith("log.")}
@@ -271,7 +307,8 @@ def load_server_config(
             values[k] = v
     if values.get("bind_addr") and values.get("bind_net"):
         raise ConfigError(f"{source}: [server] bind_addr and bind_net are exclusive: set only one")
-    return _build(ServerConfig, values, source)
+    cfg = _build(ServerConfig, values, source)
+    return dataclasses.replace(cfg, ignored=_ignored(values))
 
 
 @dataclass(frozen=True)
@@ -289,7 +326,8 @@ class ClientConfig:
     shm_path_base: str = "/dev/shm"
     shm_device: str = ""
     log_dir: str = ""
-    log: LogConfig = field(default_factory=lambda: LogConfig(log_to_screen=True, log_level="WARNING"))
+    log: LogConfig = field(default_factory=LogConfig)
+    """[client-log]: the runtime's screen lines (stderr) and its log file (see client/runtime.py)"""
     connect_timeout: float = 5.0
     source: str = "defaults"
     sources: tuple[tuple[str, str], ...] = ()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..config import load_server_config
+from ..config import load_server_config, warn_ignored_keys
 from ..errors import OrionError
 
 
@@ -56,6 +56,7 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
         })
         log = setup_server_logging(cfg)
         log.info("configuration from %s", cfg.source)
+        warn_ignored_keys(cfg, log)  # the seeds' keys without effect here, each once with why
         be = select_backend(cfg, log, sim_gpus, sim_memory)
         authorize = build_authorizer(cfg, be, log)
         registrar = make_registrar(cfg, be)

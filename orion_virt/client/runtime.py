@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, compat
-from ..config import ClientConfig, load_client_config
+from ..config import ClientConfig, LogConfig, load_client_config
 from ..errors import OrionError, TransportError
 from ..wire import Hello, Welcome
 from .connection import Connection
@@ -34,9 +34,24 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+           "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_screen: LogConfig = LogConfig()
+"""[client-log] of the running client: log_to_screen, log_level and log_with_time govern say()."""
+
+
+def on_screen(level: str = "INFO") -> bool:
+    """Whether a line of ``level`` goes to the application's screen ([client-log] log_to_screen
+    and log_level)."""
+    return _screen.log_to_screen and _LEVELS.get(level, logging.INFO) >= _LEVELS[_screen.log_level]
+
+
 def say(msg: str, level: str = "INFO") -> None:
-    """A line on the application's stderr in the seeds' format."""
-    sys.stderr.write(f"{_stamp()} [{level}] {msg}\n")
+    """A line on the application's stderr in the seeds' format (if [client-log] lets it through)."""
+    if not on_screen(level):
+        return
+    stamp = f"{_stamp()} " if _screen.log_with_time else ""
+    sys.stderr.write(f"{stamp}[{level}] {msg}\n")
     sys.stderr.flush()
 
 
@@ -69,16 +84,26 @@ class Runtime:
         return self._config
 
     def _setup_log(self) -> None:
+        """[client-log]: the screen settings for say(); the log file (log_to_file, its level
+        file_log_level, timestamps per log_with_time) under log_dir."""
+        global _screen
+        lc = self.config.log
+        _screen = lc
         log = self.log
         log.propagate = False
         log.setLevel(logging.DEBUG)
         if log.handlers:
             return
+        if not lc.log_to_file:
+            log.addHandler(logging.NullHandler())
+            return
         try:
             d = Path(self.config.log_dir)
             d.mkdir(parents=True, exist_ok=True)
             fh = logging.FileHandler(d / f"client-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
-            fh.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+            fh.setLevel(lc.file_log_level)
+            fh.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s" if lc.log_with_time
+                                              else "[%(levelname)s] %(message)s"))
             log.addHandler(fh)
         except OSError:
             log.addHandler(logging.NullHandler())
@@ -100,7 +125,8 @@ class Runtime:
         cfg = self.config
         self._closing = False
         self._setup_log()
-        print(BANNER, file=sys.stderr, flush=True)
+        if on_screen("INFO"):
+            print(BANNER, file=sys.stderr, flush=True)
         self.log.info("%s starting; config from %s", BANNER, cfg.source)
         if not self._atexit:
             atexit.register(self.shutdown)
@@ -271,7 +297,7 @@ class Runtime:
             if self.allocation is not None:
                 from . import allocation
 
-                allocation.release(self.config, self.allocation, self.log)  # type: ignore[arg-type]
+                allocation.release(self.config, self.allocation, self.log)
                 self.allocation = None
             if not self._atexit:
                 return

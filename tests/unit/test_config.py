@@ -53,3 +53,99 @@ def test_client_precedence_env_over_home_over_etc(tmp_path: Path) -> None:
 def test_client_env_errors_name_the_variable() -> None:
     with pytest.raises(ConfigError, match="ORION_VGPU='two'"):
         load_client_config({"ORION_VGPU": "two", "HOME": "/nonexistent"})
+
+
+def _seeds_server_conf(tmp_path: Path) -> Path:
+    """The keys of the seeds' server.conf that have no effect here."""
+    conf = tmp_path / "server.conf"
+    conf.write_text("[server]\n    enable_rdma = true\n    ibverbs_device = mlx5_0\n"
+                    "[server-nccl]\n    comm_id = 127.0.0.1:9970\n"
+                    "[throttle]\n    throttle_level = 100\n    enable_computation_throttle = true\n"
+                    "    computation_throttle_mode2 = true\n")
+    return conf
+
+
+def test_keys_without_effect_are_logged_once_with_the_reason(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from orion_virt.config import warn_ignored_keys
+
+    conf = _seeds_server_conf(tmp_path)
+    cfg = load_server_config(conf)  # the seeds' file loads
+    assert cfg.enable_computation_throttle is True
+    log = logging.getLogger("test.config.ignored")
+    with caplog.at_level(logging.WARNING, logger="test.config.ignored"):
+        warn_ignored_keys(cfg, log)
+        warn_ignored_keys(load_server_config(conf), log)  # loaded and started again: no repeat
+    lines = [r.getMessage() for r in caplog.records]
+    for key, why in [("[server] enable_rdma", "not supported, using TCP/shm"),
+                     ("[server] ibverbs_device", "no RDMA transport"),
+                     ("[server-nccl] comm_id", "NCCL is not remoted"),
+                     ("[throttle] throttle_level", "compute share"),
+                     ("[throttle] computation_throttle_mode2", "single throttle mode")]:
+        hits = [ln for ln in lines if f"{key} is ignored" in ln]
+        assert len(hits) == 1, (key, lines)
+        assert why in hits[0] and hits[0].startswith(f"{conf}: ")
+    assert len(lines) == 5 and not any("enable_computation_throttle is ignored" in ln for ln in lines)
+
+
+def test_rdma_off_is_not_reported(tmp_path: Path) -> None:
+    conf = tmp_path / "server.conf"
+    conf.write_text('[server]\n    enable_rdma = "false"\n')
+    assert load_server_config(conf).ignored == ()
+
+
+def test_oriond_logs_the_ignored_keys_at_start(tmp_path: Path) -> None:
+    """The entry point that loads the config (oriond) logs them to server.log."""
+    import subprocess
+    import sys
+
+    conf = _seeds_server_conf(tmp_path)
+    conf.write_text(conf.read_text().replace("[server]\n", "[server]\n    listen_port = 1\n    backend = sim\n"
+                                             "    bind_addr = 203.0.113.1\n"))
+    # an unbindable address: oriond reads its config, sets up its logs, logs, then fails to listen
+    r = subprocess.run([sys.executable, "-c", "from orion_virt.cli.oriond import main; main()", "--config",
+                        str(conf), "--log-dir", str(tmp_path / "log")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    log = (tmp_path / "log" / "server.log").read_text()
+    assert log.count("[server] enable_rdma is ignored: not supported, using TCP/shm") == 1, log
+    assert log.count("[throttle] throttle_level is ignored") == 1, log
+
+
+def test_client_log_keys_drive_the_runtime(tmp_path: Path, capsys) -> None:
+    from orion_virt.client import runtime
+
+    etc = tmp_path / "client.conf"
+    etc.write_text("[client-log]\n    log_to_screen = 1\n    log_level = WARNING\n    log_with_time = 0\n"
+                   "    log_to_file = 1\n    file_log_level = ERROR\n")
+    cfg = load_client_config({"HOME": str(tmp_path), "ORION_CLIENT_CONF_ETC": str(etc),
+                              "ORION_LOG_DIR": str(tmp_path / "log")})
+    rt = runtime.Runtime(cfg)
+    rt.log = __import__("logging").getLogger("orion.client.test-config")
+    try:
+        rt._setup_log()
+        runtime.say("quiet", "INFO")
+        runtime.say("loud", "WARN")
+        assert capsys.readouterr().err == "[WARN] loud\n"  # INFO filtered, no timestamp
+        rt.log.warning("not in the file")
+        rt.log.error("in the file")
+        for h in rt.log.handlers:
+            h.flush()
+        text = "".join(p.read_text() for p in (tmp_path / "log").glob("client-*.log"))
+        assert "in the file" in text and "not in the file" not in text
+        assert text.startswith("[ERROR] ")  # log_with_time = 0
+    finally:
+        for h in rt.log.handlers:
+            h.close()
+        runtime._screen = runtime.LogConfig()
+    off = tmp_path / "off.conf"
+    off.write_text("[client-log]\n    log_to_screen = 0\n    log_to_file = 0\n")
+    rt = runtime.Runtime(load_client_config({"HOME": str(tmp_path), "ORION_CLIENT_CONF_ETC": str(off)}))
+    rt.log = __import__("logging").getLogger("orion.client.test-config-off")
+    try:
+        rt._setup_log()
+        runtime.say("nothing", "ERROR")
+        assert capsys.readouterr().err == ""
+        assert not any(isinstance(h, __import__("logging").FileHandler) for h in rt.log.handlers)
+    finally:
+        runtime._screen = runtime.LogConfig()
