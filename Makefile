@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-deps unit bench kernels clean python
+.PHONY: demo test test-deps lint unit bench kernels clean python
 
 python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -32,8 +32,14 @@ demo: $(VENV)/.core
 test-deps:
 	sh scripts/install-test-deps.sh
 
+# ruff and mypy come with the test extra; make test runs them before pytest
+lint: $(VENV)/.full
+	$(BIN)/ruff check orion_virt tests tools
+	$(BIN)/mypy orion_virt
+
 test: test-deps
 	$(MAKE) $(VENV)/.full
+	$(MAKE) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(VENV)/.full

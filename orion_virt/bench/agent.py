@@ -37,7 +37,7 @@ class Agent:
 
             self.native = True
         else:
-            from ..client import driver  # type: ignore[no-redef]
+            from ..client import driver
 
             self.native = False
         self.cuda = driver

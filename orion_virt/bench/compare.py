@@ -99,7 +99,8 @@ def text_compare(res: dict[str, Any]) -> str:
     for direction in ("htod", "dtoh"):
         for i, r in enumerate(m[modes[0]]["copy"][direction]):
             size = r["size"]
-            label = f"{direction.upper()} {size >> 20} MiB" if size >= 1 << 20 else f"{direction.upper()} {size >> 10} KiB"
+            amount = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+            label = f"{direction.upper()} {amount}"
             lines.append(row(label + " (GB/s)", [f"{m[k]['copy'][direction][i]['gbps']:.2f}" for k in modes]))
     mm = {k: m[k]["matmul"] for k in modes}
     first = mm[modes[0]]

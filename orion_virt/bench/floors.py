@@ -351,7 +351,7 @@ def ring_transfer(size: int, reps: int, direction: str, ring_size: int) -> list[
     with RawRings(ring_size) as rr:
         def peer() -> None:
             s = rr.stream(1)
-            buf = memoryview(prefaulted(size))
+            buf = prefaulted(size).data  # a memoryview of the uint8 buffer
             for _ in range(total):
                 s.recv_exact(MSG)
                 if direction == "htod":
@@ -362,7 +362,7 @@ def ring_transfer(size: int, reps: int, direction: str, ring_size: int) -> list[
 
         pid = fork_peer(peer)
         s = rr.stream(0, _peer_alive(pid))
-        buf = memoryview(prefaulted(size))
+        buf = prefaulted(size).data  # a memoryview of the uint8 buffer
         msg = bytes(MSG)
         out = []
         for _ in range(total):
@@ -383,7 +383,7 @@ def socket_transfer(size: int, reps: int, direction: str) -> list[float]:
     total = reps + 1
 
     def peer(c: socket.socket) -> None:
-        buf = memoryview(prefaulted(size))
+        buf = prefaulted(size).data  # a memoryview of the uint8 buffer
         small = memoryview(bytearray(MSG))
         for _ in range(total):
             _recv_exact_into(c, small)
@@ -395,7 +395,7 @@ def socket_transfer(size: int, reps: int, direction: str) -> list[float]:
 
     conn, pid = _tcp_pair(peer)
     try:
-        buf = memoryview(prefaulted(size))
+        buf = prefaulted(size).data  # a memoryview of the uint8 buffer
         small = memoryview(bytearray(MSG))
         out = []
         for _ in range(total):

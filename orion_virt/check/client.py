@@ -14,8 +14,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from ..config import CLIENT_KEYS, ClientConfig, client_config_paths, load_client_config, read_ini
 from ..errors import OrionError

@@ -15,11 +15,10 @@ import importlib.metadata
 import os
 import pwd
 import socket
-import subprocess
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping
 
 from .report import Report
 

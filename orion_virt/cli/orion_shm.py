@@ -13,7 +13,13 @@ import click
 from ..config import load_server_config, parse_size_mib
 from ..errors import DeviceError, OrionError
 from ..transport.shmdev import (
-    CLAIMED, SERVING, STATE_NAMES, Device, format_device, list_devices, scrub_device,
+    CLAIMED,
+    SERVING,
+    STATE_NAMES,
+    Device,
+    format_device,
+    list_devices,
+    scrub_device,
 )
 
 

@@ -38,7 +38,7 @@ class _StubLoader(importlib.abc.Loader):
         return None
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__path__ = []  # type: ignore[attr-defined]
+        module.__path__ = []
 
 
 class OrionFinder(importlib.abc.MetaPathFinder):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 USAGE = "usage: python3 -m orion_virt.client.run COMMAND [ARG...]\n"
 

@@ -167,7 +167,8 @@ def _preflight(dev: Device, me: int, beat_wait: float) -> str | None:
             dev.unlock(i)
             free = True
     if not free:
-        return f"{dev.path}: all {dev.layout.nchannels} channels are in use; create another device with `orion-shm -i N`"
+        return (f"{dev.path}: all {dev.layout.nchannels} channels are in use; "
+                "create another device with `orion-shm -i N`")
     return None
 
 

@@ -33,7 +33,7 @@ SHM_PREFIX = "orionsock"
 METADATA_VERSION = "1"
 
 _MIB = 1 << 20
-_Q = "{%s}" % NS
+_Q = f"{{{NS}}}"
 _SHM_NAME_RE = re.compile(r"^orionsock(\d+)$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 

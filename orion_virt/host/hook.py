@@ -120,7 +120,7 @@ def resolve_owner(cfg: ServerConfig, domain_xml: str) -> tuple[int, int, int]:
 def _load_shmdev() -> ShmDev:
     from ..transport import shmdev
 
-    return shmdev  # type: ignore[return-value]
+    return shmdev
 
 
 def _clear_path(path: Path) -> None:

@@ -208,7 +208,7 @@ def query_python(python: str) -> PythonInfo:
     if not sites:
         raise InstallError(f"{python} reports no site-packages directory")
     site_dir = next((s for s in sites if s in info["path"]), sites[0])
-    return PythonInfo(python, version, site_dir)  # type: ignore[arg-type]
+    return PythonInfo(python, version, site_dir)
 
 
 def check_prefix(prefix: str) -> str:

@@ -27,7 +27,13 @@ from .backend import Backend
 from .logs import session_logger
 from .session import Authorizer, Session
 from .shm_serve import (
-    ServerChannel, Watched, device_removed, open_for_serving, pending_claims, stop_serving, tick,
+    ServerChannel,
+    Watched,
+    device_removed,
+    open_for_serving,
+    pending_claims,
+    stop_serving,
+    tick,
 )
 
 SCAN_INTERVAL = 0.02

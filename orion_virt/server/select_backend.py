@@ -15,6 +15,7 @@ from . import cuda_probe
 from .backend import Backend
 from .cuda_probe import ProbeResult
 
+
 def probe_cuda(timeout: float = 120.0) -> ProbeResult:
     """The host's GPUs (names, memory, attributes, driver version), read in one child process."""
     return cuda_probe.probe(timeout)

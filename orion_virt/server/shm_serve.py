@@ -16,8 +16,22 @@ from typing import Callable
 from ..errors import DeviceError, StreamBroken
 from ..transport.ring import Ring, RingStream
 from ..transport.shmdev import (
-    C_CLIENT_BEAT, C_GEN, C_REQ_HEAD, C_REQ_TAIL, C_RESP_HEAD, C_RESP_TAIL, C_SERVED_GEN, C_STATE,
-    CLAIMED, CLOSED, DEAD, H_SERVER_BEAT, H_SERVER_EPOCH, H_SERVER_PID, SERVING, Device,
+    C_CLIENT_BEAT,
+    C_GEN,
+    C_REQ_HEAD,
+    C_REQ_TAIL,
+    C_RESP_HEAD,
+    C_RESP_TAIL,
+    C_SERVED_GEN,
+    C_STATE,
+    CLAIMED,
+    CLOSED,
+    DEAD,
+    H_SERVER_BEAT,
+    H_SERVER_EPOCH,
+    H_SERVER_PID,
+    SERVING,
+    Device,
 )
 
 CLIENT_TIMEOUT_S = 10.0

@@ -46,6 +46,7 @@ def _skip_reason() -> str | None:
             return f"{d} missing"
     try:
         import libvirt  # noqa: F401
+
         import orion_virt.transport.shmdev  # noqa: F401
     except ImportError as e:
         return f"{e.name} not importable"
@@ -124,7 +125,7 @@ def test_vm_start_formats_and_stop_scrubs(daemon: dict[str, Any]) -> None:
                        controller_addr="127.0.0.1:9123")
 
     class NoNetlink:
-        def __enter__(self) -> "NoNetlink":
+        def __enter__(self) -> NoNetlink:
             return self
 
         def __exit__(self, *exc: object) -> None:

@@ -11,7 +11,7 @@ import pytest
 from orion_virt.cuda_enums import CUresult as E
 from orion_virt.server import ptx as ptx_parser
 from orion_virt.server.backend import CudaCallError, VGpu
-from tests.parity.harness import CUBIN_SM90, FATBIN, MiB, PTX, compute_capability, is_cuda, pack
+from tests.parity.harness import CUBIN_SM90, FATBIN, PTX, MiB, compute_capability, is_cuda, pack
 
 KERNEL_FMT = {"vectorAdd": "<QQQi", "saxpy": "<fxxxxQQi", "fill_u32": "<QIi", "matmul_f32": "<QQQi", "spin": "<qQ"}
 

@@ -12,7 +12,7 @@ import pytest
 from orion_virt.cuda_enums import CUresult as E
 from orion_virt.server.sim import SIM_NAME
 from orion_virt.wire.calls import Call
-from tests.parity.harness import CUBIN_SM90, MiB, PTX, compute_capability, is_cuda, ok, remote
+from tests.parity.harness import CUBIN_SM90, PTX, MiB, compute_capability, is_cuda, ok, remote
 
 
 def status(result) -> E:

@@ -301,7 +301,7 @@ class LibvirtDaemon:
             self._lock_f.close()
             self._lock_f = None
 
-    def __enter__(self) -> "LibvirtDaemon":
+    def __enter__(self) -> LibvirtDaemon:
         self.start()
         return self
 

@@ -77,10 +77,10 @@ def test_key_file_errors(tmp_path: Path) -> None:
 def test_guest_modules_import_without_site_packages() -> None:
     """token, client and registration must work in a guest with only the standard library."""
     root = Path(__file__).resolve().parents[3]
-    code = ("import sys; sys.path.insert(0, %r); import orion_virt.controller.token, "
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); import orion_virt.controller.token, "
             "orion_virt.controller.client, orion_virt.controller.registration; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('click', 'numpy', 'sqlite3', 'http.server')))" % str(root))
+            "('click', 'numpy', 'sqlite3', 'http.server')))")
     out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from host_fakes import NODE_XML, FakeIPRoute
 
 

@@ -27,7 +27,7 @@ class FakeIPRoute:
         self.names = list(addrs)
         self.addrs = addrs
 
-    def __enter__(self) -> "FakeIPRoute":
+    def __enter__(self) -> FakeIPRoute:
         return self
 
     def __exit__(self, *exc: object) -> None:

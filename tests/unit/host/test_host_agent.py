@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from host_fakes import FakeIPRoute, make_domain
+
 from orion_virt.config import ServerConfig
 from orion_virt.errors import ConfigError, HostError
 from orion_virt.host import domain_xml as dx

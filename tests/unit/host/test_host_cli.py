@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from host_fakes import NODE_XML, make_domain
+
 from orion_virt.cli.orion_virt_cmd import _Ctx, main
 
 

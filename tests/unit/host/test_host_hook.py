@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from host_fakes import make_domain
+
 from orion_virt.config import ServerConfig
 from orion_virt.errors import ConfigError
 from orion_virt.host import domain_xml as dx

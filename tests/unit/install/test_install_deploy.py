@@ -70,7 +70,8 @@ def test_entrypoint_generates_server_conf_from_the_environment(tmp_path: Path) -
     r, conf = _entry(tmp_path, BIND_ADDR="172.17.0.1", PORT="9970", VGPU="2", ORION_CONTROLLER="127.0.0.1:9123")
     assert r.returncode == 0, r.stderr
     cfg = load_server_config(conf)
-    assert (cfg.bind_addr, cfg.listen_port, cfg.vgpu_count, cfg.controller_addr) == ("172.17.0.1", 9970, 2, "127.0.0.1:9123")
+    assert (cfg.bind_addr, cfg.listen_port, cfg.vgpu_count, cfg.controller_addr) == \
+        ("172.17.0.1", 9970, 2, "127.0.0.1:9123")
     assert cfg.enable_shm and not cfg.enable_kvm and cfg.shm_path_base == "/dev/shm"
     assert (tmp_path / "argv").read_text().strip() == f"oriond --config {conf} --backend sim"
     assert "generated" in r.stdout
@@ -79,7 +80,8 @@ def test_entrypoint_generates_server_conf_from_the_environment(tmp_path: Path) -
 def test_entrypoint_defaults_and_no_controller(tmp_path: Path) -> None:
     r, conf = _entry(tmp_path)
     cfg = load_server_config(conf)
-    assert (cfg.bind_addr, cfg.listen_port, cfg.vgpu_count, cfg.controller_addr) == ("172.17.0.1", 9960, 4, "127.0.0.1:9123")
+    assert (cfg.bind_addr, cfg.listen_port, cfg.vgpu_count, cfg.controller_addr) == \
+        ("172.17.0.1", 9960, 4, "127.0.0.1:9123")
     other = tmp_path / "b"
     other.mkdir()
     r, conf = _entry(other, ORION_CONTROLLER="none")
