@@ -3,7 +3,6 @@ process, as oriond serves it (heartbeat ticking), and its client end."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 from orion_virt.server.shm_serve import ServerChannel, open_for_serving, pending_claims
 from orion_virt.transport import shmdev
 from orion_virt.transport.base import Stream
-from orion_virt.transport.shmdev import Device, claim_channel, format_device
-from orion_virt.transport.tcp import SocketStream
+from orion_virt.transport.shmdev import Device, claim_channel
 
 
 def _ticker(w: shmdev.Device, stop: threading.Event) -> None:

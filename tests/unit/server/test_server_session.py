@@ -14,7 +14,7 @@ import pytest
 
 from orion_virt.client.connection import Connection
 from orion_virt.cuda_enums import CUresult as R
-from orion_virt.errors import Refused, TransportError
+from orion_virt.errors import Refused
 from orion_virt.server.session import Session, open_authorizer
 from orion_virt.server.sim import SimBackend
 from orion_virt.transport.tcp import SocketStream
