@@ -348,7 +348,7 @@ def test_server_refuses_sessions_not_granted_by_the_controller(stack: Stack) -> 
     a = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=2, gmem_mib=1024))
     try:
         assert _hello(addr, a.token_for(me), "someone-else").startswith(
-            "oriond refused the session: allocation token refused: it is for allocation")
+            "oriond refused: allocation token refused: it is for allocation")
         assert _hello(addr, a.token_for(me), a.allocation_id) == "ok"
     finally:
         ctl.release(stack.addr, a.allocation_id)
