@@ -206,7 +206,7 @@ def gen_client() -> str:
         else:
             body.append(f"    st, v, _ = _call({fn.code}, {wa}, {blob}{outv})")
         if not outs:
-            body.append("    return (_res(st),)")
+            body.append("    return (_res(st),) if st else _OK")
         else:
             resp_pos = {f.name: i for i, f in enumerate(sp.resp_fields)}
             ok = [_py_out(a, f"v[{resp_pos[a.name]}]") for a in outs]

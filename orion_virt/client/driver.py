@@ -30,11 +30,13 @@ from . import runtime as _runtime_module
 from .runtime import get_runtime, say
 
 _S = CUresult.CUDA_SUCCESS
+_OK = (_S,)
+"""The result of a call that succeeded and returns nothing (one tuple, not built per call)."""
 _UNKNOWN = CUresult.CUDA_ERROR_UNKNOWN
 _results = {int(r): r for r in CUresult}
 
 
-def _res(code: int) -> CUresult:
+def _res(code: int) -> Any:
     return _results.get(code, _UNKNOWN)
 
 
@@ -158,6 +160,7 @@ def adopt_real_types() -> bool:
             g[name] = getattr(_real, name)
     _results = {int(r): r for r in g["CUresult"]}
     _S = g["CUresult"].CUDA_SUCCESS
+    g["_OK"] = (_S,)
     return True
 
 
@@ -199,13 +202,13 @@ def _call(code: int, args: tuple, blob: Any = None, blob_len: int = 0,
                 return _ended or int(CUresult.CUDA_ERROR_DEINITIALIZED), (), b""
             return conn.call(code, args, blob, blob_len, out)
     except Refused as e:
-        _ended = e.status
+        _ended = e.status or int(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE)
         if not _failed_once:
             _failed_once = True
             say(f"oriond ended the session: {e.reason}", "ERROR")
             rt.log.error("%s refused by oriond (status %d): %s", PLANS[code].name, e.status, e.reason)
         _drop(rt)
-        return e.status, (), b""
+        return _ended, (), b""
     except TransportError as e:
         if not _failed_once:
             _failed_once = True
@@ -257,10 +260,10 @@ def cuInit(Flags: int) -> tuple[CUresult]:
     rt = get_runtime()
     try:
         rt.connect()
-    except Refused as e:
+    except Refused as e:  # by oriond (its status), or by the controller (no vGPU: NO_DEVICE)
         for line in str(e).splitlines():
             say(line, "ERROR")
-        return (_res(e.status),)
+        return (_res(e.status) if e.status else CUresult.CUDA_ERROR_NO_DEVICE,)
     except OrionError as e:
         for line in str(e).splitlines():
             say(line, "ERROR")
@@ -559,13 +562,13 @@ def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUresult, Any]:
 def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[CUresult]:
     """cuDevicePrimaryCtxRelease: remoted (call 10)."""
     st, v, _ = _call(10, (_h(dev),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuCtxSynchronize() -> tuple[CUresult]:
     """cuCtxSynchronize: remoted (call 15)."""
     st, v, _ = _call(15, ())
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemAlloc(bytesize: Any) -> tuple[CUresult, Any]:
@@ -579,7 +582,7 @@ def cuMemAlloc(bytesize: Any) -> tuple[CUresult, Any]:
 def cuMemFree(dptr: Any) -> tuple[CUresult]:
     """cuMemFree: remoted (call 17, NO_REPLY)."""
     st, v, _ = _call(17, (_h(dptr),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemGetInfo() -> tuple[CUresult, Any, Any]:
@@ -598,7 +601,7 @@ def cuMemcpyHtoD(dstDevice: Any, srcHost: Any, ByteCount: Any) -> tuple[CUresult
     except (ValueError, TypeError):
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     st, v, _ = _call(19, (_h(dstDevice), int(ByteCount)), view, n)
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: Any) -> tuple[CUresult]:
@@ -609,13 +612,13 @@ def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: Any) -> tuple[CUresult
     except (ValueError, TypeError):
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     st, v, _ = _call(20, (_h(srcDevice), int(ByteCount)), None, 0, out=view)
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemcpyDtoD(dstDevice: Any, srcDevice: Any, ByteCount: Any) -> tuple[CUresult]:
     """cuMemcpyDtoD: remoted (call 21)."""
     st, v, _ = _call(21, (_h(dstDevice), _h(srcDevice), int(ByteCount)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
@@ -626,7 +629,7 @@ def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: Any, hStream: Any
     except (ValueError, TypeError):
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     st, v, _ = _call(22, (_h(dstDevice), int(ByteCount), _h(hStream)), view, n)
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
@@ -637,37 +640,37 @@ def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: Any, hStream: Any
     except (ValueError, TypeError):
         return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     st, v, _ = _call(23, (_h(srcDevice), int(ByteCount), _h(hStream)), None, 0, out=view)
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemcpyDtoDAsync(dstDevice: Any, srcDevice: Any, ByteCount: Any, hStream: Any) -> tuple[CUresult]:
     """cuMemcpyDtoDAsync: remoted (call 24, NO_REPLY)."""
     st, v, _ = _call(24, (_h(dstDevice), _h(srcDevice), int(ByteCount), _h(hStream)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemsetD8(dstDevice: Any, uc: Any, N: Any) -> tuple[CUresult]:
     """cuMemsetD8: remoted (call 25)."""
     st, v, _ = _call(25, (_h(dstDevice), int(uc) & 0xFF, int(N)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemsetD32(dstDevice: Any, ui: Any, N: Any) -> tuple[CUresult]:
     """cuMemsetD32: remoted (call 26)."""
     st, v, _ = _call(26, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemsetD8Async(dstDevice: Any, uc: Any, N: Any, hStream: Any) -> tuple[CUresult]:
     """cuMemsetD8Async: remoted (call 27, NO_REPLY)."""
     st, v, _ = _call(27, (_h(dstDevice), int(uc) & 0xFF, int(N), _h(hStream)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuMemsetD32Async(dstDevice: Any, ui: Any, N: Any, hStream: Any) -> tuple[CUresult]:
     """cuMemsetD32Async: remoted (call 28, NO_REPLY)."""
     st, v, _ = _call(28, (_h(dstDevice), int(ui) & 0xFFFFFFFF, int(N), _h(hStream)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuStreamCreate(Flags: Any) -> tuple[CUresult, Any]:
@@ -681,19 +684,19 @@ def cuStreamCreate(Flags: Any) -> tuple[CUresult, Any]:
 def cuStreamSynchronize(hStream: Any) -> tuple[CUresult]:
     """cuStreamSynchronize: remoted (call 30)."""
     st, v, _ = _call(30, (_h(hStream),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuStreamDestroy(hStream: Any) -> tuple[CUresult]:
     """cuStreamDestroy: remoted (call 31, NO_REPLY)."""
     st, v, _ = _call(31, (_h(hStream),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuStreamQuery(hStream: Any) -> tuple[CUresult]:
     """cuStreamQuery: remoted (call 32)."""
     st, v, _ = _call(32, (_h(hStream),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuEventCreate(Flags: Any) -> tuple[CUresult, Any]:
@@ -707,13 +710,13 @@ def cuEventCreate(Flags: Any) -> tuple[CUresult, Any]:
 def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[CUresult]:
     """cuEventRecord: remoted (call 34, NO_REPLY)."""
     st, v, _ = _call(34, (_h(hEvent), _h(hStream)))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuEventSynchronize(hEvent: Any) -> tuple[CUresult]:
     """cuEventSynchronize: remoted (call 35)."""
     st, v, _ = _call(35, (_h(hEvent),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[CUresult, Any]:
@@ -727,19 +730,19 @@ def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[CUresult, Any]:
 def cuEventDestroy(hEvent: Any) -> tuple[CUresult]:
     """cuEventDestroy: remoted (call 37, NO_REPLY)."""
     st, v, _ = _call(37, (_h(hEvent),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuEventQuery(hEvent: Any) -> tuple[CUresult]:
     """cuEventQuery: remoted (call 38)."""
     st, v, _ = _call(38, (_h(hEvent),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
     """cuModuleUnload: remoted (call 41, NO_REPLY)."""
     st, v, _ = _call(41, (_h(hmod),))
-    return (_res(st),)
+    return (_res(st),) if st else _OK
 
 
 cuDeviceTotalMem_v2 = cuDeviceTotalMem

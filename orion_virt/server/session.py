@@ -122,6 +122,8 @@ class Session:
         self.proto = ServerProtocol()
         self.vgpus: list[VGpu] = []
         self.bs: BackendSession | None = None
+        self._b: BackendSession
+        """The open backend session, for the executions (``bs`` is None again once closed)."""
         self.current: _Ctx | None = None
         self.h_context = _Handles("context", 0x1000_0000, E.CUDA_ERROR_INVALID_CONTEXT)
         self.primary: dict[int, _Ctx] = {}
@@ -164,7 +166,7 @@ class Session:
             granted = granted.vgpus
         self.vgpus = granted
         self.hello = hello
-        self.bs = self.backend.open_session(self.vgpus)
+        self.bs = self._b = self.backend.open_session(self.vgpus)
         if hasattr(self.stream, "min_chunk"):
             self.stream.min_chunk = getattr(self.backend, "preferred_chunk", 0)
         for view in getattr(self.stream, "host_regions", lambda: [])():
@@ -231,13 +233,12 @@ class Session:
         while True:
             h = recv_unpack(HEADER)
             p = call_header(h)
-            if p.__class__ is not Plan:
+            if not isinstance(p, Plan):
                 if p is Kind.RENEW:
                     self._renew(proto.renew_body(stream.recv_exact(h[0])))
                     continue
                 self.log.info("session %d: client said goodbye", self.session_id)
                 return "bye"
-            assert isinstance(p, Plan)
             args = recv_unpack(p.req) if p.req_size else ()
             if p.req_blob_idx >= 0:
                 blob.remaining = call_blob(p, args, h[0])
@@ -287,10 +288,6 @@ class Session:
 
     # -- checks the generated dispatch calls ---------------------------------------------------
 
-    @property
-    def _bs(self) -> BackendSession:
-        assert self.bs is not None
-        return self.bs
 
     def _dev(self, d: int) -> int:
         if not 0 <= d < len(self.vgpus):
@@ -303,10 +300,10 @@ class Session:
         return self.current.dev
 
     def _range(self, ptr: int, n: int) -> None:
-        self._bs.mem.resolve(ptr, n)
+        self._b.mem.resolve(ptr, n)
 
     def _base(self, ptr: int) -> None:
-        self._bs.mem.check_base(ptr)
+        self._b.mem.check_base(ptr)
 
     def _gpu(self, d: int) -> Any:
         return self.backend.gpus()[self.vgpus[d].physical]
@@ -369,33 +366,33 @@ class Session:
 
     def x_cuCtxSetCurrent(self, ctx: _Ctx | None) -> None:
         self.current = ctx
-        self._bs.use_device(None if ctx is None else ctx.dev)
+        self._b.use_device(None if ctx is None else ctx.dev)
 
     def x_cuCtxSynchronize(self) -> None:
         self._cur()
-        self._bs.synchronize(None)
+        self._b.synchronize(None)
 
     # -- memory -------------------------------------------------------------------------------
 
     def x_cuMemAlloc(self, size: int) -> int:
-        return self._bs.alloc(self._cur(), size)
+        return self._b.alloc(self._cur(), size)
 
     def x_cuMemFree(self, ptr: int) -> None:
-        self._bs.free(ptr)
+        self._b.free(ptr)
 
     def x_cuMemGetInfo(self) -> tuple[int, int]:
         d = self._cur()
         total = self.vgpus[d].memory
-        return total - self._bs.mem.used[d], total
+        return total - self._b.mem.used[d], total
 
     def x_cuMemcpyHtoD(self, dst: int, src: Blob, n: int) -> None:
-        self._bs.write(dst, src.chunks())
+        self._b.write(dst, src.chunks())
 
     def x_cuMemcpyHtoDAsync(self, dst: int, src: Blob, n: int, stream: Any) -> None:
-        self._bs.write(dst, src.chunks())
+        self._b.write(dst, src.chunks())
 
     def x_cuMemcpyDtoH(self, src: int, n: int) -> Fill:
-        bs = self._bs
+        bs = self._b
         bs.before_read(src, n)  # asynchronous failures become this call's status
         return Fill(n, lambda sinks: bs.read(src, sinks))
 
@@ -403,64 +400,64 @@ class Session:
         return self.x_cuMemcpyDtoH(src, n)
 
     def x_cuMemcpyDtoD(self, dst: int, src: int, n: int) -> None:
-        self._bs.copy(dst, src, n)
+        self._b.copy(dst, src, n)
 
     def x_cuMemcpyDtoDAsync(self, dst: int, src: int, n: int, stream: Any) -> None:
-        self._bs.copy(dst, src, n)
+        self._b.copy(dst, src, n)
 
     def x_cuMemsetD8(self, ptr: int, value: int, count: int) -> None:
-        self._bs.memset(ptr, value, 1, count)
+        self._b.memset(ptr, value, 1, count)
 
     def x_cuMemsetD32(self, ptr: int, value: int, count: int) -> None:
-        self._bs.memset(ptr, value, 4, count)
+        self._b.memset(ptr, value, 4, count)
 
     def x_cuMemsetD8Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
-        self._bs.memset(ptr, value, 1, count)
+        self._b.memset(ptr, value, 1, count)
 
     def x_cuMemsetD32Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
-        self._bs.memset(ptr, value, 4, count)
+        self._b.memset(ptr, value, 4, count)
 
     # -- streams and events -----------------------------------------------------------------
 
     def x_cuStreamCreate(self, flags: int) -> Any:
         self._cur()
-        return self._bs.stream_create(flags)
+        return self._b.stream_create(flags)
 
     def x_cuStreamSynchronize(self, stream: Any) -> None:
-        self._bs.synchronize(stream)
+        self._b.synchronize(stream)
 
     def x_cuStreamDestroy(self, stream: Any) -> None:
-        self._bs.stream_destroy(stream)
+        self._b.stream_destroy(stream)
 
     def x_cuStreamQuery(self, stream: Any) -> None:
-        if not self._bs.stream_query(stream):
+        if not self._b.stream_query(stream):
             raise CudaCallError(E.CUDA_ERROR_NOT_READY)
 
     def x_cuEventCreate(self, flags: int) -> Any:
         self._cur()
-        return self._bs.event_create(flags)
+        return self._b.event_create(flags)
 
     def x_cuEventRecord(self, event: Any, stream: Any) -> None:
-        self._bs.event_record(event, stream)
+        self._b.event_record(event, stream)
 
     def x_cuEventSynchronize(self, event: Any) -> None:
-        self._bs.event_synchronize(event)
+        self._b.event_synchronize(event)
 
     def x_cuEventElapsedTime(self, start: Any, end: Any) -> float:
-        return self._bs.event_elapsed(start, end)
+        return self._b.event_elapsed(start, end)
 
     def x_cuEventDestroy(self, event: Any) -> None:
-        self._bs.event_destroy(event)
+        self._b.event_destroy(event)
 
     def x_cuEventQuery(self, event: Any) -> None:
-        if not self._bs.event_query(event):
+        if not self._b.event_query(event):
             raise CudaCallError(E.CUDA_ERROR_NOT_READY)
 
     # -- modules and launches ---------------------------------------------------------------
 
     def x_cuModuleLoadData(self, image: Blob) -> tuple[Any, int]:
         dev = self._cur()
-        return (self._bs.module_load(image.read_all()), dev)
+        return (self._b.module_load(image.read_all()), dev)
 
     def x_cuModuleGetFunction(self, module: tuple[Any, int], name_blob: Blob) -> tuple[_Function, Fill]:
         mod, dev = module
@@ -468,13 +465,13 @@ class Session:
             name = name_blob.read_all().decode("ascii")
         except UnicodeDecodeError:
             raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, "kernel name is not ASCII") from None
-        func, slots = self._bs.get_function(mod, name)
+        func, slots = self._b.get_function(mod, name)
         total = max((s.offset + s.size for s in slots), default=0)
         layout = b"".join(struct.pack("<II", s.offset, s.size) for s in slots)
         return _Function(func, total, dev, name), Fill.of(layout)
 
     def x_cuModuleUnload(self, module: tuple[Any, int]) -> None:
-        self._bs.module_unload(module[0])
+        self._b.module_unload(module[0])
 
     def x_cuLaunchKernel(self, f: _Function, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
                          shared: int, stream: Any, params: Blob) -> None:
@@ -486,7 +483,7 @@ class Session:
         raw = params.read_all()
         throttle = self.throttles[f.dev]
         throttle.before_launch()
-        seconds = self._bs.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, stream, raw)
+        seconds = self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, stream, raw)
         throttle.account(seconds)
 
 

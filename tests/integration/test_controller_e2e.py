@@ -22,6 +22,7 @@ from orion_virt.config import load_server_config
 from orion_virt.controller import client as ctl
 from orion_virt.controller.exceptions import ControllerUnreachable
 from orion_virt.controller.token import Grant, VGpuQuota, issue_token, load_key
+from orion_virt.cuda_enums import CUresult
 from orion_virt.errors import Refused, TransportError
 from orion_virt.launch import OriondProcess, free_port
 from orion_virt.server.authorize import node_id
@@ -689,10 +690,11 @@ def test_server_ends_a_session_whose_lease_was_not_renewed(stack: Stack) -> None
     assert conn.call(Call.cuDeviceGetCount, ())[1] == (1,)  # type: ignore[attr-defined]
     # no renewal: past the lease (2 s) and the server's grace (2 s) the next call ends the session
     deadline = alloc.expires_at + 2 + 15
-    with pytest.raises(TransportError, match=f"allocation {alloc.allocation_id} expired"):
+    with pytest.raises(Refused, match=f"allocation {alloc.allocation_id} expired") as e:
         while time.time() < deadline:
             conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
             time.sleep(0.25)
+    assert e.value.status == CUresult.CUDA_ERROR_NOT_PERMITTED
     assert time.time() > alloc.expires_at + 2  # not before the lease and its grace ran out
     wait_for(lambda: stack.summary().free_vgpus == 8, 10, "the expired lease back in the pool")
 
@@ -710,7 +712,8 @@ def test_renewed_tokens_keep_a_session_alive_past_its_first_lease(stack: Stack) 
     # a token for another allocation is refused and ends the session
     other = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1))
     conn.renew(other.token_for(other.vgpus[0].node_id))  # type: ignore[attr-defined]
-    with pytest.raises(TransportError, match="renewed token"):
+    with pytest.raises(Refused, match="renewed token") as e:
         conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
+    assert e.value.status == CUresult.CUDA_ERROR_UNKNOWN  # a protocol error: the RENEW was not valid
     ctl.release(stack.addr, other.allocation_id)
     ctl.release(stack.addr, alloc.allocation_id)
