@@ -33,6 +33,7 @@ class Connection:
         self.transport = transport
         self.hello_timeout = hello_timeout
         self.proto = ClientProtocol()
+        self._call, self._reply_header = self.proto.call, self.proto.reply_header
         self.welcome: Welcome | None = None
         self.closed = False
 
@@ -72,7 +73,7 @@ class Connection:
         TransportError when the carrier fails.
         """
         stream = self.stream
-        head, p = self.proto.call(code, args, blob_len)
+        head, p = self._call(code, args, blob_len)
         if blob is None:
             stream.send(head)
         elif blob_len <= 4096:
@@ -84,7 +85,7 @@ class Connection:
             return _NO_REPLY
         stream.flush()
         h = stream.recv_unpack(HEADER)
-        r = self.proto.reply_header(h)
+        r = self._reply_header(h)
         if r is None:
             raise self.proto.error_body(stream.recv_exact(h[0]))
         length = h[0]

@@ -101,12 +101,10 @@ class RingStream(Stream):
             if room > 0:
                 return min(room, want)
 
-    def _used_after_close(self) -> StreamClosed:
-        return StreamClosed(f"{self.name}: used after close()")
+    def _used_after_close(self, *_args: object) -> None:
+        raise StreamClosed(f"{self.name}: used after close()")
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise self._used_after_close()
         tx = self.tx
         n = len(data)
         head = tx.head
@@ -147,8 +145,6 @@ class RingStream(Stream):
             bo.wait()
 
     def send_chunks(self, n: int) -> Iterator[memoryview]:
-        if self._closed:
-            raise self._used_after_close()
         tx = self.tx
         while n > 0:
             pos = tx.head & tx.mask
@@ -192,8 +188,6 @@ class RingStream(Stream):
         self._avail(1)
 
     def recv_exact(self, n: int) -> bytes:
-        if self._closed:
-            raise self._used_after_close()
         rx = self.rx
         tail = rx.tail
         if n <= rx.size:
@@ -212,8 +206,6 @@ class RingStream(Stream):
 
     def recv_unpack(self, st: struct.Struct) -> tuple:
         """``st.unpack(recv_exact(st.size))`` without copying the bytes out of the ring first."""
-        if self._closed:
-            raise self._used_after_close()
         rx = self.rx
         n = st.size
         tail = rx.tail
@@ -228,8 +220,6 @@ class RingStream(Stream):
         return values
 
     def recv_chunks(self, n: int) -> Iterator[memoryview]:
-        if self._closed:
-            raise self._used_after_close()
         rx = self.rx
         while n > 0:
             pos = rx.tail & rx.mask
@@ -245,7 +235,12 @@ class RingStream(Stream):
             n -= k
 
     def close(self) -> None:
+        """Idempotent. Every later send or receive raises StreamClosed, even with bytes unread:
+        the instance's own attributes shadow the methods, so the open path pays no check."""
         if not self._closed:
             self._closed = True
+            for name in ("send", "send_chunks", "recv_exact", "recv_unpack", "recv_chunks", "recv_into",
+                         "send_from", "discard"):
+                setattr(self, name, self._used_after_close)
             if self._on_close is not None:
                 self._on_close()

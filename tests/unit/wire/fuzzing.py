@@ -54,7 +54,7 @@ def _valid_calls(rng: random.Random) -> bytes:
         p = PLANS[rng.choice(CODES)]
         n = rng.randrange(0, 40) if p.req_blob_idx >= 0 else 0
         head, _ = c.call(p.code, _args(p, rng, n), n)
-        c.expect = None  # the fuzzer sends without waiting for replies
+        c.expect, c._open = None, True  # the fuzzer sends without waiting for replies
         parts.append(head + rng.randbytes(n))
     return b"".join(parts)
 
