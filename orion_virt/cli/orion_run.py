@@ -11,9 +11,6 @@ import sys
 import click
 
 from ..client import run
-from ..client.run import child_env
-
-__all__ = ["child_env", "main"]  # child_env: re-exported for older importers (tests/unit/client)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,

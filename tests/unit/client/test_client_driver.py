@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from orion_virt.cli.orion_run import child_env
+from orion_virt.client.run import child_env
 from orion_virt.client import driver as d
 
 
