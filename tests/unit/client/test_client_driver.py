@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from orion_virt.client.run import child_env
 from orion_virt.client import driver as d
+from orion_virt.client.run import child_env
 
 
 def _func(layout: list[tuple[int, int]]) -> d._Kernel:
