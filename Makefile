@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-deps lint unit bench kernels clean python
+.PHONY: demo test test-deps lint unit bench kernels clean python native
 
 python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -55,3 +55,10 @@ kernels:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache out
+
+# The native client: build/native/libcuda.so.1 (orion_virt/client/native/README.md). cuda.h comes
+# from nvidia-cuda-runtime in the venv (installed here if missing) or from CUDA_INCLUDE=DIR.
+native: | $(BIN)/python
+	@[ -n "$(CUDA_INCLUDE)" ] || ls $(VENV)/lib/python3*/site-packages/nvidia/cu*/include/cuda.h >/dev/null 2>&1 \
+	  || $(BIN)/pip install -q nvidia-cuda-runtime
+	$(MAKE) -C orion_virt/client/native OUT=$(CURDIR)/build/native PYTHON=$(abspath $(BIN)/python)

@@ -1,0 +1,873 @@
+/* The native client's runtime: one session with oriond per process over TCP.
+ *
+ * Environment (as the Python client reads it): ORION_SERVER=HOST:PORT (direct mode, required
+ * here: the controller path is not in the native client yet), ORION_VGPU (required), ORION_GMEM
+ * (MiB), ORION_RATIO (%), ORION_CONNECT_TIMEOUT (s, default 5).
+ *
+ * cuInit connects (TCP_NODELAY, keepalive probes and a 5 s user timeout so a dead peer is
+ * noticed), sends HELLO with an empty token (direct mode) and waits at most the connect timeout
+ * for WELCOME. Every later call goes through orion_call under one mutex. An ERROR frame ends the
+ * session: its status is what the call (and every later one) returns, its reason is printed
+ * once. A reply that breaks the protocol ends the session with CUDA_ERROR_UNKNOWN, a broken
+ * connection with CUDA_ERROR_DEVICE_UNAVAILABLE; nothing is read that a checked header did not
+ * announce. BYE at exit.
+ *
+ * Hand-written here (the calls in tools/gen_native.py's C_CUSTOM): cuInit, cuDriverGetVersion
+ * (answered before cuInit), the context calls (the client knows the current context),
+ * cuModuleLoadData (the image's length), cuModuleGetFunction (the parameter layout, cached per
+ * function) and cuLaunchKernel (kernelParams packed per that layout); and the client-side
+ * cuGetErrorName, cuGetErrorString, cuCtxGetCurrent.
+ */
+#define _GNU_SOURCE
+#include "orion_client.h"
+#include "calls_gen.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- state ---------------------------------------------------------------------------------- */
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;  /* taken before call_lock */
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t fn_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int sock_fd = -1;
+static volatile int initialized;      /* the session is open (set once, under both locks) */
+static int init_tried;                /* cuInit ran (its outcome is init_status) */
+static CUresult init_status;
+static CUresult ended;                /* non-zero: the session is over, every call returns this */
+static int said_failure;
+static uint32_t seq;
+static char server_addr[300];
+static char allocation_id[40];
+static CUcontext current_ctx;         /* guarded by call_lock */
+static int exit_hooked;
+
+static void say(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const char *level, const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "[%s] %s\n", level, line);
+    fflush(stderr);
+}
+
+/* ---- I/O ------------------------------------------------------------------------------------ */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* 0 ok, -1 error (errno), the whole iovec array written. */
+static int send_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        struct msghdr mh;
+        memset(&mh, 0, sizeof mh);
+        mh.msg_iov = iov;
+        mh.msg_iovlen = (size_t)n;
+        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        size_t left = (size_t)w;
+        while (n > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+/* 0 ok, -1 error (errno), -2 end of stream, -3 deadline passed (deadline 0: none). */
+static int recv_all(int fd, void *buf, size_t n, double deadline)
+{
+    char *p = buf;
+    while (n > 0) {
+        if (deadline > 0) {
+            double left = deadline - now_s();
+            if (left <= 0) return -3;
+            struct pollfd pfd = {fd, POLLIN, 0};
+            int r = poll(&pfd, 1, (int)(left * 1000) + 1);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) return -1;
+            if (r == 0) return -3;
+        }
+        ssize_t got = recv(fd, p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (got == 0) return -2;
+        p += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+/* Discard n bytes (a body we do not keep). */
+static int recv_skip(int fd, uint64_t n)
+{
+    char sink[4096];
+    while (n > 0) {
+        size_t k = n < sizeof sink ? (size_t)n : sizeof sink;
+        int r = recv_all(fd, sink, k, 0);
+        if (r) return r;
+        n -= k;
+    }
+    return 0;
+}
+
+static void close_session(CUresult why)
+{
+    if (sock_fd >= 0) {
+        shutdown(sock_fd, SHUT_RDWR);
+        close(sock_fd);
+        sock_fd = -1;
+    }
+    ended = why;
+}
+
+typedef struct {
+    uint32_t length;
+    uint8_t kind, flags;
+    uint16_t code;
+    uint32_t seq;
+    int32_t status;
+} header;
+
+static void pack_header(unsigned char *p, uint32_t length, uint8_t kind, uint8_t flags, uint16_t code,
+                        uint32_t sq, int32_t status)
+{
+    orion_put_u32(p, length);
+    orion_put_u8(p + 4, kind);
+    orion_put_u8(p + 5, flags);
+    orion_put_u16(p + 6, code);
+    orion_put_u32(p + 8, sq);
+    orion_put_i32(p + 12, status);
+}
+
+static header unpack_header(const unsigned char *p)
+{
+    header h = {orion_get_u32(p), orion_get_u8(p + 4), orion_get_u8(p + 5), orion_get_u16(p + 6),
+                orion_get_u32(p + 8), orion_get_i32(p + 12)};
+    return h;
+}
+
+static const char *kind_name(uint8_t k)
+{
+    static const char *names[] = {"?", "HELLO", "WELCOME", "CALL", "REPLY", "ERROR", "BYE", "RENEW"};
+    return k < 8 ? names[k] : "an unknown message kind";
+}
+
+/* ---- the call path -------------------------------------------------------------------------- */
+
+static CUresult protocol_verror(const char *fmt, va_list ap)
+{
+    char why[1024];
+    vsnprintf(why, sizeof why, fmt, ap);
+    if (!said_failure) {
+        said_failure = 1;
+        say("ERROR", "oriond sent an invalid reply, the session is closed: %s", why);
+    }
+    close_session(CUDA_ERROR_UNKNOWN);
+    return CUDA_ERROR_UNKNOWN;
+}
+
+/* A reply that breaks the protocol, call_lock held: the session is over. */
+static CUresult protocol_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static CUresult protocol_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    CUresult st = protocol_verror(fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* The same, outside the call path (a reply that was well framed but cannot be right). */
+static CUresult protocol_error_public(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static CUresult protocol_error_public(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&call_lock);
+    CUresult st = protocol_verror(fmt, ap);
+    pthread_mutex_unlock(&call_lock);
+    va_end(ap);
+    return st;
+}
+
+static CUresult transport_error(const char *what, int r)
+{
+    if (!said_failure) {
+        said_failure = 1;
+        say("ERROR", "lost the connection to oriond at %s during %s: %s", server_addr, what,
+            r == -2 ? "it closed the connection" : strerror(errno));
+    }
+    close_session(CUDA_ERROR_DEVICE_UNAVAILABLE);
+    return CUDA_ERROR_DEVICE_UNAVAILABLE;
+}
+
+/* An ERROR frame whose header was read: its reason, printed once; its status ends the session. */
+static CUresult error_frame(header h)
+{
+    char reason[1024];
+    uint32_t keep = h.length < sizeof reason - 1 ? h.length : (uint32_t)sizeof reason - 1;
+    if (h.code || h.flags || h.length > ORION_MAX_CONTROL_BODY)
+        return protocol_error("an ERROR frame with code %u, flags 0x%02x, %u bytes", h.code, h.flags, h.length);
+    int r = recv_all(sock_fd, reason, keep, 0);
+    if (!r) r = recv_skip(sock_fd, h.length - keep);
+    if (r) return transport_error("an ERROR frame", r);
+    reason[keep] = '\0';
+    CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
+    if (!said_failure) {
+        said_failure = 1;
+        say("ERROR", "oriond ended the session: %s", reason);
+    }
+    close_session(st);
+    return st;
+}
+
+static CUresult call_locked(orion_msg *m)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (ended) return ended;
+    uint64_t body = (uint64_t)m->req_len + m->blob_len;
+    if (body > 0xFFFFFFFFu) return CUDA_ERROR_INVALID_VALUE;  /* a body's length is a u32 */
+    uint32_t sq = ++seq;
+    unsigned char head[ORION_HEADER_SIZE];
+    pack_header(head, (uint32_t)body, ORION_CALL, m->flags, m->code, sq, 0);
+    struct iovec iov[3] = {{head, sizeof head}, {(void *)m->req, m->req_len}, {(void *)m->blob, (size_t)m->blob_len}};
+    if (send_all(sock_fd, iov, m->blob_len ? 3 : 2)) return transport_error(m->name, -1);
+    if (m->flags & ORION_NO_REPLY) return CUDA_SUCCESS;
+
+    unsigned char raw[ORION_HEADER_SIZE];
+    int r = recv_all(sock_fd, raw, sizeof raw, 0);
+    if (r) return transport_error(m->name, r);
+    header h = unpack_header(raw);
+    if (h.kind == ORION_ERROR) return error_frame(h);
+    if (h.kind != ORION_REPLY || h.code != m->code || h.seq != sq || h.flags)
+        return protocol_error("%s code %u seq %u does not answer %s seq %u", kind_name(h.kind), h.code, h.seq,
+                              m->name, sq);
+    uint64_t n = 0;
+    if (h.length != m->resp_len) {
+        if (m->resp_blob_off < 0 || h.length < m->resp_len)
+            return protocol_error("%s: reply body of %u bytes, its layout has %u", m->name, h.length, m->resp_len);
+        if (h.status)
+            return protocol_error("%s: a failed reply (status %d) carries a blob", m->name, h.status);
+        n = h.length - m->resp_len;
+        if (n > m->out_cap)
+            return protocol_error("%s: reply blob of %llu bytes, the buffer holds %llu", m->name,
+                                  (unsigned long long)n, (unsigned long long)m->out_cap);
+    }
+    if (m->resp_len && (r = recv_all(sock_fd, m->resp, m->resp_len, 0))) return transport_error(m->name, r);
+    if (m->resp_blob_off >= 0 && !h.status) {
+        uint64_t declared = orion_get_u64((const unsigned char *)m->resp + m->resp_blob_off);
+        if (declared != n)
+            return protocol_error("%s: reply blob of %llu bytes, its length field says %llu", m->name,
+                                  (unsigned long long)n, (unsigned long long)declared);
+        if (n && (r = recv_all(sock_fd, m->out, (size_t)n, 0))) return transport_error(m->name, r);
+    }
+    m->out_len = n;
+    return (CUresult)h.status;
+}
+
+CUresult orion_call(orion_msg *m)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    pthread_mutex_lock(&call_lock);
+    CUresult st = call_locked(m);
+    pthread_mutex_unlock(&call_lock);
+    return st;
+}
+
+/* ---- session -------------------------------------------------------------------------------- */
+
+static void make_allocation_id(char *out)
+{
+    unsigned char b[16];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, b, sizeof b) : -1;
+    if (fd >= 0) close(fd);
+    if (got != (ssize_t)sizeof b) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40);
+        for (int i = 0; i < 16; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            b[i] = (unsigned char)(x >> 56);
+        }
+    }
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);  /* a version 4 UUID, as uuid.uuid4() */
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+             b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+static size_t program_name(char *out, size_t cap)
+{
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, out, cap);
+    close(fd);
+    if (n <= 0) return 0;
+    while (n > 0 && out[n - 1] == '\0') n--;
+    for (ssize_t i = 0; i < n; i++)
+        if (out[i] == '\0') out[i] = ' ';
+    return (size_t)n;
+}
+
+/* A positive integer from the environment: 1 set, 0 unset, -1 malformed. */
+static int env_long(const char *name, long lo, long hi, long *out)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return 0;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) return -1;
+    *out = x;
+    return 1;
+}
+
+static void on_exit_hook(void);
+
+/* Connect and handshake (init_lock and call_lock held). Returns CUDA_SUCCESS or cuInit's status. */
+static CUresult open_session(void)
+{
+    long vgpu = 0, gmem = 0, ratio = 0;
+    double timeout = 5.0;
+    int r = env_long("ORION_VGPU", 1, 64, &vgpu);
+    if (r == 0) {
+        say("ERROR", "ORION_VGPU is not set: export ORION_VGPU=<number of vGPUs this application needs>");
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    if (r < 0) {
+        say("ERROR", "ORION_VGPU=%s: expected a number of vGPUs from 1 to 64", getenv("ORION_VGPU"));
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    if (env_long("ORION_GMEM", 1, 0xFFFFFFFFL, &gmem) < 0) {
+        say("ERROR", "ORION_GMEM=%s: expected a positive number of MiB", getenv("ORION_GMEM"));
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    if (env_long("ORION_RATIO", 0, 100, &ratio) < 0) {
+        say("ERROR", "ORION_RATIO=%s: expected a percentage from 1 to 100", getenv("ORION_RATIO"));
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    const char *t = getenv("ORION_CONNECT_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        double x = strtod(t, &end);
+        if (*end || !(x > 0)) {
+            say("ERROR", "ORION_CONNECT_TIMEOUT=%s: expected a positive number of seconds", t);
+            return CUDA_ERROR_NO_DEVICE;
+        }
+        timeout = x;
+    }
+    const char *addr = getenv("ORION_SERVER");
+    if (!addr || !*addr) {
+        say("ERROR", "ORION_SERVER is not set: export ORION_SERVER=HOST:PORT of oriond "
+                     "(the native client has no controller support yet)");
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    snprintf(server_addr, sizeof server_addr, "%s", addr);
+    char host[256], port[16] = "9960";
+    const char *colon = strrchr(addr, ':');
+    size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (hl >= sizeof host || (colon && strlen(colon + 1) >= sizeof port)) {
+        say("ERROR", "ORION_SERVER=%s: expected HOST:PORT", addr);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {  /* [v6]:port */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    if (colon) snprintf(port, sizeof port, "%s", colon + 1);
+
+    fprintf(stderr, "%s\n", ORION_BANNER);
+    fflush(stderr);
+    make_allocation_id(allocation_id);
+
+    double deadline = now_s() + timeout;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai) {
+        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER): %s", server_addr, gai_strerror(gai));
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    int fd = -1, err = 0;
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+        if (fd < 0) { err = errno; continue; }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS) {
+            err = errno;
+            close(fd);
+            fd = -1;
+            continue;
+        }
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        double left = deadline - now_s();
+        int pr;
+        do pr = poll(&pfd, 1, left > 0 ? (int)(left * 1000) + 1 : 0); while (pr < 0 && errno == EINTR);
+        socklen_t el = sizeof err;
+        if (pr <= 0) err = ETIMEDOUT;
+        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el)) err = errno;
+        if (err) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER): %s", server_addr,
+            err == ETIMEDOUT ? "no answer within the connect timeout" : strerror(err));
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    int one = 1, idle = 2, intvl = 1, cnt = 3;
+    unsigned int user_timeout = 5000;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+
+    /* HELLO: docs/protocol.md, "Session" */
+    char prog[200];
+    size_t pl = program_name(prog, sizeof prog);
+    size_t al = strlen(allocation_id);
+    unsigned char hello[ORION_HEADER_SIZE + 28 + sizeof prog + 40];
+    unsigned char *b = hello + ORION_HEADER_SIZE;
+    orion_put_u32(b, ORION_HELLO_MAGIC);
+    orion_put_u16(b + 4, ORION_PROTO_MAJOR);
+    orion_put_u16(b + 6, ORION_PROTO_MINOR);
+    orion_put_u32(b + 8, (uint32_t)getpid());
+    orion_put_u16(b + 12, (uint16_t)vgpu);
+    orion_put_u16(b + 14, (uint16_t)ratio);
+    orion_put_u32(b + 16, (uint32_t)gmem);
+    orion_put_u16(b + 20, 0);  /* token: empty in direct mode */
+    orion_put_u16(b + 22, (uint16_t)pl);
+    orion_put_u16(b + 24, (uint16_t)al);
+    orion_put_u16(b + 26, 0);
+    memcpy(b + 28, prog, pl);
+    memcpy(b + 28 + pl, allocation_id, al);
+    uint32_t body = (uint32_t)(28 + pl + al);
+    pack_header(hello, body, ORION_HELLO, 0, 0, 0, 0);
+    struct iovec iov = {hello, ORION_HEADER_SIZE + body};
+    if (send_all(fd, &iov, 1)) {
+        say("ERROR", "cannot send HELLO to oriond at %s: %s", server_addr, strerror(errno));
+        close(fd);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    unsigned char raw[ORION_HEADER_SIZE];
+    size_t got = 0;
+    r = 0;
+    while (got < sizeof raw) {  /* byte-wise progress so a timeout can say what arrived */
+        r = recv_all(fd, raw + got, 1, deadline);
+        if (r) break;
+        got++;
+    }
+    if (r) {
+        if (r == -3 && !got)
+            say("ERROR", "%s: no answer to HELLO within %g s (the port accepts connections but nothing "
+                         "answered: is it oriond's port, 9960 by default?)", server_addr, timeout);
+        else if (r == -3)
+            say("ERROR", "%s: no answer to HELLO within %g s (it sent %zu bytes)", server_addr, timeout, got);
+        else
+            say("ERROR", "%s closed the connection after HELLO%s (is it oriond's port?)", server_addr,
+                got ? " after sending a few bytes" : "");
+        close(fd);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    header h = unpack_header(raw);
+    if ((h.kind != ORION_WELCOME && h.kind != ORION_ERROR) || h.code || h.flags || h.length > ORION_MAX_CONTROL_BODY) {
+        char shown[17];
+        for (size_t i = 0; i < 16; i++) shown[i] = raw[i] >= 32 && raw[i] < 127 ? (char)raw[i] : '.';
+        shown[16] = '\0';
+        say("ERROR", "%s is not an Orion Server: it answered '%s'%s", server_addr, shown,
+            memcmp(raw, "HTTP/", 5) == 0 ? " (an HTTP server: is this the controller's port?)" : "");
+        close(fd);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    char *text = malloc(h.length + 1u);
+    if (!text) {
+        close(fd);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    r = recv_all(fd, text, h.length, deadline);
+    if (r) {
+        say("ERROR", "%s: the answer to HELLO was cut short (%s)", server_addr,
+            r == -3 ? "timed out" : r == -2 ? "connection closed" : strerror(errno));
+        free(text);
+        close(fd);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    text[h.length] = '\0';
+    if (h.kind == ORION_ERROR) {
+        CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
+        say("ERROR", "oriond at %s refused the session: %s", server_addr, text);
+        free(text);
+        close(fd);
+        return st;
+    }
+    /* WELCOME: u16 major, u16 minor, u64 session id, u16 backend length, backend */
+    const unsigned char *w = (const unsigned char *)text;
+    if (h.length < 14 || 14u + orion_get_u16(w + 12) != h.length || orion_get_u16(w) != ORION_PROTO_MAJOR) {
+        say("ERROR", "%s: a WELCOME this client cannot use (%u bytes, protocol %u)", server_addr, h.length,
+            h.length >= 2 ? orion_get_u16(w) : 0);
+        free(text);
+        close(fd);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    free(text);
+    sock_fd = fd;
+    seq = 0;
+    ended = CUDA_SUCCESS;
+    said_failure = 0;
+    initialized = 1;
+    return CUDA_SUCCESS;
+}
+
+static void bye(void)
+{
+    /* Bounded: a thread stuck in a call must not keep the process from exiting. */
+    int locked = 0;
+    for (int i = 0; i < 100 && !(locked = !pthread_mutex_trylock(&call_lock)); i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (sock_fd >= 0) {
+        if (locked) {
+            unsigned char head[ORION_HEADER_SIZE];
+            pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
+            struct iovec iov = {head, sizeof head};
+            (void)send_all(sock_fd, &iov, 1);
+        }
+        close_session(CUDA_ERROR_DEINITIALIZED);
+    }
+    if (locked) pthread_mutex_unlock(&call_lock);
+}
+
+static void on_exit_hook(void)
+{
+    static int done;
+    if (done || !init_tried) return;
+    done = 1;
+    int had = initialized;
+    bye();
+    if (had)
+        say("INFO", ORION_MSG_EXIT_WITH, allocation_id);
+    else
+        say("INFO", "%s", ORION_MSG_NO_ALLOCATION);
+}
+
+__attribute__((destructor)) static void orion_fini(void) { on_exit_hook(); }
+
+/* ---- hand-written calls ------------------------------------------------------------------- */
+
+CUresult orion_custom_cuInit(unsigned int Flags)
+{
+    pthread_mutex_lock(&init_lock);
+    if (!init_tried) {
+        init_tried = 1;
+        if (!exit_hooked) {
+            exit_hooked = 1;
+            atexit(on_exit_hook);
+        }
+        pthread_mutex_lock(&call_lock);
+        init_status = open_session();
+        pthread_mutex_unlock(&call_lock);
+    }
+    CUresult st = init_status;
+    pthread_mutex_unlock(&init_lock);
+    if (st != CUDA_SUCCESS) return st;
+    return orion_wire_cuInit(Flags);
+}
+
+CUresult orion_custom_cuDriverGetVersion(int *driverVersion)
+{
+    if (!driverVersion) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) {  /* as NVIDIA's driver: answered before cuInit (the header's version) */
+        *driverVersion = CUDA_VERSION;
+        return CUDA_SUCCESS;
+    }
+    return orion_wire_cuDriverGetVersion(driverVersion);
+}
+
+static void set_current(CUcontext ctx)
+{
+    pthread_mutex_lock(&call_lock);
+    current_ctx = ctx;
+    pthread_mutex_unlock(&call_lock);
+}
+
+CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    CUresult st = orion_wire_cuCtxCreate(pctx, flags, dev);
+    if (st == CUDA_SUCCESS) set_current(*pctx);
+    return st;
+}
+
+CUresult orion_custom_cuCtxDestroy(CUcontext ctx)
+{
+    CUresult st = orion_wire_cuCtxDestroy(ctx);
+    if (st == CUDA_SUCCESS) {
+        pthread_mutex_lock(&call_lock);
+        if (current_ctx == ctx) current_ctx = NULL;
+        pthread_mutex_unlock(&call_lock);
+    }
+    return st;
+}
+
+CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx)
+{
+    CUresult st = orion_wire_cuCtxSetCurrent(ctx);
+    if (st == CUDA_SUCCESS) set_current(ctx);
+    return st;
+}
+
+/* CUDA 13's cuCtxCreate (cuda.h maps cuCtxCreate to it): the same call when no execution
+ * affinity or CIG parameters are asked for; those are not remoted. */
+ORION_API CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags, CUdevice dev)
+{
+    if (ctxCreateParams && (ctxCreateParams->execAffinityParams || ctxCreateParams->numExecAffinityParams ||
+                            ctxCreateParams->cigParams))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    return orion_custom_cuCtxCreate(pctx, flags, dev);
+}
+
+ORION_API CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    pthread_mutex_lock(&call_lock);
+    *pctx = current_ctx;
+    pthread_mutex_unlock(&call_lock);
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuGetErrorName(CUresult error, const char **pStr)
+{
+    if (!pStr) return CUDA_ERROR_INVALID_VALUE;
+    *pStr = orion_error_name(error);
+    return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+ORION_API CUresult cuGetErrorString(CUresult error, const char **pStr)
+{
+    if (!pStr) return CUDA_ERROR_INVALID_VALUE;
+    *pStr = orion_error_string(error);
+    return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---- modules: image length ---------------------------------------------------------------- */
+
+#define FATBIN_MAGIC 0xBA55ED50u
+#define FATBINC_MAGIC 0x466243B1u
+
+/* The byte length of a module image, which cuModuleLoadData receives without one: an ELF
+ * (cubin) ends with its section header table, a fatbin says its size in its header, a fatbinc
+ * wrapper points at a fatbin, anything else is NUL-terminated PTX text. 0: not an image. */
+static size_t image_length(const void **image)
+{
+    const unsigned char *p = *image;
+    if (memcmp(p, "\x7f" "ELF", 4) == 0) {
+        if (p[4] == 2) {  /* ELFCLASS64 */
+            uint64_t shoff = orion_get_u64(p + 0x28);
+            return (size_t)(shoff + (uint64_t)orion_get_u16(p + 0x3A) * orion_get_u16(p + 0x3C));
+        }
+        uint32_t shoff = orion_get_u32(p + 0x20);
+        return (size_t)shoff + (size_t)orion_get_u16(p + 0x2E) * orion_get_u16(p + 0x30);
+    }
+    if (orion_get_u32(p) == FATBINC_MAGIC) {
+        const unsigned char *data;
+        memcpy(&data, p + 8, sizeof data);
+        if (!data) return 0;
+        *image = data;
+        p = data;
+    }
+    if (orion_get_u32(p) == FATBIN_MAGIC) return (size_t)(orion_get_u16(p + 6) + orion_get_u64(p + 8));
+    return strnlen((const char *)p, (size_t)ORION_MAX_IMAGE + 1);
+}
+
+CUresult orion_custom_cuModuleLoadData(CUmodule *module, const void *image)
+{
+    if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
+    size_t n = image_length(&image);
+    if (!n) return CUDA_ERROR_INVALID_IMAGE;
+    if (n > ORION_MAX_IMAGE) return CUDA_ERROR_INVALID_VALUE;
+    return orion_wire_cuModuleLoadData(module, image, (uint32_t)n);
+}
+
+/* ---- functions: parameter layouts --------------------------------------------------------- */
+
+typedef struct {
+    uint64_t handle;   /* 0: empty slot */
+    uint32_t count;
+    uint32_t total;    /* bytes of the packed parameter buffer */
+    uint32_t *layout;  /* count pairs: offset, size */
+} kernel_info;
+
+static kernel_info *kernels;
+static size_t kernels_cap, kernels_used;
+
+static size_t slot_of(uint64_t h, size_t cap)
+{
+    uint64_t x = h * 0x9E3779B97F4A7C15ull;
+    return (size_t)(x >> 17) & (cap - 1);
+}
+
+/* fn_lock held. */
+static int kernels_put(kernel_info k)
+{
+    if ((kernels_used + 1) * 2 > kernels_cap) {
+        size_t cap = kernels_cap ? kernels_cap * 2 : 64;
+        kernel_info *t = calloc(cap, sizeof *t);
+        if (!t) return -1;
+        for (size_t i = 0; i < kernels_cap; i++) {
+            if (!kernels[i].handle) continue;
+            size_t j = slot_of(kernels[i].handle, cap);
+            while (t[j].handle) j = (j + 1) & (cap - 1);
+            t[j] = kernels[i];
+        }
+        free(kernels);
+        kernels = t;
+        kernels_cap = cap;
+    }
+    size_t j = slot_of(k.handle, kernels_cap);
+    while (kernels[j].handle && kernels[j].handle != k.handle) j = (j + 1) & (kernels_cap - 1);
+    if (kernels[j].handle) {
+        free(kernels[j].layout);  /* the same handle again: a fresh layout */
+    } else {
+        kernels_used++;
+    }
+    kernels[j] = k;
+    return 0;
+}
+
+/* fn_lock held. */
+static kernel_info *kernels_get(uint64_t h)
+{
+    if (!kernels_cap || !h) return NULL;
+    size_t j = slot_of(h, kernels_cap);
+    while (kernels[j].handle) {
+        if (kernels[j].handle == h) return &kernels[j];
+        j = (j + 1) & (kernels_cap - 1);
+    }
+    return NULL;
+}
+
+CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name)
+{
+    if (!hfunc || !name) return CUDA_ERROR_INVALID_VALUE;
+    size_t n = strnlen(name, (size_t)ORION_MAX_NAME + 1);
+    if (n > ORION_MAX_NAME) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t cap = 8ull * ORION_MAX_PARAMS, got = 0;
+    uint32_t *raw = malloc((size_t)cap);
+    if (!raw) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUfunction f = NULL;
+    CUresult st = orion_wire_cuModuleGetFunction(&f, hmod, name, (uint32_t)n, raw, cap, &got);
+    if (st != CUDA_SUCCESS) {
+        free(raw);
+        return st;
+    }
+    /* the reply blob: u32 offset, u32 size per parameter */
+    kernel_info k = {(uint64_t)(uintptr_t)f, (uint32_t)(got / 8), 0, NULL};
+    if (got % 8 || !k.handle) {
+        free(raw);
+        return protocol_error_public("cuModuleGetFunction: a parameter layout of %llu bytes", (unsigned long long)got);
+    }
+    const unsigned char *b = (const unsigned char *)raw;
+    k.layout = malloc(got ? (size_t)got : 1);
+    if (!k.layout) {
+        free(raw);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    for (uint32_t i = 0; i < k.count; i++) {
+        uint32_t off = orion_get_u32(b + 8 * i), size = orion_get_u32(b + 8 * i + 4);
+        if ((uint64_t)off + size > ORION_MAX_PARAMS) {
+            free(raw);
+            free(k.layout);
+            return protocol_error_public("cuModuleGetFunction: parameter %u at %u, %u bytes, lies beyond %u bytes",
+                                         i, off, size, ORION_MAX_PARAMS);
+        }
+        k.layout[2 * i] = off;
+        k.layout[2 * i + 1] = size;
+        if (off + size > k.total) k.total = off + size;
+    }
+    free(raw);
+    pthread_mutex_lock(&fn_lock);
+    int bad = kernels_put(k);
+    pthread_mutex_unlock(&fn_lock);
+    if (bad) {
+        free(k.layout);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *hfunc = f;
+    return CUDA_SUCCESS;
+}
+
+CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                                     unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                                     unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
+{
+    if (extra) return CUDA_ERROR_NOT_SUPPORTED;  /* packed `extra` buffers are not remoted yet */
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    unsigned char buf[ORION_MAX_PARAMS];
+    uint32_t total;
+    pthread_mutex_lock(&fn_lock);
+    kernel_info *k = kernels_get((uint64_t)(uintptr_t)f);
+    if (!k) {
+        pthread_mutex_unlock(&fn_lock);
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    total = k->total;
+    if (k->count && !kernelParams) {
+        pthread_mutex_unlock(&fn_lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    memset(buf, 0, total);
+    for (uint32_t i = 0; i < k->count; i++) {
+        if (!kernelParams[i]) {
+            pthread_mutex_unlock(&fn_lock);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+        memcpy(buf + k->layout[2 * i], kernelParams[i], k->layout[2 * i + 1]);
+    }
+    pthread_mutex_unlock(&fn_lock);
+    return orion_wire_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes,
+                                     hStream, buf, total);
+}
