@@ -1,0 +1,355 @@
+"""The native client (build/native/libcuda.so.1) end to end: C driver-API programs, compiled
+against NVIDIA's cuda.h and linked with -lcuda, run unmodified against a real oriond (sim) over
+TCP with LD_LIBRARY_PATH pointing at the build; plus fake servers for the failure paths.
+
+The library is built with `make native` (the repository's target), the programs from
+tests/native/*.c with gcc.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from orion_virt.wire import calls as wire_calls
+from orion_virt.wire.frames import HEADER, Kind, Welcome, encode_error
+from tests.oriond_fixture import ROOT, Oriond
+
+pytestmark = pytest.mark.integration
+
+BUILD = ROOT / "build" / "native"
+SOURCES = ROOT / "tests" / "native"
+PTX = ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"
+
+
+def cuda_include() -> Path | None:
+    if os.environ.get("CUDA_INCLUDE"):
+        return Path(os.environ["CUDA_INCLUDE"])
+    try:
+        import nvidia  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    for d in nvidia.__path__:
+        for inc in sorted(Path(d).glob("cu*/include")):
+            if (inc / "cuda.h").exists():
+                return inc
+    return None
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the native client (make test-deps installs it)")
+    b = subprocess.run(["make", "-C", str(ROOT), "native"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    assert (BUILD / "libcuda.so.1").exists()
+    inc = cuda_include()
+    assert inc is not None, "cuda.h not found after make native (pip install nvidia-cuda-runtime)"
+    out = tmp_path_factory.mktemp("native-programs")
+    built = {}
+    for src in sorted(SOURCES.glob("*.c")):
+        exe = out / src.stem
+        c = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{inc}",
+                            f"-I{SOURCES}", str(src), f"-L{BUILD}", "-lcuda", "-lm", "-o", str(exe)],
+                           capture_output=True, text=True, timeout=120)
+        assert c.returncode == 0, f"{src.name}:\n{c.stderr}"
+        built[src.stem] = exe
+    return built
+
+
+@pytest.fixture(scope="module")
+def oriond(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oriond]:
+    o = Oriond(tmp_path_factory.mktemp("oriond")).start()
+    yield o
+    o.stop()
+
+
+def native_env(o: Oriond | None = None, **extra: str) -> dict[str, str]:
+    if o is not None:
+        env = o.env(tcp=True)
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
+        env.update(ORION_VGPU="2", ORION_GMEM="4096")
+    env["LD_LIBRARY_PATH"] = str(BUILD)
+    env.update(extra)
+    return env
+
+
+def run(exe: Path, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- the library itself -------------------------------------------------------------------------
+
+
+def test_generated_native_marshalling_is_current() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_native.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"stale generated files (run python tools/gen_native.py):\n{r.stdout}{r.stderr}"
+
+
+def test_the_library_exports_every_spelling_of_the_spec_and_only_the_api(programs: dict[str, Path]) -> None:
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(BUILD / "libcuda.so.1")], capture_output=True,
+                        text=True, check=True).stdout
+    exported = {line.split()[-1] for line in nm.splitlines() if line.strip()}
+    want = {n for s in wire_calls.SPECS.values() for n in (s.fn.name, *s.fn.spellings)}
+    want |= {"cuGetErrorName", "cuGetErrorString", "cuCtxGetCurrent"}
+    assert want <= exported, sorted(want - exported)
+    assert all(n.startswith("cu") for n in exported), sorted(n for n in exported if not n.startswith("cu"))
+    soname = subprocess.run(["readelf", "-d", str(BUILD / "libcuda.so.1")], capture_output=True, text=True).stdout
+    assert "Library soname: [libcuda.so.1]" in soname
+    # a program built against CUDA 13's cuda.h imports the versioned spellings
+    undefined = subprocess.run(["nm", "-u", str(programs["memory"])], capture_output=True, text=True).stdout
+    for sym in ("cuCtxCreate_v4", "cuMemAlloc_v2", "cuMemcpyHtoD_v2", "cuMemFree_v2", "cuMemGetInfo_v2"):
+        assert sym in undefined
+
+
+# -- programs against oriond (sim) over TCP ----------------------------------------------------
+
+
+def test_device_query(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["deviceQuery"], env=native_env(oriond))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Detected 2 CUDA Capable device(s)" in r.stdout
+    assert r.stdout.count("Total amount of global memory: 4096 MBytes") == 2
+    assert 'Device 1: "Orion sim device (no GPU)"' in r.stdout
+    assert "Result = PASS" in r.stdout
+    assert "VirtaiTech Resource. Build-cuda-orion_virt-" in r.stderr
+    assert "Client exits with allocation ID" in r.stderr
+
+
+def test_device_query_sees_the_vgpu_it_asked_for(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["deviceQuery"], env=native_env(oriond, ORION_VGPU="1", ORION_GMEM="1024"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Detected 1 CUDA Capable device(s)" in r.stdout
+    assert "Total amount of global memory: 1024 MBytes" in r.stdout
+
+
+def test_memory(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["memory"], env=native_env(oriond))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mem info: free 4096 MiB, total 4096 MiB" in r.stdout
+    assert "HtoD, DtoD, DtoH of 4194304 bytes: PASSED" in r.stdout
+    assert "memset and async copies: PASSED" in r.stdout
+    assert "-> CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
+    assert "Test PASSED" in r.stdout
+
+
+def test_memory_quota_follows_orion_gmem(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["memory"], env=native_env(oriond, ORION_GMEM="512"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mem info: free 512 MiB, total 512 MiB" in r.stdout
+
+
+def test_vector_add_module_launch_streams_events(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["vectorAdd"], str(PTX), env=native_env(oriond))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("sum check: PASSED") == 2
+    assert r.stdout.count("[saxpy on device") == 2 and "FAILED" not in r.stdout
+    assert "Test PASSED" in r.stdout
+
+
+def test_error_codes(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["errors"], str(PTX), env=native_env(oriond))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "name of 2: CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
+    assert "string of 400: invalid resource handle" in r.stdout
+    assert "cuStreamSynchronize((CUstream)(uintptr_t)0xdead) -> CUDA_ERROR_INVALID_HANDLE" in r.stdout
+    assert '"no_such_kernel") -> CUDA_ERROR_NOT_FOUND' in r.stdout
+    assert "Test PASSED" in r.stdout
+
+
+def test_threads_share_one_session(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["threads"], env=native_env(oriond), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "8 threads x 200 rounds: PASSED" in r.stdout
+
+
+# -- sessions that cannot open or that break ---------------------------------------------------
+
+
+def test_a_refused_session_returns_the_error_frames_status(programs: dict[str, Path], oriond: Oriond) -> None:
+    """ORION_GMEM larger than a sim GPU (8192 MiB): oriond answers HELLO with ERROR; cuInit returns
+    its status and the reason is on stderr."""
+    r = run(programs["init_only"], env=native_env(oriond, ORION_GMEM="16384"))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "cuInit: 2 CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
+    assert "ORION_GMEM=16384 MiB exceeds the memory of one GPU (8192 MiB)" in r.stderr
+    assert "cuDeviceGetCount: 3 CUDA_ERROR_NOT_INITIALIZED" in r.stdout
+    assert "Client exits without allocation ID" in r.stderr
+
+
+def test_without_orion_vgpu_cuinit_says_what_to_set(programs: dict[str, Path], oriond: Oriond) -> None:
+    r = run(programs["init_only"], env=native_env(oriond, ORION_VGPU=""))
+    assert "cuInit: 100 CUDA_ERROR_NO_DEVICE" in r.stdout
+    assert "ORION_VGPU is not set" in r.stderr
+
+
+def test_nothing_listening_names_the_address(programs: dict[str, Path]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    r = run(programs["init_only"], env=native_env(ORION_SERVER=f"127.0.0.1:{port}"))
+    assert "cuInit: 100 CUDA_ERROR_NO_DEVICE" in r.stdout
+    assert f"cannot connect to oriond at 127.0.0.1:{port}" in r.stderr
+
+
+class FakeServer:
+    """A listener that plays oriond's part as ``script(conn, done)`` says; ``done`` is set at close
+    (a script that must stay silent waits for it)."""
+
+    def __init__(self, script: Callable[[socket.socket, threading.Event], object]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.script = script
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                self.script(conn, self.done)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def recv_message(conn: socket.socket) -> tuple[tuple, bytes]:
+    h = HEADER.unpack(recv_exact(conn, HEADER.size))
+    return h, recv_exact(conn, h[0])
+
+
+def welcome_then(reply: Callable[[tuple], bytes]) -> Callable[[socket.socket, threading.Event], None]:
+    def script(conn: socket.socket, done: threading.Event) -> None:
+        (_, kind, *_rest), _hello = recv_message(conn)
+        assert kind == Kind.HELLO
+        conn.sendall(Welcome(7, "fake").encode())
+        h, _body = recv_message(conn)  # the cuInit call
+        conn.sendall(reply(h))
+        done.wait(10)  # stay silent: the client must not wait for more
+    return script
+
+
+def reply_header(length: int, kind: int, flags: int, code: int, seq: int, status: int) -> bytes:
+    return HEADER.pack(length, kind, flags, code, seq, status)
+
+
+MALFORMED = {
+    "wrong seq": lambda h: reply_header(0, Kind.REPLY, 0, h[3], h[4] + 1, 0),
+    "wrong code": lambda h: reply_header(0, Kind.REPLY, 0, h[3] + 1, h[4], 0),
+    "flags on a reply": lambda h: reply_header(0, Kind.REPLY, 1, h[3], h[4], 0),
+    "body longer than the layout": lambda h: reply_header(4, Kind.REPLY, 0, h[3], h[4], 0) + bytes(4),
+    "unknown kind": lambda h: reply_header(0, 42, 0, h[3], h[4], 0),
+    "a WELCOME mid-session": lambda h: Welcome(7, "fake").encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_reply_is_cuda_error_unknown_not_a_hang(programs: dict[str, Path], case: str) -> None:
+    fake = FakeServer(welcome_then(MALFORMED[case]))
+    try:
+        t0 = time.monotonic()
+        r = run(programs["init_only"], env=native_env(ORION_SERVER=fake.addr), timeout=20)
+        assert time.monotonic() - t0 < 3, "the client waited for bytes a wrong header promised"
+    finally:
+        fake.close()
+    assert "cuInit: 999 CUDA_ERROR_UNKNOWN" in r.stdout, r.stdout + r.stderr
+    assert "cuDeviceGetCount: 999 CUDA_ERROR_UNKNOWN" in r.stdout
+    assert r.stderr.count("oriond sent an invalid reply, the session is closed") == 1
+
+
+def test_an_error_frame_mid_session_is_its_status_with_the_reason_once(programs: dict[str, Path]) -> None:
+    fake = FakeServer(welcome_then(lambda h: encode_error("allocation a1 expired", 800)))
+    try:
+        r = run(programs["init_only"], env=native_env(ORION_SERVER=fake.addr), timeout=20)
+    finally:
+        fake.close()
+    assert "cuInit: 800 CUDA_ERROR_NOT_PERMITTED" in r.stdout, r.stdout + r.stderr
+    assert "cuDeviceGetCount: 800 CUDA_ERROR_NOT_PERMITTED" in r.stdout
+    assert r.stderr.count("oriond ended the session: allocation a1 expired") == 1
+
+
+def test_a_silent_server_fails_within_the_connect_timeout(programs: dict[str, Path]) -> None:
+    fake = FakeServer(lambda conn, done: done.wait(10))
+    try:
+        t0 = time.monotonic()
+        r = run(programs["init_only"], env=native_env(ORION_SERVER=fake.addr, ORION_CONNECT_TIMEOUT="1"),
+                timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        fake.close()
+    assert "cuInit: 100 CUDA_ERROR_NO_DEVICE" in r.stdout, r.stdout + r.stderr
+    assert f"{fake.addr}: no answer to HELLO within 1 s" in r.stderr
+    assert took < 4
+
+
+def test_a_port_that_is_not_oriond_is_named(programs: dict[str, Path]) -> None:
+    fake = FakeServer(lambda conn, done: (recv_exact(conn, 16), conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
+                                          done.wait(10)))
+    try:
+        r = run(programs["init_only"], env=native_env(ORION_SERVER=fake.addr), timeout=20)
+    finally:
+        fake.close()
+    assert "cuInit: 100 CUDA_ERROR_NO_DEVICE" in r.stdout, r.stdout + r.stderr
+    assert f"{fake.addr} is not an Orion Server" in r.stderr
+    assert "is this the controller's port?" in r.stderr
+
+
+def test_the_reply_blob_may_not_exceed_the_callers_buffer(programs: dict[str, Path], tmp_path: Path) -> None:
+    """cuDeviceGetName(name, 8, dev) answered with a 64-byte name: rejected on its header."""
+    src = tmp_path / "name.c"
+    src.write_text('#include <cuda.h>\n#include <stdio.h>\nint main(void){char n[8];CUresult r=cuInit(0);'
+                   'printf("init %d\\n",(int)r);r=cuDeviceGetName(n,8,0);printf("name %d\\n",(int)r);return 0;}\n')
+    exe = tmp_path / "name"
+    subprocess.run(["gcc", "-std=c11", f"-I{cuda_include()}", str(src), f"-L{BUILD}", "-lcuda", "-o", str(exe)],
+                   check=True)
+    code_name = wire_calls.BY_NAME["cuDeviceGetName"].call
+
+    def script(conn: socket.socket, done: threading.Event) -> None:
+        recv_message(conn)
+        conn.sendall(Welcome(7, "fake").encode())
+        h, _ = recv_message(conn)
+        conn.sendall(reply_header(0, Kind.REPLY, 0, h[3], h[4], 0))  # cuInit ok
+        h, _ = recv_message(conn)
+        assert h[3] == code_name
+        conn.sendall(reply_header(8 + 64, Kind.REPLY, 0, h[3], h[4], 0) + struct.pack("<Q", 64) + b"x" * 64)
+        done.wait(10)
+
+    fake = FakeServer(script)
+    try:
+        r = run(exe, env=native_env(ORION_SERVER=fake.addr), timeout=20)
+    finally:
+        fake.close()
+    assert "init 0" in r.stdout and "name 999" in r.stdout, r.stdout + r.stderr
+    assert "reply blob of 64 bytes, the buffer holds 8" in r.stderr
