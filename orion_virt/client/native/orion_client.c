@@ -56,6 +56,7 @@ static char server_addr[300];
 static char allocation_id[40];
 static CUcontext current_ctx;         /* guarded by call_lock */
 static int exit_hooked;
+static int forked_child;              /* this process is a fork of the one that opened the session */
 
 static void say(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(const char *level, const char *fmt, ...)
@@ -357,8 +358,6 @@ static int env_long(const char *name, long lo, long hi, long *out)
     return 1;
 }
 
-static void on_exit_hook(void);
-
 /* Connect and handshake (init_lock and call_lock held). Returns CUDA_SUCCESS or cuInit's status. */
 static CUresult open_session(void)
 {
@@ -584,7 +583,7 @@ static void bye(void)
 static void on_exit_hook(void)
 {
     static int done;
-    if (done || !init_tried) return;
+    if (done || !init_tried || forked_child) return;
     done = 1;
     int had = initialized;
     bye();
@@ -596,6 +595,22 @@ static void on_exit_hook(void)
 
 __attribute__((destructor)) static void orion_fini(void) { on_exit_hook(); }
 
+/* fork: the child must not speak on its parent's session (the server would see two clients'
+ * calls interleaved); it gets CUDA_ERROR_NOT_INITIALIZED, as after fork with NVIDIA's driver. */
+static void fork_prepare(void) { pthread_mutex_lock(&init_lock); pthread_mutex_lock(&call_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&call_lock); pthread_mutex_unlock(&init_lock); }
+static void fork_child(void)
+{
+    forked_child = 1;
+    if (sock_fd >= 0) {
+        close(sock_fd);  /* no shutdown: that would end the parent's connection too */
+        sock_fd = -1;
+    }
+    if (initialized) ended = CUDA_ERROR_NOT_INITIALIZED;
+    pthread_mutex_unlock(&call_lock);
+    pthread_mutex_unlock(&init_lock);
+}
+
 /* ---- hand-written calls ------------------------------------------------------------------- */
 
 CUresult orion_custom_cuInit(unsigned int Flags)
@@ -606,6 +621,7 @@ CUresult orion_custom_cuInit(unsigned int Flags)
         if (!exit_hooked) {
             exit_hooked = 1;
             atexit(on_exit_hook);
+            pthread_atfork(fork_prepare, fork_parent, fork_child);
         }
         pthread_mutex_lock(&call_lock);
         init_status = open_session();
