@@ -70,16 +70,26 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def oriond(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oriond]:
     o = Oriond(tmp_path_factory.mktemp("oriond")).start()
+    o.device(1)
     yield o
     o.stop()
 
 
-def native_env(o: Oriond | None = None, **extra: str) -> dict[str, str]:
+@pytest.fixture(params=["tcp", "shm"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def native_env(o: Oriond | None = None, transport: str = "tcp", **extra: str) -> dict[str, str]:
+    """The program's environment. Over shm, ORION_SERVER names a port nothing listens on, so a
+    program that works there used the shared-memory device."""
     if o is not None:
-        env = o.env(tcp=True)
+        env = o.env(tcp=transport == "tcp")
+        if transport == "shm":
+            env["ORION_SERVER"] = "127.0.0.1:1"
     else:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
-        env.update(ORION_VGPU="2", ORION_GMEM="4096")
+        env.update(ORION_VGPU="2", ORION_GMEM="4096", ORION_ENABLE_NET="1")
     env["LD_LIBRARY_PATH"] = str(BUILD)
     env.update(extra)
     return env
@@ -117,8 +127,8 @@ def test_the_library_exports_every_spelling_of_the_spec_and_only_the_api(program
 # -- programs against oriond (sim) over TCP ----------------------------------------------------
 
 
-def test_device_query(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["deviceQuery"], env=native_env(oriond))
+def test_device_query(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["deviceQuery"], env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Detected 2 CUDA Capable device(s)" in r.stdout
     assert r.stdout.count("Total amount of global memory: 4096 MBytes") == 2
@@ -128,15 +138,15 @@ def test_device_query(programs: dict[str, Path], oriond: Oriond) -> None:
     assert "Client exits with allocation ID" in r.stderr
 
 
-def test_device_query_sees_the_vgpu_it_asked_for(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["deviceQuery"], env=native_env(oriond, ORION_VGPU="1", ORION_GMEM="1024"))
+def test_device_query_sees_the_vgpu_it_asked_for(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["deviceQuery"], env=native_env(oriond, transport, ORION_VGPU="1", ORION_GMEM="1024"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Detected 1 CUDA Capable device(s)" in r.stdout
     assert "Total amount of global memory: 1024 MBytes" in r.stdout
 
 
-def test_memory(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["memory"], env=native_env(oriond))
+def test_memory(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["memory"], env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "mem info: free 4096 MiB, total 4096 MiB" in r.stdout
     assert "HtoD, DtoD, DtoH of 4194304 bytes: PASSED" in r.stdout
@@ -145,22 +155,22 @@ def test_memory(programs: dict[str, Path], oriond: Oriond) -> None:
     assert "Test PASSED" in r.stdout
 
 
-def test_memory_quota_follows_orion_gmem(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["memory"], env=native_env(oriond, ORION_GMEM="512"))
+def test_memory_quota_follows_orion_gmem(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["memory"], env=native_env(oriond, transport, ORION_GMEM="512"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "mem info: free 512 MiB, total 512 MiB" in r.stdout
 
 
-def test_vector_add_module_launch_streams_events(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["vectorAdd"], str(PTX), env=native_env(oriond))
+def test_vector_add_module_launch_streams_events(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["vectorAdd"], str(PTX), env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("sum check: PASSED") == 2
     assert r.stdout.count("[saxpy on device") == 2 and "FAILED" not in r.stdout
     assert "Test PASSED" in r.stdout
 
 
-def test_error_codes(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["errors"], str(PTX), env=native_env(oriond))
+def test_error_codes(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["errors"], str(PTX), env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "name of 2: CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
     assert "string of 400: invalid resource handle" in r.stdout
@@ -169,8 +179,8 @@ def test_error_codes(programs: dict[str, Path], oriond: Oriond) -> None:
     assert "Test PASSED" in r.stdout
 
 
-def test_threads_share_one_session(programs: dict[str, Path], oriond: Oriond) -> None:
-    r = run(programs["threads"], env=native_env(oriond), timeout=120)
+def test_threads_share_one_session(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    r = run(programs["threads"], env=native_env(oriond, transport), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "8 threads x 200 rounds: PASSED" in r.stdout
 
@@ -178,15 +188,26 @@ def test_threads_share_one_session(programs: dict[str, Path], oriond: Oriond) ->
 # -- sessions that cannot open or that break ---------------------------------------------------
 
 
-def test_a_refused_session_returns_the_error_frames_status(programs: dict[str, Path], oriond: Oriond) -> None:
+def test_a_refused_session_returns_the_error_frames_status(programs: dict[str, Path], oriond: Oriond,
+                                                           transport: str) -> None:
     """ORION_GMEM larger than a sim GPU (8192 MiB): oriond answers HELLO with ERROR; cuInit returns
     its status and the reason is on stderr."""
-    r = run(programs["init_only"], env=native_env(oriond, ORION_GMEM="16384"))
+    r = run(programs["init_only"], env=native_env(oriond, transport, ORION_GMEM="16384"))
     assert r.returncode == 3, r.stdout + r.stderr
     assert "cuInit: 2 CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
     assert "ORION_GMEM=16384 MiB exceeds the memory of one GPU (8192 MiB)" in r.stderr
     assert "cuDeviceGetCount: 3 CUDA_ERROR_NOT_INITIALIZED" in r.stdout
     assert "Client exits without allocation ID" in r.stderr
+
+
+def test_no_usable_device_falls_back_to_tcp_and_says_why(programs: dict[str, Path], tmp_path: Path,
+                                                         oriond: Oriond) -> None:
+    bad = tmp_path / "orionsock7"
+    bad.write_bytes(bytes(1 << 20))  # no header
+    r = run(programs["init_only"], env=native_env(oriond, "shm", ORION_SHM_PATH_BASE=str(tmp_path),
+                                                   ORION_SERVER=f"127.0.0.1:{oriond.port}"))
+    assert "cuInit: 0 CUDA_SUCCESS" in r.stdout, r.stdout + r.stderr
+    assert f"using TCP: {bad}: not an Orion device (no header)" in r.stderr
 
 
 def test_without_orion_vgpu_cuinit_says_what_to_set(programs: dict[str, Path], oriond: Oriond) -> None:

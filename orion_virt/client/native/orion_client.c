@@ -1,10 +1,12 @@
-/* The native client's runtime: one session with oriond per process over TCP.
+/* The native client's runtime: one session with oriond per process, over a shared-memory device
+ * channel (orion_shm.c) or TCP.
  *
- * Environment (as the Python client reads it): ORION_SERVER=HOST:PORT (direct mode, required
- * here: the controller path is not in the native client yet), ORION_VGPU (required), ORION_GMEM
- * (MiB), ORION_RATIO (%), ORION_CONNECT_TIMEOUT (s, default 5).
+ * Environment (as the Python client reads it): ORION_ENABLE_NET, ORION_SHM_PATH_BASE,
+ * ORION_SHM_DEVICE, ORION_SERVER=HOST:PORT (direct mode: the controller path is not in the native
+ * client yet), ORION_VGPU (required), ORION_GMEM (MiB), ORION_RATIO (%), ORION_CONNECT_TIMEOUT
+ * (s, default 5).
  *
- * cuInit connects (TCP_NODELAY, keepalive probes and a 5 s user timeout so a dead peer is
+ * cuInit claims a channel or connects (TCP_NODELAY, keepalive probes and a 5 s user timeout so a dead peer is
  * noticed), sends HELLO with an empty token (direct mode) and waits at most the connect timeout
  * for WELCOME. Every later call goes through orion_call under one mutex. An ERROR frame ends the
  * session: its status is what the call (and every later one) returns, its reason is printed
@@ -21,6 +23,7 @@
 #define _GNU_SOURCE
 #include "orion_client.h"
 #include "calls_gen.h"
+#include "orion_shm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +49,9 @@ static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t fn_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int sock_fd = -1;
+static orion_shm *shm;                /* the shared-memory channel, when the session uses one */
+static char link_name[600];           /* "TCP to HOST:PORT" or "shm PATH#N" */
+static char link_why[600];            /* why the shared-memory link broke */
 static volatile int initialized;      /* the session is open (set once, under both locks) */
 static int init_tried;                /* cuInit ran (its outcome is init_status) */
 static CUresult init_status;
@@ -132,26 +138,48 @@ static int recv_all(int fd, void *buf, size_t n, double deadline)
     return 0;
 }
 
-/* Discard n bytes (a body we do not keep). */
-static int recv_skip(int fd, uint64_t n)
+/* The session's carrier: the shared-memory channel or the TCP socket. Same results as
+ * send_all/recv_all, plus -4 for a shared-memory peer that is gone (link_why says how). */
+static int link_send(struct iovec *iov, int n)
+{
+    if (shm) return orion_shm_send(shm, iov, n, link_why, sizeof link_why);
+    return send_all(sock_fd, iov, n);
+}
+
+static int link_recv(void *buf, size_t n, double deadline)
+{
+    if (shm) return orion_shm_recv(shm, buf, n, deadline, link_why, sizeof link_why);
+    return recv_all(sock_fd, buf, n, deadline);
+}
+
+static int link_skip(uint64_t n)
 {
     char sink[4096];
     while (n > 0) {
         size_t k = n < sizeof sink ? (size_t)n : sizeof sink;
-        int r = recv_all(fd, sink, k, 0);
+        int r = link_recv(sink, k, 0);
         if (r) return r;
         n -= k;
     }
     return 0;
 }
 
-static void close_session(CUresult why)
+static void close_link(void)
 {
+    if (shm) {
+        orion_shm_close(shm);
+        shm = NULL;
+    }
     if (sock_fd >= 0) {
         shutdown(sock_fd, SHUT_RDWR);
         close(sock_fd);
         sock_fd = -1;
     }
+}
+
+static void close_session(CUresult why)
+{
+    close_link();
     ended = why;
 }
 
@@ -229,8 +257,8 @@ static CUresult transport_error(const char *what, int r)
 {
     if (!said_failure) {
         said_failure = 1;
-        say("ERROR", "lost the connection to oriond at %s during %s: %s", server_addr, what,
-            r == -2 ? "it closed the connection" : strerror(errno));
+        say("ERROR", "lost the connection to oriond (%s) during %s: %s", link_name, what,
+            r == -4 ? link_why : r == -2 ? "it closed the connection" : strerror(errno));
     }
     close_session(CUDA_ERROR_DEVICE_UNAVAILABLE);
     return CUDA_ERROR_DEVICE_UNAVAILABLE;
@@ -243,8 +271,8 @@ static CUresult error_frame(header h)
     uint32_t keep = h.length < sizeof reason - 1 ? h.length : (uint32_t)sizeof reason - 1;
     if (h.code || h.flags || h.length > ORION_MAX_CONTROL_BODY)
         return protocol_error("an ERROR frame with code %u, flags 0x%02x, %u bytes", h.code, h.flags, h.length);
-    int r = recv_all(sock_fd, reason, keep, 0);
-    if (!r) r = recv_skip(sock_fd, h.length - keep);
+    int r = link_recv(reason, keep, 0);
+    if (!r) r = link_skip(h.length - keep);
     if (r) return transport_error("an ERROR frame", r);
     reason[keep] = '\0';
     CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
@@ -265,12 +293,13 @@ static CUresult call_locked(orion_msg *m)
     uint32_t sq = ++seq;
     unsigned char head[ORION_HEADER_SIZE];
     pack_header(head, (uint32_t)body, ORION_CALL, m->flags, m->code, sq, 0);
+    int r;
     struct iovec iov[3] = {{head, sizeof head}, {(void *)m->req, m->req_len}, {(void *)m->blob, (size_t)m->blob_len}};
-    if (send_all(sock_fd, iov, m->blob_len ? 3 : 2)) return transport_error(m->name, -1);
+    if ((r = link_send(iov, m->blob_len ? 3 : 2))) return transport_error(m->name, r);
     if (m->flags & ORION_NO_REPLY) return CUDA_SUCCESS;
 
     unsigned char raw[ORION_HEADER_SIZE];
-    int r = recv_all(sock_fd, raw, sizeof raw, 0);
+    r = link_recv(raw, sizeof raw, 0);
     if (r) return transport_error(m->name, r);
     header h = unpack_header(raw);
     if (h.kind == ORION_ERROR) return error_frame(h);
@@ -288,13 +317,13 @@ static CUresult call_locked(orion_msg *m)
             return protocol_error("%s: reply blob of %llu bytes, the buffer holds %llu", m->name,
                                   (unsigned long long)n, (unsigned long long)m->out_cap);
     }
-    if (m->resp_len && (r = recv_all(sock_fd, m->resp, m->resp_len, 0))) return transport_error(m->name, r);
+    if (m->resp_len && (r = link_recv(m->resp, m->resp_len, 0))) return transport_error(m->name, r);
     if (m->resp_blob_off >= 0 && !h.status) {
         uint64_t declared = orion_get_u64((const unsigned char *)m->resp + m->resp_blob_off);
         if (declared != n)
             return protocol_error("%s: reply blob of %llu bytes, its length field says %llu", m->name,
                                   (unsigned long long)n, (unsigned long long)declared);
-        if (n && (r = recv_all(sock_fd, m->out, (size_t)n, 0))) return transport_error(m->name, r);
+        if (n && (r = link_recv(m->out, (size_t)n, 0))) return transport_error(m->name, r);
     }
     m->out_len = n;
     return (CUresult)h.status;
@@ -359,6 +388,75 @@ static int env_long(const char *name, long lo, long hi, long *out)
 }
 
 /* Connect and handshake (init_lock and call_lock held). Returns CUDA_SUCCESS or cuInit's status. */
+/* Connect to HOST:PORT within timeout seconds: the socket, or -1 (said on stderr). */
+static int tcp_open(const char *addr, double timeout, const char *shm_note)
+{
+    snprintf(server_addr, sizeof server_addr, "%s", addr);
+    char host[256], port[16] = "9960";
+    const char *colon = strrchr(addr, ':');
+    size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (hl >= sizeof host || (colon && strlen(colon + 1) >= sizeof port)) {
+        say("ERROR", "ORION_SERVER=%s: expected HOST:PORT", addr);
+        return -1;
+    }
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {  /* [v6]:port */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    if (colon) snprintf(port, sizeof port, "%s", colon + 1);
+
+    double deadline = now_s() + timeout;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai) {
+        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER)%s: %s", server_addr, shm_note, gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1, err = 0;
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+        if (fd < 0) { err = errno; continue; }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS) {
+            err = errno;
+            close(fd);
+            fd = -1;
+            continue;
+        }
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        double left = deadline - now_s();
+        int pr;
+        do pr = poll(&pfd, 1, left > 0 ? (int)(left * 1000) + 1 : 0); while (pr < 0 && errno == EINTR);
+        socklen_t el = sizeof err;
+        if (pr <= 0) err = ETIMEDOUT;
+        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el)) err = errno;
+        if (err) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER)%s: %s", server_addr, shm_note,
+            err == ETIMEDOUT ? "no answer within the connect timeout" : strerror(err));
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    int one = 1, idle = 2, intvl = 1, cnt = 3;
+    unsigned int user_timeout = 5000;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+    return fd;
+}
+
 static CUresult open_session(void)
 {
     long vgpu = 0, gmem = 0, ratio = 0;
@@ -390,79 +488,34 @@ static CUresult open_session(void)
         }
         timeout = x;
     }
+    const char *net = getenv("ORION_ENABLE_NET");
+    int enable_net = net && (!strcmp(net, "1") || !strcasecmp(net, "true") || !strcasecmp(net, "yes") ||
+                             !strcasecmp(net, "on"));
     const char *addr = getenv("ORION_SERVER");
-    if (!addr || !*addr) {
-        say("ERROR", "ORION_SERVER is not set: export ORION_SERVER=HOST:PORT of oriond "
-                     "(the native client has no controller support yet)");
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    snprintf(server_addr, sizeof server_addr, "%s", addr);
-    char host[256], port[16] = "9960";
-    const char *colon = strrchr(addr, ':');
-    size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
-    if (hl >= sizeof host || (colon && strlen(colon + 1) >= sizeof port)) {
-        say("ERROR", "ORION_SERVER=%s: expected HOST:PORT", addr);
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    memcpy(host, addr, hl);
-    host[hl] = '\0';
-    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {  /* [v6]:port */
-        memmove(host, host + 1, hl - 2);
-        host[hl - 2] = '\0';
-    }
-    if (colon) snprintf(port, sizeof port, "%s", colon + 1);
+    if (!addr || !*addr) addr = "127.0.0.1:9960";
 
     fprintf(stderr, "%s\n", ORION_BANNER);
     fflush(stderr);
     make_allocation_id(allocation_id);
 
+    /* the transport: a shared-memory device unless ORION_ENABLE_NET, else TCP */
+    char why[2048] = "", note[2100] = "";
+    const char *where = link_name;
+    int fd = -1;
+    int sr = enable_net ? -2 : orion_shm_open(timeout, &shm, link_name, sizeof link_name, why, sizeof why);
+    if (sr == -1) {
+        say("INFO", "using TCP: %s", why);
+        snprintf(note, sizeof note, " (shared memory unusable: %s)", why);
+    }
+    if (sr != 0) {
+        shm = NULL;
+        fd = tcp_open(addr, timeout, note);
+        if (fd < 0) return CUDA_ERROR_NO_DEVICE;
+        sock_fd = fd;
+        snprintf(link_name, sizeof link_name, "TCP to %s", server_addr);
+        where = server_addr;
+    }
     double deadline = now_s() + timeout;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int gai = getaddrinfo(host, port, &hints, &res);
-    if (gai) {
-        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER): %s", server_addr, gai_strerror(gai));
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    int fd = -1, err = 0;
-    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
-        if (fd < 0) { err = errno; continue; }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) && errno != EINPROGRESS) {
-            err = errno;
-            close(fd);
-            fd = -1;
-            continue;
-        }
-        struct pollfd pfd = {fd, POLLOUT, 0};
-        double left = deadline - now_s();
-        int pr;
-        do pr = poll(&pfd, 1, left > 0 ? (int)(left * 1000) + 1 : 0); while (pr < 0 && errno == EINTR);
-        socklen_t el = sizeof err;
-        if (pr <= 0) err = ETIMEDOUT;
-        else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el)) err = errno;
-        if (err) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER): %s", server_addr,
-            err == ETIMEDOUT ? "no answer within the connect timeout" : strerror(err));
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    int one = 1, idle = 2, intvl = 1, cnt = 3;
-    unsigned int user_timeout = 5000;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
-    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
 
     /* HELLO: docs/protocol.md, "Session" */
     char prog[200];
@@ -486,29 +539,29 @@ static CUresult open_session(void)
     uint32_t body = (uint32_t)(28 + pl + al);
     pack_header(hello, body, ORION_HELLO, 0, 0, 0, 0);
     struct iovec iov = {hello, ORION_HEADER_SIZE + body};
-    if (send_all(fd, &iov, 1)) {
-        say("ERROR", "cannot send HELLO to oriond at %s: %s", server_addr, strerror(errno));
-        close(fd);
+    if ((r = link_send(&iov, 1))) {
+        say("ERROR", "cannot send HELLO to oriond at %s: %s", where, r == -4 ? link_why : strerror(errno));
+        close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
     unsigned char raw[ORION_HEADER_SIZE];
     size_t got = 0;
     r = 0;
     while (got < sizeof raw) {  /* byte-wise progress so a timeout can say what arrived */
-        r = recv_all(fd, raw + got, 1, deadline);
+        r = link_recv(raw + got, 1, deadline);
         if (r) break;
         got++;
     }
     if (r) {
         if (r == -3 && !got)
             say("ERROR", "%s: no answer to HELLO within %g s (the port accepts connections but nothing "
-                         "answered: is it oriond's port, 9960 by default?)", server_addr, timeout);
+                         "answered: is it oriond's port, 9960 by default?)", where, timeout);
         else if (r == -3)
-            say("ERROR", "%s: no answer to HELLO within %g s (it sent %zu bytes)", server_addr, timeout, got);
+            say("ERROR", "%s: no answer to HELLO within %g s (it sent %zu bytes)", where, timeout, got);
         else
-            say("ERROR", "%s closed the connection after HELLO%s (is it oriond's port?)", server_addr,
+            say("ERROR", "%s closed the connection after HELLO%s (is it oriond's port?)", where,
                 got ? " after sending a few bytes" : "");
-        close(fd);
+        close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
     header h = unpack_header(raw);
@@ -516,43 +569,42 @@ static CUresult open_session(void)
         char shown[17];
         for (size_t i = 0; i < 16; i++) shown[i] = raw[i] >= 32 && raw[i] < 127 ? (char)raw[i] : '.';
         shown[16] = '\0';
-        say("ERROR", "%s is not an Orion Server: it answered '%s'%s", server_addr, shown,
+        say("ERROR", "%s is not an Orion Server: it answered '%s'%s", where, shown,
             memcmp(raw, "HTTP/", 5) == 0 ? " (an HTTP server: is this the controller's port?)" : "");
-        close(fd);
+        close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
     char *text = malloc(h.length + 1u);
     if (!text) {
-        close(fd);
+        close_link();
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    r = recv_all(fd, text, h.length, deadline);
+    r = link_recv(text, h.length, deadline);
     if (r) {
-        say("ERROR", "%s: the answer to HELLO was cut short (%s)", server_addr,
-            r == -3 ? "timed out" : r == -2 ? "connection closed" : strerror(errno));
+        say("ERROR", "%s: the answer to HELLO was cut short (%s)", where,
+            r == -3 ? "timed out" : r == -2 ? "connection closed" : r == -4 ? link_why : strerror(errno));
         free(text);
-        close(fd);
+        close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
     text[h.length] = '\0';
     if (h.kind == ORION_ERROR) {
         CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
-        say("ERROR", "oriond at %s refused the session: %s", server_addr, text);
+        say("ERROR", "oriond at %s refused the session: %s", where, text);
         free(text);
-        close(fd);
+        close_link();
         return st;
     }
     /* WELCOME: u16 major, u16 minor, u64 session id, u16 backend length, backend */
     const unsigned char *w = (const unsigned char *)text;
     if (h.length < 14 || 14u + orion_get_u16(w + 12) != h.length || orion_get_u16(w) != ORION_PROTO_MAJOR) {
-        say("ERROR", "%s: a WELCOME this client cannot use (%u bytes, protocol %u)", server_addr, h.length,
+        say("ERROR", "%s: a WELCOME this client cannot use (%u bytes, protocol %u)", where, h.length,
             h.length >= 2 ? orion_get_u16(w) : 0);
         free(text);
-        close(fd);
+        close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
     free(text);
-    sock_fd = fd;
     seq = 0;
     ended = CUDA_SUCCESS;
     said_failure = 0;
@@ -568,12 +620,12 @@ static void bye(void)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    if (sock_fd >= 0) {
-        if (locked) {
+    if (sock_fd >= 0 || shm) {
+        if (locked && !ended) {
             unsigned char head[ORION_HEADER_SIZE];
             pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
             struct iovec iov = {head, sizeof head};
-            (void)send_all(sock_fd, &iov, 1);
+            (void)link_send(&iov, 1);
         }
         close_session(CUDA_ERROR_DEINITIALIZED);
     }
@@ -605,6 +657,10 @@ static void fork_child(void)
     if (sock_fd >= 0) {
         close(sock_fd);  /* no shutdown: that would end the parent's connection too */
         sock_fd = -1;
+    }
+    if (shm) {
+        orion_shm_forget(shm);
+        shm = NULL;
     }
     if (initialized) ended = CUDA_ERROR_NOT_INITIALIZED;
     pthread_mutex_unlock(&call_lock);

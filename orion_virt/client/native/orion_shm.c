@@ -1,0 +1,474 @@
+/* The shared-memory transport of the native client: a channel of an Orion device file
+ * (<ORION_SHM_PATH_BASE>/orionsock<N>, or ORION_SHM_DEVICE) as ivshmem/LAYOUT.md describes it and
+ * orion_virt/transport/shmdev.py and ring.py implement it: header checks, the claim (an fcntl
+ * lock on the channel's first byte, owner fields, generation, state), and the two SPSC rings
+ * with their 64-bit head/tail counters. Waits spin, yield, then sleep up to 5 ms, and check the
+ * peer as they go (channel dead or taken over, server heartbeat stale for 5 s): never a hang.
+ */
+#define _GNU_SOURCE
+#include "orion_shm.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096u
+#define LAYOUT_VERSION 1u
+#define H_SIZE 2
+#define H_NCH_FLAGS 3
+#define H_STRIDE 4
+#define H_RING 5
+#define H_SERVER_EPOCH 7
+#define H_SERVER_BEAT 8
+#define C_STATE 0
+#define C_GEN 1
+#define C_SERVED_GEN 2
+#define C_CLIENT_BEAT 3
+#define C_OWNER_PID 4
+#define C_OWNER_NONCE 5
+#define C_OWNER_NS 6
+#define C_REQ_HEAD 16
+#define C_REQ_TAIL 24
+#define C_RESP_HEAD 32
+#define C_RESP_TAIL 40
+#define C_REASON 48
+enum { FREE, CLAIMED, SERVING, CLOSED, DEAD };
+#define SERVER_STALE_S 5.0
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+struct orion_shm {
+    int fd;
+    unsigned char *base;
+    size_t size;
+    uint64_t nch, ring, stride;
+    unsigned index;
+    uint64_t gen;
+    volatile uint64_t *hdr, *ctrl;
+    unsigned char *req, *resp;       /* request ring (we produce), response ring (we consume) */
+    uint64_t tx_head, tx_limit, rx_tail;
+    uint64_t server_beat;
+    double server_beat_at;
+    pthread_t beat_thread;
+    volatile int beat_stop;
+    int beat_started;
+    char path[512];
+};
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t load(volatile uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static void store(volatile uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+static void append(char *why, size_t wl, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char *why, size_t wl, const char *fmt, ...)
+{
+    size_t used = strlen(why);
+    if (used + 3 >= wl) return;
+    if (used) {
+        memcpy(why + used, "; ", 3);
+        used += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + used, wl - used, fmt, ap);
+    va_end(ap);
+}
+
+static int lock_byte(int fd, off_t off, int type)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = (short)type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = off;
+    fl.l_len = 1;
+    return fcntl(fd, F_SETLK, &fl);
+}
+
+static uint64_t own_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/mnt", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+static uint64_t random_u63(void)
+{
+    uint64_t x = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || read(fd, &x, sizeof x) != (ssize_t)sizeof x) x = (uint64_t)mono() * 1000003u ^ (uint64_t)getpid();
+    if (fd >= 0) close(fd);
+    return x >> 1;
+}
+
+static void unmap(orion_shm *s)
+{
+    if (s->base) munmap(s->base, s->size);
+    if (s->fd >= 0) close(s->fd);
+    free(s);
+}
+
+/* The channel's reason text (state dead). */
+static void reason_of(orion_shm *s, char *out, size_t cap)
+{
+    const char *r = (const char *)(s->ctrl + C_REASON);
+    size_t n = strnlen(r, 64);
+    if (n >= cap) n = cap - 1;
+    memcpy(out, r, n);
+    out[n] = '\0';
+}
+
+/* 0: the session can go on; -4: it cannot (why says so). */
+static int check(orion_shm *s, char *why, size_t wl)
+{
+    if (load(s->ctrl + C_GEN) != s->gen) {
+        snprintf(why, wl, "%s: channel %u was taken over by another client", s->path, s->index);
+        return -4;
+    }
+    if (load(s->ctrl + C_STATE) == DEAD) {
+        char r[65];
+        reason_of(s, r, sizeof r);
+        snprintf(why, wl, "%s: %s", s->path, r[0] ? r : "session ended by oriond");
+        return -4;
+    }
+    uint64_t beat = load(s->hdr + H_SERVER_BEAT);
+    double now = mono();
+    if (beat != s->server_beat) {
+        s->server_beat = beat;
+        s->server_beat_at = now;
+    } else if (now - s->server_beat_at > SERVER_STALE_S) {
+        snprintf(why, wl, "%s: oriond stopped serving this device (no heartbeat for 5 s); check "
+                          "`systemctl status oriond` and /var/log/orion/server.log", s->path);
+        return -4;
+    }
+    return 0;
+}
+
+typedef struct {
+    unsigned n;
+    double start, next_check;
+} backoff;
+
+/* One step of waiting: spin, then yield, then sleep growing to 5 ms; checks the peer every
+ * 0.5 ms. 0: go on polling; -3: deadline passed; -4: the peer is gone. */
+static int wait_step(orion_shm *s, backoff *b, double deadline, char *why, size_t wl)
+{
+    b->n++;
+    if (b->n < 2000) return 0;  /* spin: a short call's reply comes in microseconds */
+    double now = mono();
+    if (b->start == 0) b->start = now;
+    if (now >= b->next_check) {
+        b->next_check = now + 0.0005;
+        int r = check(s, why, wl);
+        if (r) return r;
+        if (deadline > 0 && now > deadline) return -3;
+    }
+    double idle = now - b->start;
+    if (idle < 0.001) {
+        sched_yield();
+    } else {
+        double pause = idle / 10 < 0.005 ? idle / 10 : 0.005;
+        struct timespec ts = {0, (long)(pause * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+int orion_shm_send(orion_shm *s, const struct iovec *iov, int n, char *why, size_t wl)
+{
+    const uint64_t mask = s->ring - 1;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *p = iov[i].iov_base;
+        size_t left = iov[i].iov_len;
+        while (left) {
+            if (s->tx_limit == s->tx_head) {
+                backoff b = {0, 0, 0};
+                for (;;) {
+                    s->tx_limit = load(s->ctrl + C_REQ_TAIL) + s->ring;
+                    if (s->tx_limit > s->tx_head) break;
+                    int r = wait_step(s, &b, 0, why, wl);
+                    if (r) return r;
+                }
+            }
+            uint64_t pos = s->tx_head & mask;
+            size_t k = (size_t)(s->tx_limit - s->tx_head);
+            if (k > left) k = left;
+            if (k > s->ring - pos) k = (size_t)(s->ring - pos);
+            memcpy(s->req + pos, p, k);
+            s->tx_head += k;
+            store(s->ctrl + C_REQ_HEAD, s->tx_head);
+            p += k;
+            left -= k;
+        }
+    }
+    return 0;
+}
+
+int orion_shm_recv(orion_shm *s, void *buf, size_t n, double deadline, char *why, size_t wl)
+{
+    const uint64_t mask = s->ring - 1;
+    unsigned char *p = buf;
+    while (n) {
+        uint64_t avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail;
+        if (!avail) {
+            backoff b = {0, 0, 0};
+            while (!(avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail)) {
+                int r = wait_step(s, &b, deadline, why, wl);
+                if (r) return r;
+            }
+        }
+        if (avail > s->ring) {
+            snprintf(why, wl, "%s: the response ring's counters are corrupt", s->path);
+            return -4;
+        }
+        uint64_t pos = s->rx_tail & mask;
+        size_t k = avail < n ? (size_t)avail : n;
+        if (k > s->ring - pos) k = (size_t)(s->ring - pos);
+        memcpy(p, s->resp + pos, k);
+        s->rx_tail += k;
+        store(s->ctrl + C_RESP_TAIL, s->rx_tail);
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static void *beat_main(void *arg)
+{
+    orion_shm *s = arg;
+    uint64_t beat = 0;
+    while (!s->beat_stop) {
+        store(s->ctrl + C_CLIENT_BEAT, ++beat);
+        for (int i = 0; i < 10 && !s->beat_stop; i++) {
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* Open, validate and claim a channel of one device. 0: claimed and served; -1: reason in why. */
+static int try_device(const char *path, double timeout, orion_shm **out, char *why, size_t wl)
+{
+    orion_shm *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->fd = -1;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (s->fd < 0) {
+        append(why, wl, "%s: %s", path, errno == EACCES ? "permission denied (check its owner and mode)" : strerror(errno));
+        unmap(s);
+        return -1;
+    }
+    struct stat st;
+    if (fstat(s->fd, &st) || st.st_size < (off_t)PAGE) {
+        append(why, wl, "%s: too small to be an Orion device (recreate it with orion-shm)", path);
+        unmap(s);
+        return -1;
+    }
+    s->size = (size_t)st.st_size;
+    void *m = mmap(NULL, s->size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (m == MAP_FAILED) {
+        append(why, wl, "%s: mmap: %s", path, strerror(errno));
+        s->base = NULL;
+        unmap(s);
+        return -1;
+    }
+    s->base = m;
+    s->hdr = (volatile uint64_t *)s->base;
+    uint32_t version, hsize;
+    memcpy(&version, s->base + 8, 4);
+    memcpy(&hsize, s->base + 12, 4);
+    if (memcmp(s->base, "ORIONSHM", 8) != 0) {
+        append(why, wl, "%s: not an Orion device (no header); create it with orion-shm", path);
+        unmap(s);
+        return -1;
+    }
+    if (version != LAYOUT_VERSION || hsize != PAGE) {
+        append(why, wl, "%s: layout version %u, this client speaks %u", path, version, LAYOUT_VERSION);
+        unmap(s);
+        return -1;
+    }
+    if (s->hdr[H_SIZE] != s->size) {
+        append(why, wl, "%s: header says %llu bytes but the device has %zu: recreate it with orion-shm", path,
+               (unsigned long long)s->hdr[H_SIZE], s->size);
+        unmap(s);
+        return -1;
+    }
+    /* the layout plan of shmdev.plan_layout */
+    uint64_t nch = s->size / (4u << 20);
+    nch = nch < 1 ? 1 : nch > 8 ? 8 : nch;
+    uint64_t per_ring = (s->size - PAGE - nch * PAGE) / (2 * nch), ring = 1;
+    while (ring * 2 <= per_ring) ring *= 2;
+    if (s->size % PAGE || s->size < (1u << 20) || (s->hdr[H_NCH_FLAGS] & 0xFFFFFFFFu) != nch ||
+        s->hdr[H_RING] != ring || s->hdr[H_STRIDE] != PAGE + 2 * ring) {
+        append(why, wl, "%s: corrupt channel table; recreate it with orion-shm", path);
+        unmap(s);
+        return -1;
+    }
+    s->nch = nch;
+    s->ring = ring;
+    s->stride = PAGE + 2 * ring;
+    double settle = mono() + (timeout < 1.0 ? timeout : 1.0);
+    while (load(s->hdr + H_SERVER_EPOCH) == 0) {
+        if (mono() > settle) {
+            append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true)", path);
+            unmap(s);
+            return -1;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    uint64_t me = own_ns();
+    for (uint64_t i = 0; i < nch; i++) {  /* another container's live claim: refuse the device */
+        volatile uint64_t *c = (volatile uint64_t *)(s->base + PAGE + i * s->stride);
+        uint64_t state = load(c + C_STATE), ns = load(c + C_OWNER_NS);
+        off_t off = (off_t)(PAGE + i * s->stride);
+        if ((state == CLAIMED || state == SERVING) && ns != 0 && ns != me) {
+            if (lock_byte(s->fd, off, F_WRLCK) == 0) {
+                lock_byte(s->fd, off, F_UNLCK);
+            } else {
+                append(why, wl, "%s is already in use by another container (mount namespace %llu): every "
+                                "container needs its own device", path, (unsigned long long)ns);
+                unmap(s);
+                return -1;
+            }
+        }
+    }
+    for (uint64_t i = 0; i < nch; i++) {
+        off_t off = (off_t)(PAGE + i * s->stride);
+        if (lock_byte(s->fd, off, F_WRLCK)) continue;
+        s->index = (unsigned)i;
+        s->ctrl = (volatile uint64_t *)(s->base + off);
+        s->req = s->base + off + PAGE;
+        s->resp = s->req + ring;
+        if (madvise(s->base + off, (size_t)s->stride, MADV_POPULATE_WRITE)) {
+            for (uint64_t p = 0; p < s->stride; p += PAGE) {  /* fault the pages in once */
+                volatile unsigned char *b = s->base + off + p;
+                *b = *b;
+            }
+        }
+        uint64_t gen = load(s->ctrl + C_GEN) + 1;
+        store(s->ctrl + C_OWNER_PID, (uint64_t)getpid());
+        store(s->ctrl + C_OWNER_NONCE, random_u63());
+        store(s->ctrl + C_OWNER_NS, me);
+        store(s->ctrl + C_CLIENT_BEAT, 0);
+        store(s->ctrl + C_GEN, gen);
+        store(s->ctrl + C_STATE, CLAIMED);
+        s->gen = gen;
+        double deadline = mono() + timeout;
+        while (!(load(s->ctrl + C_STATE) == SERVING && load(s->ctrl + C_SERVED_GEN) == gen)) {
+            if (load(s->ctrl + C_STATE) == DEAD && load(s->ctrl + C_SERVED_GEN) == gen) {
+                char r[65];
+                reason_of(s, r, sizeof r);
+                append(why, wl, "%s: oriond refused the channel: %s", path, r);
+                lock_byte(s->fd, off, F_UNLCK);
+                unmap(s);
+                return -1;
+            }
+            if (mono() > deadline) {
+                store(s->ctrl + C_STATE, CLOSED);
+                append(why, wl, "%s: oriond did not take up the channel within %g s", path, timeout);
+                lock_byte(s->fd, off, F_UNLCK);
+                unmap(s);
+                return -1;
+            }
+            struct timespec ts = {0, 500 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        s->tx_head = load(s->ctrl + C_REQ_HEAD);
+        s->tx_limit = load(s->ctrl + C_REQ_TAIL) + ring;
+        s->rx_tail = load(s->ctrl + C_RESP_TAIL);
+        s->server_beat = load(s->hdr + H_SERVER_BEAT);
+        s->server_beat_at = mono();
+        store(s->ctrl + C_CLIENT_BEAT, 1);
+        s->beat_started = pthread_create(&s->beat_thread, NULL, beat_main, s) == 0;
+        *out = s;
+        return 0;
+    }
+    append(why, wl, "%s: all %llu channels are in use; create another device with `orion-shm -i N`", path,
+           (unsigned long long)nch);
+    unmap(s);
+    return -1;
+}
+
+static int by_number(const struct dirent **a, const struct dirent **b)
+{
+    long x = atol((*a)->d_name + 9), y = atol((*b)->d_name + 9);
+    return x < y ? -1 : x > y;
+}
+
+static int is_device_name(const struct dirent *d)
+{
+    if (strncmp(d->d_name, "orionsock", 9) || !d->d_name[9]) return 0;
+    for (const char *p = d->d_name + 9; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    return 1;
+}
+
+int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char *why, size_t wl)
+{
+    why[0] = '\0';
+    const char *one = getenv("ORION_SHM_DEVICE");
+    if (one && *one) {
+        if (try_device(one, timeout, out, why, wl) == 0) goto found;
+        return -1;
+    }
+    const char *base = getenv("ORION_SHM_PATH_BASE");
+    if (!base || !*base) base = "/dev/shm";
+    struct dirent **list = NULL;
+    int n = scandir(base, &list, is_device_name, by_number);
+    if (n <= 0) {
+        append(why, wl, "no shared-memory device under %s", base);
+        free(list);
+        return -2;  /* nothing to try: not worth a word */
+    }
+    int got = -1;
+    for (int i = 0; i < n; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", base, list[i]->d_name);
+        if (got) got = try_device(path, timeout, out, why, wl);
+        free(list[i]);
+    }
+    free(list);
+    if (got) return -1;
+found:
+    snprintf(name, nl, "shm %s#%u", (*out)->path, (*out)->index);
+    return 0;
+}
+
+void orion_shm_close(orion_shm *s)
+{
+    if (!s) return;
+    if (s->beat_started) {
+        s->beat_stop = 1;
+        pthread_join(s->beat_thread, NULL);
+    }
+    if (load(s->ctrl + C_GEN) == s->gen && load(s->ctrl + C_STATE) != DEAD) store(s->ctrl + C_STATE, CLOSED);
+    lock_byte(s->fd, (off_t)(PAGE + s->index * s->stride), F_UNLCK);
+    unmap(s);
+}
+
+void orion_shm_forget(orion_shm *s)
+{
+    /* a forked child: the claim (lock, heartbeat thread) belongs to the parent */
+    if (!s) return;
+    munmap(s->base, s->size);
+    close(s->fd);
+}
