@@ -83,7 +83,8 @@ class Connection:
             stream.send_from(blob)
         if p.flags:
             return _NO_REPLY
-        stream.flush()
+        if stream.buffered:
+            stream.flush()
         h = stream.recv_unpack(HEADER)
         r = self._reply_header(h)
         if r is None:

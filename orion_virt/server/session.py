@@ -227,13 +227,14 @@ class Session:
     def serve(self) -> str:
         stream, proto = self.stream, self.proto
         recv_unpack, send, flush = stream.recv_unpack, stream.send, stream.flush
+        buffered = stream.buffered
         call_header, call_blob, reply = proto.call_header, proto.call_blob, proto.reply
         dispatch = DISPATCH
         blob = Blob(stream, 0)  # one per session: the execution consumes it before the next call is read
         while True:
             h = recv_unpack(HEADER)
-            p = call_header(h)
-            if not isinstance(p, Plan):
+            p: Any = call_header(h)
+            if p.__class__ is not Plan:
                 if p is Kind.RENEW:
                     self._renew(proto.renew_body(stream.recv_exact(h[0])))
                     continue
@@ -261,13 +262,16 @@ class Session:
                 if status:
                     proto.finished(p, status)
                 continue
-            if status or result.__class__ is tuple:
+            if result.__class__ is tuple and not status:
+                send(p.reply_ok(h[4], 0, *result) if result else p.reply_ok(h[4], 0))
+            elif status or result.__class__ is tuple:
                 send(reply(p, h[4], status, result))
             else:
                 send(reply(p, h[4], 0, result.values, result.fill.size))
                 flush()
                 result.fill.write(stream.send_chunks(result.fill.size))
-            flush()
+            if buffered:
+                flush()
 
     def _renew(self, token: str) -> None:
         """A renewed token: it must be valid for this same allocation, else the session ends."""
@@ -369,7 +373,8 @@ class Session:
         self._b.use_device(None if ctx is None else ctx.dev)
 
     def x_cuCtxSynchronize(self) -> None:
-        self._cur()
+        if self.current is None:  # _cur(), inline: the call applications make most
+            raise CudaCallError(E.CUDA_ERROR_INVALID_CONTEXT, "no current context")
         self._b.synchronize(None)
 
     # -- memory -------------------------------------------------------------------------------

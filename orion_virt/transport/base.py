@@ -31,6 +31,8 @@ class Stream(ABC):
 
     timeout: float | None = None
     name: str = "stream"
+    buffered: bool = True
+    """False for a stream whose ``send`` is visible to the peer at once: callers may skip ``flush``."""
 
     def set_timeout(self, timeout: float | None) -> None:
         """Bound every later wait to ``timeout`` seconds (``None``: no bound)."""

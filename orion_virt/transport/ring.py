@@ -52,6 +52,8 @@ class RingStream(Stream):
     gone, so a wait never hangs on a dead peer.
     """
 
+    buffered = False  # send publishes the ring's head at once
+
     def __init__(
         self, tx: Ring, rx: Ring, check: Callable[[], None] | None = None,
         timeout: float | None = None, name: str = "shm", max_sleep: float = 0.005,

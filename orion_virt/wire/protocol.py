@@ -23,6 +23,7 @@ wrong state by the local side.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -114,7 +115,7 @@ class Plan:
     in one struct, and what the checks need (fixed sizes, where a blob's length sits, limits)."""
 
     __slots__ = ("spec", "code", "name", "flags", "req", "req_size", "call_st", "resp", "resp_size",
-                 "reply_st", "req_blob_idx", "resp_blob_idx", "max_req_blob", "synchronizing", "zeros")
+                 "reply_st", "reply_ok", "req_blob_idx", "resp_blob_idx", "max_req_blob", "synchronizing", "zeros")
 
     def __init__(self, spec: CallSpec) -> None:
         self.spec = spec
@@ -127,6 +128,8 @@ class Plan:
         self.resp = spec.resp
         self.resp_size = spec.resp.size
         self.reply_st = struct.Struct(HEADER.format + spec.resp.format[1:])
+        self.reply_ok = functools.partial(self.reply_st.pack, spec.resp.size, REPLY, 0, self.code)
+        """``reply_ok(seq, 0, *values)``: a successful blob-less REPLY (the hot path's packer)."""
         self.req_blob_idx = spec.req_names.index(spec.req_blob) if spec.req_blob else -1
         self.resp_blob_idx = spec.resp_names.index(spec.resp_blob) if spec.resp_blob else -1
         self.max_req_blob = spec.max_req_blob
