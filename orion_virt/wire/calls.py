@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from .codes import Call
 from .spec import CALLS, Arg, Dir, Fn, Role
 
-MAX_COPY = 1 << 40
-"""Copies are streamed: a blob's length is bounded by what the session owns, checked before reading."""
-MAX_REPLY_BLOB = 1 << 40
+MAX_BODY = 0xFFFFFFFF
+"""A message body's length is a u32."""
+MAX_COPY = MAX_BODY - 64
+"""Copies are streamed: a blob's length is bounded by what the session owns, checked before reading,
+and by the u32 body length; a client splits a larger copy into several calls."""
+MAX_REPLY_BLOB = MAX_COPY
 
 WIRE_TYPES: dict[str, str] = {
     "int": "i", "CUdevice": "i", "CUdevice_attribute": "i", "unsigned int": "I", "unsigned char": "B",
