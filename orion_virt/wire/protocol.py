@@ -200,7 +200,7 @@ class ClientProtocol(_End):
         """READY with no call waiting: ``call`` checks only this."""
         self.welcome: Welcome | None = None
         self._pending: tuple | None = None
-        self._values: tuple | None = None
+        self._plan: Plan | None = None
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -352,7 +352,6 @@ class ClientProtocol(_End):
                 h = HEADER.unpack(raw)
                 p = self.reply_header(h)
                 self._pending = h
-                self._values = None
                 self._plan = p
         assert self._pending is not None
         length = self._pending[0]
@@ -377,8 +376,6 @@ class ClientProtocol(_End):
             n = self.reply_blob(p, values, length)
             blob = body[p.resp_size:p.resp_size + n]
         return Replied(p.name, h[4], h[5], values, blob)
-
-    _plan: Plan | None = None
 
 
 class ServerProtocol(_End):
