@@ -20,14 +20,14 @@ For every call of ``orion_virt/wire/spec.py`` (layouts from ``orion_virt/wire/ca
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import struct
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from regen import regenerate  # noqa: E402  (tools/, the directory of this script)
 
 from orion_virt import __version__, compat  # noqa: E402
 from orion_virt.cuda_enums import CUresult  # noqa: E402
@@ -313,25 +313,7 @@ def targets() -> list[tuple[Path, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="report stale files, write nothing")
-    args = ap.parse_args(argv)
-    stale = []
-    for path, new in targets():
-        old = path.read_text() if path.exists() else ""
-        if new == old:
-            continue
-        if args.check:
-            stale.append(path)
-            sys.stdout.writelines(difflib.unified_diff(
-                old.splitlines(True), new.splitlines(True), str(path), f"{path} (generated)", n=1))
-        else:
-            path.write_text(new)
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(f"\nstale: {', '.join(str(p.relative_to(ROOT)) for p in stale)}; run python tools/gen_native.py")
-        return 1
-    return 0
+    return regenerate(__doc__ or "", ROOT, [(p, lambda t=t: t) for p, t in targets()], argv)
 
 
 if __name__ == "__main__":

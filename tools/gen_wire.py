@@ -11,8 +11,6 @@ exported spelling), and the call table of docs/protocol.md.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import importlib
 import sys
 import textwrap
@@ -21,6 +19,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from regen import regenerate  # noqa: E402  (tools/, the directory of this script)
 
 
 def _load_spec():  # type: ignore[no-untyped-def]
@@ -281,26 +281,7 @@ def targets() -> list[tuple[Path, Callable[[], str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="report stale files, write nothing")
-    args = ap.parse_args(argv)
-    stale = []
-    for path, make in targets():
-        new = make()
-        old = path.read_text() if path.exists() else ""
-        if new == old:
-            continue
-        if args.check:
-            stale.append(path)
-            sys.stdout.writelines(difflib.unified_diff(
-                old.splitlines(True), new.splitlines(True), str(path), f"{path} (generated)", n=1))
-        else:
-            path.write_text(new)
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(f"\nstale: {', '.join(str(p.relative_to(ROOT)) for p in stale)}; run python tools/gen_wire.py")
-        return 1
-    return 0
+    return regenerate(__doc__, ROOT, targets(), argv)
 
 
 if __name__ == "__main__":
