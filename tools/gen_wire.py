@@ -186,20 +186,16 @@ def gen_client() -> str:
             if f.arg is not None:
                 wire_args.append(_to_wire(f.arg, f.fmt))
         for a in fn.args:
-            if a.role is S.Role.HOST_IN:
+            if a.role in (S.Role.HOST_IN, S.Role.HOST_OUT):
                 body += [f"    n = int({a.length})",
                          "    try:",
-                         f"        view = _host_view({a.name}, n, writable=False)",
+                         f"        view = _host_view({a.name}, n, writable={a.role is S.Role.HOST_OUT})",
                          "    except (ValueError, TypeError):",
                          "        return (CUresult.CUDA_ERROR_INVALID_VALUE,)"]
-                blob = "view, n"
-            elif a.role is S.Role.HOST_OUT:
-                body += [f"    n = int({a.length})",
-                         "    try:",
-                         f"        view = _host_view({a.name}, n, writable=True)",
-                         "    except (ValueError, TypeError):",
-                         "        return (CUresult.CUDA_ERROR_INVALID_VALUE,)"]
-                outv = ", out=view"
+                if a.role is S.Role.HOST_IN:
+                    blob = "view, n"
+                else:
+                    outv = ", out=view"
         wa = "(" + ", ".join(wire_args) + ("," if len(wire_args) == 1 else "") + ")"
         if blob == "None, 0" and not outv:
             body.append(f"    st, v, _ = _call({fn.code}, {wa})")
