@@ -218,7 +218,7 @@ class ClientProtocol(_End):
             p = _BY_CODE[code]
         except (IndexError, TypeError):
             p = None
-        if p is None or not self._open or blob_len != (args[p.req_blob_idx] if p.req_blob_idx >= 0 else 0):
+        if p is None or code < 0 or not self._open or blob_len != (args[p.req_blob_idx] if p.req_blob_idx >= 0 else 0):
             raise self._misuse(p, code, args, blob_len)
         self.seq = seq = (self.seq + 1) & 0xFFFFFFFF
         try:
@@ -233,7 +233,7 @@ class ClientProtocol(_End):
         return head, p
 
     def _misuse(self, p: Plan | None, code: int, args: tuple, blob_len: int) -> UsageError:
-        if p is None:
+        if p is None or code < 0:
             return UsageError(f"call code {code} is not in the call spec")
         if self.state is not State.READY:
             return UsageError(f"{p.name} in state {self.state.value}")

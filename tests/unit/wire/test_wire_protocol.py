@@ -186,8 +186,9 @@ def test_a_reply_with_no_waiting_call_is_a_protocol_error() -> None:
 
 def test_local_misuse_is_a_usage_error_not_a_protocol_error() -> None:
     c, _ = ready_pair()
-    with pytest.raises(UsageError, match="not in the call spec"):
-        c.call(14, ())
+    for bad in (14, -1, 999):
+        with pytest.raises(UsageError, match="not in the call spec"):
+            c.call(bad, ())
     with pytest.raises(UsageError, match="blob"):
         c.call(Call.cuModuleLoadData, (10,), 3)
     with pytest.raises(UsageError):
