@@ -147,6 +147,9 @@ API u cuGetExportTable(const void **pp, const unsigned char *id)
     void **t = (void **)*pp;
     size_t size = (size_t)t[0];
     if (req_log) { fprintf(req_log, "table\t%s\tslot0 %zu\n", g, size); fflush(req_log); }
+    /* the integrity check hashes the addresses of its own table and of the cudart table: both
+       must stay the driver's (their slots are not counted) */
+    if (!strcmp(g, "d4082055bde6704b8d34ba123c66e1f2") || !strcmp(g, "6bd5fb6c5bf4e74a8987d93912fd9df9")) return r;
     if (size == 0 || size % 8 || size > 4096 || ntables == 64) return r;
     size_t n = size / 8;
     void **c = calloc(n, sizeof *c);

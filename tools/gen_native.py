@@ -37,8 +37,21 @@ from orion_virt.wire.calls import SPECS, CallSpec, WireField  # noqa: E402
 
 OUT_C = ROOT / "orion_virt/client/native/calls_gen.c"
 OUT_H = ROOT / "orion_virt/client/native/calls_gen.h"
+OUT_P = ROOT / "orion_virt/client/native/procaddr_gen.c"
+PROCADDR_DIR = ROOT / "orion_virt/client/native/procaddr"
+
+HAND_EXPORTS = (
+    "cuCtxCreate_v4", "cuCtxGetCurrent", "cuGetErrorName", "cuGetErrorString",
+    "cuGetProcAddress", "cuGetProcAddress_v2", "cuGetExportTable",
+    "cuModuleGetLoadingMode", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuCtxGetDevice",
+    "cuCtxGetDevice_v2", "cuDevicePrimaryCtxGetState", "cuCtxSynchronize_v2",
+)
+"""Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
+mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
+names and spellings, and a stub for every other function of the driver."""
 
 C_CUSTOM = ("cuInit", "cuDriverGetVersion", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent",
+            "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease",
             "cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel")
 """Exported to hand-written code in orion_client.c (connect, client-side state, image lengths,
 kernel parameter packing); their wire marshalling is still generated here."""
@@ -294,7 +307,9 @@ def gen_h() -> str:
          f"#define ORION_MAX_IMAGE {S.MAX_IMAGE}u",
          f"#define ORION_MAX_PARAMS {S.MAX_PARAMS}u",
          f"#define ORION_CALL_COUNT {len(SPECS)}",
-         "", "/* Generated wire marshalling (calls_gen.c). */"]
+         "", "/* Wire codes. */"]
+    L += [f"#define ORION_CODE_{SPECS[c].fn.name} {c}" for c in sorted(SPECS)]
+    L += ["", "/* Generated wire marshalling (calls_gen.c). */"]
     for code in sorted(SPECS):
         fn = SPECS[code].fn
         L.append(f"CUresult orion_wire_{fn.name}({_plist(wire_params(fn))});")
@@ -308,8 +323,63 @@ def gen_h() -> str:
     return "\n".join(L) + "\n"
 
 
+def procaddr_data() -> Path:
+    """The newest driver table in PROCADDR_DIR (tools/gen_procaddr.py made it on a GPU host)."""
+    files = sorted(PROCADDR_DIR.glob("driver-*.tsv"), key=lambda p: int(p.stem.split("-")[1]))
+    if not files:
+        raise SystemExit(f"no driver-*.tsv in {PROCADDR_DIR}: run tools/gen_procaddr.py on a GPU host")
+    return files[-1]
+
+
+def implemented() -> list[str]:
+    names = [n for cs in SPECS.values() for n in (cs.fn.name, *cs.fn.spellings)]
+    return sorted(set(names) | set(HAND_EXPORTS))
+
+
+def gen_procaddr() -> str:
+    """Stubs for every driver function the client does not implement, and the cuGetProcAddress
+    table: for a name and flags, from which CUDA version on which spelling answers."""
+    data = procaddr_data()
+    exports: set[str] = set()
+    procs: list[tuple[str, int, int, str]] = []
+    for line in data.read_text().splitlines():
+        f = line.split("\t")
+        if f[0] == "export" and f[1].startswith("cu"):
+            exports.add(f[1])
+        elif f[0] == "proc":
+            procs.append((f[1], int(f[2]), int(f[3]), f[4]))
+    exports |= {p[3] for p in procs if p[3] not in ("-", "?")}
+    impl = implemented()
+    stubs = sorted(exports - set(impl))
+    every = sorted(exports | set(impl))
+    index = {n: i for i, n in enumerate(every)}
+    L = [BANNER.replace("orion_virt/wire/spec.py", f"orion_virt/wire/spec.py and procaddr/{data.name}"),
+         "/* No cuda.h here: every function is declared as returning int (CUresult) and its address",
+         "   only is taken, or, for a stub, its arguments are ignored (the SysV ABI allows both). */",
+         "#include <stddef.h>", "#include <string.h>", "#include \"orion_procaddr.h\"", ""]
+    L.append(f"const char *const orion_stub_names[{len(stubs)}] = {{")
+    L += [f"    {_c_string(n)}," for n in stubs]
+    L += ["};", ""]
+    for n in every:
+        if n in stubs:
+            L.append(f"ORION_API int {n}(void);")
+            L.append(f"ORION_API int {n}(void) {{ return orion_unsupported({stubs.index(n)}); }}")
+        else:
+            L.append(f"extern int {n}(void);")
+    L += ["", f"const orion_export orion_exports[{len(every)}] = {{"]
+    L += [f"    {{{_c_string(n)}, (void *){n}}}," for n in every]
+    L += ["};", ""]
+    L.append(f"const orion_proc orion_procs[{len(procs)}] = {{")
+    for name, fl, ver, sp in sorted(procs):
+        L.append(f"    {{{_c_string(name)}, {fl}, {ver}, {index.get(sp, -1)}}},")
+    L += ["};", "", f"const int orion_driver_version = {int(data.stem.split('-')[1])};",
+          f"const size_t orion_nprocs = {len(procs)};", f"const size_t orion_nexports = {len(every)};",
+          f"const size_t orion_nstubs = {len(stubs)};", ""]
+    return "\n".join(L)
+
+
 def targets() -> list[tuple[Path, str]]:
-    return [(OUT_H, gen_h()), (OUT_C, gen_c())]
+    return [(OUT_H, gen_h()), (OUT_C, gen_c()), (OUT_P, gen_procaddr())]
 
 
 def main(argv: list[str] | None = None) -> int:

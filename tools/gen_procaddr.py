@@ -56,7 +56,7 @@ def typedefs(header: Path) -> dict[str, list[int]]:
 
 def loaded_path(soname: str) -> str:
     for line in Path("/proc/self/maps").read_text().splitlines():
-        if line.endswith(soname) or f"/{soname}" in line:
+        if f"/{soname.split('.so')[0]}.so" in line:
             return line.split()[-1]
     raise SystemExit(f"{soname} is loaded but not in /proc/self/maps")
 
@@ -68,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     header = args.header or find_header()
     lib = ctypes.CDLL("libcuda.so.1")
-    path = os.path.realpath(loaded_path("libcuda.so.1"))
+    path = os.path.realpath(loaded_path("libcuda.so"))
     exports = exported_functions(path)
     by_addr = {}
     for e in exports:

@@ -589,17 +589,17 @@ ORION_API CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
 
 ORION_API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 {
-    return orion_wire_cuDevicePrimaryCtxRetain(pctx, dev);
+    return orion_custom_cuDevicePrimaryCtxRetain(pctx, dev);
 }
 
 ORION_API CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
 {
-    return orion_wire_cuDevicePrimaryCtxRelease(dev);
+    return orion_custom_cuDevicePrimaryCtxRelease(dev);
 }
 
 ORION_API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
-    return orion_wire_cuDevicePrimaryCtxRelease(dev);
+    return orion_custom_cuDevicePrimaryCtxRelease(dev);
 }
 
 ORION_API CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)

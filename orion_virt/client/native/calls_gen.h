@@ -18,6 +18,49 @@
 #define ORION_MAX_PARAMS 32764u
 #define ORION_CALL_COUNT 41
 
+/* Wire codes. */
+#define ORION_CODE_cuInit 1
+#define ORION_CODE_cuDriverGetVersion 2
+#define ORION_CODE_cuDeviceGetCount 3
+#define ORION_CODE_cuDeviceGet 4
+#define ORION_CODE_cuDeviceGetName 5
+#define ORION_CODE_cuDeviceTotalMem 6
+#define ORION_CODE_cuDeviceGetAttribute 7
+#define ORION_CODE_cuDeviceGetUuid 8
+#define ORION_CODE_cuDevicePrimaryCtxRetain 9
+#define ORION_CODE_cuDevicePrimaryCtxRelease 10
+#define ORION_CODE_cuCtxCreate 11
+#define ORION_CODE_cuCtxDestroy 12
+#define ORION_CODE_cuCtxSetCurrent 13
+#define ORION_CODE_cuCtxSynchronize 15
+#define ORION_CODE_cuMemAlloc 16
+#define ORION_CODE_cuMemFree 17
+#define ORION_CODE_cuMemGetInfo 18
+#define ORION_CODE_cuMemcpyHtoD 19
+#define ORION_CODE_cuMemcpyDtoH 20
+#define ORION_CODE_cuMemcpyDtoD 21
+#define ORION_CODE_cuMemcpyHtoDAsync 22
+#define ORION_CODE_cuMemcpyDtoHAsync 23
+#define ORION_CODE_cuMemcpyDtoDAsync 24
+#define ORION_CODE_cuMemsetD8 25
+#define ORION_CODE_cuMemsetD32 26
+#define ORION_CODE_cuMemsetD8Async 27
+#define ORION_CODE_cuMemsetD32Async 28
+#define ORION_CODE_cuStreamCreate 29
+#define ORION_CODE_cuStreamSynchronize 30
+#define ORION_CODE_cuStreamDestroy 31
+#define ORION_CODE_cuStreamQuery 32
+#define ORION_CODE_cuEventCreate 33
+#define ORION_CODE_cuEventRecord 34
+#define ORION_CODE_cuEventSynchronize 35
+#define ORION_CODE_cuEventElapsedTime 36
+#define ORION_CODE_cuEventDestroy 37
+#define ORION_CODE_cuEventQuery 38
+#define ORION_CODE_cuModuleLoadData 39
+#define ORION_CODE_cuModuleGetFunction 40
+#define ORION_CODE_cuModuleUnload 41
+#define ORION_CODE_cuLaunchKernel 42
+
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
 CUresult orion_wire_cuDriverGetVersion(int *driverVersion);
@@ -64,6 +107,8 @@ CUresult orion_wire_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
 CUresult orion_custom_cuDriverGetVersion(int *driverVersion);
+CUresult orion_custom_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev);
+CUresult orion_custom_cuDevicePrimaryCtxRelease(CUdevice dev);
 CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev);
 CUresult orion_custom_cuCtxDestroy(CUcontext ctx);
 CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx);

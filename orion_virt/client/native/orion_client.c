@@ -24,6 +24,7 @@
 #include "orion_client.h"
 #include "calls_gen.h"
 #include "orion_shm.h"
+#include "orion_procaddr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +36,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -60,7 +62,6 @@ static int said_failure;
 static uint32_t seq;
 static char server_addr[300];
 static char allocation_id[40];
-static CUcontext current_ctx;         /* guarded by call_lock */
 static int exit_hooked;
 static int forked_child;              /* this process is a fork of the one that opened the session */
 
@@ -74,6 +75,20 @@ static void say(const char *level, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "[%s] %s\n", level, line);
     fflush(stderr);
+}
+
+void orion_log(const char *level, const char *fmt, ...)
+{
+    if (!strcmp(level, "DEBUG")) {
+        const char *want = getenv("ORION_LOG_LEVEL");
+        if (!want || strcasecmp(want, "DEBUG")) return;
+    }
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    say(level, "%s", line);
 }
 
 /* ---- I/O ------------------------------------------------------------------------------------ */
@@ -284,10 +299,14 @@ static CUresult error_frame(header h)
     return st;
 }
 
+static CUresult sync_context(const orion_msg *m);
+
 static CUresult call_locked(orion_msg *m)
 {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (ended) return ended;
+    CUresult cst = sync_context(m);
+    if (cst != CUDA_SUCCESS) return cst;
     uint64_t body = (uint64_t)m->req_len + m->blob_len;
     if (body > 0xFFFFFFFFu) return CUDA_ERROR_INVALID_VALUE;  /* a body's length is a u32 */
     uint32_t sq = ++seq;
@@ -689,46 +708,198 @@ CUresult orion_custom_cuInit(unsigned int Flags)
     return orion_wire_cuInit(Flags);
 }
 
+/* The version of the driver API this library implements (the table cuGetProcAddress answers
+ * from), before and after cuInit alike: NVIDIA's runtime checks it and hashes it. The driver
+ * behind oriond may be older or newer; what it lacks fails there, call by call. */
 CUresult orion_custom_cuDriverGetVersion(int *driverVersion)
 {
     if (!driverVersion) return CUDA_ERROR_INVALID_VALUE;
-    if (!initialized) {  /* as NVIDIA's driver: answered before cuInit (the header's version) */
-        *driverVersion = CUDA_VERSION;
-        return CUDA_SUCCESS;
-    }
-    return orion_wire_cuDriverGetVersion(driverVersion);
+    *driverVersion = orion_driver_version;
+    return CUDA_SUCCESS;
 }
 
-static void set_current(CUcontext ctx)
+/* ---- contexts ------------------------------------------------------------------------------
+ * The current context is per thread, a stack as in CUDA (cuCtxSetCurrent replaces its top,
+ * push and pop move it). oriond has one current context per session: before a call is sent, a
+ * thread whose context is not the server's sends cuCtxSetCurrent first (call_locked). The
+ * device of each context and the primary contexts' retain counts are kept here, so the calls
+ * NVIDIA's runtime makes thousands of times (cuCtxGetDevice, cuDevicePrimaryCtxGetState) cost
+ * no round trip. */
+
+#define CTX_STACK 16
+#define MAX_CTX 256
+#define MAX_DEV 64
+static __thread CUcontext tl_stack[CTX_STACK];
+static __thread int tl_depth;        /* 0: no context; else tl_stack[tl_depth - 1] is current */
+static CUcontext server_ctx;         /* the session's current context at oriond; call_lock */
+static int server_ctx_known = 1;
+static struct { CUcontext ctx; CUdevice dev; } ctx_devs[MAX_CTX];
+static int primary_refs[MAX_DEV];
+static unsigned primary_flags[MAX_DEV];
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static CUcontext tl_current(void) { return tl_depth ? tl_stack[tl_depth - 1] : NULL; }
+
+static void ctx_remember(CUcontext ctx, CUdevice dev)
 {
-    pthread_mutex_lock(&call_lock);
-    current_ctx = ctx;
-    pthread_mutex_unlock(&call_lock);
+    pthread_mutex_lock(&ctx_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_CTX; i++) {
+        if (ctx_devs[i].ctx == ctx) { slot = i; break; }
+        if (!ctx_devs[i].ctx && slot < 0) slot = i;
+    }
+    if (slot >= 0) { ctx_devs[slot].ctx = ctx; ctx_devs[slot].dev = dev; }
+    pthread_mutex_unlock(&ctx_lock);
+}
+
+static int ctx_device(CUcontext ctx, CUdevice *dev)
+{
+    int found = 0;
+    pthread_mutex_lock(&ctx_lock);
+    for (int i = 0; i < MAX_CTX && !found; i++)
+        if (ctx && ctx_devs[i].ctx == ctx) { *dev = ctx_devs[i].dev; found = 1; }
+    pthread_mutex_unlock(&ctx_lock);
+    return found;
+}
+
+/* Called with call_lock held, before a call other than cuCtxSetCurrent is sent. */
+static CUresult sync_context(const orion_msg *m)
+{
+    CUcontext want = tl_current();
+    if (m->code == ORION_CODE_cuCtxSetCurrent || (server_ctx_known && want == server_ctx)) return CUDA_SUCCESS;
+    unsigned char req[8];
+    orion_put_u64(req, (uint64_t)(uintptr_t)want);
+    orion_msg set = {ORION_CODE_cuCtxSetCurrent, ORION_NO_REPLY, "cuCtxSetCurrent", req, 8, NULL, 0, NULL, 0, -1,
+                     NULL, 0, 0};
+    CUresult st = call_locked(&set);
+    if (st == CUDA_SUCCESS) { server_ctx = want; server_ctx_known = 1; }
+    return st;
+}
+
+static void set_top(CUcontext ctx)
+{
+    if (!tl_depth) tl_depth = 1;
+    tl_stack[tl_depth - 1] = ctx;
 }
 
 CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)
 {
     CUresult st = orion_wire_cuCtxCreate(pctx, flags, dev);
-    if (st == CUDA_SUCCESS) set_current(*pctx);
-    return st;
+    if (st != CUDA_SUCCESS) return st;
+    ctx_remember(*pctx, dev);
+    if (tl_depth < CTX_STACK) tl_stack[tl_depth++] = *pctx;  /* a created context is pushed */
+    else set_top(*pctx);
+    pthread_mutex_lock(&call_lock);
+    server_ctx = *pctx;  /* oriond made it current too */
+    pthread_mutex_unlock(&call_lock);
+    return CUDA_SUCCESS;
 }
 
 CUresult orion_custom_cuCtxDestroy(CUcontext ctx)
 {
     CUresult st = orion_wire_cuCtxDestroy(ctx);
-    if (st == CUDA_SUCCESS) {
-        pthread_mutex_lock(&call_lock);
-        if (current_ctx == ctx) current_ctx = NULL;
-        pthread_mutex_unlock(&call_lock);
-    }
-    return st;
+    if (st != CUDA_SUCCESS) return st;
+    for (int i = 0; i < tl_depth; i++)
+        if (tl_stack[i] == ctx) tl_stack[i] = NULL;
+    while (tl_depth && !tl_stack[tl_depth - 1]) tl_depth--;
+    pthread_mutex_lock(&call_lock);
+    if (server_ctx == ctx) server_ctx_known = 0;
+    pthread_mutex_unlock(&call_lock);
+    return CUDA_SUCCESS;
 }
 
 CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx)
 {
-    CUresult st = orion_wire_cuCtxSetCurrent(ctx);
-    if (st == CUDA_SUCCESS) set_current(ctx);
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (ctx && !ctx_device(ctx, &(CUdevice){0})) return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx) set_top(ctx);
+    else if (tl_depth) tl_depth--;  /* NULL: as CUDA, the top is popped */
+    return CUDA_SUCCESS;
+}
+
+CUresult orion_custom_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    CUresult st = orion_wire_cuDevicePrimaryCtxRetain(pctx, dev);
+    if (st != CUDA_SUCCESS) return st;
+    ctx_remember(*pctx, dev);
+    pthread_mutex_lock(&ctx_lock);
+    if (dev >= 0 && dev < MAX_DEV) primary_refs[dev]++;
+    pthread_mutex_unlock(&ctx_lock);
+    return CUDA_SUCCESS;
+}
+
+CUresult orion_custom_cuDevicePrimaryCtxRelease(CUdevice dev)
+{
+    CUresult st = orion_wire_cuDevicePrimaryCtxRelease(dev);
+    if (st != CUDA_SUCCESS) return st;
+    pthread_mutex_lock(&ctx_lock);
+    if (dev >= 0 && dev < MAX_DEV && primary_refs[dev] > 0) primary_refs[dev]--;
+    pthread_mutex_unlock(&ctx_lock);
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuCtxPushCurrent_v2(CUcontext ctx)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx || !ctx_device(ctx, &(CUdevice){0})) return CUDA_ERROR_INVALID_CONTEXT;
+    if (tl_depth == CTX_STACK) return CUDA_ERROR_INVALID_VALUE;
+    tl_stack[tl_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!tl_depth) return CUDA_ERROR_INVALID_CONTEXT;
+    CUcontext top = tl_stack[--tl_depth];
+    if (pctx) *pctx = top;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    *pctx = tl_current();
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
+{
+    if (!device) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx) ctx = tl_current();
+    return ctx_device(ctx, device) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+/* CUDA 13: synchronise a given context (NULL: the current one). */
+ORION_API CUresult cuCtxSynchronize_v2(CUcontext ctx)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx || ctx == tl_current()) return cuCtxSynchronize();
+    if (!ctx_device(ctx, &(CUdevice){0})) return CUDA_ERROR_INVALID_CONTEXT;
+    CUresult st = cuCtxPushCurrent_v2(ctx);
+    if (st != CUDA_SUCCESS) return st;
+    st = cuCtxSynchronize();
+    tl_depth--;
     return st;
+}
+
+ORION_API CUresult cuCtxGetDevice(CUdevice *device) { return cuCtxGetDevice_v2(device, NULL); }
+
+ORION_API CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    if (!flags || !active) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    int n = 0;
+    CUresult st = cuDeviceGetCount(&n);
+    if (st != CUDA_SUCCESS) return st;
+    if (dev < 0 || dev >= n || dev >= MAX_DEV) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&ctx_lock);
+    *flags = primary_flags[dev];
+    *active = primary_refs[dev] > 0;
+    pthread_mutex_unlock(&ctx_lock);
+    return CUDA_SUCCESS;
 }
 
 /* CUDA 13's cuCtxCreate (cuda.h maps cuCtxCreate to it): the same call when no execution
@@ -739,16 +910,6 @@ ORION_API CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateP
                             ctxCreateParams->cigParams))
         return CUDA_ERROR_NOT_SUPPORTED;
     return orion_custom_cuCtxCreate(pctx, flags, dev);
-}
-
-ORION_API CUresult cuCtxGetCurrent(CUcontext *pctx)
-{
-    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
-    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    pthread_mutex_lock(&call_lock);
-    *pctx = current_ctx;
-    pthread_mutex_unlock(&call_lock);
-    return CUDA_SUCCESS;
 }
 
 ORION_API CUresult cuGetErrorName(CUresult error, const char **pStr)
@@ -942,4 +1103,14 @@ CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsign
     pthread_mutex_unlock(&fn_lock);
     return orion_wire_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes,
                                      hStream, buf, total);
+}
+
+/* ---- answered in the client ----------------------------------------------------------------- */
+
+/* Modules are loaded when cuModuleLoadData* is called (oriond loads them at once). */
+ORION_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
+{
+    if (!mode) return CUDA_ERROR_INVALID_VALUE;
+    *mode = CU_MODULE_EAGER_LOADING;
+    return CUDA_SUCCESS;
 }

@@ -54,6 +54,9 @@ typedef struct {
  * CUDA_ERROR_INVALID_VALUE for a message that does not fit the wire. Thread-safe. */
 CUresult orion_call(orion_msg *m);
 
+/* One log line on stderr, "[LEVEL] text" (DEBUG only when ORION_LOG_LEVEL=DEBUG). */
+void orion_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Little-endian packing (the wire's byte order, whatever the host's). */
 static inline void orion_put_u8(unsigned char *p, uint8_t v) { p[0] = v; }
 static inline void orion_put_u16(unsigned char *p, uint16_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); }
