@@ -108,6 +108,20 @@ def test_generated_native_marshalling_is_current() -> None:
     assert r.returncode == 0, f"stale generated files (run python tools/gen_native.py):\n{r.stdout}{r.stderr}"
 
 
+def test_the_library_exports_every_function_of_the_real_driver(programs: dict[str, Path]) -> None:
+    """Every function NVIDIA's libcuda.so.1 exports (the checked-in table, taken from the real
+    driver) is exported here: remoted, answered in the client, or a stub that refuses."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gen_native
+    from elf_symbols import exported_functions
+    exported = set(exported_functions(BUILD / "libcuda.so.1"))
+    data = gen_native.procaddr_data().read_text().splitlines()
+    driver = {line.split("\t")[1] for line in data if line.startswith("export\t")}
+    assert len(driver) > 600
+    assert driver <= exported, sorted(driver - exported)
+    assert set(gen_native.HAND_EXPORTS) <= exported
+
+
 def test_the_library_exports_every_spelling_of_the_spec_and_only_the_api(programs: dict[str, Path]) -> None:
     nm = subprocess.run(["nm", "-D", "--defined-only", str(BUILD / "libcuda.so.1")], capture_output=True,
                         text=True, check=True).stdout
@@ -374,3 +388,65 @@ def test_the_reply_blob_may_not_exceed_the_callers_buffer(programs: dict[str, Pa
         fake.close()
     assert "init 0" in r.stdout and "name 999" in r.stdout, r.stdout + r.stderr
     assert "reply blob of 64 bytes, the buffer holds 8" in r.stderr
+
+
+# -- how NVIDIA's libraries reach the driver: cuGetProcAddress, export tables, stubs -------------
+
+
+def test_get_proc_address_export_tables_and_unsupported_functions(programs: dict[str, Path], oriond: Oriond,
+                                                                    transport: str) -> None:
+    r = run(programs["procaddr"], env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cuMemAlloc@12000 is cuMemAlloc_v2: yes" in r.stdout
+    assert "devices through cuGetProcAddress: 2" in r.stdout
+    said = [ln for ln in r.stderr.splitlines() if "cuGraphCreate" in ln]
+    assert said == ["[WARN] cuGraphCreate is not supported by the orion_virt client: CUDA_ERROR_NOT_SUPPORTED"]
+
+
+def cudart_paths() -> tuple[Path, Path]:
+    """NVIDIA's libcudart.so.13 and its headers, from the nvidia-cuda-runtime wheel."""
+    inc = cuda_include()
+    assert inc is not None, "cuda.h not found (pip install nvidia-cuda-runtime)"
+    lib = inc.parent / "lib"
+    assert (lib / "libcudart.so.13").exists(), f"no libcudart.so.13 in {lib} (pip install nvidia-cuda-runtime)"
+    assert (inc / "crt" / "host_defines.h").exists(), f"no crt/ in {inc} (pip install nvidia-cuda-crt)"
+    return inc, lib
+
+
+@pytest.fixture(scope="module")
+def runtime_program(programs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    inc, lib = cudart_paths()
+    exe = tmp_path_factory.mktemp("runtime") / "runtime_api"
+    c = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Werror", f"-I{inc}",
+                        str(SOURCES / "runtime" / "runtime_api.c"), f"-L{lib}", "-l:libcudart.so.13",
+                        f"-Wl,-rpath,{lib}", "-o", str(exe)], capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    return exe
+
+
+def test_nvidias_libcudart_runs_a_runtime_api_program(runtime_program: Path, oriond: Oriond,
+                                                       transport: str) -> None:
+    """libcudart.so.13, unmodified, over the client: its start-up (cuGetProcAddress, the export
+    tables with the integrity check), device count and properties within the quota, copies,
+    memset, streams, events, and cudaErrorMemoryAllocation past ORION_GMEM."""
+    r = run(runtime_program, "2", "1024", env=native_env(oriond, transport, ORION_VGPU="2", ORION_GMEM="1024"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "devices 2, driver 13000" in r.stdout
+    assert "device 1: Orion sim device (no GPU), 1024 MiB" in r.stdout
+    assert "cudaMalloc past the quota: cudaErrorMemoryAllocation" in r.stdout
+    assert "Result = PASS" in r.stdout
+    assert "not supported" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("example", ["deviceQuery.py", "vectorAdd.py", "runtimeQuery.py"])
+def test_cuda_bindings_examples_run_unmodified_over_the_library(programs: dict[str, Path], oriond: Oriond,
+                                                                 transport: str, example: str) -> None:
+    """The real cuda-bindings (driver and runtime modules) load libcuda.so.1 themselves; with the
+    library first on LD_LIBRARY_PATH they talk to oriond with no Python of ours involved."""
+    env = native_env(oriond, transport)
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / example)], env=env, capture_output=True,
+                       text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS" in r.stdout
+    assert "Client exits with allocation ID" in r.stderr
