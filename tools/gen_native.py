@@ -45,6 +45,8 @@ HAND_EXPORTS = (
     "cuGetProcAddress", "cuGetProcAddress_v2", "cuGetExportTable",
     "cuModuleGetLoadingMode", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuCtxGetDevice",
     "cuCtxGetDevice_v2", "cuDevicePrimaryCtxGetState", "cuCtxSynchronize_v2",
+    "cuLibraryLoadData", "cuLibraryUnload", "cuLibraryGetKernel", "cuLibraryGetModule", "cuKernelGetFunction",
+    "cuModuleLoadDataEx", "cuLaunchKernelEx",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's

@@ -26,6 +26,15 @@ from .stats import latency_summary
 PTX = Path(__file__).resolve().parent.parent / "kernels" / "test_kernels.ptx"
 
 
+def _driver() -> str:
+    """"native" for NVIDIA's libcuda.so.1, "orion-c" for the native client (first on LD_LIBRARY_PATH)."""
+    ours = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d][:1]
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if "libcuda.so" in line:
+            return "orion-c" if ours and line.split()[-1].startswith(ours[0]) else "native"
+    return "native"
+
+
 class BenchError(RuntimeError):
     pass
 
@@ -72,7 +81,7 @@ class Agent:
         self._keep = [np.array([int(self.small)], dtype=np.uint64), np.array([7], dtype=np.uint32),
                       np.array([0], dtype=np.int32)]
         self.params = np.array([a.ctypes.data for a in self._keep], dtype=np.uint64)
-        return {"cuinit_s": cuinit_s, "transport": "native" if self.native else cuda._orion_transport()}
+        return {"cuinit_s": cuinit_s, "transport": _driver() if self.native else cuda._orion_transport()}
 
     def null(self, n: int, warmup: int = 200, raw: bool = False) -> dict:
         """``n`` timed cuCtxSynchronize round trips: their summary, or the samples (ns) if ``raw``."""

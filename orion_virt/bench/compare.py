@@ -1,8 +1,10 @@
 """``orion-bench --native``: the remoted path against the same program on the real driver.
 
-On a GPU host: oriond runs the ``cuda`` backend, and the same client operations run three ways
+On a GPU host: oriond runs the ``cuda`` backend, and the same client operations run side by side
 in one run — natively (cuda-python's own ``cuda.bindings.driver``, no orion_virt), remoted over
-shared memory and remoted over TCP: null-call round trip, pipelined launches, HtoD/DtoH
+shared memory and over TCP by the Python client (``shm``, ``tcp``) and by the native client
+(``c-shm``, ``c-tcp``: the same cuda-bindings program over ``libcuda.so.1`` from ``make native``,
+when it is built): null-call round trip, pipelined launches, HtoD/DtoH
 throughput against size, and a compute-bound program (a loop of matrix products) whose
 remoted/native time ratio is the cost users feel. Without a GPU it runs on ``sim`` (no native
 column): useful only to check the plumbing.
@@ -36,8 +38,15 @@ class CompareSettings:
         return cls(backend, 500, 2000, (4096, 1 << 20, 16 << 20), 2, 128, 4)
 
 
+def native_client_dir() -> Path | None:
+    """Where the native client's libcuda.so.1 is (ORION_NATIVE_LIB_DIR or build/native)."""
+    d = Path(os.environ.get("ORION_NATIVE_LIB_DIR") or Path(__file__).resolve().parents[2] / "build" / "native")
+    return d if (d / "libcuda.so.1").exists() else None
+
+
 def _modes(backend: str) -> list[str]:
-    return (["native"] if backend == "cuda" else []) + ["shm", "tcp"]
+    c = ["c-shm", "c-tcp"] if native_client_dir() else []
+    return (["native"] if backend == "cuda" else []) + ["shm", "tcp"] + c
 
 
 def _measure(agent: AgentProcess, s: CompareSettings) -> dict[str, Any]:
@@ -66,9 +75,12 @@ def run_compare(s: CompareSettings, keep_dir: Path | None = None) -> dict[str, A
     try:
         server.start(timeout=120)
         for mode in _modes(s.backend):
-            env = server.client_env("tcp" if mode == "tcp" else "shm")
-            if mode == "native":
+            env = server.client_env("tcp" if mode.endswith("tcp") else "shm")
+            if mode == "native" or mode.startswith("c-"):
                 env["ORION_BENCH_NATIVE"] = "1"
+            if mode.startswith("c-"):
+                env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                    [str(native_client_dir()), *filter(None, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))])
             agent = AgentProcess(env, work / f"agent-{mode}.log", mode)
             try:
                 results["modes"][mode] = _measure(agent, s)

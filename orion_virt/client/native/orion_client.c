@@ -1077,7 +1077,6 @@ CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsign
                                      unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
                                      unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
 {
-    if (extra) return CUDA_ERROR_NOT_SUPPORTED;  /* packed `extra` buffers are not remoted yet */
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     unsigned char buf[ORION_MAX_PARAMS];
     uint32_t total;
@@ -1088,6 +1087,21 @@ CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsign
         return CUDA_ERROR_INVALID_HANDLE;
     }
     total = k->total;
+    if (extra) {  /* the packed buffer: {BUFFER_POINTER, p, BUFFER_SIZE, &size, END} in any order */
+        pthread_mutex_unlock(&fn_lock);
+        if (kernelParams) return CUDA_ERROR_INVALID_VALUE;
+        const void *p = NULL;
+        size_t size = 0;
+        for (int i = 0; extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
+            if (i > 16) return CUDA_ERROR_INVALID_VALUE;
+            if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) p = extra[i + 1];
+            else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE && extra[i + 1]) size = *(size_t *)extra[i + 1];
+            else return CUDA_ERROR_INVALID_VALUE;
+        }
+        if ((size && !p) || size > ORION_MAX_PARAMS || size < total) return CUDA_ERROR_INVALID_VALUE;
+        return orion_wire_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ,
+                                         sharedMemBytes, hStream, p, (uint32_t)total);
+    }
     if (k->count && !kernelParams) {
         pthread_mutex_unlock(&fn_lock);
         return CUDA_ERROR_INVALID_VALUE;
@@ -1113,4 +1127,71 @@ ORION_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
     if (!mode) return CUDA_ERROR_INVALID_VALUE;
     *mode = CU_MODULE_EAGER_LOADING;
     return CUDA_SUCCESS;
+}
+
+/* ---- libraries and kernels -------------------------------------------------------------------
+ * What NVIDIA's runtime uses for the kernels a program registers (CUDA 12+): a library is a
+ * module loaded in the current context, a kernel is the function of that module, and a CUkernel
+ * is accepted wherever a CUfunction is (cuLaunchKernel). JIT options are the server's to choose
+ * (the image is compiled there); library options (binary preservation) do not apply. */
+
+ORION_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
+                                     void **jitOptionsValues, unsigned int numJitOptions,
+                                     CUlibraryOption *libraryOptions, void **libraryOptionValues,
+                                     unsigned int numLibraryOptions)
+{
+    (void)jitOptions; (void)jitOptionsValues; (void)numJitOptions;
+    (void)libraryOptions; (void)libraryOptionValues; (void)numLibraryOptions;
+    if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
+    return orion_custom_cuModuleLoadData((CUmodule *)library, code);
+}
+
+ORION_API CUresult cuLibraryUnload(CUlibrary library) { return cuModuleUnload((CUmodule)library); }
+
+ORION_API CUresult cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name)
+{
+    return orion_custom_cuModuleGetFunction((CUfunction *)pKernel, (CUmodule)library, name);
+}
+
+ORION_API CUresult cuLibraryGetModule(CUmodule *pMod, CUlibrary library)
+{
+    if (!pMod) return CUDA_ERROR_INVALID_VALUE;
+    *pMod = (CUmodule)library;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel)
+{
+    if (!pFunc || !kernel) return CUDA_ERROR_INVALID_VALUE;
+    *pFunc = (CUfunction)kernel;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
+                                      CUjit_option *options, void **optionValues)
+{
+    (void)numOptions; (void)options; (void)optionValues;
+    return orion_custom_cuModuleLoadData(module, image);
+}
+
+/* cuLaunchKernelEx: a launch with attributes; those that change nothing about a plain launch
+ * are accepted, the others (clusters, cooperative, programmatic serialisation...) are refused. */
+ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra)
+{
+    if (!config) return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned i = 0; i < config->numAttrs; i++) {
+        const CUlaunchAttribute *a = &config->attrs[i];
+        int harmless = (a->id == CU_LAUNCH_ATTRIBUTE_PRIORITY && a->value.priority == 0) ||
+                       (a->id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION && a->value.clusterDim.x <= 1 &&
+                        a->value.clusterDim.y <= 1 && a->value.clusterDim.z <= 1) ||
+                       (a->id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && !a->value.cooperative);
+        if (!harmless) {
+            orion_log("WARN", "cuLaunchKernelEx: launch attribute %d is not supported by the orion_virt client",
+                      (int)a->id);
+            return CUDA_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return orion_custom_cuLaunchKernel(f, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX,
+                                       config->blockDimY, config->blockDimZ, config->sharedMemBytes, config->hStream,
+                                       kernelParams, extra);
 }
