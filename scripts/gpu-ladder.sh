@@ -1,0 +1,59 @@
+#!/bin/sh
+# The GPU ladder of the native client on a GPU host: oriond --backend cuda, and ordinary programs
+# run unmodified with build/native first on LD_LIBRARY_PATH (ORION_VGPU=2 ORION_GMEM=4096), over
+# shared memory and over TCP:
+#   C driver-API programs (tests/native), built with gcc;
+#   CUDA C programs built with nvcc: runtime device query, vectorAdd with static and with shared
+#   cudart, a cuBLAS SGEMM; NVIDIA's libcudart over a runtime-API C program;
+#   cuda-python programs (driver, runtime, NVRTC); PyTorch, CuPy and cuda.core tours.
+# Prints one PASS/FAIL line per program and transport, and writes the outputs under $OUT/ladder.
+#   scripts/gpu-ladder.sh
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+O=${OUT:-/tmp/orion-ladder}/ladder
+rm -rf "$O"; mkdir -p "$O/bin" "$O/shm" "$O/log" "$O/out"
+CUDA=${CUDA_HOME:-/usr/local/cuda}
+export CUDA_INCLUDE=${CUDA_INCLUDE:-$CUDA/include}
+make -s -C orion_virt/client/native OUT="$O/lib" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
+for p in deviceQuery memory vectorAdd errors threads procaddr; do
+    gcc -std=c11 -O1 -pthread -I"$CUDA_INCLUDE" -Itests/native tests/native/$p.c -L"$O/lib" -lcuda -lm -ldl -o "$O/bin/$p" || exit 1
+done
+gcc -std=c11 -O1 -I"$CUDA_INCLUDE" tests/native/runtime/runtime_api.c -L"$CUDA/lib64" -lcudart -Wl,-rpath,"$CUDA/lib64" -o "$O/bin/runtime_api"
+P=tests/gpu/programs
+"$CUDA/bin/nvcc" -O2 -o "$O/bin/rt_vectorAdd" $P/rt_vectorAdd.cu
+"$CUDA/bin/nvcc" -O2 -cudart shared -o "$O/bin/rt_vectorAdd_shared" $P/rt_vectorAdd.cu
+"$CUDA/bin/nvcc" -O2 -o "$O/bin/rt_deviceQuery" $P/rt_deviceQuery.cu
+"$CUDA/bin/nvcc" -O2 -o "$O/bin/cublas_sgemm" $P/cublas_sgemm.cu -lcublas
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+PORT=$("$PY" -c 'from orion_virt.launch import free_port; print(free_port())')
+"$PY" -c "from orion_virt.cli.orion_shm import main; main()" -i 1 --size 256 --path-base "$O/shm" >/dev/null
+"$PY" -c "from orion_virt.cli.oriond import main; main()" --backend cuda --listen-port "$PORT" --log-dir "$O/log" \
+    --shm-path-base "$O/shm" > "$O/log/oriond.out" 2>&1 &
+OPID=$!
+trap 'kill $OPID 2>/dev/null; wait $OPID 2>/dev/null || true' EXIT
+"$PY" -c "from orion_virt.launch import wait_port; wait_port($PORT, timeout=60, what='oriond')" || exit 1
+step() {
+    mode=$1; name=$2; shift 2
+    if [ "$mode" = tcp ]; then net=1; else net=0; fi
+    f="$O/out/$name.$mode.txt"
+    env LD_LIBRARY_PATH="$O/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ORION_VGPU=2 ORION_GMEM=4096 \
+        ORION_SERVER=127.0.0.1:$PORT ORION_SHM_PATH_BASE="$O/shm" ORION_ENABLE_NET=$net \
+        timeout 240 "$@" > "$f" 2>&1
+    rc=$?
+    if [ $rc = 0 ]; then echo "PASS $name over $mode"; else
+        echo "FAIL $name over $mode (rc $rc): $(grep -v '^VirtaiTech\|Client exits' "$f" | grep -m1 -i 'error\|fail\|not supported\|warn' | cut -c1-200)"; fi
+}
+for mode in shm tcp; do
+    for p in deviceQuery memory errors threads procaddr; do step $mode $p "$O/bin/$p"; done
+    step $mode vectorAdd "$O/bin/vectorAdd" orion_virt/kernels/test_kernels.ptx
+    step $mode runtime_api "$O/bin/runtime_api" 2 4096
+    for p in rt_deviceQuery rt_vectorAdd rt_vectorAdd_shared cublas_sgemm; do step $mode $p "$O/bin/$p"; done
+    for p in examples/deviceQuery.py examples/vectorAdd.py examples/runtimeQuery.py $P/nvrtc_saxpy.py; do
+        step $mode "$(basename $p .py)" "$PY" $p
+    done
+    step $mode torch_tour "$PY" $P/torch_tour.py 100
+    step $mode cupy_tour "$PY" $P/cupy_tour.py
+    step $mode cuda_core_tour "$PY" $P/cuda_core_tour.py
+done
+tail -5 "$O/log/oriond.out" > /dev/null
