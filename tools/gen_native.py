@@ -46,7 +46,9 @@ HAND_EXPORTS = (
     "cuModuleGetLoadingMode", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuCtxGetDevice",
     "cuCtxGetDevice_v2", "cuDevicePrimaryCtxGetState", "cuCtxSynchronize_v2",
     "cuLibraryLoadData", "cuLibraryUnload", "cuLibraryGetKernel", "cuLibraryGetModule", "cuKernelGetFunction",
-    "cuModuleLoadDataEx", "cuLaunchKernelEx",
+    "cuModuleLoadDataEx", "cuLaunchKernelEx", "cuStreamIsCapturing", "cuStreamIsCapturing_ptsz",
+    "cuStreamGetCaptureInfo_v2", "cuStreamGetCaptureInfo_v3", "cuThreadExchangeStreamCaptureMode",
+    "cuEventRecordWithFlags", "cuEventRecordWithFlags_ptsz",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's

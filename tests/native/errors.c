@@ -48,7 +48,17 @@ int main(int argc, char **argv)
         CHECK(cuMemAlloc(&p, 16));
         void *args[] = {&p, &v, &cnt};
         void *extra[] = {CU_LAUNCH_PARAM_END};
-        EXPECT(cuLaunchKernel(f, 1, 1, 1, 4, 1, 1, 0, NULL, args, extra), CUDA_ERROR_NOT_SUPPORTED);
+        EXPECT(cuLaunchKernel(f, 1, 1, 1, 4, 1, 1, 0, NULL, args, extra), CUDA_ERROR_INVALID_VALUE);
+        /* the same launch with its parameters packed in `extra`, as some libraries issue it */
+        struct { CUdeviceptr p; unsigned v; int n; } packed = {p, 5, 4};
+        size_t packed_size = sizeof packed;
+        void *extra_buf[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &packed_size,
+                             CU_LAUNCH_PARAM_END};
+        CHECK(cuLaunchKernel(f, 1, 1, 1, 4, 1, 1, 0, NULL, NULL, extra_buf));
+        unsigned five[4] = {0};
+        CHECK(cuMemcpyDtoH(five, p, sizeof five));
+        if (five[0] != 5 || five[3] != 5) { fprintf(stderr, "fill_u32 via extra wrote %u %u\n", five[0], five[3]); return 1; }
+        printf("ok: a launch with its parameters packed in extra\n");
         EXPECT(cuLaunchKernel(f, 1, 1, 1, 4, 1, 1, 0, NULL, NULL, NULL), CUDA_ERROR_INVALID_VALUE);
         CHECK(cuLaunchKernel(f, 1, 1, 1, 4, 1, 1, 0, NULL, args, NULL));
         unsigned out[4] = {0};

@@ -926,6 +926,11 @@ ORION_API CUresult cuGetErrorString(CUresult error, const char **pStr)
     return *pStr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
+typedef struct orion_kernel orion_kernel;
+static orion_kernel *as_kernel(const void *h);
+static CUresult kernel_function(orion_kernel *k, CUfunction *fn);
+static size_t nkernel_objs;
+
 /* ---- modules: image length ---------------------------------------------------------------- */
 
 #define FATBIN_MAGIC 0xBA55ED50u
@@ -1078,6 +1083,13 @@ CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsign
                                      unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
 {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (nkernel_objs) {
+        orion_kernel *ko = as_kernel(f);
+        if (ko) {
+            CUresult st = kernel_function(ko, &f);
+            if (st != CUDA_SUCCESS) return st;
+        }
+    }
     unsigned char buf[ORION_MAX_PARAMS];
     uint32_t total;
     pthread_mutex_lock(&fn_lock);
@@ -1130,10 +1142,78 @@ ORION_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
 }
 
 /* ---- libraries and kernels -------------------------------------------------------------------
- * What NVIDIA's runtime uses for the kernels a program registers (CUDA 12+): a library is a
- * module loaded in the current context, a kernel is the function of that module, and a CUkernel
- * is accepted wherever a CUfunction is (cuLaunchKernel). JIT options are the server's to choose
- * (the image is compiled there); library options (binary preservation) do not apply. */
+ * What NVIDIA's runtime uses for the kernels a program registers (CUDA 12+). A library belongs
+ * to no context: cuLibraryLoadData keeps a copy of the image here, and the image is loaded as a
+ * module into a context the first time one of its kernels is used there (cuLaunchKernel,
+ * cuKernelGetFunction, cuLibraryGetModule). A CUkernel is accepted wherever a CUfunction is.
+ * JIT options are the server's to choose (the image is compiled there); library options
+ * (binary preservation) do not apply. */
+
+#define LIB_CTX 8
+typedef struct orion_library {
+    void *image;
+    size_t len;
+    struct { CUcontext ctx; CUmodule mod; } mods[LIB_CTX];
+} orion_library;
+
+typedef struct orion_kernel {
+    uint32_t magic;
+    orion_library *lib;
+    char *name;
+    struct { CUcontext ctx; CUfunction fn; } fns[LIB_CTX];
+} orion_kernel;
+
+#define KERNEL_MAGIC 0x4B524E4Cu
+#define MAX_KERNELS 65536
+static orion_kernel *kernel_objs[MAX_KERNELS];
+static pthread_mutex_t lib_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static orion_kernel *as_kernel(const void *h)
+{
+    orion_kernel *k = NULL;
+    pthread_mutex_lock(&lib_lock);
+    for (size_t i = 0; i < nkernel_objs; i++)
+        if (kernel_objs[i] == h) { k = kernel_objs[i]; break; }
+    pthread_mutex_unlock(&lib_lock);
+    return k;
+}
+
+static CUresult library_module(orion_library *lib, CUmodule *mod)
+{
+    CUcontext ctx = tl_current();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (lib->mods[i].ctx == ctx) { *mod = lib->mods[i].mod; pthread_mutex_unlock(&lib_lock); return CUDA_SUCCESS; }
+    pthread_mutex_unlock(&lib_lock);
+    CUresult st = orion_wire_cuModuleLoadData(mod, lib->image, (uint32_t)lib->len);
+    if (st != CUDA_SUCCESS) return st;
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (!lib->mods[i].ctx) { lib->mods[i].ctx = ctx; lib->mods[i].mod = *mod; break; }
+    pthread_mutex_unlock(&lib_lock);
+    return CUDA_SUCCESS;
+}
+
+/* The function of kernel k in the current context (its module loaded there first). */
+static CUresult kernel_function(orion_kernel *k, CUfunction *fn)
+{
+    CUcontext ctx = tl_current();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (k->fns[i].ctx == ctx) { *fn = k->fns[i].fn; pthread_mutex_unlock(&lib_lock); return CUDA_SUCCESS; }
+    pthread_mutex_unlock(&lib_lock);
+    CUmodule mod;
+    CUresult st = library_module(k->lib, &mod);
+    if (st == CUDA_SUCCESS) st = orion_custom_cuModuleGetFunction(fn, mod, k->name);
+    if (st != CUDA_SUCCESS) return st;
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (!k->fns[i].ctx) { k->fns[i].ctx = ctx; k->fns[i].fn = *fn; break; }
+    pthread_mutex_unlock(&lib_lock);
+    return CUDA_SUCCESS;
+}
 
 ORION_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
                                      void **jitOptionsValues, unsigned int numJitOptions,
@@ -1143,28 +1223,73 @@ ORION_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit
     (void)jitOptions; (void)jitOptionsValues; (void)numJitOptions;
     (void)libraryOptions; (void)libraryOptionValues; (void)numLibraryOptions;
     if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
-    return orion_custom_cuModuleLoadData((CUmodule *)library, code);
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    size_t n = image_length(&code);
+    if (!n) return CUDA_ERROR_INVALID_IMAGE;
+    if (n > ORION_MAX_IMAGE) return CUDA_ERROR_INVALID_VALUE;
+    orion_library *lib = calloc(1, sizeof *lib);
+    if (!lib || !(lib->image = malloc(n))) { free(lib); return CUDA_ERROR_OUT_OF_MEMORY; }
+    memcpy(lib->image, code, n);
+    lib->len = n;
+    *library = (CUlibrary)lib;
+    return CUDA_SUCCESS;
 }
 
-ORION_API CUresult cuLibraryUnload(CUlibrary library) { return cuModuleUnload((CUmodule)library); }
+ORION_API CUresult cuLibraryUnload(CUlibrary library)
+{
+    orion_library *lib = (orion_library *)library;
+    if (!lib) return CUDA_ERROR_INVALID_HANDLE;
+    pthread_mutex_lock(&lib_lock);
+    for (size_t i = 0; i < nkernel_objs;) {
+        if (kernel_objs[i]->lib == lib) {
+            kernel_objs[i]->magic = 0;
+            free(kernel_objs[i]->name);
+            free(kernel_objs[i]);
+            kernel_objs[i] = kernel_objs[--nkernel_objs];
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (lib->mods[i].ctx) (void)cuModuleUnload(lib->mods[i].mod);
+    free(lib->image);
+    free(lib);
+    return CUDA_SUCCESS;
+}
 
 ORION_API CUresult cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name)
 {
-    return orion_custom_cuModuleGetFunction((CUfunction *)pKernel, (CUmodule)library, name);
+    if (!pKernel || !library || !name) return CUDA_ERROR_INVALID_VALUE;
+    orion_kernel *k = calloc(1, sizeof *k);
+    if (!k || !(k->name = strdup(name))) { free(k); return CUDA_ERROR_OUT_OF_MEMORY; }
+    k->magic = KERNEL_MAGIC;
+    k->lib = (orion_library *)library;
+    pthread_mutex_lock(&lib_lock);
+    if (nkernel_objs == MAX_KERNELS) {
+        pthread_mutex_unlock(&lib_lock);
+        free(k->name);
+        free(k);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    kernel_objs[nkernel_objs++] = k;
+    pthread_mutex_unlock(&lib_lock);
+    *pKernel = (CUkernel)k;
+    return CUDA_SUCCESS;
 }
 
 ORION_API CUresult cuLibraryGetModule(CUmodule *pMod, CUlibrary library)
 {
-    if (!pMod) return CUDA_ERROR_INVALID_VALUE;
-    *pMod = (CUmodule)library;
-    return CUDA_SUCCESS;
+    if (!pMod || !library) return CUDA_ERROR_INVALID_VALUE;
+    return library_module((orion_library *)library, pMod);
 }
 
 ORION_API CUresult cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel)
 {
-    if (!pFunc || !kernel) return CUDA_ERROR_INVALID_VALUE;
-    *pFunc = (CUfunction)kernel;
-    return CUDA_SUCCESS;
+    if (!pFunc) return CUDA_ERROR_INVALID_VALUE;
+    orion_kernel *k = as_kernel(kernel);
+    if (!k) return CUDA_ERROR_INVALID_HANDLE;
+    return kernel_function(k, pFunc);
 }
 
 ORION_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
@@ -1194,4 +1319,70 @@ ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, 
     return orion_custom_cuLaunchKernel(f, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX,
                                        config->blockDimY, config->blockDimZ, config->sharedMemBytes, config->hStream,
                                        kernelParams, extra);
+}
+
+/* ---- stream capture ------------------------------------------------------------------------
+ * CUDA graphs are not remoted (cuStreamBeginCapture is refused), so no stream is ever being
+ * captured: what frameworks ask before every launch is answered here. */
+
+ORION_API CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus)
+{
+    (void)hStream;
+    if (!captureStatus) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus)
+{
+    return cuStreamIsCapturing(hStream, captureStatus);
+}
+
+ORION_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                             cuuint64_t *id_out, CUgraph *graph_out,
+                                             const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out,
+                                             size_t *numDependencies_out)
+{
+    (void)hStream;
+    if (!captureStatus_out) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    *captureStatus_out = CU_STREAM_CAPTURE_STATUS_NONE;
+    if (id_out) *id_out = 0;
+    if (graph_out) *graph_out = NULL;
+    if (dependencies_out) *dependencies_out = NULL;
+    if (edgeData_out) *edgeData_out = NULL;
+    if (numDependencies_out) *numDependencies_out = 0;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                             cuuint64_t *id_out, CUgraph *graph_out,
+                                             const CUgraphNode **dependencies_out, size_t *numDependencies_out)
+{
+    return cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL,
+                                     numDependencies_out);
+}
+
+static __thread CUstreamCaptureMode tl_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+
+ORION_API CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
+{
+    if (!mode) return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode old = tl_capture_mode;
+    tl_capture_mode = *mode;
+    *mode = old;
+    return CUDA_SUCCESS;
+}
+
+/* cuEventRecordWithFlags: flag 0 is cuEventRecord; CU_EVENT_RECORD_EXTERNAL is for graphs. */
+ORION_API CUresult cuEventRecordWithFlags(CUevent hEvent, CUstream hStream, unsigned int flags)
+{
+    if (flags) return CUDA_ERROR_NOT_SUPPORTED;
+    return cuEventRecord(hEvent, hStream);
+}
+
+ORION_API CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned int flags)
+{
+    return cuEventRecordWithFlags(hEvent, hStream, flags);
 }
