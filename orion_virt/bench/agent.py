@@ -27,11 +27,12 @@ PTX = Path(__file__).resolve().parent.parent / "kernels" / "test_kernels.ptx"
 
 
 def _driver() -> str:
-    """"native" for NVIDIA's libcuda.so.1, "orion-c" for the native client (first on LD_LIBRARY_PATH)."""
-    ours = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d][:1]
+    """"native" for NVIDIA's libcuda.so.1, "orion-c" for the native client (ORION_BENCH_CLIENT_LIB,
+    the directory the comparison put first on LD_LIBRARY_PATH)."""
+    ours = os.environ.get("ORION_BENCH_CLIENT_LIB", "")
     for line in Path("/proc/self/maps").read_text().splitlines():
         if "libcuda.so" in line:
-            return "orion-c" if ours and line.split()[-1].startswith(ours[0]) else "native"
+            return "orion-c" if ours and line.split()[-1].startswith(ours.rstrip("/") + "/") else "native"
     return "native"
 
 

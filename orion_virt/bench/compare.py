@@ -79,6 +79,7 @@ def run_compare(s: CompareSettings, keep_dir: Path | None = None) -> dict[str, A
             if mode == "native" or mode.startswith("c-"):
                 env["ORION_BENCH_NATIVE"] = "1"
             if mode.startswith("c-"):
+                env["ORION_BENCH_CLIENT_LIB"] = str(native_client_dir())
                 env["LD_LIBRARY_PATH"] = os.pathsep.join(
                     [str(native_client_dir()), *filter(None, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))])
             agent = AgentProcess(env, work / f"agent-{mode}.log", mode)
