@@ -745,6 +745,28 @@ def cuModuleUnload(hmod: Any) -> tuple[CUresult]:
     return (_res(st),) if st else _OK
 
 
+def cuStreamCreateWithPriority(flags: Any, priority: Any) -> tuple[CUresult, Any]:
+    """cuStreamCreateWithPriority: remoted (call 43)."""
+    st, v, _ = _call(43, (int(flags) & 0xFFFFFFFF, int(priority)))
+    if st:
+        return (_res(st), CUstream(0))
+    return (_S, CUstream(v[0]))
+
+
+def cuCtxGetStreamPriorityRange() -> tuple[CUresult, Any, Any]:
+    """cuCtxGetStreamPriorityRange: remoted (call 44)."""
+    st, v, _ = _call(44, ())
+    if st:
+        return (_res(st), 0, 0)
+    return (_S, v[0], v[1])
+
+
+def cuStreamWaitEvent(hStream: Any, hEvent: Any, Flags: Any) -> tuple[CUresult]:
+    """cuStreamWaitEvent: remoted (call 45, NO_REPLY)."""
+    st, v, _ = _call(45, (_h(hStream), _h(hEvent), int(Flags) & 0xFFFFFFFF))
+    return (_res(st),) if st else _OK
+
+
 cuDeviceTotalMem_v2 = cuDeviceTotalMem
 cuDeviceGetUuid_v2 = cuDeviceGetUuid
 cuDevicePrimaryCtxRelease_v2 = cuDevicePrimaryCtxRelease
@@ -775,7 +797,8 @@ REMOTED = (
     "cuMemsetD32", "cuMemsetD8Async", "cuMemsetD32Async", "cuStreamCreate", "cuStreamSynchronize",
     "cuStreamDestroy", "cuStreamQuery", "cuEventCreate", "cuEventRecord", "cuEventSynchronize",
     "cuEventElapsedTime", "cuEventDestroy", "cuEventQuery", "cuModuleLoadData",
-    "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel",
+    "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel", "cuStreamCreateWithPriority",
+    "cuCtxGetStreamPriorityRange", "cuStreamWaitEvent",
 )
 """Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---

@@ -138,7 +138,14 @@ class BackendSession(ABC):
     def synchronize(self, stream: Any = None) -> None: ...
 
     @abstractmethod
-    def stream_create(self, flags: int) -> Any: ...
+    def stream_create(self, flags: int, priority: int = 0) -> Any: ...
+
+    def stream_priority_range(self) -> tuple[int, int]:
+        """(least, greatest) stream priority of the current device; (0, 0): no priorities."""
+        return 0, 0
+
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        """Default (work runs in issue order): nothing to wait for."""
 
     def stream_destroy(self, stream: Any) -> None:
         """Default: nothing to release."""

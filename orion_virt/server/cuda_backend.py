@@ -433,10 +433,13 @@ class CudaSession(BackendSession):
             self._use(stream.ctx)
             self._ok(self.d.cuStreamSynchronize(stream.handle), "cuStreamSynchronize")
 
-    def stream_create(self, flags: int) -> Any:
+    def stream_create(self, flags: int, priority: int = 0) -> Any:
         ctx = self._cur_ctx()
         self._use(ctx)
-        handle = self._ok(self.d.cuStreamCreate(flags), "cuStreamCreate")
+        if priority:
+            handle = self._ok(self.d.cuStreamCreateWithPriority(flags, priority), "cuStreamCreateWithPriority")
+        else:
+            handle = self._ok(self.d.cuStreamCreate(flags), "cuStreamCreate")
         s = _Stream(handle, ctx, bool(flags & CU_STREAM_NON_BLOCKING))
         ctx.nonblocking += s.nonblocking
         self._streams.add(s)
@@ -464,6 +467,17 @@ class CudaSession(BackendSession):
         ev = _Event(self._ok(self.d.cuEventCreate(flags), "cuEventCreate"), ctx)
         self._events.add(ev)
         return ev
+
+    def stream_priority_range(self) -> tuple[int, int]:
+        self._use(self._cur_ctx())
+        least, greatest = self._ok(self.d.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")
+        return int(least), int(greatest)
+
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        ctx = event.ctx if stream is None else stream.ctx
+        self._use(ctx)
+        self._ok(self.d.cuStreamWaitEvent(0 if stream is None else stream.handle, event.handle, 0),
+                 "cuStreamWaitEvent")
 
     def event_record(self, event: Any, stream: Any) -> None:
         if stream is not None and stream.ctx is not event.ctx:

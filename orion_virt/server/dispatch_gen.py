@@ -239,6 +239,21 @@ def cuLaunchKernel(s: Session, a: tuple, b: Blob) -> Any:
     return ()
 
 
+def cuStreamCreateWithPriority(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuStreamCreateWithPriority(a[0], a[1])
+    return (s.h_stream.add(r),)
+
+
+def cuCtxGetStreamPriorityRange(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuCtxGetStreamPriorityRange()
+    return (r[0], r[1])
+
+
+def cuStreamWaitEvent(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuStreamWaitEvent(s.h_stream.get(a[0]) if a[0] else None, s.h_event.get(a[1]), a[2])
+    return ()
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -281,4 +296,7 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     40: cuModuleGetFunction,
     41: cuModuleUnload,
     42: cuLaunchKernel,
+    43: cuStreamCreateWithPriority,
+    44: cuCtxGetStreamPriorityRange,
+    45: cuStreamWaitEvent,
 }

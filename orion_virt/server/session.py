@@ -428,6 +428,19 @@ class Session:
         self._cur()
         return self._b.stream_create(flags)
 
+    def x_cuStreamCreateWithPriority(self, flags: int, priority: int) -> Any:
+        self._cur()
+        return self._b.stream_create(flags, priority)
+
+    def x_cuCtxGetStreamPriorityRange(self) -> tuple[int, int]:
+        self._cur()
+        return self._b.stream_priority_range()
+
+    def x_cuStreamWaitEvent(self, stream: Any, event: Any, flags: int) -> None:
+        if flags & ~1:  # CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"cuStreamWaitEvent flags {flags:#x}")
+        self._b.stream_wait_event(stream, event)
+
     def x_cuStreamSynchronize(self, stream: Any) -> None:
         self._b.synchronize(stream)
 

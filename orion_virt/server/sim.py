@@ -117,7 +117,7 @@ class SimSession(BackendSession):
     def synchronize(self, stream: Any = None) -> None:
         return None
 
-    def stream_create(self, flags: int) -> Any:
+    def stream_create(self, flags: int, priority: int = 0) -> Any:
         return object()
 
     def event_create(self, flags: int) -> Any:

@@ -47,3 +47,6 @@ class Call(IntEnum):
     cuModuleGetFunction = 40
     cuModuleUnload = 41
     cuLaunchKernel = 42
+    cuStreamCreateWithPriority = 43
+    cuCtxGetStreamPriorityRange = 44
+    cuStreamWaitEvent = 45

@@ -211,6 +211,11 @@ CALLS: tuple[Fn, ...] = (
                               _a("extra", "void **", Role.NULL)),
        spellings=("cuLaunchKernel_ptsz",), no_reply=True, client="custom",
        doc="the blob is the packed parameter buffer, laid out as cuModuleGetFunction said"),
+    Fn("cuStreamCreateWithPriority", 43, (_h("phStream", "stream", Op.CREATE), _a("flags", _u, Role.FLAGS),
+                                          _a("priority", _i))),
+    Fn("cuCtxGetStreamPriorityRange", 44, (_out("leastPriority", _i), _out("greatestPriority", _i))),
+    Fn("cuStreamWaitEvent", 45, (_stream(), _h("hEvent", "event"), _a("Flags", _u, Role.FLAGS)),
+       spellings=("cuStreamWaitEvent_ptsz",), no_reply=True),
 )
 """Every remoted call, in code order."""
 

@@ -40,6 +40,11 @@ static int run_on(int ordinal, const char *ptx, int n)
     CUstream s;
     CUevent start, stop;
     CHECK(cuStreamCreate(&s, 0));
+    int least = 1, greatest = 1;
+    CHECK(cuCtxGetStreamPriorityRange(&least, &greatest));
+    printf("stream priorities %d (least) .. %d (greatest)\n", least, greatest);
+    CUstream s2;  /* the result is read on a second stream that waits for the kernel's event */
+    CHECK(cuStreamCreateWithPriority(&s2, CU_STREAM_NON_BLOCKING, greatest));
     CHECK(cuEventCreate(&start, CU_EVENT_DEFAULT));
     CHECK(cuEventCreate(&stop, CU_EVENT_DEFAULT));
     CHECK(cuMemcpyHtoDAsync(da, a, bytes, s));
@@ -49,7 +54,10 @@ static int run_on(int ordinal, const char *ptx, int n)
     void *args[] = {&da, &db, &dc, &n};
     CHECK(cuLaunchKernel(add, blocks, 1, 1, threads, 1, 1, 0, s, args, NULL));
     CHECK(cuEventRecord(stop, s));
-    CHECK(cuMemcpyDtoHAsync(c, dc, bytes, s));
+    CHECK(cuStreamWaitEvent(s2, stop, CU_EVENT_WAIT_DEFAULT));
+    CHECK(cuMemcpyDtoHAsync(c, dc, bytes, s2));
+    CHECK(cuStreamSynchronize(s2));
+    CHECK(cuStreamDestroy(s2));
     CHECK(cuStreamSynchronize(s));
     CHECK(cuEventSynchronize(stop));
     CHECK(cuStreamQuery(s));

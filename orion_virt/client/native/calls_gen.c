@@ -529,6 +529,48 @@ CUresult orion_wire_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
     return st;
 }
 
+/* cuStreamCreateWithPriority: call 43. */
+CUresult orion_wire_cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority)
+{
+    if (!phStream) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_u32(req + 0, (uint32_t)flags);
+    orion_put_i32(req + 4, (int32_t)priority);
+    unsigned char resp[8];
+    orion_msg m = {43, 0, "cuStreamCreateWithPriority", req, 8, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *phStream = (CUstream)(uintptr_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuCtxGetStreamPriorityRange: call 44. */
+CUresult orion_wire_cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority)
+{
+    if (!leastPriority) return CUDA_ERROR_INVALID_VALUE;
+    if (!greatestPriority) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[1];
+    unsigned char resp[8];
+    orion_msg m = {44, 0, "cuCtxGetStreamPriorityRange", req, 0, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *leastPriority = (int)orion_get_i32(resp + 0);
+    *greatestPriority = (int)orion_get_i32(resp + 4);
+    return CUDA_SUCCESS;
+}
+
+/* cuStreamWaitEvent: call 45, NO_REPLY. */
+CUresult orion_wire_cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags)
+{
+    unsigned char req[20];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hStream);
+    orion_put_u64(req + 8, (uint64_t)(uintptr_t)hEvent);
+    orion_put_u32(req + 16, (uint32_t)Flags);
+    orion_msg m = {45, ORION_NO_REPLY, "cuStreamWaitEvent", req, 20, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -942,6 +984,26 @@ ORION_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned 
 ORION_API CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
 {
     return orion_custom_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra);
+}
+
+ORION_API CUresult cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority)
+{
+    return orion_wire_cuStreamCreateWithPriority(phStream, flags, priority);
+}
+
+ORION_API CUresult cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority)
+{
+    return orion_wire_cuCtxGetStreamPriorityRange(leastPriority, greatestPriority);
+}
+
+ORION_API CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags)
+{
+    return orion_wire_cuStreamWaitEvent(hStream, hEvent, Flags);
+}
+
+ORION_API CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags)
+{
+    return orion_wire_cuStreamWaitEvent(hStream, hEvent, Flags);
 }
 
 /* --- CUresult names and messages ----------------------------------------------------- */

@@ -16,7 +16,7 @@
 #define ORION_MAX_NAME 4096u
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
-#define ORION_CALL_COUNT 41
+#define ORION_CALL_COUNT 44
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -60,6 +60,9 @@
 #define ORION_CODE_cuModuleGetFunction 40
 #define ORION_CODE_cuModuleUnload 41
 #define ORION_CODE_cuLaunchKernel 42
+#define ORION_CODE_cuStreamCreateWithPriority 43
+#define ORION_CODE_cuCtxGetStreamPriorityRange 44
+#define ORION_CODE_cuStreamWaitEvent 45
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -103,6 +106,9 @@ CUresult orion_wire_cuModuleLoadData(CUmodule *module, const void *image, uint32
 CUresult orion_wire_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const void *name, uint32_t name_len, void *params, uint64_t params_cap, uint64_t *params_len);
 CUresult orion_wire_cuModuleUnload(CUmodule hmod);
 CUresult orion_wire_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, const void *kernelParams, uint32_t kernelParams_len);
+CUresult orion_wire_cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority);
+CUresult orion_wire_cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority);
+CUresult orion_wire_cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);

@@ -3,7 +3,11 @@ stream, device buffers from the device's memory resource. Prints PASS or exits 1
 import sys
 
 import numpy as np
-from cuda.core import experimental as cc  # cuda.core 0.x keeps its API under experimental
+try:
+    import cuda.core as cc
+    cc.Program  # noqa: B018  (cuda.core >= 0.4 exports its API at the top)
+except AttributeError:
+    from cuda.core import experimental as cc  # type: ignore[no-redef]
 
 dev = cc.Device()
 dev.set_current()
