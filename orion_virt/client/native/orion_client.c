@@ -1150,17 +1150,19 @@ ORION_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
  * (binary preservation) do not apply. */
 
 #define LIB_CTX 8
+typedef struct { CUcontext ctx; void *h; } per_ctx;  /* a module or function per context */
+
 typedef struct orion_library {
     void *image;
     size_t len;
-    struct { CUcontext ctx; CUmodule mod; } mods[LIB_CTX];
+    per_ctx mods[LIB_CTX];
 } orion_library;
 
 typedef struct orion_kernel {
     uint32_t magic;
     orion_library *lib;
     char *name;
-    struct { CUcontext ctx; CUfunction fn; } fns[LIB_CTX];
+    per_ctx fns[LIB_CTX];
 } orion_kernel;
 
 #define KERNEL_MAGIC 0x4B524E4Cu
@@ -1178,21 +1180,33 @@ static orion_kernel *as_kernel(const void *h)
     return k;
 }
 
+static void *per_ctx_get(const per_ctx *c, CUcontext ctx)
+{
+    void *h = NULL;
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX && !h; i++)
+        if (c[i].ctx == ctx) h = c[i].h;
+    pthread_mutex_unlock(&lib_lock);
+    return h;
+}
+
+static void per_ctx_put(per_ctx *c, CUcontext ctx, void *h)
+{
+    pthread_mutex_lock(&lib_lock);
+    for (int i = 0; i < LIB_CTX; i++)
+        if (!c[i].ctx) { c[i].ctx = ctx; c[i].h = h; break; }
+    pthread_mutex_unlock(&lib_lock);
+}
+
+/* The module of lib in the current context (loaded there on first use). */
 static CUresult library_module(orion_library *lib, CUmodule *mod)
 {
     CUcontext ctx = tl_current();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
-    pthread_mutex_lock(&lib_lock);
-    for (int i = 0; i < LIB_CTX; i++)
-        if (lib->mods[i].ctx == ctx) { *mod = lib->mods[i].mod; pthread_mutex_unlock(&lib_lock); return CUDA_SUCCESS; }
-    pthread_mutex_unlock(&lib_lock);
+    if ((*mod = per_ctx_get(lib->mods, ctx))) return CUDA_SUCCESS;
     CUresult st = orion_wire_cuModuleLoadData(mod, lib->image, (uint32_t)lib->len);
-    if (st != CUDA_SUCCESS) return st;
-    pthread_mutex_lock(&lib_lock);
-    for (int i = 0; i < LIB_CTX; i++)
-        if (!lib->mods[i].ctx) { lib->mods[i].ctx = ctx; lib->mods[i].mod = *mod; break; }
-    pthread_mutex_unlock(&lib_lock);
-    return CUDA_SUCCESS;
+    if (st == CUDA_SUCCESS) per_ctx_put(lib->mods, ctx, *mod);
+    return st;
 }
 
 /* The function of kernel k in the current context (its module loaded there first). */
@@ -1200,19 +1214,12 @@ static CUresult kernel_function(orion_kernel *k, CUfunction *fn)
 {
     CUcontext ctx = tl_current();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
-    pthread_mutex_lock(&lib_lock);
-    for (int i = 0; i < LIB_CTX; i++)
-        if (k->fns[i].ctx == ctx) { *fn = k->fns[i].fn; pthread_mutex_unlock(&lib_lock); return CUDA_SUCCESS; }
-    pthread_mutex_unlock(&lib_lock);
+    if ((*fn = per_ctx_get(k->fns, ctx))) return CUDA_SUCCESS;
     CUmodule mod;
     CUresult st = library_module(k->lib, &mod);
     if (st == CUDA_SUCCESS) st = orion_custom_cuModuleGetFunction(fn, mod, k->name);
-    if (st != CUDA_SUCCESS) return st;
-    pthread_mutex_lock(&lib_lock);
-    for (int i = 0; i < LIB_CTX; i++)
-        if (!k->fns[i].ctx) { k->fns[i].ctx = ctx; k->fns[i].fn = *fn; break; }
-    pthread_mutex_unlock(&lib_lock);
-    return CUDA_SUCCESS;
+    if (st == CUDA_SUCCESS) per_ctx_put(k->fns, ctx, *fn);
+    return st;
 }
 
 ORION_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
@@ -1252,7 +1259,7 @@ ORION_API CUresult cuLibraryUnload(CUlibrary library)
     }
     pthread_mutex_unlock(&lib_lock);
     for (int i = 0; i < LIB_CTX; i++)
-        if (lib->mods[i].ctx) (void)cuModuleUnload(lib->mods[i].mod);
+        if (lib->mods[i].ctx) (void)cuModuleUnload((CUmodule)lib->mods[i].h);
     free(lib->image);
     free(lib);
     return CUDA_SUCCESS;
