@@ -3,6 +3,7 @@ stream, device buffers from the device's memory resource. Prints PASS or exits 1
 import sys
 
 import numpy as np
+
 try:
     import cuda.core as cc
     cc.Program  # noqa: B018  (cuda.core >= 0.4 exports its API at the top)
@@ -25,6 +26,7 @@ y = np.ones(n, dtype=np.float32)
 bx = dev.memory_resource.allocate(x.nbytes, stream=s)
 by = dev.memory_resource.allocate(y.nbytes, stream=s)
 from cuda.bindings import driver as d  # noqa: E402
+
 d.cuMemcpyHtoDAsync(int(bx.handle), x.ctypes.data, x.nbytes, s.handle)
 d.cuMemcpyHtoDAsync(int(by.handle), y.ctypes.data, y.nbytes, s.handle)
 cfg = cc.LaunchConfig(grid=(n + 255) // 256, block=256)
