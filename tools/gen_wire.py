@@ -211,7 +211,10 @@ def gen_client() -> str:
             body.append("    return (_S, " + ", ".join(g for g, _ in ok) + ")")
         flags = ", NO_REPLY" if fn.no_reply else ""
         doc = f'    """{fn.name}: remoted (call {fn.code}{flags}).{" " + fn.doc if fn.doc else ""}"""'
-        out += ["", "", f"def {fn.name}({sig}) -> tuple[{ret}]:", doc, *body]
+        head = f"def {fn.name}({sig}) -> tuple[{ret}]:"
+        if len(head) > 120:
+            head = f"def {fn.name}(\n    {sig},\n) -> tuple[{ret}]:"
+        out += ["", "", head, doc, *body]
     remoted = textwrap.wrap(" ".join(f'"{fn.name}",' for fn in S.CALLS), 96)
     out += ["", ""] + aliases + ["", "", "REMOTED = (", *("    " + r for r in remoted), ")",
                                  '"""Every call this module sends to oriond, in code order."""', END.rstrip("\n")]

@@ -434,6 +434,15 @@ def cuModuleGetFunction(hmod: Any, name: Any) -> tuple[CUresult, CUfunction]:
     return (_S, CUfunction(v[0]))
 
 
+def cuModuleGetGlobal(hmod: Any, name: Any) -> tuple[CUresult, CUdeviceptr, int]:
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    raw = raw.split(b"\0", 1)[0]
+    st, v, _ = _call(Call.cuModuleGetGlobal, (_h(hmod), len(raw)), raw, len(raw))
+    if st:
+        return (_res(st), CUdeviceptr(0), 0)
+    return (_S, CUdeviceptr(v[0]), v[1])
+
+
 def _arg_bytes(value: Any, ctype: Any) -> bytes:
     if ctype is None:
         return struct.pack("<Q", _h(value) & 0xFFFFFFFFFFFFFFFF)
@@ -767,6 +776,60 @@ def cuStreamWaitEvent(hStream: Any, hEvent: Any, Flags: Any) -> tuple[CUresult]:
     return (_res(st),) if st else _OK
 
 
+def cuFuncGetAttribute(attrib: Any, hfunc: Any) -> tuple[CUresult, Any]:
+    """cuFuncGetAttribute: remoted (call 46)."""
+    st, v, _ = _call(46, (int(attrib), _h(hfunc)))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuFuncSetAttribute(hfunc: Any, attrib: Any, value: Any) -> tuple[CUresult]:
+    """cuFuncSetAttribute: remoted (call 47)."""
+    st, v, _ = _call(47, (_h(hfunc), int(attrib), int(value)))
+    return (_res(st),) if st else _OK
+
+
+def cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+    func: Any, blockSize: Any, dynamicSMemSize: Any, flags: Any,
+) -> tuple[CUresult, Any]:
+    """cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: remoted (call 48)."""
+    st, v, _ = _call(48, (_h(func), int(blockSize), int(dynamicSMemSize), int(flags) & 0xFFFFFFFF))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuOccupancyAvailableDynamicSMemPerBlock(func: Any, numBlocks: Any, blockSize: Any) -> tuple[CUresult, Any]:
+    """cuOccupancyAvailableDynamicSMemPerBlock: remoted (call 49)."""
+    st, v, _ = _call(49, (_h(func), int(numBlocks), int(blockSize)))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuCtxGetLimit(limit: Any) -> tuple[CUresult, Any]:
+    """cuCtxGetLimit: remoted (call 50)."""
+    st, v, _ = _call(50, (int(limit),))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuCtxSetLimit(limit: Any, value: Any) -> tuple[CUresult]:
+    """cuCtxSetLimit: remoted (call 51)."""
+    st, v, _ = _call(51, (int(limit), int(value)))
+    return (_res(st),) if st else _OK
+
+
+def cuPointerGetAttribute(attribute: Any, ptr: Any) -> tuple[CUresult, Any]:
+    """cuPointerGetAttribute: remoted (call 53). answered from the session's allocations"""
+    st, v, _ = _call(53, (int(attribute), int(ptr)))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
 cuDeviceTotalMem_v2 = cuDeviceTotalMem
 cuDeviceGetUuid_v2 = cuDeviceGetUuid
 cuDevicePrimaryCtxRelease_v2 = cuDevicePrimaryCtxRelease
@@ -786,6 +849,7 @@ cuMemsetD32_v2 = cuMemsetD32
 cuStreamDestroy_v2 = cuStreamDestroy
 cuEventElapsedTime_v2 = cuEventElapsedTime
 cuEventDestroy_v2 = cuEventDestroy
+cuModuleGetGlobal_v2 = cuModuleGetGlobal
 
 
 REMOTED = (
@@ -798,7 +862,10 @@ REMOTED = (
     "cuStreamDestroy", "cuStreamQuery", "cuEventCreate", "cuEventRecord", "cuEventSynchronize",
     "cuEventElapsedTime", "cuEventDestroy", "cuEventQuery", "cuModuleLoadData",
     "cuModuleGetFunction", "cuModuleUnload", "cuLaunchKernel", "cuStreamCreateWithPriority",
-    "cuCtxGetStreamPriorityRange", "cuStreamWaitEvent",
+    "cuCtxGetStreamPriorityRange", "cuStreamWaitEvent", "cuFuncGetAttribute", "cuFuncSetAttribute",
+    "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
+    "cuOccupancyAvailableDynamicSMemPerBlock", "cuCtxGetLimit", "cuCtxSetLimit",
+    "cuModuleGetGlobal", "cuPointerGetAttribute",
 )
 """Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---

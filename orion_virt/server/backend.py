@@ -61,6 +61,8 @@ class MemoryTable:
         self.used = [0] * len(quotas)
         self._starts: list[int] = []
         self._allocs: dict[int, tuple[int, int, Any]] = {}
+        self._globals: dict[int, Any] = {}
+        """base -> module, for module globals: addressable, not counted, not freeable"""
 
     def check_quota(self, dev: int, size: int) -> None:
         if size <= 0:
@@ -76,7 +78,25 @@ class MemoryTable:
         self._allocs[base] = (size, dev, obj)
         self.used[dev] += size
 
+    def add_global(self, dev: int, base: int, size: int, obj: Any, module: Any) -> None:
+        """A module's global (cuModuleGetGlobal): copies may name it; it is freed with its module."""
+        if base in self._globals or size <= 0:
+            return
+        bisect.insort(self._starts, base)
+        self._allocs[base] = (size, dev, obj)
+        self._globals[base] = module
+
+    def drop_globals(self, module: Any) -> None:
+        for base in [b for b, m in self._globals.items() if m is module]:
+            del self._globals[base], self._allocs[base]
+            self._starts.pop(bisect.bisect_left(self._starts, base))
+
+    def size_of(self, base: int) -> int:
+        return self._allocs[base][0]
+
     def remove(self, base: int) -> tuple[int, int, Any]:
+        if base in self._globals:
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"0x{base:x} is a module global, not an allocation")
         entry = self._allocs.pop(base, None)
         if entry is None:
             raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"0x{base:x} is not an allocation of this session")
@@ -139,6 +159,28 @@ class BackendSession(ABC):
 
     @abstractmethod
     def stream_create(self, flags: int, priority: int = 0) -> Any: ...
+
+    def module_global(self, module: Any, name: str) -> tuple[int, int, Any]:
+        """(address, size, backend object) of a module's global variable."""
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_FOUND, f"no global named {name!r} (this backend has none)")
+
+    def func_attribute(self, func: Any, attrib: int) -> int:
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, f"function attribute {attrib}")
+
+    def func_set_attribute(self, func: Any, attrib: int, value: int) -> None:
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, f"function attribute {attrib}")
+
+    def occupancy_blocks(self, func: Any, block: int, dynamic_smem: int, flags: int) -> int:
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "occupancy")
+
+    def occupancy_dynamic_smem(self, func: Any, blocks: int, block: int) -> int:
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "occupancy")
+
+    def ctx_limit(self, limit: int) -> int:
+        raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
+
+    def ctx_set_limit(self, limit: int, value: int) -> None:
+        raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
 
     def stream_priority_range(self) -> tuple[int, int]:
         """(least, greatest) stream priority of the current device; (0, 0): no priorities."""

@@ -468,6 +468,41 @@ class CudaSession(BackendSession):
         self._events.add(ev)
         return ev
 
+    def module_global(self, module: Any, name: str) -> tuple[int, int, Any]:
+        if not module.loaded:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "module was unloaded")
+        self._use(module.ctx)
+        dptr, size = self._ok(self.d.cuModuleGetGlobal(module.handle, name.encode()), f"cuModuleGetGlobal({name})")
+        return int(dptr), int(size), dptr
+
+    def func_attribute(self, func: Any, attrib: int) -> int:
+        self._use(func.module.ctx)
+        return int(self._ok(self.d.cuFuncGetAttribute(self.d.CUfunction_attribute(attrib), func.handle),
+                            "cuFuncGetAttribute"))
+
+    def func_set_attribute(self, func: Any, attrib: int, value: int) -> None:
+        self._use(func.module.ctx)
+        self._ok(self.d.cuFuncSetAttribute(func.handle, self.d.CUfunction_attribute(attrib), value),
+                 "cuFuncSetAttribute")
+
+    def occupancy_blocks(self, func: Any, block: int, dynamic_smem: int, flags: int) -> int:
+        self._use(func.module.ctx)
+        return int(self._ok(self.d.cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
+            func.handle, block, dynamic_smem, flags), "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags"))
+
+    def occupancy_dynamic_smem(self, func: Any, blocks: int, block: int) -> int:
+        self._use(func.module.ctx)
+        return int(self._ok(self.d.cuOccupancyAvailableDynamicSMemPerBlock(func.handle, blocks, block),
+                            "cuOccupancyAvailableDynamicSMemPerBlock"))
+
+    def ctx_limit(self, limit: int) -> int:
+        self._use(self._cur_ctx())
+        return int(self._ok(self.d.cuCtxGetLimit(self.d.CUlimit(limit)), "cuCtxGetLimit"))
+
+    def ctx_set_limit(self, limit: int, value: int) -> None:
+        self._use(self._cur_ctx())
+        self._ok(self.d.cuCtxSetLimit(self.d.CUlimit(limit), value), "cuCtxSetLimit")
+
     def stream_priority_range(self) -> tuple[int, int]:
         self._use(self._cur_ctx())
         least, greatest = self._ok(self.d.cuCtxGetStreamPriorityRange(), "cuCtxGetStreamPriorityRange")

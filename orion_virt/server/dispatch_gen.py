@@ -254,6 +254,46 @@ def cuStreamWaitEvent(s: Session, a: tuple, b: Blob) -> Any:
     return ()
 
 
+def cuFuncGetAttribute(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuFuncGetAttribute(a[0], s.h_function.get(a[1]))
+    return (r,)
+
+
+def cuFuncSetAttribute(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuFuncSetAttribute(s.h_function.get(a[0]), a[1], a[2])
+    return ()
+
+
+def cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(s.h_function.get(a[0]), a[1], a[2], a[3])
+    return (r,)
+
+
+def cuOccupancyAvailableDynamicSMemPerBlock(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuOccupancyAvailableDynamicSMemPerBlock(s.h_function.get(a[0]), a[1], a[2])
+    return (r,)
+
+
+def cuCtxGetLimit(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuCtxGetLimit(a[0])
+    return (r,)
+
+
+def cuCtxSetLimit(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuCtxSetLimit(a[0], a[1])
+    return ()
+
+
+def cuModuleGetGlobal(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuModuleGetGlobal(s.h_module.get(a[0]), b)
+    return (r[0], r[1])
+
+
+def cuPointerGetAttribute(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuPointerGetAttribute(a[0], a[1])
+    return (r,)
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -299,4 +339,12 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     43: cuStreamCreateWithPriority,
     44: cuCtxGetStreamPriorityRange,
     45: cuStreamWaitEvent,
+    46: cuFuncGetAttribute,
+    47: cuFuncSetAttribute,
+    48: cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags,
+    49: cuOccupancyAvailableDynamicSMemPerBlock,
+    50: cuCtxGetLimit,
+    51: cuCtxSetLimit,
+    52: cuModuleGetGlobal,
+    53: cuPointerGetAttribute,
 }

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..cuda_enums import CUresult
+from ..cuda_enums import CUmemorytype, CUresult
+from ..cuda_enums import CUpointer_attribute as P
 from ..errors import OrionError, ProtocolError, Refused, TransportError
 from ..transport.base import Stream
 from ..wire import HEADER, HEADER_SIZE, Hello, Kind, Plan, ServerProtocol, Welcome
@@ -489,7 +490,75 @@ class Session:
         return _Function(func, total, dev, name), Fill.of(layout)
 
     def x_cuModuleUnload(self, module: tuple[Any, int]) -> None:
+        self._b.mem.drop_globals(module[0])
         self._b.module_unload(module[0])
+
+    def x_cuModuleGetGlobal(self, module: tuple[Any, int], name_blob: Blob) -> tuple[int, int]:
+        mod, dev = module
+        try:
+            name = name_blob.read_all().decode("ascii")
+        except UnicodeDecodeError:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, "global name is not ASCII") from None
+        base, size, obj = self._b.module_global(mod, name)
+        self._b.mem.add_global(dev, base, size, obj, mod)
+        return base, size
+
+    def x_cuFuncGetAttribute(self, attrib: int, f: _Function) -> int:
+        return self._b.func_attribute(f.func, attrib)
+
+    def x_cuFuncSetAttribute(self, f: _Function, attrib: int, value: int) -> None:
+        self._b.func_set_attribute(f.func, attrib, value)
+
+    def x_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(self, f: _Function, block: int, dyn: int,
+                                                                flags: int) -> int:
+        if block <= 0:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"block size {block}")
+        return self._b.occupancy_blocks(f.func, block, dyn, flags)
+
+    def x_cuOccupancyAvailableDynamicSMemPerBlock(self, f: _Function, blocks: int, block: int) -> int:
+        if block <= 0 or blocks <= 0:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{blocks} blocks of {block}")
+        return self._b.occupancy_dynamic_smem(f.func, blocks, block)
+
+    def x_cuCtxGetLimit(self, limit: int) -> int:
+        self._cur()
+        return self._b.ctx_limit(limit)
+
+    def x_cuCtxSetLimit(self, limit: int, value: int) -> None:
+        self._cur()
+        self._b.ctx_set_limit(limit, value)
+
+    def _context_of(self, dev: int) -> int:
+        """The handle of a context of ``dev`` this session holds (the current one first); 0: none."""
+        if self.current is not None and self.current.dev == dev:
+            return self.h_context.add(self.current)
+        return next((h for h, c in self.h_context.items.items() if c.dev == dev), 0)
+
+    def x_cuPointerGetAttribute(self, attribute: int, ptr: int) -> int:
+        base, _off, _obj = self._b.mem.resolve(ptr, 0)
+        dev = self._b.mem.device_of(base)
+        size = self._b.mem.size_of(base)
+        values = {
+            P.CU_POINTER_ATTRIBUTE_MEMORY_TYPE: int(CUmemorytype.CU_MEMORYTYPE_DEVICE),
+            P.CU_POINTER_ATTRIBUTE_DEVICE_POINTER: ptr,
+            P.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: dev,
+            P.CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: base,
+            P.CU_POINTER_ATTRIBUTE_RANGE_SIZE: size,
+            P.CU_POINTER_ATTRIBUTE_BUFFER_ID: base,
+            P.CU_POINTER_ATTRIBUTE_IS_MANAGED: 0,
+            P.CU_POINTER_ATTRIBUTE_MAPPED: 1,
+            P.CU_POINTER_ATTRIBUTE_SYNC_MEMOPS: 1,
+            P.CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE: 0,
+            P.CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES: 0,
+            P.CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE: 0,
+            P.CU_POINTER_ATTRIBUTE_ACCESS_FLAGS: 3,  # CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE
+        }
+        if attribute == P.CU_POINTER_ATTRIBUTE_CONTEXT:
+            return self._context_of(dev)
+        try:
+            return values[P(attribute)]
+        except (ValueError, KeyError):
+            raise CudaCallError(E.CUDA_ERROR_NOT_SUPPORTED, f"pointer attribute {attribute}") from None
 
     def x_cuLaunchKernel(self, f: _Function, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
                          shared: int, stream: Any, params: Blob) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..cuda_enums import CUdevice_attribute as A
+from ..cuda_enums import CUfunction_attribute as F
+from ..cuda_enums import CUlimit as L
 from ..cuda_enums import CUresult
 from . import ptx
 from .backend import Backend, BackendSession, CudaCallError, MemoryTable, ParamSlot, PhysicalGpu, VGpu
@@ -59,6 +61,8 @@ class SimSession(BackendSession):
         self._next = [BASE + i * SPAN for i in range(len(vgpus))]
         self._clock = 0.0
         self._closed = False
+        self._func_set: dict[tuple[Any, int], int] = {}
+        self._limits: dict[int, int] = {}
 
     # memory ------------------------------------------------------------------------------
 
@@ -144,6 +148,42 @@ class SimSession(BackendSession):
             return ptx.entries(image.split(b"\0", 1)[0].decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise CudaCallError(CUresult.CUDA_ERROR_INVALID_IMAGE, f"bad PTX: {e}") from None
+
+    # What a sim "function" reports: the limits of the sim device (no registers, no shared memory
+    # used, 1024 threads per block, 48 KiB of dynamic shared memory), not any GPU's.
+    _FUNC_ATTRS = {F.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: 1024, F.CU_FUNC_ATTRIBUTE_PTX_VERSION: 80,
+                   F.CU_FUNC_ATTRIBUTE_BINARY_VERSION: 80, F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 << 10}
+    _LIMITS = {L.CU_LIMIT_STACK_SIZE: 1024, L.CU_LIMIT_PRINTF_FIFO_SIZE: 1 << 20,
+               L.CU_LIMIT_MALLOC_HEAP_SIZE: 8 << 20, L.CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH: 2,
+               L.CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT: 2048, L.CU_LIMIT_MAX_L2_FETCH_GRANULARITY: 64,
+               L.CU_LIMIT_PERSISTING_L2_CACHE_SIZE: 0}
+
+    def func_attribute(self, func: Any, attrib: int) -> int:
+        if attrib not in set(F):
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"function attribute {attrib}")
+        return self._func_set.get((func, attrib), self._FUNC_ATTRS.get(F(attrib), 0))
+
+    def func_set_attribute(self, func: Any, attrib: int, value: int) -> None:
+        if attrib not in (F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                          F.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT):
+            raise CudaCallError(CUresult.CUDA_ERROR_INVALID_VALUE, f"function attribute {attrib} is not settable")
+        self._func_set[(func, attrib)] = value
+
+    def occupancy_blocks(self, func: Any, block: int, dynamic_smem: int, flags: int) -> int:
+        return max(0, min(32, 2048 // block)) if dynamic_smem <= (48 << 10) else 0
+
+    def occupancy_dynamic_smem(self, func: Any, blocks: int, block: int) -> int:
+        return 48 << 10
+
+    def ctx_limit(self, limit: int) -> int:
+        if limit not in set(L):
+            raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
+        return self._limits.get(limit, self._LIMITS.get(L(limit), 0))
+
+    def ctx_set_limit(self, limit: int, value: int) -> None:
+        if limit not in set(L):
+            raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
+        self._limits[limit] = value
 
     def get_function(self, module: Any, name: str) -> tuple[Any, list[ParamSlot]]:
         slots = module.get(name)

@@ -30,6 +30,7 @@ WIRE_TYPES: dict[str, str] = {
     "int": "i", "CUdevice": "i", "CUdevice_attribute": "i", "unsigned int": "I", "unsigned char": "B",
     "size_t": "Q", "CUdeviceptr": "Q", "float": "f", "CUuuid": "16s",
     "CUcontext": "Q", "CUstream": "Q", "CUevent": "Q", "CUmodule": "Q", "CUfunction": "Q",
+    "CUfunction_attribute": "i", "CUlimit": "i", "CUpointer_attribute": "i", "unsigned long long": "Q",
 }
 """C type (pointee for ``out`` arguments) -> struct code of its wire field."""
 

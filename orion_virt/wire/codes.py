@@ -50,3 +50,11 @@ class Call(IntEnum):
     cuStreamCreateWithPriority = 43
     cuCtxGetStreamPriorityRange = 44
     cuStreamWaitEvent = 45
+    cuFuncGetAttribute = 46
+    cuFuncSetAttribute = 47
+    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 48
+    cuOccupancyAvailableDynamicSMemPerBlock = 49
+    cuCtxGetLimit = 50
+    cuCtxSetLimit = 51
+    cuModuleGetGlobal = 52
+    cuPointerGetAttribute = 53

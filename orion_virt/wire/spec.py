@@ -216,6 +216,22 @@ CALLS: tuple[Fn, ...] = (
     Fn("cuCtxGetStreamPriorityRange", 44, (_out("leastPriority", _i), _out("greatestPriority", _i))),
     Fn("cuStreamWaitEvent", 45, (_stream(), _h("hEvent", "event"), _a("Flags", _u, Role.FLAGS)),
        spellings=("cuStreamWaitEvent_ptsz",), no_reply=True),
+    Fn("cuFuncGetAttribute", 46, (_out("pi", _i), _a("attrib", "CUfunction_attribute"), _h("hfunc", "function"))),
+    Fn("cuFuncSetAttribute", 47, (_h("hfunc", "function"), _a("attrib", "CUfunction_attribute"), _a("value", _i))),
+    Fn("cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags", 48,
+       (_out("numBlocks", _i), _h("func", "function"), _a("blockSize", _i), _a("dynamicSMemSize", _sz),
+        _a("flags", _u, Role.FLAGS))),
+    Fn("cuOccupancyAvailableDynamicSMemPerBlock", 49,
+       (_out("dynamicSmemSize", _sz), _h("func", "function"), _a("numBlocks", _i), _a("blockSize", _i))),
+    Fn("cuCtxGetLimit", 50, (_out("pvalue", _sz), _a("limit", "CUlimit"))),
+    Fn("cuCtxSetLimit", 51, (_a("limit", "CUlimit"), _a("value", _sz))),
+    Fn("cuModuleGetGlobal", 52, (_out("dptr", "CUdeviceptr"), _out("bytes", _sz), _h("hmod", "module"),
+                                 _a("name", "const char *", Role.HOST_IN, limit=MAX_NAME)),
+       spellings=("cuModuleGetGlobal_v2",), client="custom",
+       doc="the global becomes addressable by copies; it is not freeable"),
+    Fn("cuPointerGetAttribute", 53, (_out("data", "unsigned long long"), _a("attribute", "CUpointer_attribute"),
+                                     _a("ptr", "CUdeviceptr")),
+       doc="answered from the session's allocations"),
 )
 """Every remoted call, in code order."""
 

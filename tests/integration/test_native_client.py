@@ -390,6 +390,14 @@ def test_the_reply_blob_may_not_exceed_the_callers_buffer(programs: dict[str, Pa
     assert "reply blob of 64 bytes, the buffer holds 8" in r.stderr
 
 
+def test_function_attributes_occupancy_limits_and_pointer_attributes(programs: dict[str, Path], oriond: Oriond,
+                                                                       transport: str) -> None:
+    r = run(programs["attributes"], str(PTX), env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pointer: type 2 (device yes), ordinal 0, range start ok, size 1048576" in r.stdout
+    assert "host pointer: type 0, ordinal -2" in r.stdout
+
+
 # -- how NVIDIA's libraries reach the driver: cuGetProcAddress, export tables, stubs -------------
 
 

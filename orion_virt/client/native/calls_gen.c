@@ -571,6 +571,125 @@ CUresult orion_wire_cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned
     return st;
 }
 
+/* cuFuncGetAttribute: call 46. */
+CUresult orion_wire_cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfunc)
+{
+    if (!pi) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[12];
+    orion_put_i32(req + 0, (int32_t)attrib);
+    orion_put_u64(req + 4, (uint64_t)(uintptr_t)hfunc);
+    unsigned char resp[4];
+    orion_msg m = {46, 0, "cuFuncGetAttribute", req, 12, NULL, 0, resp, 4, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *pi = (int)orion_get_i32(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuFuncSetAttribute: call 47. */
+CUresult orion_wire_cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value)
+{
+    unsigned char req[16];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hfunc);
+    orion_put_i32(req + 8, (int32_t)attrib);
+    orion_put_i32(req + 12, (int32_t)value);
+    orion_msg m = {47, 0, "cuFuncSetAttribute", req, 16, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: call 48. */
+CUresult orion_wire_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags)
+{
+    if (!numBlocks) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[24];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)func);
+    orion_put_i32(req + 8, (int32_t)blockSize);
+    orion_put_u64(req + 12, (uint64_t)dynamicSMemSize);
+    orion_put_u32(req + 20, (uint32_t)flags);
+    unsigned char resp[4];
+    orion_msg m = {48, 0, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags", req, 24, NULL, 0, resp, 4, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *numBlocks = (int)orion_get_i32(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuOccupancyAvailableDynamicSMemPerBlock: call 49. */
+CUresult orion_wire_cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, CUfunction func, int numBlocks, int blockSize)
+{
+    if (!dynamicSmemSize) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[16];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)func);
+    orion_put_i32(req + 8, (int32_t)numBlocks);
+    orion_put_i32(req + 12, (int32_t)blockSize);
+    unsigned char resp[8];
+    orion_msg m = {49, 0, "cuOccupancyAvailableDynamicSMemPerBlock", req, 16, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *dynamicSmemSize = (size_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuCtxGetLimit: call 50. */
+CUresult orion_wire_cuCtxGetLimit(size_t *pvalue, CUlimit limit)
+{
+    if (!pvalue) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[4];
+    orion_put_i32(req + 0, (int32_t)limit);
+    unsigned char resp[8];
+    orion_msg m = {50, 0, "cuCtxGetLimit", req, 4, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *pvalue = (size_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuCtxSetLimit: call 51. */
+CUresult orion_wire_cuCtxSetLimit(CUlimit limit, size_t value)
+{
+    unsigned char req[12];
+    orion_put_i32(req + 0, (int32_t)limit);
+    orion_put_u64(req + 4, (uint64_t)value);
+    orion_msg m = {51, 0, "cuCtxSetLimit", req, 12, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuModuleGetGlobal: call 52. */
+CUresult orion_wire_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const void *name, uint32_t name_len)
+{
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    if (name_len && !name) return CUDA_ERROR_INVALID_VALUE;
+    if (name_len > 4096u) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[12];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hmod);
+    orion_put_u32(req + 8, name_len);
+    unsigned char resp[16];
+    orion_msg m = {52, 0, "cuModuleGetGlobal", req, 12, name, (uint64_t)name_len, resp, 16, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *dptr = (CUdeviceptr)orion_get_u64(resp + 0);
+    *bytes = (size_t)orion_get_u64(resp + 8);
+    return CUDA_SUCCESS;
+}
+
+/* cuPointerGetAttribute: call 53. */
+CUresult orion_wire_cuPointerGetAttribute(unsigned long long *data, CUpointer_attribute attribute, CUdeviceptr ptr)
+{
+    if (!data) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[12];
+    orion_put_i32(req + 0, (int32_t)attribute);
+    orion_put_u64(req + 4, (uint64_t)ptr);
+    unsigned char resp[8];
+    orion_msg m = {53, 0, "cuPointerGetAttribute", req, 12, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *data = (unsigned long long)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1004,6 +1123,55 @@ ORION_API CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned 
 ORION_API CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags)
 {
     return orion_wire_cuStreamWaitEvent(hStream, hEvent, Flags);
+}
+
+ORION_API CUresult cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfunc)
+{
+    return orion_wire_cuFuncGetAttribute(pi, attrib, hfunc);
+}
+
+ORION_API CUresult cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value)
+{
+    return orion_wire_cuFuncSetAttribute(hfunc, attrib, value);
+}
+
+ORION_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags)
+{
+    return orion_wire_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, func, blockSize, dynamicSMemSize, flags);
+}
+
+ORION_API CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, CUfunction func, int numBlocks, int blockSize)
+{
+    return orion_wire_cuOccupancyAvailableDynamicSMemPerBlock(dynamicSmemSize, func, numBlocks, blockSize);
+}
+
+ORION_API CUresult cuCtxGetLimit(size_t *pvalue, CUlimit limit)
+{
+    return orion_wire_cuCtxGetLimit(pvalue, limit);
+}
+
+ORION_API CUresult cuCtxSetLimit(CUlimit limit, size_t value)
+{
+    return orion_wire_cuCtxSetLimit(limit, value);
+}
+
+/* cuModuleGetGlobal: the legacy 32-bit signature of cuModuleGetGlobal_v2. */
+ORION_API CUresult cuModuleGetGlobal(CUdeviceptr_v1 *dptr, unsigned int *bytes, CUmodule hmod, const char *name)
+{
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    CUdeviceptr wide_dptr = 0;
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    size_t wide_bytes = 0;
+    CUresult st = orion_custom_cuModuleGetGlobal(&wide_dptr, &wide_bytes, hmod, name);
+    if (st != CUDA_SUCCESS) return st;
+    *dptr = wide_dptr > 0xFFFFFFFFu ? 0xFFFFFFFFu : (CUdeviceptr_v1)wide_dptr;
+    *bytes = wide_bytes > 0xFFFFFFFFu ? 0xFFFFFFFFu : (unsigned int)wide_bytes;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name)
+{
+    return orion_custom_cuModuleGetGlobal(dptr, bytes, hmod, name);
 }
 
 /* --- CUresult names and messages ----------------------------------------------------- */

@@ -16,7 +16,7 @@
 #define ORION_MAX_NAME 4096u
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
-#define ORION_CALL_COUNT 44
+#define ORION_CALL_COUNT 52
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -63,6 +63,14 @@
 #define ORION_CODE_cuStreamCreateWithPriority 43
 #define ORION_CODE_cuCtxGetStreamPriorityRange 44
 #define ORION_CODE_cuStreamWaitEvent 45
+#define ORION_CODE_cuFuncGetAttribute 46
+#define ORION_CODE_cuFuncSetAttribute 47
+#define ORION_CODE_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags 48
+#define ORION_CODE_cuOccupancyAvailableDynamicSMemPerBlock 49
+#define ORION_CODE_cuCtxGetLimit 50
+#define ORION_CODE_cuCtxSetLimit 51
+#define ORION_CODE_cuModuleGetGlobal 52
+#define ORION_CODE_cuPointerGetAttribute 53
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -109,6 +117,14 @@ CUresult orion_wire_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
 CUresult orion_wire_cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority);
 CUresult orion_wire_cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority);
 CUresult orion_wire_cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags);
+CUresult orion_wire_cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfunc);
+CUresult orion_wire_cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value);
+CUresult orion_wire_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags);
+CUresult orion_wire_cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, CUfunction func, int numBlocks, int blockSize);
+CUresult orion_wire_cuCtxGetLimit(size_t *pvalue, CUlimit limit);
+CUresult orion_wire_cuCtxSetLimit(CUlimit limit, size_t value);
+CUresult orion_wire_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const void *name, uint32_t name_len);
+CUresult orion_wire_cuPointerGetAttribute(unsigned long long *data, CUpointer_attribute attribute, CUdeviceptr ptr);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
@@ -121,6 +137,7 @@ CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx);
 CUresult orion_custom_cuModuleLoadData(CUmodule *module, const void *image);
 CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name);
 CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);
+CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name);
 
 const char *orion_error_name(CUresult r);
 const char *orion_error_string(CUresult r);

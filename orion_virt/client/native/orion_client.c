@@ -1393,3 +1393,122 @@ ORION_API CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream,
 {
     return cuEventRecordWithFlags(hEvent, hStream, flags);
 }
+
+/* ---- globals, attributes, occupancy ---------------------------------------------------------- */
+
+CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name)
+{
+    if (!name) return CUDA_ERROR_INVALID_VALUE;
+    size_t n = strnlen(name, (size_t)ORION_MAX_NAME + 1);
+    if (n > ORION_MAX_NAME) return CUDA_ERROR_INVALID_VALUE;
+    CUdeviceptr p = 0;
+    size_t sz = 0;
+    CUresult st = orion_wire_cuModuleGetGlobal(&p, &sz, hmod, name, (uint32_t)n);
+    if (st != CUDA_SUCCESS) return st;
+    if (dptr) *dptr = p;
+    if (bytes) *bytes = sz;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name)
+{
+    if (!library) return CUDA_ERROR_INVALID_HANDLE;
+    CUmodule mod;
+    CUresult st = library_module((orion_library *)library, &mod);
+    return st != CUDA_SUCCESS ? st : orion_custom_cuModuleGetGlobal(dptr, bytes, mod, name);
+}
+
+ORION_API CUresult cuKernelGetAttribute(int *pi, CUfunction_attribute attrib, CUkernel kernel, CUdevice dev)
+{
+    (void)dev;  /* the kernel's function in the current context (a kernel is the same on every vGPU) */
+    orion_kernel *k = as_kernel(kernel);
+    if (!k) return CUDA_ERROR_INVALID_HANDLE;
+    CUfunction f;
+    CUresult st = kernel_function(k, &f);
+    return st != CUDA_SUCCESS ? st : cuFuncGetAttribute(pi, attrib, f);
+}
+
+ORION_API CUresult cuKernelSetAttribute(CUfunction_attribute attrib, int val, CUkernel kernel, CUdevice dev)
+{
+    (void)dev;
+    orion_kernel *k = as_kernel(kernel);
+    if (!k) return CUDA_ERROR_INVALID_HANDLE;
+    CUfunction f;
+    CUresult st = kernel_function(k, &f);
+    return st != CUDA_SUCCESS ? st : cuFuncSetAttribute(f, attrib, val);
+}
+
+/* A CUkernel may stand where a CUfunction does: resolve it first. */
+static CUfunction as_function(CUfunction f)
+{
+    orion_kernel *k = nkernel_objs ? as_kernel(f) : NULL;
+    CUfunction out = f;
+    if (k && kernel_function(k, &out) != CUDA_SUCCESS) return f;
+    return out;
+}
+
+ORION_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize,
+                                                               size_t dynamicSMemSize)
+{
+    return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, as_function(func), blockSize,
+                                                                dynamicSMemSize, CU_OCCUPANCY_DEFAULT);
+}
+
+ORION_API CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned int *version)
+{
+    if (!version) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx) ctx = tl_current();
+    if (!ctx || !ctx_device(ctx, &(CUdevice){0})) return CUDA_ERROR_INVALID_CONTEXT;
+    *version = 3020;  /* contexts are made by cuCtxCreate_v2 / cuDevicePrimaryCtxRetain */
+    return CUDA_SUCCESS;
+}
+
+/* Pointer attributes: oriond answers for device memory of this session; any other pointer is
+ * not device memory (cuPointerGetAttributes then reports it as unregistered, as the driver does). */
+static size_t pointer_attribute_size(CUpointer_attribute a)
+{
+    switch (a) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT: case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+    case CU_POINTER_ATTRIBUTE_HOST_POINTER: case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE:
+        return 8;
+    case CU_POINTER_ATTRIBUTE_P2P_TOKENS:
+        return 0;
+    default:
+        return 4;
+    }
+}
+
+ORION_API CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr)
+{
+    if (!data) return CUDA_ERROR_INVALID_VALUE;
+    size_t size = pointer_attribute_size(attribute);
+    if (!size) return CUDA_ERROR_NOT_SUPPORTED;
+    unsigned long long v = 0;
+    CUresult st = orion_wire_cuPointerGetAttribute(&v, attribute, ptr);
+    if (st != CUDA_SUCCESS) return st;
+    if (size == 8) memcpy(data, &v, 8);
+    else { uint32_t w = (uint32_t)v; memcpy(data, &w, 4); }
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data,
+                                          CUdeviceptr ptr)
+{
+    if (!attributes || !data) return CUDA_ERROR_INVALID_VALUE;
+    CUresult first = CUDA_SUCCESS;
+    for (unsigned i = 0; i < numAttributes; i++) {
+        if (!data[i]) continue;
+        size_t size = pointer_attribute_size(attributes[i]);
+        CUresult st = size ? cuPointerGetAttribute(data[i], attributes[i], ptr) : CUDA_ERROR_NOT_SUPPORTED;
+        if (st == CUDA_ERROR_INVALID_VALUE || st == CUDA_ERROR_NOT_SUPPORTED) {
+            memset(data[i], 0, size ? size : 8);  /* not device memory of the session: zeroes */
+            if (attributes[i] == CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL) { int m = -2; memcpy(data[i], &m, 4); }
+        } else if (st != CUDA_SUCCESS && first == CUDA_SUCCESS) {
+            first = st;
+        }
+    }
+    return first;
+}

@@ -164,13 +164,15 @@ def test_every_call_has_a_route() -> None:
     routed = set(mn.DEVICE_ARG) | set(mn.OWNED_BY) | set(mn.BROADCAST)
     current = {C.cuCtxSynchronize, C.cuMemAlloc, C.cuMemFree, C.cuMemGetInfo, C.cuMemcpyHtoD,
                C.cuMemcpyDtoH, C.cuMemcpyDtoD, C.cuMemsetD8, C.cuMemsetD32, C.cuStreamCreate,
-               C.cuEventCreate, C.cuModuleLoadData}
+               C.cuEventCreate, C.cuModuleLoadData, C.cuStreamCreateWithPriority,
+               C.cuCtxGetStreamPriorityRange, C.cuCtxGetLimit, C.cuCtxSetLimit, C.cuPointerGetAttribute}
     assert set(SPECS) == routed | current
     # the tables come from the call spec's roles: spot-check what they must say
     assert mn.DEVICE_ARG[C.cuDeviceGetAttribute] == 1 and mn.DEVICE_ARG[C.cuCtxCreate] == 1
     assert mn.OWNED_BY[C.cuLaunchKernel] == (0, (8,)) and mn.OWNED_BY[C.cuMemcpyDtoDAsync] == (3, ())
     assert mn.REPLY_HANDLE == {C.cuDevicePrimaryCtxRetain, C.cuCtxCreate, C.cuStreamCreate,
-                               C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction}
+                               C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction,
+                               C.cuStreamCreateWithPriority}
     assert mn.BROADCAST == {C.cuInit: "first", C.cuDriverGetVersion: "min", C.cuDeviceGetCount: "sum"}
 
 
