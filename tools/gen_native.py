@@ -50,14 +50,17 @@ HAND_EXPORTS = (
     "cuStreamGetCaptureInfo_v2", "cuStreamGetCaptureInfo_v3", "cuThreadExchangeStreamCaptureMode",
     "cuEventRecordWithFlags", "cuEventRecordWithFlags_ptsz", "cuLibraryGetGlobal", "cuKernelGetAttribute",
     "cuKernelSetAttribute", "cuOccupancyMaxActiveBlocksPerMultiprocessor", "cuCtxGetApiVersion",
-    "cuPointerGetAttributes",
+    "cuPointerGetAttributes", "cuMemHostAlloc", "cuMemAllocHost_v2", "cuMemAllocHost", "cuMemFreeHost",
+    "cuMemHostGetFlags", "cuDeviceGetDefaultMemPool", "cuDeviceGetMemPool", "cuMemAllocAsync",
+    "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemFreeAsync",
+    "cuMemFreeAsync_ptsz", "cuMemPoolSetAttribute", "cuMemPoolGetAttribute", "cuMemPoolTrimTo",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
 names and spellings, and a stub for every other function of the driver."""
 
 C_CUSTOM = ("cuInit", "cuDriverGetVersion", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent",
-            "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuModuleGetGlobal",
+            "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuModuleGetGlobal", "cuMemFree",
             "cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel")
 """Exported to hand-written code in orion_client.c (connect, client-side state, image lengths,
 kernel parameter packing); their wire marshalling is still generated here."""
@@ -132,6 +135,8 @@ def _value_expr(f: WireField) -> str:
     if f.arg is None:
         return f.name
     base = _pointee(f.arg.ctype) if f.arg.dir is not S.Dir.IN else f.arg.ctype
+    if base == "CUfunction" and f.arg.dir is S.Dir.IN:  # a CUkernel stands for its function
+        return f"(uint64_t)(uintptr_t)orion_function({f.name})"
     if base in HANDLE_TYPES:
         return f"(uint64_t)(uintptr_t){f.name}"
     return f"({CAST[f.fmt]}){f.name}"

@@ -398,6 +398,15 @@ def test_function_attributes_occupancy_limits_and_pointer_attributes(programs: d
     assert "host pointer: type 0, ordinal -2" in r.stdout
 
 
+def test_page_locked_host_memory_and_stream_ordered_pools(programs: dict[str, Path], oriond: Oriond,
+                                                           transport: str) -> None:
+    r = run(programs["host_and_pools"], env=native_env(oriond, transport, ORION_GMEM="256"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pool allocation round trip: ok" in r.stdout
+    assert "free 252 MiB of 256 MiB with 4 MiB from the pool" in r.stdout
+    assert "cuMemAllocAsync(&big, tot, s) -> CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
+
+
 # -- how NVIDIA's libraries reach the driver: cuGetProcAddress, export tables, stubs -------------
 
 

@@ -514,7 +514,7 @@ CUresult orion_wire_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
     if (kernelParams_len && !kernelParams) return CUDA_ERROR_INVALID_VALUE;
     if (kernelParams_len > 32764u) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[48];
-    orion_put_u64(req + 0, (uint64_t)(uintptr_t)f);
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(f));
     orion_put_u32(req + 8, (uint32_t)gridDimX);
     orion_put_u32(req + 12, (uint32_t)gridDimY);
     orion_put_u32(req + 16, (uint32_t)gridDimZ);
@@ -577,7 +577,7 @@ CUresult orion_wire_cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUf
     if (!pi) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[12];
     orion_put_i32(req + 0, (int32_t)attrib);
-    orion_put_u64(req + 4, (uint64_t)(uintptr_t)hfunc);
+    orion_put_u64(req + 4, (uint64_t)(uintptr_t)orion_function(hfunc));
     unsigned char resp[4];
     orion_msg m = {46, 0, "cuFuncGetAttribute", req, 12, NULL, 0, resp, 4, -1, NULL, 0, 0};
     CUresult st = orion_call(&m);
@@ -590,7 +590,7 @@ CUresult orion_wire_cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUf
 CUresult orion_wire_cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value)
 {
     unsigned char req[16];
-    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hfunc);
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(hfunc));
     orion_put_i32(req + 8, (int32_t)attrib);
     orion_put_i32(req + 12, (int32_t)value);
     orion_msg m = {47, 0, "cuFuncSetAttribute", req, 16, NULL, 0, NULL, 0, -1, NULL, 0, 0};
@@ -603,7 +603,7 @@ CUresult orion_wire_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *nu
 {
     if (!numBlocks) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[24];
-    orion_put_u64(req + 0, (uint64_t)(uintptr_t)func);
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(func));
     orion_put_i32(req + 8, (int32_t)blockSize);
     orion_put_u64(req + 12, (uint64_t)dynamicSMemSize);
     orion_put_u32(req + 20, (uint32_t)flags);
@@ -620,7 +620,7 @@ CUresult orion_wire_cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemS
 {
     if (!dynamicSmemSize) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[16];
-    orion_put_u64(req + 0, (uint64_t)(uintptr_t)func);
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(func));
     orion_put_i32(req + 8, (int32_t)numBlocks);
     orion_put_i32(req + 12, (int32_t)blockSize);
     unsigned char resp[8];
@@ -816,13 +816,13 @@ ORION_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 /* cuMemFree: the legacy 32-bit signature of cuMemFree_v2. */
 ORION_API CUresult cuMemFree(CUdeviceptr_v1 dptr)
 {
-    CUresult st = orion_wire_cuMemFree(dptr);
+    CUresult st = orion_custom_cuMemFree(dptr);
     return st;
 }
 
 ORION_API CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
-    return orion_wire_cuMemFree(dptr);
+    return orion_custom_cuMemFree(dptr);
 }
 
 /* cuMemGetInfo: the legacy 32-bit signature of cuMemGetInfo_v2. */

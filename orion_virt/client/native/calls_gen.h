@@ -134,6 +134,7 @@ CUresult orion_custom_cuDevicePrimaryCtxRelease(CUdevice dev);
 CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev);
 CUresult orion_custom_cuCtxDestroy(CUcontext ctx);
 CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx);
+CUresult orion_custom_cuMemFree(CUdeviceptr dptr);
 CUresult orion_custom_cuModuleLoadData(CUmodule *module, const void *image);
 CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name);
 CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);

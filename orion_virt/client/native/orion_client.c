@@ -1438,8 +1438,7 @@ ORION_API CUresult cuKernelSetAttribute(CUfunction_attribute attrib, int val, CU
     return st != CUDA_SUCCESS ? st : cuFuncSetAttribute(f, attrib, val);
 }
 
-/* A CUkernel may stand where a CUfunction does: resolve it first. */
-static CUfunction as_function(CUfunction f)
+CUfunction orion_function(CUfunction f)
 {
     orion_kernel *k = nkernel_objs ? as_kernel(f) : NULL;
     CUfunction out = f;
@@ -1450,7 +1449,7 @@ static CUfunction as_function(CUfunction f)
 ORION_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize,
                                                                size_t dynamicSMemSize)
 {
-    return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, as_function(func), blockSize,
+    return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, func, blockSize,
                                                                 dynamicSMemSize, CU_OCCUPANCY_DEFAULT);
 }
 
@@ -1463,6 +1462,8 @@ ORION_API CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned int *version)
     *version = 3020;  /* contexts are made by cuCtxCreate_v2 / cuDevicePrimaryCtxRetain */
     return CUDA_SUCCESS;
 }
+
+static int host_find(const void *p, size_t *n, unsigned *flags);
 
 /* Pointer attributes: oriond answers for device memory of this session; any other pointer is
  * not device memory (cuPointerGetAttributes then reports it as unregistered, as the driver does). */
@@ -1503,6 +1504,15 @@ ORION_API CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_
         if (!data[i]) continue;
         size_t size = pointer_attribute_size(attributes[i]);
         CUresult st = size ? cuPointerGetAttribute(data[i], attributes[i], ptr) : CUDA_ERROR_NOT_SUPPORTED;
+        if (st == CUDA_ERROR_INVALID_VALUE && host_find((const void *)(uintptr_t)ptr, NULL, NULL)) {
+            uint64_t v = 0;  /* page-locked memory of this client */
+            if (attributes[i] == CU_POINTER_ATTRIBUTE_MEMORY_TYPE) v = CU_MEMORYTYPE_HOST;
+            else if (attributes[i] == CU_POINTER_ATTRIBUTE_HOST_POINTER) v = ptr;
+            else if (attributes[i] == CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL) v = (uint64_t)-2;
+            if (size == 8) memcpy(data[i], &v, 8);
+            else { uint32_t w = (uint32_t)v; memcpy(data[i], &w, 4); }
+            continue;
+        }
         if (st == CUDA_ERROR_INVALID_VALUE || st == CUDA_ERROR_NOT_SUPPORTED) {
             memset(data[i], 0, size ? size : 8);  /* not device memory of the session: zeroes */
             if (attributes[i] == CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL) { int m = -2; memcpy(data[i], &m, 4); }
@@ -1511,4 +1521,174 @@ ORION_API CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_
         }
     }
     return first;
+}
+
+CUresult orion_custom_cuMemFree(CUdeviceptr dptr)
+{
+    if (!dptr) return initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;  /* as the driver: a no-op */
+    return orion_wire_cuMemFree(dptr);
+}
+
+/* ---- host memory -------------------------------------------------------------------------------
+ * Page-locked host memory is the client's own: page-aligned memory copies go from (over shm, one
+ * copy into the ring). Mapping it into the device address space (DEVICEMAP,
+ * cuMemHostGetDevicePointer) is not remoted. */
+
+#define MAX_HOST 4096
+static struct { void *p; size_t n; unsigned flags; } host_allocs[MAX_HOST];
+static pthread_mutex_t host_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int host_find(const void *p, size_t *n, unsigned *flags)
+{
+    int found = 0;
+    pthread_mutex_lock(&host_lock);
+    for (int i = 0; i < MAX_HOST && !found; i++)
+        if (host_allocs[i].p && (const char *)p >= (char *)host_allocs[i].p &&
+            (const char *)p < (char *)host_allocs[i].p + host_allocs[i].n) {
+            if (n) *n = host_allocs[i].n;
+            if (flags) *flags = host_allocs[i].flags;
+            found = 1;
+        }
+    pthread_mutex_unlock(&host_lock);
+    return found;
+}
+
+ORION_API CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags)
+{
+    if (!pp || !bytesize) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&host_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_HOST && slot < 0; i++)
+        if (!host_allocs[i].p) slot = i;
+    if (slot >= 0) { host_allocs[slot].p = p; host_allocs[slot].n = bytesize; host_allocs[slot].flags = Flags; }
+    pthread_mutex_unlock(&host_lock);
+    if (slot < 0) { free(p); return CUDA_ERROR_OUT_OF_MEMORY; }
+    *pp = p;
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuMemAllocHost_v2(void **pp, size_t bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
+
+ORION_API CUresult cuMemAllocHost(void **pp, unsigned int bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
+
+ORION_API CUresult cuMemFreeHost(void *p)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    pthread_mutex_lock(&host_lock);
+    int found = 0;
+    for (int i = 0; i < MAX_HOST && !found; i++)
+        if (p && host_allocs[i].p == p) { host_allocs[i].p = NULL; found = 1; }
+    pthread_mutex_unlock(&host_lock);
+    if (!found) return CUDA_ERROR_INVALID_VALUE;
+    free(p);
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuMemHostGetFlags(unsigned int *pFlags, void *p)
+{
+    if (!pFlags) return CUDA_ERROR_INVALID_VALUE;
+    return host_find(p, NULL, pFlags) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---- stream-ordered allocation -------------------------------------------------------------------
+ * Each device has one pool, its default; an allocation from it is a cuMemAlloc in the current
+ * context and counts against the vGPU's quota like any other, a free is a cuMemFree (which waits
+ * for the device's work, so stream order holds). Pool attributes that tune the pool's caching
+ * are kept and reported back; the usage counters are not tracked (refused). */
+
+#define POOL_BASE ((uintptr_t)0x0ea1000000000000ull)
+static cuuint64_t pool_threshold[MAX_DEV];
+static int pool_reuse_off[MAX_DEV][3];  /* the reuse policies, all on by default */
+
+static int pool_device(CUmemoryPool pool)
+{
+    uintptr_t v = (uintptr_t)pool;
+    return v >= POOL_BASE && v < POOL_BASE + MAX_DEV ? (int)(v - POOL_BASE) : -1;
+}
+
+ORION_API CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev)
+{
+    if (!pool_out) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    int n = 0;
+    CUresult st = cuDeviceGetCount(&n);
+    if (st != CUDA_SUCCESS) return st;
+    if (dev < 0 || dev >= n || dev >= MAX_DEV) return CUDA_ERROR_INVALID_DEVICE;
+    *pool_out = (CUmemoryPool)(POOL_BASE + (uintptr_t)dev);
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) { return cuDeviceGetDefaultMemPool(pool, dev); }
+
+ORION_API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    (void)hStream;
+    return cuMemAlloc_v2(dptr, bytesize);
+}
+
+ORION_API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    return cuMemAllocAsync(dptr, bytesize, hStream);
+}
+
+ORION_API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream hStream)
+{
+    CUdevice dev;
+    int want = pool_device(pool);
+    if (want < 0) return CUDA_ERROR_INVALID_VALUE;
+    CUresult st = cuCtxGetDevice_v2(&dev, NULL);
+    if (st != CUDA_SUCCESS) return st;
+    if (dev != want) return CUDA_ERROR_INVALID_VALUE;  /* a pool of another vGPU than the current one */
+    return cuMemAllocAsync(dptr, bytesize, hStream);
+}
+
+ORION_API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                                CUstream hStream)
+{
+    return cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream);
+}
+
+ORION_API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+{
+    (void)hStream;
+    return orion_custom_cuMemFree(dptr);
+}
+
+ORION_API CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) { return cuMemFreeAsync(dptr, hStream); }
+
+ORION_API CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
+{
+    int d = pool_device(pool);
+    if (d < 0 || !value) return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: pool_threshold[d] = *(cuuint64_t *)value; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES: pool_reuse_off[d][0] = !*(int *)value; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC: pool_reuse_off[d][1] = !*(int *)value; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: pool_reuse_off[d][2] = !*(int *)value; return CUDA_SUCCESS;
+    default: return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+ORION_API CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
+{
+    int d = pool_device(pool);
+    if (d < 0 || !value) return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: *(cuuint64_t *)value = pool_threshold[d]; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES: *(int *)value = !pool_reuse_off[d][0]; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC: *(int *)value = !pool_reuse_off[d][1]; return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: *(int *)value = !pool_reuse_off[d][2]; return CUDA_SUCCESS;
+    default:
+        orion_log("WARN", "cuMemPoolGetAttribute: attribute %d is not tracked by the orion_virt client", (int)attr);
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+ORION_API CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
+{
+    (void)minBytesToKeep;  /* the pool holds nothing beyond its live allocations */
+    return pool_device(pool) < 0 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }

@@ -54,6 +54,10 @@ typedef struct {
  * CUDA_ERROR_INVALID_VALUE for a message that does not fit the wire. Thread-safe. */
 CUresult orion_call(orion_msg *m);
 
+/* The function a handle names: a CUkernel (cuLibraryGetKernel) is resolved to its function in
+ * the current context; a CUfunction is itself. */
+CUfunction orion_function(CUfunction f);
+
 /* One log line on stderr, "[LEVEL] text" (DEBUG only when ORION_LOG_LEVEL=DEBUG). */
 void orion_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
