@@ -443,6 +443,21 @@ def cuModuleGetGlobal(hmod: Any, name: Any) -> tuple[CUresult, CUdeviceptr, int]
     return (_S, CUdeviceptr(v[0]), v[1])
 
 
+def cuOccupancyMaxActiveClusters(func: Any, config: Any) -> tuple[CUresult, int]:
+    """``config`` as cuda-bindings' CUlaunchConfig: grid/block dimensions, sharedMemBytes, attrs."""
+    cluster = (0, 0, 0)
+    for a in list(getattr(config, "attrs", None) or [])[:int(getattr(config, "numAttrs", 0) or 0)]:
+        if int(a.id) == 4:  # CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+            c = a.value.clusterDim
+            cluster = (int(c.x), int(c.y), int(c.z))
+    dims = tuple(int(getattr(config, n)) for n in ("gridDimX", "gridDimY", "gridDimZ", "blockDimX", "blockDimY",
+                                                    "blockDimZ", "sharedMemBytes"))
+    st, v, _ = _call(Call.cuOccupancyMaxActiveClusters, (_h(func), *dims, *cluster))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
 def _arg_bytes(value: Any, ctype: Any) -> bytes:
     if ctype is None:
         return struct.pack("<Q", _h(value) & 0xFFFFFFFFFFFFFFFF)
@@ -865,7 +880,7 @@ REMOTED = (
     "cuCtxGetStreamPriorityRange", "cuStreamWaitEvent", "cuFuncGetAttribute", "cuFuncSetAttribute",
     "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
     "cuOccupancyAvailableDynamicSMemPerBlock", "cuCtxGetLimit", "cuCtxSetLimit",
-    "cuModuleGetGlobal", "cuPointerGetAttribute",
+    "cuModuleGetGlobal", "cuPointerGetAttribute", "cuOccupancyMaxActiveClusters",
 )
 """Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---

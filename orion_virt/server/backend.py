@@ -176,6 +176,10 @@ class BackendSession(ABC):
     def occupancy_dynamic_smem(self, func: Any, blocks: int, block: int) -> int:
         raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "occupancy")
 
+    def occupancy_clusters(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int,
+                           cluster: tuple[int, int, int]) -> int:
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "cluster occupancy")
+
     def ctx_limit(self, limit: int) -> int:
         raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
 

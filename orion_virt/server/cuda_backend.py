@@ -495,6 +495,22 @@ class CudaSession(BackendSession):
         return int(self._ok(self.d.cuOccupancyAvailableDynamicSMemPerBlock(func.handle, blocks, block),
                             "cuOccupancyAvailableDynamicSMemPerBlock"))
 
+    def occupancy_clusters(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int,
+                           cluster: tuple[int, int, int]) -> int:
+        d = self.d
+        cfg = d.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block
+        cfg.sharedMemBytes = smem
+        if cluster[0]:
+            attr = d.CUlaunchAttribute()
+            attr.id = d.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+            attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster
+            cfg.attrs = [attr]
+            cfg.numAttrs = 1
+        self._use(func.module.ctx)
+        return int(self._ok(d.cuOccupancyMaxActiveClusters(func.handle, cfg), "cuOccupancyMaxActiveClusters"))
+
     def ctx_limit(self, limit: int) -> int:
         self._use(self._cur_ctx())
         return int(self._ok(self.d.cuCtxGetLimit(self.d.CUlimit(limit)), "cuCtxGetLimit"))

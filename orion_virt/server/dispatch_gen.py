@@ -294,6 +294,23 @@ def cuPointerGetAttribute(s: Session, a: tuple, b: Blob) -> Any:
     return (r,)
 
 
+def cuOccupancyMaxActiveClusters(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuOccupancyMaxActiveClusters(
+        s.h_function.get(a[0]),
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        a[8],
+        a[9],
+        a[10],
+    )
+    return (r,)
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -347,4 +364,5 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     51: cuCtxSetLimit,
     52: cuModuleGetGlobal,
     53: cuPointerGetAttribute,
+    54: cuOccupancyMaxActiveClusters,
 }

@@ -520,6 +520,12 @@ class Session:
             raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{blocks} blocks of {block}")
         return self._b.occupancy_dynamic_smem(f.func, blocks, block)
 
+    def x_cuOccupancyMaxActiveClusters(self, f: _Function, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
+                                       smem: int, cx: int, cy: int, cz: int) -> int:
+        if min(gx, gy, gz, bx, by, bz) <= 0:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, "grid and block dimensions must be positive")
+        return self._b.occupancy_clusters(f.func, (gx, gy, gz), (bx, by, bz), smem, (cx, cy, cz))
+
     def x_cuCtxGetLimit(self, limit: int) -> int:
         self._cur()
         return self._b.ctx_limit(limit)

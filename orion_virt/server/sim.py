@@ -172,6 +172,12 @@ class SimSession(BackendSession):
     def occupancy_blocks(self, func: Any, block: int, dynamic_smem: int, flags: int) -> int:
         return max(0, min(32, 2048 // block)) if dynamic_smem <= (48 << 10) else 0
 
+    def occupancy_clusters(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int,
+                           cluster: tuple[int, int, int]) -> int:
+        size = max(1, cluster[0]) * max(1, cluster[1]) * max(1, cluster[2])
+        per_sm = self.occupancy_blocks(func, block[0] * block[1] * block[2], smem, 0)
+        return per_sm * 2 // size  # the sim device has 2 multiprocessors
+
     def occupancy_dynamic_smem(self, func: Any, blocks: int, block: int) -> int:
         return 48 << 10
 

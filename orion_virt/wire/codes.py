@@ -58,3 +58,4 @@ class Call(IntEnum):
     cuCtxSetLimit = 51
     cuModuleGetGlobal = 52
     cuPointerGetAttribute = 53
+    cuOccupancyMaxActiveClusters = 54

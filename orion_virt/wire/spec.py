@@ -232,6 +232,12 @@ CALLS: tuple[Fn, ...] = (
     Fn("cuPointerGetAttribute", 53, (_out("data", "unsigned long long"), _a("attribute", "CUpointer_attribute"),
                                      _a("ptr", "CUdeviceptr")),
        doc="answered from the session's allocations"),
+    Fn("cuOccupancyMaxActiveClusters", 54,
+       (_out("numClusters", _i), _h("func", "function"),
+        *(_a(n, _u, wire_only=True) for n in ("gridDimX", "gridDimY", "gridDimZ", "blockDimX", "blockDimY",
+                                               "blockDimZ", "sharedMemBytes", "clusterDimX", "clusterDimY",
+                                               "clusterDimZ"))),
+       client="custom", doc="the launch configuration flattened; cluster dimensions 0: the kernel's own"),
 )
 """Every remoted call, in code order."""
 

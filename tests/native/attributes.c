@@ -26,7 +26,16 @@ int main(int argc, char **argv)
     CHECK(cuFuncGetAttribute(&threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, f));
     CHECK(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1024));
     CHECK(cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, f, 256, 0));
-    printf("fill_u32: up to %d threads per block, %d blocks of 256 per multiprocessor\n", threads, blocks);
+    CUlaunchAttribute cluster = {.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION};
+    cluster.value.clusterDim.x = 2;
+    cluster.value.clusterDim.y = cluster.value.clusterDim.z = 1;
+    CUlaunchConfig cfg = {.gridDimX = 64, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 256, .blockDimY = 1,
+                          .blockDimZ = 1, .attrs = &cluster, .numAttrs = 1};
+    int clusters = 0;
+    CHECK(cuOccupancyMaxActiveClusters(&clusters, f, &cfg));
+    printf("fill_u32: up to %d threads per block, %d blocks of 256 per multiprocessor, %d clusters of 2\n",
+           threads, blocks, clusters);
+    if (clusters <= 0) return 1;
     if (threads <= 0 || blocks <= 0) return 1;
     size_t stack = 0;
     CHECK(cuCtxGetLimit(&stack, CU_LIMIT_STACK_SIZE));

@@ -690,6 +690,30 @@ CUresult orion_wire_cuPointerGetAttribute(unsigned long long *data, CUpointer_at
     return CUDA_SUCCESS;
 }
 
+/* cuOccupancyMaxActiveClusters: call 54. */
+CUresult orion_wire_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, unsigned int clusterDimX, unsigned int clusterDimY, unsigned int clusterDimZ)
+{
+    if (!numClusters) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[48];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(func));
+    orion_put_u32(req + 8, (uint32_t)gridDimX);
+    orion_put_u32(req + 12, (uint32_t)gridDimY);
+    orion_put_u32(req + 16, (uint32_t)gridDimZ);
+    orion_put_u32(req + 20, (uint32_t)blockDimX);
+    orion_put_u32(req + 24, (uint32_t)blockDimY);
+    orion_put_u32(req + 28, (uint32_t)blockDimZ);
+    orion_put_u32(req + 32, (uint32_t)sharedMemBytes);
+    orion_put_u32(req + 36, (uint32_t)clusterDimX);
+    orion_put_u32(req + 40, (uint32_t)clusterDimY);
+    orion_put_u32(req + 44, (uint32_t)clusterDimZ);
+    unsigned char resp[4];
+    orion_msg m = {54, 0, "cuOccupancyMaxActiveClusters", req, 48, NULL, 0, resp, 4, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *numClusters = (int)orion_get_i32(resp + 0);
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)

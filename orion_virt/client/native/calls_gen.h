@@ -16,7 +16,7 @@
 #define ORION_MAX_NAME 4096u
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
-#define ORION_CALL_COUNT 52
+#define ORION_CALL_COUNT 53
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -71,6 +71,7 @@
 #define ORION_CODE_cuCtxSetLimit 51
 #define ORION_CODE_cuModuleGetGlobal 52
 #define ORION_CODE_cuPointerGetAttribute 53
+#define ORION_CODE_cuOccupancyMaxActiveClusters 54
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -125,6 +126,7 @@ CUresult orion_wire_cuCtxGetLimit(size_t *pvalue, CUlimit limit);
 CUresult orion_wire_cuCtxSetLimit(CUlimit limit, size_t value);
 CUresult orion_wire_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const void *name, uint32_t name_len);
 CUresult orion_wire_cuPointerGetAttribute(unsigned long long *data, CUpointer_attribute attribute, CUdeviceptr ptr);
+CUresult orion_wire_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, unsigned int clusterDimX, unsigned int clusterDimY, unsigned int clusterDimZ);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);

@@ -25,6 +25,7 @@
 #include "calls_gen.h"
 #include "orion_shm.h"
 #include "orion_procaddr.h"
+#include "orion_ctl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -476,6 +477,133 @@ static int tcp_open(const char *addr, double timeout, const char *shm_note)
     return fd;
 }
 
+/* The transport and the handshake (init_lock and call_lock held): a shared-memory channel unless
+ * enable_net, else TCP to addr; HELLO with the grant (token: empty in direct mode); WELCOME.
+ * CUDA_SUCCESS, or cuInit's status with the reason in why (empty: already said). *over_shm: the
+ * handshake went over a shared-memory channel. */
+static CUresult hello_session(int enable_net, const char *addr, double timeout, long vgpu, long gmem, long ratio,
+                              const char *token, char *why, size_t wl, int *over_shm)
+{
+    int r;
+    char shm_why[2048] = "", note[2100] = "";
+    const char *where = link_name;
+    int fd = -1;
+    int sr = enable_net ? -2 : orion_shm_open(timeout, &shm, link_name, sizeof link_name, shm_why, sizeof shm_why);
+    *over_shm = sr == 0;
+    if (sr == -1) {
+        say("INFO", "using TCP: %s", shm_why);
+        snprintf(note, sizeof note, " (shared memory unusable: %s)", shm_why);
+    }
+    if (sr != 0) {
+        shm = NULL;
+        fd = tcp_open(addr, timeout, note);
+        if (fd < 0) return CUDA_ERROR_NO_DEVICE;
+        sock_fd = fd;
+        snprintf(link_name, sizeof link_name, "TCP to %s", server_addr);
+        where = server_addr;
+    }
+    double deadline = now_s() + timeout;
+
+    /* HELLO: docs/protocol.md, "Session" */
+    char prog[200];
+    size_t pl = program_name(prog, sizeof prog);
+    size_t al = strlen(allocation_id), tl = strlen(token);
+    unsigned char *hello = malloc(ORION_HEADER_SIZE + 28 + sizeof prog + sizeof allocation_id + tl);
+    if (!hello || tl > 0xFFFF) {
+        free(hello);
+        close_link();
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    unsigned char *b = hello + ORION_HEADER_SIZE;
+    orion_put_u32(b, ORION_HELLO_MAGIC);
+    orion_put_u16(b + 4, ORION_PROTO_MAJOR);
+    orion_put_u16(b + 6, ORION_PROTO_MINOR);
+    orion_put_u32(b + 8, (uint32_t)getpid());
+    orion_put_u16(b + 12, (uint16_t)vgpu);
+    orion_put_u16(b + 14, (uint16_t)ratio);
+    orion_put_u32(b + 16, (uint32_t)gmem);
+    orion_put_u16(b + 20, (uint16_t)tl);
+    orion_put_u16(b + 22, (uint16_t)pl);
+    orion_put_u16(b + 24, (uint16_t)al);
+    orion_put_u16(b + 26, 0);
+    memcpy(b + 28, token, tl);
+    memcpy(b + 28 + tl, prog, pl);
+    memcpy(b + 28 + tl + pl, allocation_id, al);
+    uint32_t body = (uint32_t)(28 + tl + pl + al);
+    pack_header(hello, body, ORION_HELLO, 0, 0, 0, 0);
+    struct iovec iov = {hello, ORION_HEADER_SIZE + body};
+    r = link_send(&iov, 1);
+    int err = errno;
+    free(hello);
+    if (r) {
+        snprintf(why, wl, "cannot send HELLO to oriond at %s: %s", where, r == -4 ? link_why : strerror(err));
+        close_link();
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    unsigned char raw[ORION_HEADER_SIZE];
+    size_t got = 0;
+    r = 0;
+    while (got < sizeof raw) {  /* byte-wise progress so a timeout can say what arrived */
+        r = link_recv(raw + got, 1, deadline);
+        if (r) break;
+        got++;
+    }
+    if (r) {
+        if (r == -3 && !got)
+            snprintf(why, wl, "%s: no answer to HELLO within %g s (the port accepts connections but nothing "
+                              "answered: is it oriond's port, 9960 by default?)", where, timeout);
+        else if (r == -3)
+            snprintf(why, wl, "%s: no answer to HELLO within %g s (it sent %zu bytes)", where, timeout, got);
+        else
+            snprintf(why, wl, "%s closed the connection after HELLO%s (is it oriond's port?)", where,
+                     got ? " after sending a few bytes" : "");
+        close_link();
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    header h = unpack_header(raw);
+    if ((h.kind != ORION_WELCOME && h.kind != ORION_ERROR) || h.code || h.flags || h.length > ORION_MAX_CONTROL_BODY) {
+        char shown[17];
+        for (size_t i = 0; i < 16; i++) shown[i] = raw[i] >= 32 && raw[i] < 127 ? (char)raw[i] : '.';
+        shown[16] = '\0';
+        snprintf(why, wl, "%s is not an Orion Server: it answered '%s'%s", where, shown,
+                 memcmp(raw, "HTTP/", 5) == 0 ? " (an HTTP server: is this the controller's port?)" : "");
+        close_link();
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    char *text = malloc(h.length + 1u);
+    if (!text) {
+        close_link();
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    r = link_recv(text, h.length, deadline);
+    if (r) {
+        snprintf(why, wl, "%s: the answer to HELLO was cut short (%s)", where,
+                 r == -3 ? "timed out" : r == -2 ? "connection closed" : r == -4 ? link_why : strerror(errno));
+        free(text);
+        close_link();
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    text[h.length] = '\0';
+    if (h.kind == ORION_ERROR) {
+        CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
+        snprintf(why, wl, "oriond at %s refused the session: %s", where, text);
+        free(text);
+        close_link();
+        return st;
+    }
+    /* WELCOME: u16 major, u16 minor, u64 session id, u16 backend length, backend */
+    const unsigned char *w = (const unsigned char *)text;
+    if (h.length < 14 || 14u + orion_get_u16(w + 12) != h.length || orion_get_u16(w) != ORION_PROTO_MAJOR) {
+        snprintf(why, wl, "%s: a WELCOME this client cannot use (%u bytes, protocol %u)", where, h.length,
+                 h.length >= 2 ? orion_get_u16(w) : 0);
+        free(text);
+        close_link();
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    free(text);
+    return CUDA_SUCCESS;
+}
+
 static CUresult open_session(void)
 {
     long vgpu = 0, gmem = 0, ratio = 0;
@@ -515,115 +643,46 @@ static CUresult open_session(void)
 
     fprintf(stderr, "%s\n", ORION_BANNER);
     fflush(stderr);
-    make_allocation_id(allocation_id);
 
-    /* the transport: a shared-memory device unless ORION_ENABLE_NET, else TCP */
-    char why[2048] = "", note[2100] = "";
-    const char *where = link_name;
-    int fd = -1;
-    int sr = enable_net ? -2 : orion_shm_open(timeout, &shm, link_name, sizeof link_name, why, sizeof why);
-    if (sr == -1) {
-        say("INFO", "using TCP: %s", why);
-        snprintf(note, sizeof note, " (shared memory unusable: %s)", why);
+    /* controller mode (orion_ctl.c): the controller names the server, the vGPUs, the token and
+     * the allocation id, and the lease is renewed from now on; else direct mode */
+    const char *token = "";
+    const orion_grant *g = NULL;
+    int ctl = orion_ctl_configured();
+    if (ctl < 0) return CUDA_ERROR_NO_DEVICE;
+    if (ctl) {
+        if (!(g = orion_ctl_obtain(vgpu, timeout))) return CUDA_ERROR_NO_DEVICE;
+        snprintf(allocation_id, sizeof allocation_id, "%s", g->allocation_id);
+        addr = g->server;
+        token = g->token;
+        vgpu = g->vgpu_count;
+        gmem = g->gmem_mib;
+        ratio = g->ratio;
+        orion_ctl_start_renewal();
+    } else {
+        make_allocation_id(allocation_id);
     }
-    if (sr != 0) {
-        shm = NULL;
-        fd = tcp_open(addr, timeout, note);
-        if (fd < 0) return CUDA_ERROR_NO_DEVICE;
-        sock_fd = fd;
-        snprintf(link_name, sizeof link_name, "TCP to %s", server_addr);
-        where = server_addr;
-    }
-    double deadline = now_s() + timeout;
 
-    /* HELLO: docs/protocol.md, "Session" */
-    char prog[200];
-    size_t pl = program_name(prog, sizeof prog);
-    size_t al = strlen(allocation_id);
-    unsigned char hello[ORION_HEADER_SIZE + 28 + sizeof prog + 40];
-    unsigned char *b = hello + ORION_HEADER_SIZE;
-    orion_put_u32(b, ORION_HELLO_MAGIC);
-    orion_put_u16(b + 4, ORION_PROTO_MAJOR);
-    orion_put_u16(b + 6, ORION_PROTO_MINOR);
-    orion_put_u32(b + 8, (uint32_t)getpid());
-    orion_put_u16(b + 12, (uint16_t)vgpu);
-    orion_put_u16(b + 14, (uint16_t)ratio);
-    orion_put_u32(b + 16, (uint32_t)gmem);
-    orion_put_u16(b + 20, 0);  /* token: empty in direct mode */
-    orion_put_u16(b + 22, (uint16_t)pl);
-    orion_put_u16(b + 24, (uint16_t)al);
-    orion_put_u16(b + 26, 0);
-    memcpy(b + 28, prog, pl);
-    memcpy(b + 28 + pl, allocation_id, al);
-    uint32_t body = (uint32_t)(28 + pl + al);
-    pack_header(hello, body, ORION_HELLO, 0, 0, 0, 0);
-    struct iovec iov = {hello, ORION_HEADER_SIZE + body};
-    if ((r = link_send(&iov, 1))) {
-        say("ERROR", "cannot send HELLO to oriond at %s: %s", where, r == -4 ? link_why : strerror(errno));
-        close_link();
-        return CUDA_ERROR_NO_DEVICE;
+    char why[2200] = "";
+    int over_shm = 0;
+    CUresult st = hello_session(enable_net, addr, timeout, vgpu, gmem, ratio, token, why, sizeof why, &over_shm);
+    if (st != CUDA_SUCCESS && g && over_shm) {
+        /* the device's oriond is not the allocated node (it refused the token): TCP to that node,
+         * as the Python client retries */
+        char first[2200];
+        snprintf(first, sizeof first, "%s", why);
+        why[0] = '\0';
+        st = hello_session(1, addr, timeout, vgpu, gmem, ratio, token, why, sizeof why, &over_shm);
+        if (st == CUDA_SUCCESS) say("INFO", "using TCP: TCP to %s because %s", addr, first);
     }
-    unsigned char raw[ORION_HEADER_SIZE];
-    size_t got = 0;
-    r = 0;
-    while (got < sizeof raw) {  /* byte-wise progress so a timeout can say what arrived */
-        r = link_recv(raw + got, 1, deadline);
-        if (r) break;
-        got++;
-    }
-    if (r) {
-        if (r == -3 && !got)
-            say("ERROR", "%s: no answer to HELLO within %g s (the port accepts connections but nothing "
-                         "answered: is it oriond's port, 9960 by default?)", where, timeout);
-        else if (r == -3)
-            say("ERROR", "%s: no answer to HELLO within %g s (it sent %zu bytes)", where, timeout, got);
-        else
-            say("ERROR", "%s closed the connection after HELLO%s (is it oriond's port?)", where,
-                got ? " after sending a few bytes" : "");
-        close_link();
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    header h = unpack_header(raw);
-    if ((h.kind != ORION_WELCOME && h.kind != ORION_ERROR) || h.code || h.flags || h.length > ORION_MAX_CONTROL_BODY) {
-        char shown[17];
-        for (size_t i = 0; i < 16; i++) shown[i] = raw[i] >= 32 && raw[i] < 127 ? (char)raw[i] : '.';
-        shown[16] = '\0';
-        say("ERROR", "%s is not an Orion Server: it answered '%s'%s", where, shown,
-            memcmp(raw, "HTTP/", 5) == 0 ? " (an HTTP server: is this the controller's port?)" : "");
-        close_link();
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    char *text = malloc(h.length + 1u);
-    if (!text) {
-        close_link();
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    r = link_recv(text, h.length, deadline);
-    if (r) {
-        say("ERROR", "%s: the answer to HELLO was cut short (%s)", where,
-            r == -3 ? "timed out" : r == -2 ? "connection closed" : r == -4 ? link_why : strerror(errno));
-        free(text);
-        close_link();
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    text[h.length] = '\0';
-    if (h.kind == ORION_ERROR) {
-        CUresult st = h.status ? (CUresult)h.status : CUDA_ERROR_UNKNOWN;
-        say("ERROR", "oriond at %s refused the session: %s", where, text);
-        free(text);
-        close_link();
+    if (st != CUDA_SUCCESS) {
+        if (why[0]) say("ERROR", "%s", why);
+        if (g) {  /* give the vGPUs back now; the exit line still names the allocation */
+            orion_ctl_stop();
+            orion_ctl_release();
+        }
         return st;
     }
-    /* WELCOME: u16 major, u16 minor, u64 session id, u16 backend length, backend */
-    const unsigned char *w = (const unsigned char *)text;
-    if (h.length < 14 || 14u + orion_get_u16(w + 12) != h.length || orion_get_u16(w) != ORION_PROTO_MAJOR) {
-        say("ERROR", "%s: a WELCOME this client cannot use (%u bytes, protocol %u)", where, h.length,
-            h.length >= 2 ? orion_get_u16(w) : 0);
-        free(text);
-        close_link();
-        return CUDA_ERROR_NO_DEVICE;
-    }
-    free(text);
     seq = 0;
     ended = CUDA_SUCCESS;
     said_failure = 0;
@@ -656,8 +715,10 @@ static void on_exit_hook(void)
     static int done;
     if (done || !init_tried || forked_child) return;
     done = 1;
-    int had = initialized;
+    orion_ctl_stop();                               /* controller: no renewal from here on */
+    int had = initialized || orion_ctl_obtained();  /* a controller allocation is named even if the session failed */
     bye();
+    orion_ctl_release();                            /* controller: give the vGPUs back */
     if (had)
         say("INFO", ORION_MSG_EXIT_WITH, allocation_id);
     else
@@ -665,6 +726,53 @@ static void on_exit_hook(void)
 }
 
 __attribute__((destructor)) static void orion_fini(void) { on_exit_hook(); }
+
+/* ---- controller hooks (orion_ctl.c's renewal thread) ------------------------------------------ */
+
+/* call_lock, unless the process is exiting: a thread stuck in a call must not hold up the exit. */
+static int lock_for_controller(void)
+{
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (!pthread_mutex_timedlock(&call_lock, &ts)) return 1;
+        if (orion_ctl_stopping()) return 0;
+    }
+}
+
+int orion_send_renew(const void *body, uint32_t len)
+{
+    if (len > ORION_MAX_CONTROL_BODY || !lock_for_controller()) return -1;
+    int r = -1;
+    if (initialized && !ended && !forked_child && !orion_ctl_stopping()) {
+        unsigned char head[ORION_HEADER_SIZE];
+        pack_header(head, len, ORION_RENEW, 0, 0, 0, 0);
+        struct iovec iov[2] = {{head, sizeof head}, {(void *)body, len}};
+        r = link_send(iov, 2);
+        if (r) transport_error("RENEW", r);
+    }
+    pthread_mutex_unlock(&call_lock);
+    return r ? -1 : 0;
+}
+
+void orion_session_lost(void)
+{
+    if (!lock_for_controller()) return;
+    if (initialized && !ended && !forked_child) {
+        unsigned char head[ORION_HEADER_SIZE];
+        pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
+        struct iovec iov = {head, sizeof head};
+        (void)link_send(&iov, 1);
+        said_failure = 1;
+        close_session(CUDA_ERROR_DEINITIALIZED);
+    }
+    pthread_mutex_unlock(&call_lock);
+}
 
 /* fork: the child must not speak on its parent's session (the server would see two clients'
  * calls interleaved); it gets CUDA_ERROR_NOT_INITIALIZED, as after fork with NVIDIA's driver. */
@@ -1691,4 +1799,19 @@ ORION_API CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
 {
     (void)minBytesToKeep;  /* the pool holds nothing beyond its live allocations */
     return pool_device(pool) < 0 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config)
+{
+    if (!numClusters || !config) return CUDA_ERROR_INVALID_VALUE;
+    unsigned cx = 0, cy = 0, cz = 0;
+    for (unsigned i = 0; i < config->numAttrs; i++)
+        if (config->attrs[i].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION) {
+            cx = config->attrs[i].value.clusterDim.x;
+            cy = config->attrs[i].value.clusterDim.y;
+            cz = config->attrs[i].value.clusterDim.z;
+        }
+    return orion_wire_cuOccupancyMaxActiveClusters(numClusters, func, config->gridDimX, config->gridDimY,
+                                                   config->gridDimZ, config->blockDimX, config->blockDimY,
+                                                   config->blockDimZ, config->sharedMemBytes, cx, cy, cz);
 }

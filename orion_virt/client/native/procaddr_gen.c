@@ -6,7 +6,7 @@
 #include <string.h>
 #include "orion_procaddr.h"
 
-const char *const orion_stub_names[545] = {
+const char *const orion_stub_names[544] = {
     "cuArray3DCreate",
     "cuArray3DCreate_v2",
     "cuArray3DGetDescriptor",
@@ -417,7 +417,6 @@ const char *const orion_stub_names[545] = {
     "cuMulticastCreate",
     "cuMulticastGetGranularity",
     "cuMulticastUnbind",
-    "cuOccupancyMaxActiveClusters",
     "cuOccupancyMaxPotentialBlockSize",
     "cuOccupancyMaxPotentialBlockSizeWithFlags",
     "cuOccupancyMaxPotentialClusterSize",
@@ -1494,293 +1493,292 @@ ORION_API int cuMulticastUnbind(void) { return orion_unsupported(409); }
 extern int cuOccupancyAvailableDynamicSMemPerBlock(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessor(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(void);
-ORION_API int cuOccupancyMaxActiveClusters(void);
-ORION_API int cuOccupancyMaxActiveClusters(void) { return orion_unsupported(410); }
+extern int cuOccupancyMaxActiveClusters(void);
 ORION_API int cuOccupancyMaxPotentialBlockSize(void);
-ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(411); }
+ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(410); }
 ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void);
-ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(412); }
+ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(411); }
 ORION_API int cuOccupancyMaxPotentialClusterSize(void);
-ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(413); }
+ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(412); }
 ORION_API int cuParamSetSize(void);
-ORION_API int cuParamSetSize(void) { return orion_unsupported(414); }
+ORION_API int cuParamSetSize(void) { return orion_unsupported(413); }
 ORION_API int cuParamSetTexRef(void);
-ORION_API int cuParamSetTexRef(void) { return orion_unsupported(415); }
+ORION_API int cuParamSetTexRef(void) { return orion_unsupported(414); }
 ORION_API int cuParamSetf(void);
-ORION_API int cuParamSetf(void) { return orion_unsupported(416); }
+ORION_API int cuParamSetf(void) { return orion_unsupported(415); }
 ORION_API int cuParamSeti(void);
-ORION_API int cuParamSeti(void) { return orion_unsupported(417); }
+ORION_API int cuParamSeti(void) { return orion_unsupported(416); }
 ORION_API int cuParamSetv(void);
-ORION_API int cuParamSetv(void) { return orion_unsupported(418); }
+ORION_API int cuParamSetv(void) { return orion_unsupported(417); }
 extern int cuPointerGetAttribute(void);
 extern int cuPointerGetAttributes(void);
 ORION_API int cuPointerSetAttribute(void);
-ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(419); }
+ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(418); }
 ORION_API int cuProfilerInitialize(void);
-ORION_API int cuProfilerInitialize(void) { return orion_unsupported(420); }
+ORION_API int cuProfilerInitialize(void) { return orion_unsupported(419); }
 ORION_API int cuProfilerStart(void);
-ORION_API int cuProfilerStart(void) { return orion_unsupported(421); }
+ORION_API int cuProfilerStart(void) { return orion_unsupported(420); }
 ORION_API int cuProfilerStop(void);
-ORION_API int cuProfilerStop(void) { return orion_unsupported(422); }
+ORION_API int cuProfilerStop(void) { return orion_unsupported(421); }
 ORION_API int cuSignalExternalSemaphoresAsync(void);
-ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(423); }
+ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(422); }
 ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(424); }
+ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(423); }
 ORION_API int cuStreamAddCallback(void);
-ORION_API int cuStreamAddCallback(void) { return orion_unsupported(425); }
+ORION_API int cuStreamAddCallback(void) { return orion_unsupported(424); }
 ORION_API int cuStreamAddCallback_ptsz(void);
-ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(426); }
+ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(425); }
 ORION_API int cuStreamAttachMemAsync(void);
-ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(427); }
+ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(426); }
 ORION_API int cuStreamAttachMemAsync_ptsz(void);
-ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(428); }
+ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(427); }
 ORION_API int cuStreamBatchMemOp(void);
-ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(429); }
+ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(428); }
 ORION_API int cuStreamBatchMemOp_ptsz(void);
-ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(430); }
+ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(429); }
 ORION_API int cuStreamBatchMemOp_v2(void);
-ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(431); }
+ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(430); }
 ORION_API int cuStreamBatchMemOp_v2_ptsz(void);
-ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(432); }
+ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(431); }
 ORION_API int cuStreamBeginCapture(void);
-ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(433); }
+ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(432); }
 ORION_API int cuStreamBeginCaptureToGraph(void);
-ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(434); }
+ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(433); }
 ORION_API int cuStreamBeginCaptureToGraph_ptsz(void);
-ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(435); }
+ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(434); }
 ORION_API int cuStreamBeginCapture_ptsz(void);
-ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(436); }
+ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(435); }
 ORION_API int cuStreamBeginCapture_v2(void);
-ORION_API int cuStreamBeginCapture_v2(void) { return orion_unsupported(437); }
+ORION_API int cuStreamBeginCapture_v2(void) { return orion_unsupported(436); }
 ORION_API int cuStreamBeginCapture_v2_ptsz(void);
-ORION_API int cuStreamBeginCapture_v2_ptsz(void) { return orion_unsupported(438); }
+ORION_API int cuStreamBeginCapture_v2_ptsz(void) { return orion_unsupported(437); }
 ORION_API int cuStreamCopyAttributes(void);
-ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(439); }
+ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(438); }
 ORION_API int cuStreamCopyAttributes_ptsz(void);
-ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(440); }
+ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(439); }
 extern int cuStreamCreate(void);
 extern int cuStreamCreateWithPriority(void);
 extern int cuStreamDestroy(void);
 extern int cuStreamDestroy_v2(void);
 ORION_API int cuStreamEndCapture(void);
-ORION_API int cuStreamEndCapture(void) { return orion_unsupported(441); }
+ORION_API int cuStreamEndCapture(void) { return orion_unsupported(440); }
 ORION_API int cuStreamEndCapture_ptsz(void);
-ORION_API int cuStreamEndCapture_ptsz(void) { return orion_unsupported(442); }
+ORION_API int cuStreamEndCapture_ptsz(void) { return orion_unsupported(441); }
 ORION_API int cuStreamGetAttribute(void);
-ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(443); }
+ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(442); }
 ORION_API int cuStreamGetAttribute_ptsz(void);
-ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(444); }
+ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(443); }
 ORION_API int cuStreamGetCaptureInfo(void);
-ORION_API int cuStreamGetCaptureInfo(void) { return orion_unsupported(445); }
+ORION_API int cuStreamGetCaptureInfo(void) { return orion_unsupported(444); }
 ORION_API int cuStreamGetCaptureInfo_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_ptsz(void) { return orion_unsupported(446); }
+ORION_API int cuStreamGetCaptureInfo_ptsz(void) { return orion_unsupported(445); }
 extern int cuStreamGetCaptureInfo_v2(void);
 ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(447); }
+ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(446); }
 extern int cuStreamGetCaptureInfo_v3(void);
 ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(448); }
+ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(447); }
 ORION_API int cuStreamGetCtx(void);
-ORION_API int cuStreamGetCtx(void) { return orion_unsupported(449); }
+ORION_API int cuStreamGetCtx(void) { return orion_unsupported(448); }
 ORION_API int cuStreamGetCtx_ptsz(void);
-ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(450); }
+ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(449); }
 ORION_API int cuStreamGetCtx_v2(void);
-ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(451); }
+ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(450); }
 ORION_API int cuStreamGetCtx_v2_ptsz(void);
-ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(452); }
+ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(451); }
 ORION_API int cuStreamGetDevice(void);
-ORION_API int cuStreamGetDevice(void) { return orion_unsupported(453); }
+ORION_API int cuStreamGetDevice(void) { return orion_unsupported(452); }
 ORION_API int cuStreamGetDevice_ptsz(void);
-ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(454); }
+ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(453); }
 ORION_API int cuStreamGetFlags(void);
-ORION_API int cuStreamGetFlags(void) { return orion_unsupported(455); }
+ORION_API int cuStreamGetFlags(void) { return orion_unsupported(454); }
 ORION_API int cuStreamGetFlags_ptsz(void);
-ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(456); }
+ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(455); }
 ORION_API int cuStreamGetGreenCtx(void);
-ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(457); }
+ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(456); }
 ORION_API int cuStreamGetId(void);
-ORION_API int cuStreamGetId(void) { return orion_unsupported(458); }
+ORION_API int cuStreamGetId(void) { return orion_unsupported(457); }
 ORION_API int cuStreamGetId_ptsz(void);
-ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(459); }
+ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(458); }
 ORION_API int cuStreamGetPriority(void);
-ORION_API int cuStreamGetPriority(void) { return orion_unsupported(460); }
+ORION_API int cuStreamGetPriority(void) { return orion_unsupported(459); }
 ORION_API int cuStreamGetPriority_ptsz(void);
-ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(461); }
+ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(460); }
 extern int cuStreamIsCapturing(void);
 extern int cuStreamIsCapturing_ptsz(void);
 extern int cuStreamQuery(void);
 extern int cuStreamQuery_ptsz(void);
 ORION_API int cuStreamSetAttribute(void);
-ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(462); }
+ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(461); }
 ORION_API int cuStreamSetAttribute_ptsz(void);
-ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(463); }
+ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(462); }
 extern int cuStreamSynchronize(void);
 extern int cuStreamSynchronize_ptsz(void);
 ORION_API int cuStreamUpdateCaptureDependencies(void);
-ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(464); }
+ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(463); }
 ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(465); }
+ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(464); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(466); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(465); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(467); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(466); }
 extern int cuStreamWaitEvent(void);
 extern int cuStreamWaitEvent_ptsz(void);
 ORION_API int cuStreamWaitValue32(void);
-ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(468); }
+ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(467); }
 ORION_API int cuStreamWaitValue32_ptsz(void);
-ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(469); }
+ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(468); }
 ORION_API int cuStreamWaitValue32_v2(void);
-ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(470); }
+ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(469); }
 ORION_API int cuStreamWaitValue32_v2_ptsz(void);
-ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(471); }
+ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(470); }
 ORION_API int cuStreamWaitValue64(void);
-ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(472); }
+ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(471); }
 ORION_API int cuStreamWaitValue64_ptsz(void);
-ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(473); }
+ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(472); }
 ORION_API int cuStreamWaitValue64_v2(void);
-ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(474); }
+ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(473); }
 ORION_API int cuStreamWaitValue64_v2_ptsz(void);
-ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(475); }
+ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(474); }
 ORION_API int cuStreamWriteValue32(void);
-ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(476); }
+ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(475); }
 ORION_API int cuStreamWriteValue32_ptsz(void);
-ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(477); }
+ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(476); }
 ORION_API int cuStreamWriteValue32_v2(void);
-ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(478); }
+ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(477); }
 ORION_API int cuStreamWriteValue32_v2_ptsz(void);
-ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(479); }
+ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(478); }
 ORION_API int cuStreamWriteValue64(void);
-ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(480); }
+ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(479); }
 ORION_API int cuStreamWriteValue64_ptsz(void);
-ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(481); }
+ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(480); }
 ORION_API int cuStreamWriteValue64_v2(void);
-ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(482); }
+ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(481); }
 ORION_API int cuStreamWriteValue64_v2_ptsz(void);
-ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(483); }
+ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(482); }
 ORION_API int cuSurfObjectCreate(void);
-ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(484); }
+ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(483); }
 ORION_API int cuSurfObjectDestroy(void);
-ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(485); }
+ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(484); }
 ORION_API int cuSurfObjectGetResourceDesc(void);
-ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(486); }
+ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(485); }
 ORION_API int cuSurfRefGetArray(void);
-ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(487); }
+ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(486); }
 ORION_API int cuSurfRefSetArray(void);
-ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(488); }
+ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(487); }
 ORION_API int cuTensorMapEncodeIm2col(void);
-ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(489); }
+ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(488); }
 ORION_API int cuTensorMapEncodeIm2colWide(void);
-ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(490); }
+ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(489); }
 ORION_API int cuTensorMapEncodeTiled(void);
-ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(491); }
+ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(490); }
 ORION_API int cuTensorMapReplaceAddress(void);
-ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(492); }
+ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(491); }
 ORION_API int cuTexObjectCreate(void);
-ORION_API int cuTexObjectCreate(void) { return orion_unsupported(493); }
+ORION_API int cuTexObjectCreate(void) { return orion_unsupported(492); }
 ORION_API int cuTexObjectDestroy(void);
-ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(494); }
+ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(493); }
 ORION_API int cuTexObjectGetResourceDesc(void);
-ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(495); }
+ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(494); }
 ORION_API int cuTexObjectGetResourceViewDesc(void);
-ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(496); }
+ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(495); }
 ORION_API int cuTexObjectGetTextureDesc(void);
-ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(497); }
+ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(496); }
 ORION_API int cuTexRefCreate(void);
-ORION_API int cuTexRefCreate(void) { return orion_unsupported(498); }
+ORION_API int cuTexRefCreate(void) { return orion_unsupported(497); }
 ORION_API int cuTexRefDestroy(void);
-ORION_API int cuTexRefDestroy(void) { return orion_unsupported(499); }
+ORION_API int cuTexRefDestroy(void) { return orion_unsupported(498); }
 ORION_API int cuTexRefGetAddress(void);
-ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(500); }
+ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(499); }
 ORION_API int cuTexRefGetAddressMode(void);
-ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(501); }
+ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(500); }
 ORION_API int cuTexRefGetAddress_v2(void);
-ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(502); }
+ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(501); }
 ORION_API int cuTexRefGetArray(void);
-ORION_API int cuTexRefGetArray(void) { return orion_unsupported(503); }
+ORION_API int cuTexRefGetArray(void) { return orion_unsupported(502); }
 ORION_API int cuTexRefGetBorderColor(void);
-ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(504); }
+ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(503); }
 ORION_API int cuTexRefGetFilterMode(void);
-ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(505); }
+ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(504); }
 ORION_API int cuTexRefGetFlags(void);
-ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(506); }
+ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(505); }
 ORION_API int cuTexRefGetFormat(void);
-ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(507); }
+ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(506); }
 ORION_API int cuTexRefGetMaxAnisotropy(void);
-ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(508); }
+ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(507); }
 ORION_API int cuTexRefGetMipmapFilterMode(void);
-ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(509); }
+ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(508); }
 ORION_API int cuTexRefGetMipmapLevelBias(void);
-ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(510); }
+ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(509); }
 ORION_API int cuTexRefGetMipmapLevelClamp(void);
-ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(511); }
+ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(510); }
 ORION_API int cuTexRefGetMipmappedArray(void);
-ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(512); }
+ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(511); }
 ORION_API int cuTexRefSetAddress(void);
-ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(513); }
+ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(512); }
 ORION_API int cuTexRefSetAddress2D(void);
-ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(514); }
+ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(513); }
 ORION_API int cuTexRefSetAddress2D_v2(void);
-ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(515); }
+ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(514); }
 ORION_API int cuTexRefSetAddress2D_v3(void);
-ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(516); }
+ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(515); }
 ORION_API int cuTexRefSetAddressMode(void);
-ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(517); }
+ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(516); }
 ORION_API int cuTexRefSetAddress_v2(void);
-ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(518); }
+ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(517); }
 ORION_API int cuTexRefSetArray(void);
-ORION_API int cuTexRefSetArray(void) { return orion_unsupported(519); }
+ORION_API int cuTexRefSetArray(void) { return orion_unsupported(518); }
 ORION_API int cuTexRefSetBorderColor(void);
-ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(520); }
+ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(519); }
 ORION_API int cuTexRefSetFilterMode(void);
-ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(521); }
+ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(520); }
 ORION_API int cuTexRefSetFlags(void);
-ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(522); }
+ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(521); }
 ORION_API int cuTexRefSetFormat(void);
-ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(523); }
+ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(522); }
 ORION_API int cuTexRefSetMaxAnisotropy(void);
-ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(524); }
+ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(523); }
 ORION_API int cuTexRefSetMipmapFilterMode(void);
-ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(525); }
+ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(524); }
 ORION_API int cuTexRefSetMipmapLevelBias(void);
-ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(526); }
+ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(525); }
 ORION_API int cuTexRefSetMipmapLevelClamp(void);
-ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(527); }
+ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(526); }
 ORION_API int cuTexRefSetMipmappedArray(void);
-ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(528); }
+ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(527); }
 extern int cuThreadExchangeStreamCaptureMode(void);
 ORION_API int cuUserObjectCreate(void);
-ORION_API int cuUserObjectCreate(void) { return orion_unsupported(529); }
+ORION_API int cuUserObjectCreate(void) { return orion_unsupported(528); }
 ORION_API int cuUserObjectRelease(void);
-ORION_API int cuUserObjectRelease(void) { return orion_unsupported(530); }
+ORION_API int cuUserObjectRelease(void) { return orion_unsupported(529); }
 ORION_API int cuUserObjectRetain(void);
-ORION_API int cuUserObjectRetain(void) { return orion_unsupported(531); }
+ORION_API int cuUserObjectRetain(void) { return orion_unsupported(530); }
 ORION_API int cuVDPAUCtxCreate(void);
-ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(532); }
+ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(531); }
 ORION_API int cuVDPAUCtxCreate_v2(void);
-ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(533); }
+ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(532); }
 ORION_API int cuVDPAUGetDevice(void);
-ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(534); }
+ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(533); }
 ORION_API int cuWaitExternalSemaphoresAsync(void);
-ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(535); }
+ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(534); }
 ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(536); }
+ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(535); }
 ORION_API int cudbgApiAttach(void);
-ORION_API int cudbgApiAttach(void) { return orion_unsupported(537); }
+ORION_API int cudbgApiAttach(void) { return orion_unsupported(536); }
 ORION_API int cudbgApiDetach(void);
-ORION_API int cudbgApiDetach(void) { return orion_unsupported(538); }
+ORION_API int cudbgApiDetach(void) { return orion_unsupported(537); }
 ORION_API int cudbgApiInit(void);
-ORION_API int cudbgApiInit(void) { return orion_unsupported(539); }
+ORION_API int cudbgApiInit(void) { return orion_unsupported(538); }
 ORION_API int cudbgGetAPI(void);
-ORION_API int cudbgGetAPI(void) { return orion_unsupported(540); }
+ORION_API int cudbgGetAPI(void) { return orion_unsupported(539); }
 ORION_API int cudbgGetAPIVersion(void);
-ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(541); }
+ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(540); }
 ORION_API int cudbgMain(void);
-ORION_API int cudbgMain(void) { return orion_unsupported(542); }
+ORION_API int cudbgMain(void) { return orion_unsupported(541); }
 ORION_API int cudbgReportDriverApiError(void);
-ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(543); }
+ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(542); }
 ORION_API int cudbgReportDriverInternalError(void);
-ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(544); }
+ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(543); }
 
 const orion_export orion_exports[682] = {
     {"cuArray3DCreate", (void *)cuArray3DCreate},
@@ -5624,4 +5622,4 @@ const orion_proc orion_procs[3151] = {
 const int orion_driver_version = 13000;
 const size_t orion_nprocs = 3151;
 const size_t orion_nexports = 682;
-const size_t orion_nstubs = 545;
+const size_t orion_nstubs = 544;
