@@ -2,12 +2,12 @@
  * channel (orion_shm.c) or TCP.
  *
  * Environment (as the Python client reads it): ORION_ENABLE_NET, ORION_SHM_PATH_BASE,
- * ORION_SHM_DEVICE, ORION_SERVER=HOST:PORT (direct mode: the controller path is not in the native
- * client yet), ORION_VGPU (required), ORION_GMEM (MiB), ORION_RATIO (%), ORION_CONNECT_TIMEOUT
- * (s, default 5).
+ * ORION_SHM_DEVICE, ORION_SERVER=HOST:PORT, ORION_VGPU (required), ORION_GMEM (MiB), ORION_RATIO
+ * (%), ORION_CONNECT_TIMEOUT (s, default 5); with ORION_CONTROLLER (or client.conf's
+ * controller_addr) the controller grants the vGPUs, the server and the token (orion_ctl.c).
  *
  * cuInit claims a channel or connects (TCP_NODELAY, keepalive probes and a 5 s user timeout so a dead peer is
- * noticed), sends HELLO with an empty token (direct mode) and waits at most the connect timeout
+ * noticed), sends HELLO with the controller's token (empty in direct mode) and waits at most the connect timeout
  * for WELCOME. Every later call goes through orion_call under one mutex. An ERROR frame ends the
  * session: its status is what the call (and every later one) returns, its reason is printed
  * once. A reply that breaks the protocol ends the session with CUDA_ERROR_UNKNOWN, a broken
