@@ -467,3 +467,20 @@ def test_cuda_bindings_examples_run_unmodified_over_the_library(programs: dict[s
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout
     assert "Client exits with allocation ID" in r.stderr
+
+
+def test_orion_run_with_the_native_client_runs_c_and_python_programs(programs: dict[str, Path], oriond: Oriond,
+                                                                     transport: str) -> None:
+    """``ORION_CLIENT=native orion-run COMMAND``: no LD_LIBRARY_PATH of the user's, no Python of
+    ours in the program; a C program and a cuda-bindings one both reach the vGPUs."""
+    env = native_env(oriond, transport, ORION_CLIENT="native", ORION_NATIVE_LIB_DIR=str(BUILD))
+    env.pop("LD_LIBRARY_PATH")
+    orion_run = [sys.executable, "-m", "orion_virt.client.run"]
+    r = subprocess.run([*orion_run, str(programs["deviceQuery"])], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Detected 2 CUDA Capable device(s)" in r.stdout
+    r = subprocess.run([*orion_run, sys.executable, str(ROOT / "examples" / "runtimeQuery.py")], env=env,
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Detected 2 CUDA Capable device(s)" in r.stdout

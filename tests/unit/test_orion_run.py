@@ -47,3 +47,25 @@ def test_both_front_ends_report_a_missing_program_alike(monkeypatch, capsys) -> 
     assert run.main(["/nonexistent/prog"]) == 127
     assert "orion-run: cannot run /nonexistent/prog:" in capsys.readouterr().err
     assert run.main([]) == 2
+
+
+def test_native_client_goes_first_on_ld_library_path(tmp_path: Path) -> None:
+    (tmp_path / "libcuda.so.1").write_bytes(b"\x7fELF")
+    env = run.child_env({"ORION_CLIENT": "native", "ORION_NATIVE_LIB_DIR": str(tmp_path),
+                         "LD_LIBRARY_PATH": "/opt/x:/usr/lib", "PYTHONPATH": "/keep"})
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [str(tmp_path), "/opt/x", "/usr/lib"]
+    assert env["PYTHONPATH"] == "/keep" and "ORION_RUN" not in env  # no Python alias with it
+
+
+def test_a_native_client_that_is_not_there_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "native_lib_dir", lambda env: None)
+    with pytest.raises(run.RunError, match="neither installed .install-client. nor built .make native."):
+        run.child_env({"ORION_CLIENT": "native"})
+    with pytest.raises(run.RunError, match="ORION_CLIENT='gpu': expected native or python"):
+        run.child_env({"ORION_CLIENT": "gpu"})
+
+
+def test_orion_run_says_why_it_cannot_start(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("ORION_CLIENT", "gpu")
+    assert run.main(["true"]) == 2
+    assert "orion-run: ORION_CLIENT='gpu'" in capsys.readouterr().err
