@@ -12,7 +12,12 @@ What an installation consists of (every path recorded in a manifest, ``<PATH>/.o
   when ``ORION_VGPU`` is set, activates the client (``cuda.bindings.driver`` -> Orion);
 - ``/usr/local/bin/orion-run`` and ``/usr/local/bin/orion-check``: shell wrappers, no click needed
   (an existing file of that name that install-client did not write is left alone);
-- ``/etc/orion/client.conf``: written only when absent; an existing one is kept.
+- ``/etc/orion/client.conf``: written only when absent; an existing one is kept;
+- ``<PATH>/lib/libcuda.so.1``: the native client, when it is built (``make native``) or in the
+  bundle, with ``/etc/ld.so.conf.d/orion.conf`` naming ``<PATH>/lib`` and ``ldconfig`` run, so that
+  every program of the guest or container loads it with no launcher, as in the seeds. Not on a
+  host with NVIDIA's driver (``/proc/driver/nvidia``): there it would hide the driver, and only
+  ``ORION_CLIENT=native orion-run`` uses it.
 
 ``uninstall`` removes all of it, plus the ``__pycache__`` directories Python created inside
 ``<PATH>``, and every directory it created that is then empty. ``client.conf`` is removed only if
@@ -48,6 +53,10 @@ MIN_PYTHON = (3, 11)
 PACKAGE = "orion_virt"
 ROOT_MODULES = ("client", "installer", "check/client.py")
 """Where the client closure starts (directories are taken whole)."""
+
+NATIVE_REL = "client/native/lib/libcuda.so.1"
+"""Where a bundle carries the native client (relative to the package)."""
+LDCONF_PATH = "/etc/ld.so.conf.d/orion.conf"
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
 
@@ -281,6 +290,27 @@ class Target:
         return None
 
 
+def native_library() -> bytes | None:
+    """The native client's libcuda.so.1: the bundle's copy, else a checkout's build/native."""
+    if _exists(NATIVE_REL):
+        return _read(NATIVE_REL)
+    built = Path(__file__).resolve().parents[2] / "build" / "native" / "libcuda.so.1"
+    return built.read_bytes() if built.is_file() else None
+
+
+def _ldconfig(t: Target, out: Out) -> None:
+    if t.root != Path("/"):
+        out(f"(ldconfig not run for the root directory {t.root}: run ldconfig -r {t.root} there)")
+        return
+    exe = shutil.which("ldconfig") or ("/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else None)
+    if exe is None:
+        out("ldconfig not found: run it yourself so that programs find the native client")
+        return
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    if r.returncode:
+        out(f"ldconfig failed ({r.stderr.strip()}): run it yourself")
+
+
 # -- install / uninstall -----------------------------------------------------------------------
 
 
@@ -375,6 +405,16 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
                 f"{'orion_virt.client.run' if name == 'orion-run' else 'orion_virt.check.client'}")
             continue
         w.write(path, templates.render(tpl, prefix, info.executable).encode(), 0o755)
+    lib = native_library()
+    ld_conf = False
+    if lib is not None:
+        w.write(f"{prefix}/lib/libcuda.so.1", lib, 0o755)
+        if t("/proc/driver/nvidia").exists():
+            out(f"NVIDIA's driver is installed here: {prefix}/lib/libcuda.so.1 is not made the system's "
+                "libcuda.so.1 (ORION_CLIENT=native orion-run COMMAND uses it)")
+        else:
+            w.write(LDCONF_PATH, f"# Orion vGPU native client, installed by install-client\n{prefix}/lib\n".encode())
+            ld_conf = True
     conf = t(CONF_PATH)
     conf_new = not conf.exists()
     if conf_new:
@@ -383,6 +423,8 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
         m.files.remove(CONF_PATH)  # tracked separately: kept on uninstall once edited
         m.conf_created, m.conf_sha256 = True, _sha(data)
     (t(prefix) / MANIFEST_NAME).write_text(m.to_json())
+    if ld_conf:
+        _ldconfig(t, out)
     out("")
     if conf_new:
         out(compat.INSTALL_CONF_GENERATED.format(path=CONF_PATH))
@@ -395,6 +437,11 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     out("export ORION_VGPU=1")
     out(f"(cuda-python programs run by {info.executable} then use Orion vGPUs; for any other Python, "
         "such as a venv: orion-run python3 app.py)")
+    if ld_conf:
+        out(f"Every program now loads the native client {prefix}/lib/libcuda.so.1 (CUDA C/C++ programs, "
+            "NVIDIA's runtime, cuda-bindings)")
+    elif lib is None:
+        out("The native client (libcuda.so.1) is not installed: it is not built (make native) nor in this bundle")
     if t.root != Path("/"):
         out(f"(all of it under the root directory {t.root})")
     return m
@@ -417,8 +464,11 @@ def uninstall(*, prefix: str | None = None, root: str = "/", python: str | None 
         else:
             conf_kept = True
     (t(m.prefix) / MANIFEST_NAME).unlink(missing_ok=True)
+    had_ld_conf = LDCONF_PATH in m.files
     _remove_files(t, m, out)
     out(f"Orion vGPU client environment has been removed from {m.prefix}")
+    if had_ld_conf:
+        _ldconfig(t, out)
     if conf_kept:
         out(f"Kept {CONF_PATH}: it was edited after installation (remove it yourself if it is no longer needed)")
     return m
@@ -472,6 +522,10 @@ def build_bundle(dest: Path) -> list[str]:
             z.writestr("__main__.py", "from orion_virt.installer.__main__ import main\nraise SystemExit(main())\n")
             for rel in files:
                 z.writestr(f"{PACKAGE}/{rel}", _read(rel))
+            lib = native_library()
+            if lib is not None:
+                z.writestr(f"{PACKAGE}/{NATIVE_REL}", lib)
+                files = [*files, NATIVE_REL]
     os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
     return files

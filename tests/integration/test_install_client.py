@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 VENV_BIN = Path(sys.executable).parent
-PTX = Path(__file__).resolve().parents[2] / "orion_virt" / "kernels" / "test_kernels.ptx"
+ROOT = Path(__file__).resolve().parents[2]
+PTX = ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"
 
 # vectorAdd with the standard library only (array + ctypes), as a guest would run it
 PROGRAM = r'''
@@ -173,7 +174,26 @@ def test_root_install_runs_with_system_python_and_uninstalls_cleanly(lab: Lab, o
     assert _files(root) == before
 
 
+def _native_device_query(dest: Path) -> Path:
+    """The native client built (make native) and the C device query linked against it."""
+    from tests.integration.test_native_client import BUILD, SOURCES, cuda_include
+
+    b = subprocess.run(["make", "-C", str(ROOT), "native"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    inc = cuda_include()
+    assert inc is not None
+    exe = dest / "deviceQuery"
+    c = subprocess.run(["gcc", "-std=c11", "-O1", f"-I{inc}", f"-I{SOURCES}", str(SOURCES / "deviceQuery.c"),
+                        f"-L{BUILD}", "-lcuda", "-o", str(exe)], capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    return exe
+
+
 def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, oriond: Oriond) -> None:
+    """The seeds' flow in a guest: the bundle installs the Python client and the native
+    libcuda.so.1 (with ldconfig), then an unmodified C program runs on the vGPU with no launcher
+    and no LD_LIBRARY_PATH."""
+    device_query = _native_device_query(lab.tmp)
     bundle = lab.tmp / "install-client"
     r = subprocess.run([str(VENV_BIN / "install-client"), "--bundle", str(bundle)],
                        capture_output=True, text=True, timeout=60)
@@ -185,7 +205,7 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
     res = lab.tmp / "res"
     res.mkdir()
     listing = (r'find "$UPPER" -mindepth 1 \( -type f -o -type l -o -type c \) -printf "/%P\n" '
-               r'| grep -v "^/usr/lib/python3[^/]*/.*__pycache__/" | sort')
+               r'| grep -v "^/usr/lib/python3[^/]*/.*__pycache__/" | grep -v "^/etc/ld.so.cache\|^/var/cache/ldconfig/" | sort')
     steps = [
         f"@host {listing} > {res}/upper-before.txt",
         # the seeds' session: answer the question with n (nothing happens), then with y
@@ -195,6 +215,8 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
         f"@host {listing} > {res}/upper-installed.txt",
         # as root, so Python writes __pycache__ into /usr/lib/orion: uninstall must remove it
         f"{_env_line(lab, oriond, ORION_VGPU='1')} {SYSTEM_PYTHON} {prog} {ptx} > {res}/run.out 2>&1",
+        f"{_env_line(lab, oriond, ORION_VGPU='1')} {device_query} > {res}/native.out 2>&1"
+        f" || echo rc=$? >> {res}/native.out",
         f"@host {listing} > {res}/upper-ran.txt",
         f"{_env_line(lab, oriond)} orion-check runtime client > {res}/check.out 2>&1 || echo rc=$? >> {res}/check.out",
         f"{SYSTEM_PYTHON} {bundle} --uninstall > {res}/uninstall.out 2>&1",
@@ -217,6 +239,9 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
     assert any(p.endswith("dist-packages/orion-client.pth") for p in installed), installed
     run = (res / "run.out").read_text()
     assert "Test PASSED" in run and "transport: shm" in run, run
+    assert "/usr/lib/orion/lib/libcuda.so.1" in installed and "/etc/ld.so.conf.d/orion.conf" in installed
+    native = (res / "native.out").read_text()
+    assert "Detected 1 CUDA Capable device(s)" in native and "Result = PASS" in native, native
     ran = (res / "upper-ran.txt").read_text()
     assert "/usr/lib/orion/orion_virt/client/__pycache__/" in ran, "Python wrote no bytecode cache?"
     check = (res / "check.out").read_text()

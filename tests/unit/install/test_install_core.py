@@ -19,6 +19,13 @@ PY = sys.executable
 REPO = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(autouse=True)
+def no_native_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether build/native exists must not change these tests; the ones about the native
+    client give it its library explicitly."""
+    monkeypatch.setattr(core, "native_library", lambda: None)
+
+
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -254,3 +261,34 @@ def test_default_client_conf_parses_to_the_defaults(tmp_path: Path) -> None:
 
     assert dataclasses.replace(cfg, **strip) == dataclasses.replace(default, **strip)
     assert isinstance(cfg, ClientConfig)
+
+
+def test_the_native_client_is_installed_with_an_ld_so_conf_entry(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "native_library", lambda: b"\x7fELF native client")
+    before = _tree(tmp_path)
+    m, lines = _install(tmp_path)
+    lib = tmp_path / "usr/lib/orion/lib/libcuda.so.1"
+    assert lib.read_bytes() == b"\x7fELF native client" and lib.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "etc/ld.so.conf.d/orion.conf").read_text().splitlines()[-1] == "/usr/lib/orion/lib"
+    assert "/usr/lib/orion/lib/libcuda.so.1" in m.files and core.LDCONF_PATH in m.files
+    assert any(ln.startswith("(ldconfig not run for the root directory") for ln in lines)
+    assert any("Every program now loads the native client /usr/lib/orion/lib/libcuda.so.1" in ln for ln in lines)
+    core.uninstall(root=str(tmp_path), python=PY, out=lambda s: None)
+    assert _tree(tmp_path) == before
+
+
+def test_on_a_host_with_nvidias_driver_the_library_does_not_replace_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "native_library", lambda: b"\x7fELF native client")
+    (tmp_path / "proc/driver/nvidia").mkdir(parents=True)
+    m, lines = _install(tmp_path)
+    assert (tmp_path / "usr/lib/orion/lib/libcuda.so.1").exists()
+    assert not (tmp_path / "etc/ld.so.conf.d/orion.conf").exists()
+    assert any("NVIDIA's driver is installed here" in ln for ln in lines)
+
+
+def test_without_a_built_library_install_client_says_so(tmp_path: Path) -> None:
+    _m, lines = _install(tmp_path)
+    assert any("The native client (libcuda.so.1) is not installed" in ln for ln in lines)
+    assert not (tmp_path / "usr/lib/orion/lib").exists()
