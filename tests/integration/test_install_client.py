@@ -205,7 +205,8 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
     res = lab.tmp / "res"
     res.mkdir()
     listing = (r'find "$UPPER" -mindepth 1 \( -type f -o -type l -o -type c \) -printf "/%P\n" '
-               r'| grep -v "^/usr/lib/python3[^/]*/.*__pycache__/" | grep -v "^/etc/ld.so.cache\|^/var/cache/ldconfig/" | sort')
+               r'| grep -v "^/usr/lib/python3[^/]*/.*__pycache__/" '
+               r'| grep -v "^/etc/ld.so.cache\|^/var/cache/ldconfig/" | sort')  # ldconfig's own state
     steps = [
         f"@host {listing} > {res}/upper-before.txt",
         # the seeds' session: answer the question with n (nothing happens), then with y
