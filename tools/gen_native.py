@@ -31,6 +31,7 @@ from regen import regenerate  # noqa: E402  (tools/, the directory of this scrip
 
 from orion_virt import __version__, compat  # noqa: E402
 from orion_virt.cuda_enums import CUresult  # noqa: E402
+from orion_virt.client.select import VM_NOT_SERVED  # noqa: E402
 from orion_virt.wire import frames  # noqa: E402
 from orion_virt.wire import spec as S  # noqa: E402
 from orion_virt.wire.calls import SPECS, CallSpec, WireField  # noqa: E402
@@ -313,6 +314,7 @@ def gen_h() -> str:
          f"#define ORION_BANNER {_c_string(compat.BANNER_PREFIX + 'orion_virt-' + __version__)}",
          f"#define ORION_MSG_EXIT_WITH {_c_string(compat.MSG_EXIT_WITH.replace('{allocation_id}', '%s'))}",
          f"#define ORION_MSG_NO_ALLOCATION {_c_string(compat.MSG_NO_ALLOCATION)}",
+         f"#define ORION_MSG_VM_NOT_SERVED {_c_string(VM_NOT_SERVED)}",
          f"#define ORION_HELLO_MAGIC 0x{frames.HELLO_MAGIC:08X}u",
          f"#define ORION_PROTO_MAJOR {frames.PROTO_MAJOR}",
          f"#define ORION_PROTO_MINOR {frames.PROTO_MINOR}",

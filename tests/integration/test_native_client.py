@@ -484,3 +484,45 @@ def test_orion_run_with_the_native_client_runs_c_and_python_programs(programs: d
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Detected 2 CUDA Capable device(s)" in r.stdout
+
+
+def _fake_ivshmem(sysfs: Path, device: Path, slot: str) -> Path:
+    """A PCI device directory as Linux shows an ivshmem-plain device in a guest; its BAR2 is the
+    Orion device file (a hard link: the client opens it without following links)."""
+    d = sysfs / slot
+    d.mkdir(parents=True)
+    (d / "vendor").write_text("0x1af4\n")
+    (d / "device").write_text("0x1110\n")
+    (d / "enable").write_text("0\n")
+    os.link(device, d / "resource2")
+    return d
+
+
+def test_inside_a_vm_the_ivshmem_bar_is_the_transport(programs: dict[str, Path], oriond: Oriond,
+                                                      tmp_path: Path) -> None:
+    """The ivshmem PCI device comes first; its claim lock lives in a guest-local file."""
+    slot = f"0000:7f:{os.getpid() % 32:02x}.7"
+    pci = _fake_ivshmem(tmp_path / "pci", oriond.shm / "orionsock1", slot)
+    empty = tmp_path / "no-devices"
+    empty.mkdir()
+    env = native_env(oriond, "shm", ORION_SYSFS_PCI=str(tmp_path / "pci"), ORION_SHM_PATH_BASE=str(empty))
+    r = run(programs["vectorAdd"], str(PTX), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (pci / "enable").read_text() == "1"
+    lock = Path("/run/orion") if os.access("/run", os.W_OK) else Path("/tmp/orion-locks")
+    assert (lock / f"ivshmem-{slot.replace(':', '_')}.lock").exists()
+    assert "using TCP" not in r.stderr
+
+
+def test_an_unserved_vm_device_prints_the_seeds_message(programs: dict[str, Path], tmp_path: Path) -> None:
+    shm = tmp_path / "host-shm"
+    subprocess.run([str(Path(sys.executable).parent / "orion-shm"), "-i", "3", "--size", "16", "--path-base",
+                    str(shm)], check=True, capture_output=True)
+    _fake_ivshmem(tmp_path / "pci", shm / "orionsock3", "0000:00:1e.0")
+    env = native_env(None, ORION_SYSFS_PCI=str(tmp_path / "pci"), ORION_ENABLE_NET="0",
+                     ORION_SHM_PATH_BASE=str(tmp_path), ORION_SERVER="127.0.0.1:1", ORION_CONNECT_TIMEOUT="2")
+    r = run(programs["deviceQuery"], env=env)
+    assert r.returncode != 0
+    assert "[ERROR] Fail to finish system initialization.\n" in r.stderr, r.stderr
+    assert "is not served by oriond (enable_kvm is off on the host?)" in r.stderr, r.stderr
+    assert "Client exits without allocation ID" in r.stderr

@@ -9,6 +9,7 @@
 #define ORION_BANNER "VirtaiTech Resource. Build-cuda-orion_virt-0.1.0"
 #define ORION_MSG_EXIT_WITH "Client exits with allocation ID %s"
 #define ORION_MSG_NO_ALLOCATION "Client exits without allocation ID"
+#define ORION_MSG_VM_NOT_SERVED "Fail to finish system initialization."
 #define ORION_HELLO_MAGIC 0x4F52494Fu
 #define ORION_PROTO_MAJOR 1
 #define ORION_PROTO_MINOR 0

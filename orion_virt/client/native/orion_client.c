@@ -490,14 +490,17 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     int fd = -1;
     int sr = enable_net ? -2 : orion_shm_open(timeout, &shm, link_name, sizeof link_name, shm_why, sizeof shm_why);
     *over_shm = sr == 0;
-    if (sr == -1) {
+    if (sr == -1 || sr == -5) {
         say("INFO", "using TCP: %s", shm_why);
         snprintf(note, sizeof note, " (shared memory unusable: %s)", shm_why);
     }
     if (sr != 0) {
         shm = NULL;
         fd = tcp_open(addr, timeout, note);
-        if (fd < 0) return CUDA_ERROR_NO_DEVICE;
+        if (fd < 0) {
+            if (sr == -5) say("ERROR", "%s", ORION_MSG_VM_NOT_SERVED);
+            return CUDA_ERROR_NO_DEVICE;
+        }
         sock_fd = fd;
         snprintf(link_name, sizeof link_name, "TCP to %s", server_addr);
         where = server_addr;

@@ -50,6 +50,8 @@ enum { FREE, CLAIMED, SERVING, CLOSED, DEAD };
 
 struct orion_shm {
     int fd;
+    int lock_fd;                     /* the claim locks: the device file, or (ivshmem) a guest-local file */
+    int vm;                          /* an ivshmem PCI device's BAR2 */
     unsigned char *base;
     size_t size;
     uint64_t nch, ring, stride;
@@ -120,6 +122,7 @@ static uint64_t random_u63(void)
 static void unmap(orion_shm *s)
 {
     if (s->base) munmap(s->base, s->size);
+    if (s->lock_fd >= 0 && s->lock_fd != s->fd) close(s->lock_fd);
     if (s->fd >= 0) close(s->fd);
     free(s);
 }
@@ -264,13 +267,26 @@ static void *beat_main(void *arg)
 }
 
 /* Open, validate and claim a channel of one device. 0: claimed and served; -1: reason in why. */
-static int try_device(const char *path, double timeout, orion_shm **out, char *why, size_t wl)
+static int try_device(const char *path, const char *lock_path, double timeout, orion_shm **out, char *why,
+                      size_t wl)
 {
     orion_shm *s = calloc(1, sizeof *s);
     if (!s) return -1;
     s->fd = -1;
+    s->lock_fd = -1;
+    s->vm = lock_path != NULL;
     snprintf(s->path, sizeof s->path, "%s", path);
     s->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (s->fd >= 0 && lock_path) {
+        s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (s->lock_fd < 0) {
+            append(why, wl, "%s: lock file %s: %s", path, lock_path, strerror(errno));
+            unmap(s);
+            return -1;
+        }
+    } else {
+        s->lock_fd = s->fd;
+    }
     if (s->fd < 0) {
         append(why, wl, "%s: %s", path, errno == EACCES ? "permission denied (check its owner and mode)" : strerror(errno));
         unmap(s);
@@ -328,9 +344,12 @@ static int try_device(const char *path, double timeout, orion_shm **out, char *w
     double settle = mono() + (timeout < 1.0 ? timeout : 1.0);
     while (load(s->hdr + H_SERVER_EPOCH) == 0) {
         if (mono() > settle) {
-            append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true)", path);
+            if (s->vm)
+                append(why, wl, "ivshmem device %s is not served by oriond (enable_kvm is off on the host?)", path);
+            else
+                append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true)", path);
             unmap(s);
-            return -1;
+            return s->vm ? -5 : -1;
         }
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -340,9 +359,9 @@ static int try_device(const char *path, double timeout, orion_shm **out, char *w
         volatile uint64_t *c = (volatile uint64_t *)(s->base + PAGE + i * s->stride);
         uint64_t state = load(c + C_STATE), ns = load(c + C_OWNER_NS);
         off_t off = (off_t)(PAGE + i * s->stride);
-        if ((state == CLAIMED || state == SERVING) && ns != 0 && ns != me) {
-            if (lock_byte(s->fd, off, F_WRLCK) == 0) {
-                lock_byte(s->fd, off, F_UNLCK);
+        if (!s->vm && (state == CLAIMED || state == SERVING) && ns != 0 && ns != me) {
+            if (lock_byte(s->lock_fd, off, F_WRLCK) == 0) {
+                lock_byte(s->lock_fd, off, F_UNLCK);
             } else {
                 append(why, wl, "%s is already in use by another container (mount namespace %llu): every "
                                 "container needs its own device", path, (unsigned long long)ns);
@@ -353,7 +372,7 @@ static int try_device(const char *path, double timeout, orion_shm **out, char *w
     }
     for (uint64_t i = 0; i < nch; i++) {
         off_t off = (off_t)(PAGE + i * s->stride);
-        if (lock_byte(s->fd, off, F_WRLCK)) continue;
+        if (lock_byte(s->lock_fd, off, F_WRLCK)) continue;
         s->index = (unsigned)i;
         s->ctrl = (volatile uint64_t *)(s->base + off);
         s->req = s->base + off + PAGE;
@@ -378,14 +397,14 @@ static int try_device(const char *path, double timeout, orion_shm **out, char *w
                 char r[65];
                 reason_of(s, r, sizeof r);
                 append(why, wl, "%s: oriond refused the channel: %s", path, r);
-                lock_byte(s->fd, off, F_UNLCK);
+                lock_byte(s->lock_fd, off, F_UNLCK);
                 unmap(s);
                 return -1;
             }
             if (mono() > deadline) {
                 store(s->ctrl + C_STATE, CLOSED);
                 append(why, wl, "%s: oriond did not take up the channel within %g s", path, timeout);
-                lock_byte(s->fd, off, F_UNLCK);
+                lock_byte(s->lock_fd, off, F_UNLCK);
                 unmap(s);
                 return -1;
             }
@@ -422,13 +441,83 @@ static int is_device_name(const struct dirent *d)
     return 1;
 }
 
+static int read_line(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) return -1;
+    int ok = fgets(buf, (int)cap, f) != NULL;
+    fclose(f);
+    if (!ok) return -1;
+    buf[strcspn(buf, "\n")] = '\0';
+    return 0;
+}
+
+static const char *lock_dir(void)
+{
+    static const char *dirs[] = {"/run/orion", "/tmp/orion-locks"};
+    for (int i = 0; i < 2; i++) {
+        mkdir(dirs[i], 01777);
+        struct stat st;
+        if (!stat(dirs[i], &st) && S_ISDIR(st.st_mode) && !access(dirs[i], W_OK)) return dirs[i];
+    }
+    return NULL;
+}
+
+/* The ivshmem PCI devices of a VM, in address order: 0 claimed, -5 only unserved ones, -2 none,
+ * -1 every one failed. */
+static int open_ivshmem(double timeout, orion_shm **out, char *why, size_t wl)
+{
+    const char *root = getenv("ORION_SYSFS_PCI");
+    if (!root || !*root) root = "/sys/bus/pci/devices";
+    struct dirent **list = NULL;
+    int n = scandir(root, &list, NULL, alphasort), got = -2, unserved = 0;
+    for (int i = 0; i < n; i++) {
+        char p[1024], v[32] = "", d[32] = "", bar[1100], lock[600];
+        const char *e = list[i]->d_name;
+        if (e[0] != '.' && got != 0) {
+            snprintf(p, sizeof p, "%s/%s/vendor", root, e);
+            read_line(p, v, sizeof v);
+            snprintf(p, sizeof p, "%s/%s/device", root, e);
+            read_line(p, d, sizeof d);
+            if (!strcmp(v, "0x1af4") && !strcmp(d, "0x1110")) {
+                snprintf(p, sizeof p, "%s/%s/enable", root, e);
+                FILE *f = fopen(p, "we");
+                if (f) { fputs("1", f); fclose(f); }
+                snprintf(bar, sizeof bar, "%s/%s/resource2_wc", root, e);
+                if (access(bar, F_OK)) snprintf(bar, sizeof bar, "%s/%s/resource2", root, e);
+                const char *ld = lock_dir();
+                if (!ld) {
+                    append(why, wl, "cannot create a lock directory in /run/orion or /tmp");
+                    got = -1;
+                } else {
+                    char safe[256];
+                    snprintf(safe, sizeof safe, "%s", e);
+                    for (char *c = safe; *c; c++) if (*c == ':') *c = '_';
+                    snprintf(lock, sizeof lock, "%s/ivshmem-%s.lock", ld, safe);
+                    int r = try_device(bar, lock, timeout, out, why, wl);
+                    if (r == -5) unserved = 1;
+                    got = r == 0 ? 0 : -1;
+                }
+            }
+        }
+        free(list[i]);
+    }
+    free(list);
+    return got == -1 && unserved ? -5 : got;
+}
+
 int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char *why, size_t wl)
 {
     why[0] = '\0';
+    int vm = open_ivshmem(timeout, out, why, wl);
+    if (vm == 0) {
+        snprintf(name, nl, "ivshmem %s#%u", (*out)->path, (*out)->index);
+        return 0;
+    }
     const char *one = getenv("ORION_SHM_DEVICE");
     if (one && *one) {
-        if (try_device(one, timeout, out, why, wl) == 0) goto found;
-        return -1;
+        if (try_device(one, NULL, timeout, out, why, wl) == 0) goto found;
+        return vm == -5 ? -5 : -1;
     }
     const char *base = getenv("ORION_SHM_PATH_BASE");
     if (!base || !*base) base = "/dev/shm";
@@ -437,17 +526,17 @@ int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char 
     if (n <= 0) {
         append(why, wl, "no shared-memory device under %s", base);
         free(list);
-        return -2;  /* nothing to try: not worth a word */
+        return vm == -5 ? -5 : vm == -1 ? -1 : -2;  /* nothing to try: not worth a word */
     }
     int got = -1;
     for (int i = 0; i < n; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", base, list[i]->d_name);
-        if (got) got = try_device(path, timeout, out, why, wl);
+        if (got) got = try_device(path, NULL, timeout, out, why, wl);
         free(list[i]);
     }
     free(list);
-    if (got) return -1;
+    if (got) return vm == -5 ? -5 : -1;
 found:
     snprintf(name, nl, "shm %s#%u", (*out)->path, (*out)->index);
     return 0;
@@ -461,7 +550,7 @@ void orion_shm_close(orion_shm *s)
         pthread_join(s->beat_thread, NULL);
     }
     if (load(s->ctrl + C_GEN) == s->gen && load(s->ctrl + C_STATE) != DEAD) store(s->ctrl + C_STATE, CLOSED);
-    lock_byte(s->fd, (off_t)(PAGE + s->index * s->stride), F_UNLCK);
+    lock_byte(s->lock_fd, (off_t)(PAGE + s->index * s->stride), F_UNLCK);
     unmap(s);
 }
 
@@ -470,5 +559,6 @@ void orion_shm_forget(orion_shm *s)
     /* a forked child: the claim (lock, heartbeat thread) belongs to the parent */
     if (!s) return;
     munmap(s->base, s->size);
+    if (s->lock_fd != s->fd) close(s->lock_fd);
     close(s->fd);
 }

@@ -9,10 +9,11 @@
 
 typedef struct orion_shm orion_shm;
 
-/* Claim a channel of ORION_SHM_DEVICE, else of the first device under ORION_SHM_PATH_BASE
- * (default /dev/shm) that oriond serves, waiting at most timeout seconds for oriond to take it
- * up. 0: claimed (name says which); -1: every device failed, why lists each reason; -2: there is
- * no device at all. */
+/* Claim a channel of an ivshmem PCI device (in a VM), else of ORION_SHM_DEVICE, else of the
+ * first device under ORION_SHM_PATH_BASE (default /dev/shm) that oriond serves, waiting at most
+ * timeout seconds for oriond to take it up. 0: claimed (name says which); -1: every device
+ * failed, why lists each reason; -2: there is no device at all; -5: as -1, and a VM device was
+ * there but no oriond serves it (the seeds' "Fail to finish system initialization."). */
 int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char *why, size_t wl);
 /* 0, or -4 when the session cannot progress (why says why). Never returns before every byte is in
  * the ring or the peer is known to be gone. */
