@@ -95,6 +95,10 @@ EOF
 step deviceQuery $RUN /opt/orion/examples/deviceQuery.py
 step vectorAdd $RUN /opt/orion/examples/vectorAdd.py
 step nullcall $RUN /tmp/nullcall.py
+NATIVE="env LD_LIBRARY_PATH=/opt/orion/build/native:/opt/orion/@CUDART@"
+step c_deviceQuery $NATIVE /opt/orion/build/vm-native/deviceQuery
+step c_vectorAdd $NATIVE /opt/orion/build/vm-native/vectorAdd /opt/orion/orion_virt/kernels/test_kernels.ptx
+step c_runtime $NATIVE /opt/orion/build/vm-native/runtime_api 2 4096
 echo "==== clientlog rc=0 ms=0"
 grep -h "transport:" /tmp/.orion/log/*.log || true
 """.replace("@NULLCALL@", NULLCALL_PY.strip())
@@ -276,13 +280,37 @@ def _report(what: str, res: GuestResult, steps: dict[str, Step]) -> str:
             f"in guest: {parts}")
 
 
+@pytest.fixture(scope="module")
+def native_programs() -> str:
+    """The native client (make native) and C programs for the guest under build/vm-native (the
+    guest sees the tree at /opt/orion); returns the directory of NVIDIA's libcudart relative to
+    the tree."""
+    from tests.integration.test_native_client import BUILD, SOURCES, cudart_paths
+
+    root = Path(__file__).resolve().parents[2]
+    b = subprocess.run(["make", "-C", str(root), "native"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    inc, lib = cudart_paths()
+    out = root / "build" / "vm-native"
+    out.mkdir(parents=True, exist_ok=True)
+    for src, link in ((SOURCES / "deviceQuery.c", ["-lcuda"]), (SOURCES / "vectorAdd.c", ["-lcuda", "-lm"]),
+                      (SOURCES / "runtime" / "runtime_api.c", [f"-L{lib}", "-l:libcudart.so.13"])):
+        c = subprocess.run(["gcc", "-std=c11", "-O1", f"-I{inc}", f"-I{SOURCES}", str(src), f"-L{BUILD}", *link,
+                            "-o", str(out / src.stem)], capture_output=True, text=True, timeout=120)
+        assert c.returncode == 0, c.stderr
+    return str(lib.relative_to(root))
+
+
 def test_vm_guest_runs_cuda_programs_over_ivshmem(
         libvirt_conn, guest_image: GuestImage, orion_host: OrionHost,
-        start_oriond: Callable[..., Oriond]) -> None:
+        start_oriond: Callable[..., Oriond], native_programs: str) -> None:
+    """The Python client and the native client (C driver-API programs and NVIDIA's libcudart)
+    in a real guest, over the ivshmem device."""
     oriond = start_oriond(kvm=True)
     name = "orion-test-vgpu"
     index: list[int] = []
-    res = run_guest(libvirt_conn, name, SCRIPT_FULL, timeout=GUEST_TIMEOUT, img=guest_image,
+    res = run_guest(libvirt_conn, name, SCRIPT_FULL.replace("@CUDART@", native_programs), timeout=GUEST_TIMEOUT,
+                    img=guest_image,
                     before_start=lambda g: index.append(orion_host.attach(g)))
     path = SHM_DIR / f"orionsock{index[0]}"
     steps = parse_steps(res.stdout)
@@ -297,6 +325,11 @@ def test_vm_guest_runs_cuda_programs_over_ivshmem(
     print(f"\n[vm] {_report('one guest', res, steps)}")
     print(f"[vm] null call (cuCtxSynchronize) over ivshmem, in the guest: {m.group(0)}")
     print(f"[vm] client log: {steps['clientlog'].out.splitlines()[0]}")
+    for c in ("c_deviceQuery", "c_vectorAdd", "c_runtime"):
+        assert steps[c].rc == 0, steps[c].out + steps[c].err
+        assert "using TCP" not in steps[c].err, steps[c].err
+    assert "Detected 2 CUDA Capable device(s)" in steps["c_deviceQuery"].out
+    assert "Result = PASS" in steps["c_runtime"].out and "devices 2, driver 13000" in steps["c_runtime"].out
 
     # the hook prepared the device on `prepare` and scrubbed it on `release`
     assert _scrubbed(path), f"{path} still holds data after the domain was destroyed"
@@ -307,7 +340,7 @@ def test_vm_guest_runs_cuda_programs_over_ivshmem(
     log = oriond.server_log
     assert f"serving VM device {path}" in log, log
     sessions = re.findall(rf"session (\d+): shared-memory channel {re.escape(str(path))}#\d+", log)
-    assert len(sessions) == 3, log
+    assert len(sessions) == 6, log  # three Python programs, three native ones
     assert oriond.wait_log(rf"{re.escape(str(path))}: device was removed on the host"), oriond.server_log
     for sid in sessions:
         assert re.search(rf"session {sid} ended: bye", oriond.server_log), oriond.server_log
