@@ -34,6 +34,7 @@ from orion_virt.client.select import VM_NOT_SERVED  # noqa: E402
 from orion_virt.cuda_enums import CUresult  # noqa: E402
 from orion_virt.wire import frames  # noqa: E402
 from orion_virt.wire import spec as S  # noqa: E402
+from orion_virt.wire import calls as wire_calls  # noqa: E402
 from orion_virt.wire.calls import SPECS, CallSpec, WireField  # noqa: E402
 
 OUT_C = ROOT / "orion_virt/client/native/calls_gen.c"
@@ -144,11 +145,52 @@ def _value_expr(f: WireField) -> str:
     return f"({CAST[f.fmt]}){f.name}"
 
 
+def _chunked_by(fn: S.Fn) -> str:
+    """The size argument of a copy whose bytes travel in the message (so at most a body's 4 GiB
+    per message): the generated code splits a larger copy. "" for any other call."""
+    bufs = [a for a in fn.args if a.role in (S.Role.HOST_IN, S.Role.HOST_OUT) and a.length]
+    if len(bufs) != 1:
+        return ""
+    size = bufs[0].length
+    dptrs = [a for a in fn.args if a.role is S.Role.DPTR]
+    return size if dptrs and all(a.extent == size and a.scale == 1 for a in dptrs) else ""
+
+
+def _chunk_loop(fn: S.Fn, size: str) -> list[str]:
+    call = []
+    for a in fn.args:
+        if a.role is S.Role.NULL or a.wire_only:
+            continue
+        if a.name == size:
+            call.append("k")
+        elif a.role is S.Role.DPTR:
+            call.append(f"{a.name} + off")
+        elif a.role is S.Role.HOST_IN:
+            call.append(f"(const char *){a.name} + off")
+        elif a.role is S.Role.HOST_OUT:
+            call.append(f"(char *){a.name} + off")
+        else:
+            call.append(a.name)
+    return [f"    if ({size} > orion_copy_chunk()) {{  /* a message body is at most 4 GiB: copy in pieces */",
+            f"        if (!{next(a.name for a in fn.args if a.role in (S.Role.HOST_IN, S.Role.HOST_OUT))}) "
+            "return CUDA_ERROR_INVALID_VALUE;",
+            f"        for (size_t off = 0; off < {size};) {{",
+            f"            size_t k = {size} - off < orion_copy_chunk() ? {size} - off : orion_copy_chunk();",
+            f"            CUresult st = orion_wire_{fn.name}({', '.join(call)});",
+            "            if (st != CUDA_SUCCESS) return st;",
+            "            off += k;",
+            "        }",
+            "        return CUDA_SUCCESS;",
+            "    }"]
+
+
 def gen_wire_fn(cs: CallSpec) -> list[str]:
     fn = cs.fn
     args = {a.name: a for a in fn.args}
     L = [f"/* {fn.name}: call {fn.code}{', NO_REPLY' if cs.async_ else ''}{', sync' if cs.synchronizing else ''}. */",
          f"CUresult orion_wire_{fn.name}({_plist(wire_params(fn))})", "{"]
+    if _chunked_by(fn):
+        L += _chunk_loop(fn, _chunked_by(fn))
     # argument checks the driver makes before anything is sent
     for a in fn.args:
         if a.dir is S.Dir.OUT and a.role not in (S.Role.HOST_OUT,):
@@ -322,6 +364,7 @@ def gen_h() -> str:
          f"#define ORION_MAX_NAME {S.MAX_NAME}u",
          f"#define ORION_MAX_IMAGE {S.MAX_IMAGE}u",
          f"#define ORION_MAX_PARAMS {S.MAX_PARAMS}u",
+         f"#define ORION_MAX_COPY {wire_calls.MAX_COPY}ull",
          f"#define ORION_CALL_COUNT {len(SPECS)}",
          "", "/* Wire codes. */"]
     L += [f"#define ORION_CODE_{SPECS[c].fn.name} {c}" for c in sorted(SPECS)]

@@ -526,3 +526,12 @@ def test_an_unserved_vm_device_prints_the_seeds_message(programs: dict[str, Path
     assert "[ERROR] Fail to finish system initialization.\n" in r.stderr, r.stderr
     assert "is not served by oriond (enable_kvm is off on the host?)" in r.stderr, r.stderr
     assert "Client exits without allocation ID" in r.stderr
+
+
+def test_a_copy_larger_than_a_message_goes_in_pieces(programs: dict[str, Path], oriond: Oriond,
+                                                     transport: str) -> None:
+    """A message body is at most 4 GiB; ORION_COPY_CHUNK_MIB=1 makes a 9 MiB copy take ten
+    messages each way, as a 5 GiB copy takes two (that one runs on the GPU machine)."""
+    r = run(programs["big_copy"], "9", env=native_env(oriond, transport, ORION_COPY_CHUNK_MIB="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "round trips of 9 MiB: ok" in r.stdout

@@ -223,6 +223,16 @@ CUresult orion_wire_cuMemGetInfo(size_t *free, size_t *total)
 /* cuMemcpyHtoD: call 19, sync. */
 CUresult orion_wire_cuMemcpyHtoD(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
 {
+    if (ByteCount > orion_copy_chunk()) {  /* a message body is at most 4 GiB: copy in pieces */
+        if (!srcHost) return CUDA_ERROR_INVALID_VALUE;
+        for (size_t off = 0; off < ByteCount;) {
+            size_t k = ByteCount - off < orion_copy_chunk() ? ByteCount - off : orion_copy_chunk();
+            CUresult st = orion_wire_cuMemcpyHtoD(dstDevice + off, (const char *)srcHost + off, k);
+            if (st != CUDA_SUCCESS) return st;
+            off += k;
+        }
+        return CUDA_SUCCESS;
+    }
     if (ByteCount && !srcHost) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[16];
     orion_put_u64(req + 0, (uint64_t)dstDevice);
@@ -235,6 +245,16 @@ CUresult orion_wire_cuMemcpyHtoD(CUdeviceptr dstDevice, const void *srcHost, siz
 /* cuMemcpyDtoH: call 20, sync. */
 CUresult orion_wire_cuMemcpyDtoH(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
 {
+    if (ByteCount > orion_copy_chunk()) {  /* a message body is at most 4 GiB: copy in pieces */
+        if (!dstHost) return CUDA_ERROR_INVALID_VALUE;
+        for (size_t off = 0; off < ByteCount;) {
+            size_t k = ByteCount - off < orion_copy_chunk() ? ByteCount - off : orion_copy_chunk();
+            CUresult st = orion_wire_cuMemcpyDtoH((char *)dstHost + off, srcDevice + off, k);
+            if (st != CUDA_SUCCESS) return st;
+            off += k;
+        }
+        return CUDA_SUCCESS;
+    }
     if ((uint64_t)ByteCount && !dstHost) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[16];
     orion_put_u64(req + 0, (uint64_t)srcDevice);
@@ -261,6 +281,16 @@ CUresult orion_wire_cuMemcpyDtoD(CUdeviceptr dstDevice, CUdeviceptr srcDevice, s
 /* cuMemcpyHtoDAsync: call 22, NO_REPLY. */
 CUresult orion_wire_cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream)
 {
+    if (ByteCount > orion_copy_chunk()) {  /* a message body is at most 4 GiB: copy in pieces */
+        if (!srcHost) return CUDA_ERROR_INVALID_VALUE;
+        for (size_t off = 0; off < ByteCount;) {
+            size_t k = ByteCount - off < orion_copy_chunk() ? ByteCount - off : orion_copy_chunk();
+            CUresult st = orion_wire_cuMemcpyHtoDAsync(dstDevice + off, (const char *)srcHost + off, k, hStream);
+            if (st != CUDA_SUCCESS) return st;
+            off += k;
+        }
+        return CUDA_SUCCESS;
+    }
     if (ByteCount && !srcHost) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[24];
     orion_put_u64(req + 0, (uint64_t)dstDevice);
@@ -274,6 +304,16 @@ CUresult orion_wire_cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost
 /* cuMemcpyDtoHAsync: call 23, sync. */
 CUresult orion_wire_cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
 {
+    if (ByteCount > orion_copy_chunk()) {  /* a message body is at most 4 GiB: copy in pieces */
+        if (!dstHost) return CUDA_ERROR_INVALID_VALUE;
+        for (size_t off = 0; off < ByteCount;) {
+            size_t k = ByteCount - off < orion_copy_chunk() ? ByteCount - off : orion_copy_chunk();
+            CUresult st = orion_wire_cuMemcpyDtoHAsync((char *)dstHost + off, srcDevice + off, k, hStream);
+            if (st != CUDA_SUCCESS) return st;
+            off += k;
+        }
+        return CUDA_SUCCESS;
+    }
     if ((uint64_t)ByteCount && !dstHost) return CUDA_ERROR_INVALID_VALUE;
     unsigned char req[24];
     orion_put_u64(req + 0, (uint64_t)srcDevice);

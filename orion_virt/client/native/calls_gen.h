@@ -17,6 +17,7 @@
 #define ORION_MAX_NAME 4096u
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
+#define ORION_MAX_COPY 4294967231ull
 #define ORION_CALL_COUNT 53
 
 /* Wire codes. */

@@ -78,6 +78,18 @@ static void say(const char *level, const char *fmt, ...)
     fflush(stderr);
 }
 
+size_t orion_copy_chunk(void)
+{
+    static size_t chunk;
+    if (!chunk) {
+        const char *e = getenv("ORION_COPY_CHUNK_MIB");
+        long mib = e && *e ? atol(e) : 0;
+        size_t c = mib >= 1 && (uint64_t)mib < (ORION_MAX_COPY >> 20) ? (size_t)mib << 20 : (size_t)ORION_MAX_COPY;
+        chunk = c;
+    }
+    return chunk;
+}
+
 void orion_log(const char *level, const char *fmt, ...)
 {
     if (!strcmp(level, "DEBUG")) {

@@ -58,6 +58,10 @@ CUresult orion_call(orion_msg *m);
  * the current context; a CUfunction is itself. */
 CUfunction orion_function(CUfunction f);
 
+/* The largest piece of a copy sent in one message: ORION_MAX_COPY (a body's limit), or
+ * ORION_COPY_CHUNK_MIB MiB when that is set (at least 1). */
+size_t orion_copy_chunk(void);
+
 /* One log line on stderr, "[LEVEL] text" (DEBUG only when ORION_LOG_LEVEL=DEBUG). */
 void orion_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
