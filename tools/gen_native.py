@@ -32,9 +32,9 @@ from regen import regenerate  # noqa: E402  (tools/, the directory of this scrip
 from orion_virt import __version__, compat  # noqa: E402
 from orion_virt.client.select import VM_NOT_SERVED  # noqa: E402
 from orion_virt.cuda_enums import CUresult  # noqa: E402
+from orion_virt.wire import calls as wire_calls  # noqa: E402
 from orion_virt.wire import frames  # noqa: E402
 from orion_virt.wire import spec as S  # noqa: E402
-from orion_virt.wire import calls as wire_calls  # noqa: E402
 from orion_virt.wire.calls import SPECS, CallSpec, WireField  # noqa: E402
 
 OUT_C = ROOT / "orion_virt/client/native/calls_gen.c"
