@@ -45,7 +45,7 @@ PROCADDR_DIR = ROOT / "orion_virt/client/native/procaddr"
 HAND_EXPORTS = (
     "cuCtxCreate_v4", "cuCtxGetCurrent", "cuGetErrorName", "cuGetErrorString",
     "cuGetProcAddress", "cuGetProcAddress_v2", "cuGetExportTable", "cuPointerGetAttribute",
-    "cuOccupancyMaxActiveClusters",
+    "cuOccupancyMaxActiveClusters", "cuCtxGetId",
     "cuModuleGetLoadingMode", "cuCtxPushCurrent_v2", "cuCtxPopCurrent_v2", "cuCtxGetDevice",
     "cuCtxGetDevice_v2", "cuDevicePrimaryCtxGetState", "cuCtxSynchronize_v2",
     "cuLibraryLoadData", "cuLibraryUnload", "cuLibraryGetKernel", "cuLibraryGetModule", "cuKernelGetFunction",

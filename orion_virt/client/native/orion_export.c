@@ -147,9 +147,11 @@ static void *tools_hooks[7] = {
     (void *)TOOLS_RUNTIME_CALLBACK_HOOKS_5, (void *)hooks_get2,
 };
 
-/* TOOLS_TLS {42d85a81-...}: 3 slots; what slot 2 does is not known, so it is refused. */
-SLOT(TOOLS_TLS, 1) SLOT(TOOLS_TLS, 2)
-static void *tools_tls[3] = {(void *)(3 * sizeof(void *)), (void *)TOOLS_TLS_1, (void *)TOOLS_TLS_2};
+/* TOOLS_TLS {42d85a81-...}: 3 slots; slot 2 is the calling thread's current context (what
+ * cuCtxGetCurrent says; measured under the real driver: cuBLAS calls it). */
+SLOT(TOOLS_TLS, 1)
+static CUresult tools_tls_current(CUcontext *out) { return cuCtxGetCurrent(out); }
+static void *tools_tls[3] = {(void *)(3 * sizeof(void *)), (void *)TOOLS_TLS_1, (void *)tools_tls_current};
 
 /* CONTEXT_LOCAL_STORAGE_INTERFACE_V0301 {c693336e-...}: a value per (context, key), which the
  * runtime keeps its per-context state in. This table has no size slot. A NULL context means the
@@ -232,17 +234,55 @@ static void *runtime_f8cff951[3] = {
     (void *)(3 * sizeof(void *)), (void *)RUNTIME_F8CFF951_1, (void *)RUNTIME_F8CFF951_2,
 };
 
-/* {21318c60-...}: 93 slots, asked for by libcudart 13.5 at start; cuBLAS and PyTorch call slots
- * 4, 39 and 51 under the real driver. What they do is not known: each is refused and logged. */
-SLOT(T21318C60, 1) SLOT(T21318C60, 2) SLOT(T21318C60, 3) SLOT(T21318C60, 4) SLOT(T21318C60, 5) SLOT(T21318C60, 6)
+/* {21318c60-...} (the tools' context table): 93 slots, asked for by libcudart 13.5 at start;
+ * cuBLAS (so PyTorch and CuPy) calls slots 4, 39 and 51 under the real driver. Slot 4 is a
+ * context's unique id (as cuCtxGetId). Slot 51 hands out an object for a context and slot 39
+ * reads a count from it; what they stand for is not known: the object is an empty block per
+ * context and the count 0 (the real driver said 7 on an H200), which cuBLAS accepts. Every
+ * other slot is refused and logged. */
+static CUresult ctx_unique_id(CUcontext ctx, unsigned long long *id)
+{
+    if (!id) return CUDA_ERROR_INVALID_VALUE;
+    if (!ctx && cuCtxGetCurrent(&ctx) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    *id = (unsigned long long)(uintptr_t)ctx;  /* oriond's handles are unique and never 0 */
+    return CUDA_SUCCESS;
+}
+
+static CUresult ctx_object(CUcontext ctx, uint64_t which, void **out)
+{
+    static uint64_t objects[16][64];
+    static CUcontext owners[16];
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    (void)which;
+    pthread_mutex_lock(&mu);
+    int k = 0;
+    while (k < 16 && owners[k] && owners[k] != ctx) k++;
+    if (k < 16) owners[k] = ctx;
+    pthread_mutex_unlock(&mu);
+    if (k == 16) return CUDA_ERROR_OUT_OF_MEMORY;
+    *out = objects[k];
+    return CUDA_SUCCESS;
+}
+
+static CUresult ctx_object_count(CUcontext ctx, void *object, uint64_t *out)
+{
+    (void)ctx;
+    if (!object || !out) return CUDA_ERROR_INVALID_VALUE;
+    *out = 0;
+    return CUDA_SUCCESS;
+}
+
+SLOT(T21318C60, 1) SLOT(T21318C60, 2) SLOT(T21318C60, 3) SLOT(T21318C60, 5) SLOT(T21318C60, 6)
 SLOT(T21318C60, 7) SLOT(T21318C60, 8) SLOT(T21318C60, 9) SLOT(T21318C60, 10) SLOT(T21318C60, 11) SLOT(T21318C60, 12)
 SLOT(T21318C60, 13) SLOT(T21318C60, 14) SLOT(T21318C60, 15) SLOT(T21318C60, 16) SLOT(T21318C60, 17) SLOT(T21318C60, 18)
 SLOT(T21318C60, 19) SLOT(T21318C60, 20) SLOT(T21318C60, 21) SLOT(T21318C60, 22) SLOT(T21318C60, 23) SLOT(T21318C60, 24)
 SLOT(T21318C60, 25) SLOT(T21318C60, 26) SLOT(T21318C60, 27) SLOT(T21318C60, 28) SLOT(T21318C60, 29) SLOT(T21318C60, 30)
 SLOT(T21318C60, 31) SLOT(T21318C60, 32) SLOT(T21318C60, 33) SLOT(T21318C60, 34) SLOT(T21318C60, 35) SLOT(T21318C60, 36)
-SLOT(T21318C60, 37) SLOT(T21318C60, 38) SLOT(T21318C60, 39) SLOT(T21318C60, 40) SLOT(T21318C60, 41) SLOT(T21318C60, 42)
+SLOT(T21318C60, 37) SLOT(T21318C60, 38) SLOT(T21318C60, 40) SLOT(T21318C60, 41) SLOT(T21318C60, 42)
 SLOT(T21318C60, 43) SLOT(T21318C60, 44) SLOT(T21318C60, 45) SLOT(T21318C60, 46) SLOT(T21318C60, 47) SLOT(T21318C60, 48)
-SLOT(T21318C60, 49) SLOT(T21318C60, 50) SLOT(T21318C60, 51) SLOT(T21318C60, 52) SLOT(T21318C60, 53) SLOT(T21318C60, 54)
+SLOT(T21318C60, 49) SLOT(T21318C60, 50) SLOT(T21318C60, 52) SLOT(T21318C60, 53) SLOT(T21318C60, 54)
 SLOT(T21318C60, 55) SLOT(T21318C60, 56) SLOT(T21318C60, 57) SLOT(T21318C60, 58) SLOT(T21318C60, 59) SLOT(T21318C60, 60)
 SLOT(T21318C60, 61) SLOT(T21318C60, 62) SLOT(T21318C60, 63) SLOT(T21318C60, 64) SLOT(T21318C60, 65) SLOT(T21318C60, 66)
 SLOT(T21318C60, 67) SLOT(T21318C60, 68) SLOT(T21318C60, 69) SLOT(T21318C60, 70) SLOT(T21318C60, 71) SLOT(T21318C60, 72)
@@ -252,15 +292,15 @@ SLOT(T21318C60, 85) SLOT(T21318C60, 86) SLOT(T21318C60, 87) SLOT(T21318C60, 88) 
 SLOT(T21318C60, 91) SLOT(T21318C60, 92)
 static void *t21318c60[93] = {
     (void *)(93 * sizeof(void *)),
-    (void *)T21318C60_1, (void *)T21318C60_2, (void *)T21318C60_3, (void *)T21318C60_4, (void *)T21318C60_5, (void *)T21318C60_6,
+    (void *)T21318C60_1, (void *)T21318C60_2, (void *)T21318C60_3, (void *)ctx_unique_id, (void *)T21318C60_5, (void *)T21318C60_6,
     (void *)T21318C60_7, (void *)T21318C60_8, (void *)T21318C60_9, (void *)T21318C60_10, (void *)T21318C60_11, (void *)T21318C60_12,
     (void *)T21318C60_13, (void *)T21318C60_14, (void *)T21318C60_15, (void *)T21318C60_16, (void *)T21318C60_17, (void *)T21318C60_18,
     (void *)T21318C60_19, (void *)T21318C60_20, (void *)T21318C60_21, (void *)T21318C60_22, (void *)T21318C60_23, (void *)T21318C60_24,
     (void *)T21318C60_25, (void *)T21318C60_26, (void *)T21318C60_27, (void *)T21318C60_28, (void *)T21318C60_29, (void *)T21318C60_30,
     (void *)T21318C60_31, (void *)T21318C60_32, (void *)T21318C60_33, (void *)T21318C60_34, (void *)T21318C60_35, (void *)T21318C60_36,
-    (void *)T21318C60_37, (void *)T21318C60_38, (void *)T21318C60_39, (void *)T21318C60_40, (void *)T21318C60_41, (void *)T21318C60_42,
+    (void *)T21318C60_37, (void *)T21318C60_38, (void *)ctx_object_count, (void *)T21318C60_40, (void *)T21318C60_41, (void *)T21318C60_42,
     (void *)T21318C60_43, (void *)T21318C60_44, (void *)T21318C60_45, (void *)T21318C60_46, (void *)T21318C60_47, (void *)T21318C60_48,
-    (void *)T21318C60_49, (void *)T21318C60_50, (void *)T21318C60_51, (void *)T21318C60_52, (void *)T21318C60_53, (void *)T21318C60_54,
+    (void *)T21318C60_49, (void *)T21318C60_50, (void *)ctx_object, (void *)T21318C60_52, (void *)T21318C60_53, (void *)T21318C60_54,
     (void *)T21318C60_55, (void *)T21318C60_56, (void *)T21318C60_57, (void *)T21318C60_58, (void *)T21318C60_59, (void *)T21318C60_60,
     (void *)T21318C60_61, (void *)T21318C60_62, (void *)T21318C60_63, (void *)T21318C60_64, (void *)T21318C60_65, (void *)T21318C60_66,
     (void *)T21318C60_67, (void *)T21318C60_68, (void *)T21318C60_69, (void *)T21318C60_70, (void *)T21318C60_71, (void *)T21318C60_72,
@@ -411,3 +451,5 @@ ORION_API CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pE
     *ppExportTable = NULL;
     return CUDA_ERROR_INVALID_VALUE;
 }
+
+ORION_API CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) { return ctx_unique_id(ctx, ctxId); }
