@@ -241,7 +241,8 @@ def gen_wire_fn(cs: CallSpec) -> list[str]:
             L.append(f"    *{f.name} = ({base}){GET[f.fmt]}(resp + {off});")
     if host_out is not None:
         if host_out.ctype == "char *":
-            L.append(f"    if (m.out_len < {cap}) {host_out.name}[m.out_len] = '\\0';")
+            L.append(f"    if ({cap}) {host_out.name}[m.out_len < {cap} ? m.out_len : {cap} - 1] = '\\0';  "
+                     "/* a C string, whatever the reply */")
         if not host_out.length:
             L.append(f"    if ({host_out.name}_len) *{host_out.name}_len = m.out_len;")
     L += ["    return CUDA_SUCCESS;", "}", ""]

@@ -535,3 +535,15 @@ def test_a_copy_larger_than_a_message_goes_in_pieces(programs: dict[str, Path], 
     r = run(programs["big_copy"], "9", env=native_env(oriond, transport, ORION_COPY_CHUNK_MIB="1"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "round trips of 9 MiB: ok" in r.stdout
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O1", "-O3"])
+def test_the_library_builds_warning_free_at_every_optimisation_level(tmp_path: Path, opt: str) -> None:
+    """gcc's warnings change with the optimiser (truncation, use after free): -Werror holds at each."""
+    inc = cuda_include()
+    assert inc is not None
+    r = subprocess.run(["make", "-s", "-C", str(ROOT / "orion_virt" / "client" / "native"), f"OUT={tmp_path}",
+                        f"CUDA_INCLUDE={inc}"], env={**os.environ, "CFLAGS": opt}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "libcuda.so.1").exists()

@@ -66,7 +66,7 @@ CUresult orion_wire_cuDeviceGetName(char *name, int len, CUdevice dev)
     orion_msg m = {5, 0, "cuDeviceGetName", req, 8, NULL, 0, resp, 8, 0, name, (len > 0 ? (uint64_t)len : 0u), 0};
     CUresult st = orion_call(&m);
     if (st != CUDA_SUCCESS) return st;
-    if (m.out_len < (len > 0 ? (uint64_t)len : 0u)) name[m.out_len] = '\0';
+    if ((len > 0 ? (uint64_t)len : 0u)) name[m.out_len < (len > 0 ? (uint64_t)len : 0u) ? m.out_len : (len > 0 ? (uint64_t)len : 0u) - 1] = '\0';  /* a C string, whatever the reply */
     return CUDA_SUCCESS;
 }
 

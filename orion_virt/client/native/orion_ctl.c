@@ -231,7 +231,11 @@ int orion_ctl_configured(void)
     while (*h == '[') h++;
     n = strlen(h);
     while (n && h[n - 1] == ']') h[--n] = '\0';
-    snprintf(ctl_host, sizeof ctl_host, "%s", h);
+    if (n >= sizeof ctl_host) {
+        orion_log("ERROR", "controller address '%s': host name too long", ctl_addr);
+        return -1;
+    }
+    memcpy(ctl_host, h, n + 1);
     snprintf(ctl_hostport, sizeof ctl_hostport, "%s:%s", ctl_host, ctl_port);
     int v6 = strchr(ctl_host, ':') != NULL;
     snprintf(ctl_hosthdr, sizeof ctl_hosthdr, "%s%s%s:%s", v6 ? "[" : "", ctl_host, v6 ? "]" : "", ctl_port);

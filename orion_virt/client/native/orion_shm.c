@@ -344,12 +344,13 @@ static int try_device(const char *path, const char *lock_path, double timeout, o
     double settle = mono() + (timeout < 1.0 ? timeout : 1.0);
     while (load(s->hdr + H_SERVER_EPOCH) == 0) {
         if (mono() > settle) {
-            if (s->vm)
+            int vm = s->vm;
+            if (vm)
                 append(why, wl, "ivshmem device %s is not served by oriond (enable_kvm is off on the host?)", path);
             else
                 append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true)", path);
             unmap(s);
-            return s->vm ? -5 : -1;
+            return vm ? -5 : -1;
         }
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
