@@ -892,18 +892,40 @@ def _orion_transport() -> str:
     return rt.chosen.transport if rt.chosen else ""
 
 
+_refused: dict[str, Any] = {}
+
+
+def _refuse(name: str) -> Any:
+    """A driver function the client does not remote: it says so once and returns
+    CUDA_ERROR_NOT_SUPPORTED; it never reaches a driver of the machine it runs on."""
+    def refused(*args: Any, **kwargs: Any) -> tuple[CUresult]:
+        if not getattr(refused, "said", False):
+            refused.said = True  # type: ignore[attr-defined]
+            sys.stderr.write(f"[WARN] {name} is not supported by the orion_virt client: CUDA_ERROR_NOT_SUPPORTED\n")
+        return (CUresult.CUDA_ERROR_NOT_SUPPORTED,)
+
+    refused.__name__ = refused.__qualname__ = name
+    return _refused.setdefault(name, refused)
+
+
 def __getattr__(name: str) -> Any:
-    """Anything not remoted (helper types other cuda.bindings modules use, e.g. nvrtc's import of
-    ``_HelperKernelParams``) comes from the real cuda-bindings driver module when it is installed.
-    Its functions are never called through here for the remoted API above."""
+    """Anything not remoted that is not a driver function (helper types other cuda.bindings
+    modules use, e.g. nvrtc's import of ``_HelperKernelParams``, enums, structs) comes from the
+    real cuda-bindings driver module when it is installed. A driver function (``cu*``) the client
+    does not remote is refused (:func:`_refuse`), never passed to the host's driver."""
     global _real
     if name.startswith("__"):
         raise AttributeError(name)
     if _real is None:
         _real = _load_real_driver()
     if _real is False:
+        if name.startswith("cu") and name[2:3].isupper():
+            return _refuse(name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r} (cuda-bindings is not installed)")
-    return getattr(_real, name)
+    attr = getattr(_real, name)
+    if name.startswith("cu") and name[2:3].isupper() and callable(attr) and not isinstance(attr, type):
+        return _refuse(name)
+    return attr
 
 
 def _load_real_driver() -> Any:

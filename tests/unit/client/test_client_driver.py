@@ -115,3 +115,13 @@ def test_params_are_read_live_and_padding_is_zero() -> None:
     assert d._pack_params(f, ptrs.ctypes.data) == struct.pack("<f4xQQi", 2.0, 0x10, 0x20, 9)
     with pytest.raises(ValueError, match="NULL"):
         d._pack_params(f, np.zeros(4, dtype=np.uint64).ctypes.data)
+
+
+def test_a_driver_function_the_client_does_not_remote_never_reaches_the_host_driver(capsys) -> None:
+    from orion_virt.client import driver as d
+
+    assert d.cuGraphCreate(None, 0) == (d.CUresult.CUDA_ERROR_NOT_SUPPORTED,)
+    assert d.cuGraphCreate(None, 0) == (d.CUresult.CUDA_ERROR_NOT_SUPPORTED,)
+    err = capsys.readouterr().err
+    assert err.count("[WARN] cuGraphCreate is not supported by the orion_virt client") == 1
+    assert d.cuGraphCreate.__name__ == "cuGraphCreate"
