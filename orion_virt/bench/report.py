@@ -44,7 +44,9 @@ def text(res: dict) -> str:
     ]
     null = res.get("null", {})
     if null:
-        out.append("Null call: cuCtxSynchronize round trip through orion_virt.client.driver "
+        client = ("the native client (libcuda.so.1)" if s.get("client") == "native"
+                  else "orion_virt.client.driver")
+        out.append(f"Null call: cuCtxSynchronize round trip through {client} "
                    "(floor: 16-byte ping-pong between two processes)")
         rows = []
         for t, label in (("shm", "shm"), ("tcp", "tcp"), ("tcp_same_core", "tcp, one core")):

@@ -30,10 +30,13 @@ def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple
                    "OUT/native.png.")
 @click.option("--backend", type=click.Choice(["cuda", "sim"]), default="cuda", show_default=True,
               help="With --native: oriond's backend (sim checks the plumbing; no native column).")
+@click.option("--client", type=click.Choice(["python", "native"]), default="python", show_default=True,
+              help="The client measured against the floors: the Python client, or the same program over "
+                   "the native client's libcuda.so.1 (make native).")
 @click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep oriond's and the clients' logs in this directory instead of a temporary one.")
 def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | None,
-         idle_seconds: float | None, native: bool, backend: str, keep_dir: Path | None) -> None:
+         idle_seconds: float | None, native: bool, backend: str, client: str, keep_dir: Path | None) -> None:
     """Start an oriond (sim backend, temporary shared-memory device, loopback port) and measure,
     in one run and side by side with the floors of each transport: null-call latency, pipelined
     calls, HtoD/DtoH throughput, session start, and oriond's idle CPU.
@@ -49,7 +52,7 @@ def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | 
     from ..bench.run import Settings, run_bench
 
     base = Settings.quick() if quick else Settings()
-    kw: dict[str, object] = {"transports": transports}
+    kw: dict[str, object] = {"transports": transports, "client": client}
     if rounds is not None:
         kw["rounds"] = rounds
     if idle_seconds is not None:
