@@ -1,0 +1,57 @@
+"""The commands. Each console script enters through :func:`entry`, so that a missing optional
+dependency is one line naming the module and the extra that brings it, not a traceback; each
+click command has ``--version`` (:func:`version_option`)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Callable
+
+from .. import __version__
+
+EXTRAS = {"lxml": "host", "libvirt": "host", "pyroute2": "host", "sysv_ipc": "host", "posix_ipc": "host",
+          "matplotlib": "bench", "cuda": "cuda"}
+"""Third-party module -> the extra of pyproject.toml that installs it."""
+
+
+def version_option(prog: str) -> Callable[[Any], Any]:
+    import click
+
+    return click.version_option(__version__, "--version", prog_name=prog, message="%(prog)s (orion_virt) %(version)s")
+
+
+def missing_module_message(prog: str, e: ModuleNotFoundError) -> str | None:
+    """The line for a third-party module that is not installed; None for one of ours (a bug)."""
+    top = (e.name or "").split(".")[0]
+    if not top or top == "orion_virt":
+        return None
+    extra = EXTRAS.get(top)
+    how = f"pip install 'orion_virt[{extra}]'" if extra else f"pip install {top}"
+    return f"{prog}: the Python module {top!r} is not installed: {how} (or: make test-deps)"
+
+
+def entry(module: str, prog: str) -> Callable[[], Any]:
+    def run() -> Any:
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as e:
+            line = missing_module_message(prog, e)
+            if line is None:
+                raise
+            sys.stderr.write(line + "\n")
+            raise SystemExit(2) from None
+        return mod.main()
+
+    run.__name__ = prog.replace("-", "_")
+    return run
+
+
+oriond = entry("oriond", "oriond")
+orion_shm = entry("orion_shm", "orion-shm")
+orion_run = entry("orion_run", "orion-run")
+orion_controller = entry("orion_controller", "orion-controller")
+orion_check = entry("orion_check", "orion-check")
+orion_virt = entry("orion_virt_cmd", "orion-virt")
+orion_bench = entry("orion_bench", "orion-bench")
+install_client = entry("install_client", "install-client")

@@ -12,8 +12,10 @@ import sys
 import click
 
 from ..installer.__main__ import main as installer_main
+from . import version_option
 
 
+@version_option("install-client")
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
                                  "help_option_names": []},
                add_help_option=False)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from . import version_option
+
 
 def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in value.split(",") if t.strip())
@@ -16,6 +18,7 @@ def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     return tuple(dict.fromkeys(names))
 
 
+@version_option("orion-bench")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench"),
               show_default=True, help="Directory for bench.json and bench.png.")

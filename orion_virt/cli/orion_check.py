@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import click
 
+from . import version_option
+
 COMPONENTS = click.Choice(["controller", "server", "client"])
 
 
@@ -47,6 +49,7 @@ def _client_check(name: str, config: Path | None) -> int:
     return int(fn(env, _Out(sys.stdout)) or 0)
 
 
+@version_option("orion-check")
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Check an Orion vGPU installation.

@@ -12,11 +12,13 @@ import click
 
 from ..controller.store import DEFAULT_SQLITE_PATH
 from ..errors import ConfigError, ControllerError, OrionError
+from . import version_option
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
 
 
+@version_option("orion-controller")
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Orion Controller: manages the GPU pool, hands vGPUs to clients, takes them back."""

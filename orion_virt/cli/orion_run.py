@@ -11,8 +11,10 @@ import sys
 import click
 
 from ..client import run
+from . import version_option
 
 
+@version_option("orion-run")
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
                                  "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

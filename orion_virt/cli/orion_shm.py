@@ -21,6 +21,7 @@ from ..transport.shmdev import (
     list_devices,
     scrub_device,
 )
+from . import version_option
 
 
 def _in_use(path: Path) -> str | None:
@@ -47,6 +48,7 @@ def _ids(owner: str | None, group: str | None) -> tuple[int, int]:
     return uid, gid
 
 
+@version_option("orion-shm")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-i", "--index", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Device index N: creates <shm_path_base>/orionsockN.")

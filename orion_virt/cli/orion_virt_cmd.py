@@ -19,6 +19,7 @@ from ..config import ServerConfig, load_server_config
 from ..errors import HostError, OrionError
 from ..host.agent import COLD_BOOT_NOTE, HostAgent
 from ..host.hookinstall import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
+from . import version_option
 
 DEFAULT_URI = "qemu:///system"
 
@@ -69,6 +70,7 @@ def _run(fn: Callable[[], None]) -> None:
         sys.exit(e.exit_code)
 
 
+@version_option("orion-virt")
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--connect", "-c", "uri", default=DEFAULT_URI, show_default=True, metavar="URI",
               envvar="LIBVIRT_DEFAULT_URI", help="libvirt connection URI.")

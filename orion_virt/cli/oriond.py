@@ -10,8 +10,10 @@ import click
 
 from ..config import load_server_config, warn_ignored_keys
 from ..errors import OrionError
+from . import version_option
 
 
+@version_option("oriond")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="server.conf to read (default /etc/orion/server.conf if present).")
