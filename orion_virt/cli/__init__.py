@@ -1,4 +1,5 @@
-"""The commands. Each console script enters through :func:`entry`, so that a missing optional
+"""The commands. Each console script enters through :func:`entry` (``<command>_main`` here: the
+bare names are the command modules), so that a missing optional
 dependency is one line naming the module and the extra that brings it, not a traceback; each
 click command has ``--version`` (:func:`version_option`)."""
 
@@ -47,11 +48,11 @@ def entry(module: str, prog: str) -> Callable[[], Any]:
     return run
 
 
-oriond = entry("oriond", "oriond")
-orion_shm = entry("orion_shm", "orion-shm")
-orion_run = entry("orion_run", "orion-run")
-orion_controller = entry("orion_controller", "orion-controller")
-orion_check = entry("orion_check", "orion-check")
-orion_virt = entry("orion_virt_cmd", "orion-virt")
-orion_bench = entry("orion_bench", "orion-bench")
-install_client = entry("install_client", "install-client")
+oriond_main = entry("oriond", "oriond")
+orion_shm_main = entry("orion_shm", "orion-shm")
+orion_run_main = entry("orion_run", "orion-run")
+orion_controller_main = entry("orion_controller", "orion-controller")
+orion_check_main = entry("orion_check", "orion-check")
+orion_virt_main = entry("orion_virt_cmd", "orion-virt")
+orion_bench_main = entry("orion_bench", "orion-bench")
+install_client_main = entry("install_client", "install-client")

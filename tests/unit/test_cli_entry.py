@@ -26,7 +26,7 @@ def test_every_command_answers_version(script: str) -> None:
 
 def test_a_missing_optional_module_names_the_extra_to_install() -> None:
     r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['lxml'] = None; sys.argv = ['orion-virt', "
-                        "'--help']; from orion_virt.cli import orion_virt; orion_virt()"],
+                        "'--help']; from orion_virt.cli import orion_virt_main; orion_virt_main()"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr == ("orion-virt: the Python module 'lxml' is not installed: pip install 'orion_virt[host]' "

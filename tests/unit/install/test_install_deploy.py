@@ -47,7 +47,7 @@ def test_oriond_service_runs_the_oriond_console_script() -> None:
     argv = shlex.split(unit["ExecStart"][0])
     assert os.path.isabs(argv[0]) and os.path.basename(argv[0]) == "oriond"
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["oriond"] == "orion_virt.cli.oriond:main"
+    assert scripts["oriond"] == "orion_virt.cli:oriond_main"
     ctx = oriond_main.make_context("oriond", argv[1:])  # the flags, if any, are oriond's
     assert isinstance(ctx, click.Context)
     assert unit["KillSignal"] == ["SIGTERM"] and unit["LogsDirectory"] == ["orion"]
