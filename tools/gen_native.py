@@ -57,6 +57,7 @@ HAND_EXPORTS = (
     "cuMemHostGetFlags", "cuDeviceGetDefaultMemPool", "cuDeviceGetMemPool", "cuMemAllocAsync",
     "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemFreeAsync",
     "cuMemFreeAsync_ptsz", "cuMemPoolSetAttribute", "cuMemPoolGetAttribute", "cuMemPoolTrimTo",
+    "cuGraphGetNodes",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
@@ -68,7 +69,7 @@ C_CUSTOM = ("cuInit", "cuDriverGetVersion", "cuCtxCreate", "cuCtxDestroy", "cuCt
 """Exported to hand-written code in orion_client.c (connect, client-side state, image lengths,
 kernel parameter packing); their wire marshalling is still generated here."""
 
-HANDLE_TYPES = {"CUcontext", "CUstream", "CUevent", "CUmodule", "CUfunction"}
+HANDLE_TYPES = {"CUcontext", "CUstream", "CUevent", "CUmodule", "CUfunction", "CUgraph", "CUgraphExec"}
 V1_TYPES = {"size_t": "unsigned int", "CUdeviceptr": "CUdeviceptr_v1"}
 """What the legacy (pre-_v2) spellings took instead."""
 
@@ -262,8 +263,15 @@ def _needs_v1(fn: S.Fn) -> bool:
     return f"{fn.name}_v2" in fn.spellings and c_params(fn, legacy=True) != c_params(fn)
 
 
+C_WIRE_ONLY = ("cuGraphGetNodeCount",)
+"""Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
+hand-written export that uses it has another name)."""
+
+
 def gen_exports(cs: CallSpec) -> list[str]:
     fn = cs.fn
+    if fn.name in C_WIRE_ONLY:
+        return []
     if fn.name in HAND_EXPORTS:  # its C signature is not its wire's (void *data): written by hand
         return []
     custom = fn.name in C_CUSTOM
@@ -392,7 +400,7 @@ def procaddr_data() -> Path:
 
 
 def implemented() -> list[str]:
-    names = [n for cs in SPECS.values() for n in (cs.fn.name, *cs.fn.spellings)]
+    names = [n for cs in SPECS.values() for n in (cs.fn.name, *cs.fn.spellings) if n not in C_WIRE_ONLY]
     return sorted(set(names) | set(HAND_EXPORTS))
 
 

@@ -44,9 +44,9 @@ DOC_BEGIN = "<!-- BEGIN GENERATED call table (tools/gen_wire.py) -->\n"
 DOC_END = "<!-- END GENERATED call table -->\n"
 
 TABLE = {"context": "h_context", "stream": "h_stream", "event": "h_event", "module": "h_module",
-         "function": "h_function"}
+         "function": "h_function", "graph": "h_graph", "graph_exec": "h_graph_exec"}
 PY_CLASS = {"context": "CUcontext", "stream": "CUstream", "event": "CUevent", "module": "CUmodule",
-            "function": "CUfunction"}
+            "function": "CUfunction", "graph": "CUgraph", "graph_exec": "CUgraphExec"}
 
 
 def gen_codes() -> str:

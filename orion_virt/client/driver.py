@@ -106,6 +106,14 @@ class CUfunction(_Handle):
     __slots__ = ()
 
 
+class CUgraph(_Handle):
+    __slots__ = ()
+
+
+class CUgraphExec(_Handle):
+    __slots__ = ()
+
+
 class _Kernel:
     """What the client knows of a function handle: its name and parameter layout, plus what
     packing needs precomputed: each parameter's size and the zero padding before it."""
@@ -456,6 +464,19 @@ def cuOccupancyMaxActiveClusters(func: Any, config: Any) -> tuple[CUresult, int]
     if st:
         return (_res(st), 0)
     return (_S, v[0])
+
+
+def cuGraphGetNodeCount(hGraph: Any) -> tuple[CUresult, int]:
+    st, v, _ = _call(Call.cuGraphGetNodeCount, (_h(hGraph),))
+    return (_res(st), 0) if st else (_S, v[0])
+
+
+def cuGraphGetNodes(hGraph: Any, numNodes: int = 0) -> tuple[CUresult, list[Any] | None, int]:
+    """Only the count (``numNodes=0``, as cuda-bindings' default): nodes are not remoted."""
+    if numNodes:
+        return (CUresult.CUDA_ERROR_NOT_SUPPORTED, None, 0)
+    st, n = cuGraphGetNodeCount(hGraph)
+    return (st, None, n)
 
 
 def _arg_bytes(value: Any, ctype: Any) -> bytes:
@@ -845,6 +866,54 @@ def cuPointerGetAttribute(attribute: Any, ptr: Any) -> tuple[CUresult, Any]:
     return (_S, v[0])
 
 
+def cuStreamBeginCapture_v2(hStream: Any, mode: Any) -> tuple[CUresult]:
+    """cuStreamBeginCapture_v2: remoted (call 55). oriond records the stream's work until cuStreamEndCapture"""
+    st, v, _ = _call(55, (_h(hStream), int(mode)))
+    return (_res(st),) if st else _OK
+
+
+def cuStreamEndCapture(hStream: Any) -> tuple[CUresult, Any]:
+    """cuStreamEndCapture: remoted (call 56)."""
+    st, v, _ = _call(56, (_h(hStream),))
+    if st:
+        return (_res(st), CUgraph(0))
+    return (_S, CUgraph(v[0]))
+
+
+def cuStreamGetCaptureInfo(hStream: Any) -> tuple[CUresult, Any, Any]:
+    """cuStreamGetCaptureInfo: remoted (call 57)."""
+    st, v, _ = _call(57, (_h(hStream),))
+    if st:
+        return (_res(st), 0, 0)
+    return (_S, v[0], v[1])
+
+
+def cuGraphInstantiateWithFlags(hGraph: Any, flags: Any) -> tuple[CUresult, Any]:
+    """cuGraphInstantiateWithFlags: remoted (call 58)."""
+    st, v, _ = _call(58, (_h(hGraph), int(flags)))
+    if st:
+        return (_res(st), CUgraphExec(0))
+    return (_S, CUgraphExec(v[0]))
+
+
+def cuGraphLaunch(hGraphExec: Any, hStream: Any) -> tuple[CUresult]:
+    """cuGraphLaunch: remoted (call 59, NO_REPLY)."""
+    st, v, _ = _call(59, (_h(hGraphExec), _h(hStream)))
+    return (_res(st),) if st else _OK
+
+
+def cuGraphExecDestroy(hGraphExec: Any) -> tuple[CUresult]:
+    """cuGraphExecDestroy: remoted (call 60, NO_REPLY)."""
+    st, v, _ = _call(60, (_h(hGraphExec),))
+    return (_res(st),) if st else _OK
+
+
+def cuGraphDestroy(hGraph: Any) -> tuple[CUresult]:
+    """cuGraphDestroy: remoted (call 61, NO_REPLY)."""
+    st, v, _ = _call(61, (_h(hGraph),))
+    return (_res(st),) if st else _OK
+
+
 cuDeviceTotalMem_v2 = cuDeviceTotalMem
 cuDeviceGetUuid_v2 = cuDeviceGetUuid
 cuDevicePrimaryCtxRelease_v2 = cuDevicePrimaryCtxRelease
@@ -881,9 +950,16 @@ REMOTED = (
     "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
     "cuOccupancyAvailableDynamicSMemPerBlock", "cuCtxGetLimit", "cuCtxSetLimit",
     "cuModuleGetGlobal", "cuPointerGetAttribute", "cuOccupancyMaxActiveClusters",
+    "cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuStreamGetCaptureInfo",
+    "cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy",
+    "cuGraphGetNodeCount",
 )
 """Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---
+
+# cuda-bindings' names for the versions the spec remotes
+cuStreamBeginCapture = cuStreamBeginCapture_v2
+cuGraphInstantiate = cuGraphInstantiateWithFlags
 
 
 def _orion_transport() -> str:

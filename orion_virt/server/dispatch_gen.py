@@ -311,6 +311,46 @@ def cuOccupancyMaxActiveClusters(s: Session, a: tuple, b: Blob) -> Any:
     return (r,)
 
 
+def cuStreamBeginCapture_v2(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuStreamBeginCapture_v2(s.h_stream.get(a[0]), a[1])
+    return ()
+
+
+def cuStreamEndCapture(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuStreamEndCapture(s.h_stream.get(a[0]))
+    return (s.h_graph.add(r),)
+
+
+def cuStreamGetCaptureInfo(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuStreamGetCaptureInfo(s.h_stream.get(a[0]) if a[0] else None)
+    return (r[0], r[1])
+
+
+def cuGraphInstantiateWithFlags(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuGraphInstantiateWithFlags(s.h_graph.get(a[0]), a[1])
+    return (s.h_graph_exec.add(r),)
+
+
+def cuGraphLaunch(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuGraphLaunch(s.h_graph_exec.get(a[0]), s.h_stream.get(a[1]) if a[1] else None)
+    return ()
+
+
+def cuGraphExecDestroy(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuGraphExecDestroy(s.h_graph_exec.pop(a[0]))
+    return ()
+
+
+def cuGraphDestroy(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuGraphDestroy(s.h_graph.pop(a[0]))
+    return ()
+
+
+def cuGraphGetNodeCount(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuGraphGetNodeCount(s.h_graph.get(a[0]))
+    return (r,)
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -365,4 +405,12 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     52: cuModuleGetGlobal,
     53: cuPointerGetAttribute,
     54: cuOccupancyMaxActiveClusters,
+    55: cuStreamBeginCapture_v2,
+    56: cuStreamEndCapture,
+    57: cuStreamGetCaptureInfo,
+    58: cuGraphInstantiateWithFlags,
+    59: cuGraphLaunch,
+    60: cuGraphExecDestroy,
+    61: cuGraphDestroy,
+    62: cuGraphGetNodeCount,
 }

@@ -97,6 +97,18 @@ class _Function:
     name: str
 
 
+@dataclass(eq=False)
+class _Graph:
+    """Work recorded from captured streams, in issue order: each step replays one call on the
+    stream the graph is launched on. Recording issues nothing; a graph is the same on the sim and
+    the cuda backend (replayed call by call, one message from the client)."""
+
+    capture_id: int
+    origin: Any
+    steps: list[Callable[[Any], None]]
+    open: bool = True
+
+
 REFUSED_STATUS = int(E.CUDA_ERROR_NOT_PERMITTED)
 """The status of an ERROR frame for a refused token or an expired lease."""
 PROTOCOL_STATUS = int(E.CUDA_ERROR_UNKNOWN)
@@ -132,6 +144,12 @@ class Session:
         self.h_event = _Handles("event", 0x3000_0000)
         self.h_module = _Handles("module", 0x4000_0000)
         self.h_function = _Handles("function", 0x5000_0000)
+        self.h_graph = _Handles("graph", 0x6000_0000)
+        self.h_graph_exec = _Handles("graph_exec", 0x7000_0000)
+        self._captures: dict[int, _Graph] = {}
+        """id(stream) -> the graph its work is recorded into (streams joined by an event too)"""
+        self._event_graph: dict[int, _Graph] = {}
+        self._capture_ids = itertools.count(1)
         self.throttles: list[Throttle] = []
         self.calls = 0
         self.hello: Hello | None = None
@@ -394,7 +412,19 @@ class Session:
     def x_cuMemcpyHtoD(self, dst: int, src: Blob, n: int) -> None:
         self._b.write(dst, src.chunks())
 
+    def _recording(self, stream: Any) -> _Graph | None:
+        return self._captures.get(id(stream)) if stream is not None and self._captures else None
+
+    def _no_host_copy_in_capture(self, stream: Any) -> None:
+        if self._recording(stream) is not None:
+            raise CudaCallError(E.CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                                "a copy to or from host memory cannot be captured into a graph")
+
     def x_cuMemcpyHtoDAsync(self, dst: int, src: Blob, n: int, stream: Any) -> None:
+        if self._recording(stream) is not None:
+            for _ in src.chunks():  # drain the blob: the transport must end up past it
+                pass
+            self._no_host_copy_in_capture(stream)
         self._b.write(dst, src.chunks())
 
     def x_cuMemcpyDtoH(self, src: int, n: int) -> Fill:
@@ -403,12 +433,16 @@ class Session:
         return Fill(n, lambda sinks: bs.read(src, sinks))
 
     def x_cuMemcpyDtoHAsync(self, src: int, n: int, stream: Any) -> Fill:
+        self._no_host_copy_in_capture(stream)
         return self.x_cuMemcpyDtoH(src, n)
 
     def x_cuMemcpyDtoD(self, dst: int, src: int, n: int) -> None:
         self._b.copy(dst, src, n)
 
     def x_cuMemcpyDtoDAsync(self, dst: int, src: int, n: int, stream: Any) -> None:
+        if (g := self._recording(stream)) is not None:
+            g.steps.append(lambda st: self._b.copy(dst, src, n))
+            return
         self._b.copy(dst, src, n)
 
     def x_cuMemsetD8(self, ptr: int, value: int, count: int) -> None:
@@ -418,9 +452,15 @@ class Session:
         self._b.memset(ptr, value, 4, count)
 
     def x_cuMemsetD8Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
+        if (g := self._recording(stream)) is not None:
+            g.steps.append(lambda st: self._b.memset(ptr, value, 1, count))
+            return
         self._b.memset(ptr, value, 1, count)
 
     def x_cuMemsetD32Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
+        if (g := self._recording(stream)) is not None:
+            g.steps.append(lambda st: self._b.memset(ptr, value, 4, count))
+            return
         self._b.memset(ptr, value, 4, count)
 
     # -- streams and events -----------------------------------------------------------------
@@ -440,6 +480,13 @@ class Session:
     def x_cuStreamWaitEvent(self, stream: Any, event: Any, flags: int) -> None:
         if flags & ~1:  # CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL
             raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"cuStreamWaitEvent flags {flags:#x}")
+        g = self._event_graph.get(id(event))
+        if g is not None and g.open and stream is not None:  # the stream joins the capture
+            self._captures.setdefault(id(stream), g)
+            return
+        if (g := self._recording(stream)) is not None:
+            g.steps.append(lambda st: self._b.stream_wait_event(st, event))
+            return
         self._b.stream_wait_event(stream, event)
 
     def x_cuStreamSynchronize(self, stream: Any) -> None:
@@ -457,7 +504,57 @@ class Session:
         return self._b.event_create(flags)
 
     def x_cuEventRecord(self, event: Any, stream: Any) -> None:
+        if (g := self._recording(stream)) is not None:
+            self._event_graph[id(event)] = g
+            g.steps.append(lambda st: self._b.event_record(event, st))
+            return
+        self._event_graph.pop(id(event), None)
         self._b.event_record(event, stream)
+
+    # -- stream capture and graphs ---------------------------------------------------------
+
+    def x_cuStreamBeginCapture_v2(self, stream: Any, mode: int) -> None:
+        if stream is None:
+            raise CudaCallError(E.CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "the legacy default stream cannot be captured")
+        if id(stream) in self._captures:
+            raise CudaCallError(E.CUDA_ERROR_ILLEGAL_STATE, "the stream is already being captured")
+        if mode not in (0, 1, 2):  # global, thread-local, relaxed
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"capture mode {mode}")
+        self._captures[id(stream)] = _Graph(next(self._capture_ids), stream, [])
+
+    def x_cuStreamEndCapture(self, stream: Any) -> _Graph:
+        g = self._captures.get(id(stream))
+        if g is None or g.origin is not stream:
+            raise CudaCallError(E.CUDA_ERROR_ILLEGAL_STATE, "the stream is not capturing (or joined another's capture)")
+        g.open = False
+        for k in [k for k, v in self._captures.items() if v is g]:
+            del self._captures[k]
+        return g
+
+    def x_cuStreamGetCaptureInfo(self, stream: Any) -> tuple[int, int]:
+        g = self._recording(stream)
+        return (1, g.capture_id) if g is not None else (0, 0)  # CU_STREAM_CAPTURE_STATUS_ACTIVE / _NONE
+
+    def x_cuGraphInstantiateWithFlags(self, graph: _Graph, flags: int) -> _Graph:
+        if flags & ~0xF:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"graph instantiation flags {flags:#x}")
+        return _Graph(graph.capture_id, None, list(graph.steps), False)
+
+    def x_cuGraphLaunch(self, exe: _Graph, stream: Any) -> None:
+        if (g := self._recording(stream)) is not None:  # a graph launched into a capture: its steps
+            g.steps.extend(exe.steps)
+            return
+        for step in exe.steps:
+            step(stream)
+
+    def x_cuGraphExecDestroy(self, exe: _Graph) -> None:
+        pass
+
+    def x_cuGraphDestroy(self, graph: _Graph) -> None:
+        pass
+
+    def x_cuGraphGetNodeCount(self, graph: _Graph) -> int:
+        return len(graph.steps)
 
     def x_cuEventSynchronize(self, event: Any) -> None:
         self._b.event_synchronize(event)
@@ -574,9 +671,16 @@ class Session:
         if min(gx, gy, gz, bx, by, bz) == 0 or bx * by * bz > 1024:
             raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
         raw = params.read_all()
+        if (g := self._recording(stream)) is not None:
+            g.steps.append(lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw))
+            return
+        self._launch(f, (gx, gy, gz), (bx, by, bz), shared, stream, raw)
+
+    def _launch(self, f: _Function, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
+                stream: Any, raw: bytes) -> None:
         throttle = self.throttles[f.dev]
         throttle.before_launch()
-        seconds = self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, stream, raw)
+        seconds = self._b.launch(f.func, grid, block, shared, stream, raw)
         throttle.account(seconds)
 
 

@@ -31,6 +31,7 @@ WIRE_TYPES: dict[str, str] = {
     "size_t": "Q", "CUdeviceptr": "Q", "float": "f", "CUuuid": "16s",
     "CUcontext": "Q", "CUstream": "Q", "CUevent": "Q", "CUmodule": "Q", "CUfunction": "Q",
     "CUfunction_attribute": "i", "CUlimit": "i", "CUpointer_attribute": "i", "unsigned long long": "Q",
+    "CUgraph": "Q", "CUgraphExec": "Q", "CUstreamCaptureMode": "i", "CUstreamCaptureStatus": "i", "cuuint64_t": "Q",
 }
 """C type (pointee for ``out`` arguments) -> struct code of its wire field."""
 

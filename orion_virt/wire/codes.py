@@ -59,3 +59,11 @@ class Call(IntEnum):
     cuModuleGetGlobal = 52
     cuPointerGetAttribute = 53
     cuOccupancyMaxActiveClusters = 54
+    cuStreamBeginCapture_v2 = 55
+    cuStreamEndCapture = 56
+    cuStreamGetCaptureInfo = 57
+    cuGraphInstantiateWithFlags = 58
+    cuGraphLaunch = 59
+    cuGraphExecDestroy = 60
+    cuGraphDestroy = 61
+    cuGraphGetNodeCount = 62

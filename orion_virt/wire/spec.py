@@ -57,7 +57,7 @@ class Op(StrEnum):
     DESTROY = "destroy"
 
 
-HANDLE_KINDS = ("context", "stream", "event", "module", "function")
+HANDLE_KINDS = ("context", "stream", "event", "module", "function", "graph", "graph_exec")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def _dev(name: str = "dev") -> Arg:
 
 def _h(name: str, kind: str, op: Op = Op.USE, null_ok: bool = False) -> Arg:
     ctype = {"context": "CUcontext", "stream": "CUstream", "event": "CUevent", "module": "CUmodule",
-             "function": "CUfunction"}[kind]
+             "function": "CUfunction", "graph": "CUgraph", "graph_exec": "CUgraphExec"}[kind]
     d = Dir.OUT if op is Op.CREATE else Dir.IN
     return Arg(name, ctype + (" *" if d is Dir.OUT else ""), d, Role.HANDLE, kind=kind, op=op, null_ok=null_ok)
 
@@ -238,6 +238,22 @@ CALLS: tuple[Fn, ...] = (
                                                "blockDimZ", "sharedMemBytes", "clusterDimX", "clusterDimY",
                                                "clusterDimZ"))),
        client="custom", doc="the launch configuration flattened; cluster dimensions 0: the kernel's own"),
+    Fn("cuStreamBeginCapture_v2", 55, (_h("hStream", "stream"), _a("mode", "CUstreamCaptureMode")),
+       spellings=("cuStreamBeginCapture_v2_ptsz",),
+       doc="oriond records the stream's work until cuStreamEndCapture"),
+    Fn("cuStreamEndCapture", 56, (_h("hStream", "stream"), _h("phGraph", "graph", Op.CREATE)),
+       spellings=("cuStreamEndCapture_ptsz",)),
+    Fn("cuStreamGetCaptureInfo", 57, (_stream(), _out("captureStatus_out", "CUstreamCaptureStatus"),
+                                      _out("id_out", "cuuint64_t")),
+       spellings=("cuStreamGetCaptureInfo_ptsz",)),
+    Fn("cuGraphInstantiateWithFlags", 58, (_h("phGraphExec", "graph_exec", Op.CREATE), _h("hGraph", "graph"),
+                                           _a("flags", "unsigned long long", Role.FLAGS))),
+    Fn("cuGraphLaunch", 59, (_h("hGraphExec", "graph_exec"), _stream()), spellings=("cuGraphLaunch_ptsz",),
+       no_reply=True),
+    Fn("cuGraphExecDestroy", 60, (_h("hGraphExec", "graph_exec", Op.DESTROY),), no_reply=True),
+    Fn("cuGraphDestroy", 61, (_h("hGraph", "graph", Op.DESTROY),), no_reply=True),
+    Fn("cuGraphGetNodeCount", 62, (_h("hGraph", "graph"), _out("numNodes", _sz)), client="custom",
+       doc="cuGraphGetNodes with nodes NULL: the client's cuGraphGetNodes"),
 )
 """Every remoted call, in code order."""
 

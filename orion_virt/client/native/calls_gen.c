@@ -754,6 +754,107 @@ CUresult orion_wire_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction fu
     return CUDA_SUCCESS;
 }
 
+/* cuStreamBeginCapture_v2: call 55. */
+CUresult orion_wire_cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+{
+    unsigned char req[12];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hStream);
+    orion_put_i32(req + 8, (int32_t)mode);
+    orion_msg m = {55, 0, "cuStreamBeginCapture_v2", req, 12, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuStreamEndCapture: call 56. */
+CUresult orion_wire_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
+{
+    if (!phGraph) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hStream);
+    unsigned char resp[8];
+    orion_msg m = {56, 0, "cuStreamEndCapture", req, 8, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *phGraph = (CUgraph)(uintptr_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuStreamGetCaptureInfo: call 57. */
+CUresult orion_wire_cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out)
+{
+    if (!captureStatus_out) return CUDA_ERROR_INVALID_VALUE;
+    if (!id_out) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hStream);
+    unsigned char resp[12];
+    orion_msg m = {57, 0, "cuStreamGetCaptureInfo", req, 8, NULL, 0, resp, 12, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *captureStatus_out = (CUstreamCaptureStatus)orion_get_i32(resp + 0);
+    *id_out = (cuuint64_t)orion_get_u64(resp + 4);
+    return CUDA_SUCCESS;
+}
+
+/* cuGraphInstantiateWithFlags: call 58. */
+CUresult orion_wire_cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags)
+{
+    if (!phGraphExec) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[16];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hGraph);
+    orion_put_u64(req + 8, (uint64_t)flags);
+    unsigned char resp[8];
+    orion_msg m = {58, 0, "cuGraphInstantiateWithFlags", req, 16, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *phGraphExec = (CUgraphExec)(uintptr_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuGraphLaunch: call 59, NO_REPLY. */
+CUresult orion_wire_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
+{
+    unsigned char req[16];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hGraphExec);
+    orion_put_u64(req + 8, (uint64_t)(uintptr_t)hStream);
+    orion_msg m = {59, ORION_NO_REPLY, "cuGraphLaunch", req, 16, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuGraphExecDestroy: call 60, NO_REPLY. */
+CUresult orion_wire_cuGraphExecDestroy(CUgraphExec hGraphExec)
+{
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hGraphExec);
+    orion_msg m = {60, ORION_NO_REPLY, "cuGraphExecDestroy", req, 8, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuGraphDestroy: call 61, NO_REPLY. */
+CUresult orion_wire_cuGraphDestroy(CUgraph hGraph)
+{
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hGraph);
+    orion_msg m = {61, ORION_NO_REPLY, "cuGraphDestroy", req, 8, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuGraphGetNodeCount: call 62. */
+CUresult orion_wire_cuGraphGetNodeCount(CUgraph hGraph, size_t *numNodes)
+{
+    if (!numNodes) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hGraph);
+    unsigned char resp[8];
+    orion_msg m = {62, 0, "cuGraphGetNodeCount", req, 8, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *numNodes = (size_t)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1236,6 +1337,61 @@ ORION_API CUresult cuModuleGetGlobal(CUdeviceptr_v1 *dptr, unsigned int *bytes, 
 ORION_API CUresult cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name)
 {
     return orion_custom_cuModuleGetGlobal(dptr, bytes, hmod, name);
+}
+
+ORION_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+{
+    return orion_wire_cuStreamBeginCapture_v2(hStream, mode);
+}
+
+ORION_API CUresult cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode)
+{
+    return orion_wire_cuStreamBeginCapture_v2(hStream, mode);
+}
+
+ORION_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
+{
+    return orion_wire_cuStreamEndCapture(hStream, phGraph);
+}
+
+ORION_API CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph)
+{
+    return orion_wire_cuStreamEndCapture(hStream, phGraph);
+}
+
+ORION_API CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out)
+{
+    return orion_wire_cuStreamGetCaptureInfo(hStream, captureStatus_out, id_out);
+}
+
+ORION_API CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out)
+{
+    return orion_wire_cuStreamGetCaptureInfo(hStream, captureStatus_out, id_out);
+}
+
+ORION_API CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags)
+{
+    return orion_wire_cuGraphInstantiateWithFlags(phGraphExec, hGraph, flags);
+}
+
+ORION_API CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
+{
+    return orion_wire_cuGraphLaunch(hGraphExec, hStream);
+}
+
+ORION_API CUresult cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
+{
+    return orion_wire_cuGraphLaunch(hGraphExec, hStream);
+}
+
+ORION_API CUresult cuGraphExecDestroy(CUgraphExec hGraphExec)
+{
+    return orion_wire_cuGraphExecDestroy(hGraphExec);
+}
+
+ORION_API CUresult cuGraphDestroy(CUgraph hGraph)
+{
+    return orion_wire_cuGraphDestroy(hGraph);
 }
 
 /* --- CUresult names and messages ----------------------------------------------------- */

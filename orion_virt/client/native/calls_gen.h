@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 53
+#define ORION_CALL_COUNT 61
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -74,6 +74,14 @@
 #define ORION_CODE_cuModuleGetGlobal 52
 #define ORION_CODE_cuPointerGetAttribute 53
 #define ORION_CODE_cuOccupancyMaxActiveClusters 54
+#define ORION_CODE_cuStreamBeginCapture_v2 55
+#define ORION_CODE_cuStreamEndCapture 56
+#define ORION_CODE_cuStreamGetCaptureInfo 57
+#define ORION_CODE_cuGraphInstantiateWithFlags 58
+#define ORION_CODE_cuGraphLaunch 59
+#define ORION_CODE_cuGraphExecDestroy 60
+#define ORION_CODE_cuGraphDestroy 61
+#define ORION_CODE_cuGraphGetNodeCount 62
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -129,6 +137,14 @@ CUresult orion_wire_cuCtxSetLimit(CUlimit limit, size_t value);
 CUresult orion_wire_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const void *name, uint32_t name_len);
 CUresult orion_wire_cuPointerGetAttribute(unsigned long long *data, CUpointer_attribute attribute, CUdeviceptr ptr);
 CUresult orion_wire_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, unsigned int clusterDimX, unsigned int clusterDimY, unsigned int clusterDimZ);
+CUresult orion_wire_cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode);
+CUresult orion_wire_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph);
+CUresult orion_wire_cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out);
+CUresult orion_wire_cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags);
+CUresult orion_wire_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream);
+CUresult orion_wire_cuGraphExecDestroy(CUgraphExec hGraphExec);
+CUresult orion_wire_cuGraphDestroy(CUgraph hGraph);
+CUresult orion_wire_cuGraphGetNodeCount(CUgraph hGraph, size_t *numNodes);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);

@@ -1452,16 +1452,15 @@ ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, 
 }
 
 /* ---- stream capture ------------------------------------------------------------------------
- * CUDA graphs are not remoted (cuStreamBeginCapture is refused), so no stream is ever being
- * captured: what frameworks ask before every launch is answered here. */
+ * oriond records a captured stream's work into a graph and replays it at cuGraphLaunch; the
+ * client asks it whether a stream is capturing. Graph nodes are not remoted: a captured graph
+ * is seen whole (its node count only), its dependencies are the stream's order. */
 
 ORION_API CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus)
 {
-    (void)hStream;
     if (!captureStatus) return CUDA_ERROR_INVALID_VALUE;
-    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;
-    return CUDA_SUCCESS;
+    cuuint64_t id;
+    return orion_wire_cuStreamGetCaptureInfo(hStream, captureStatus, &id);
 }
 
 ORION_API CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus)
@@ -1474,12 +1473,12 @@ ORION_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureSt
                                              const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out,
                                              size_t *numDependencies_out)
 {
-    (void)hStream;
     if (!captureStatus_out) return CUDA_ERROR_INVALID_VALUE;
-    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    *captureStatus_out = CU_STREAM_CAPTURE_STATUS_NONE;
-    if (id_out) *id_out = 0;
-    if (graph_out) *graph_out = NULL;
+    cuuint64_t id = 0;
+    CUresult st = orion_wire_cuStreamGetCaptureInfo(hStream, captureStatus_out, &id);
+    if (st != CUDA_SUCCESS) return st;
+    if (id_out) *id_out = id;
+    if (graph_out) *graph_out = NULL;  /* the graph under construction is oriond's */
     if (dependencies_out) *dependencies_out = NULL;
     if (edgeData_out) *edgeData_out = NULL;
     if (numDependencies_out) *numDependencies_out = 0;
@@ -1492,6 +1491,13 @@ ORION_API CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureSt
 {
     return cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL,
                                      numDependencies_out);
+}
+
+ORION_API CUresult cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes)
+{
+    if (!numNodes) return CUDA_ERROR_INVALID_VALUE;
+    if (nodes) return CUDA_ERROR_NOT_SUPPORTED;  /* the nodes themselves are not remoted */
+    return orion_wire_cuGraphGetNodeCount(hGraph, numNodes);
 }
 
 static __thread CUstreamCaptureMode tl_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;

@@ -197,6 +197,26 @@ int main(int argc, char **argv)
         void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
         CALL(cuLaunchKernel, (fn, 1, 1, 1, 16, 1, 1, 0, s, NULL, extra));
     }
+    {
+        CUgraph graph = NULL;
+        CUgraphExec exec = NULL;
+        CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+        cuuint64_t capture_id = 0;
+        size_t nodes = 0;
+        unsigned int v = 9;
+        int n = 16;
+        CUdeviceptr p = d;
+        void *args[] = {&p, &v, &n};
+        CALL(cuStreamBeginCapture, (s, CU_STREAM_CAPTURE_MODE_RELAXED));
+        CALL(cuStreamGetCaptureInfo, (s, &capturing, &capture_id, NULL, NULL, NULL, NULL));
+        CALL(cuLaunchKernel, (fn, 1, 1, 1, 16, 1, 1, 0, s, tight ? args : wide_params, NULL));
+        CALL(cuStreamEndCapture, (s, &graph));
+        CALL(cuGraphGetNodes, (graph, NULL, &nodes));
+        CALL(cuGraphInstantiate, (&exec, graph, 0));
+        CALL(cuGraphLaunch, (exec, s));
+        CALL(cuGraphExecDestroy, (exec));
+        CALL(cuGraphDestroy, (graph));
+    }
     CALL(cuCtxSynchronize, ());
     CALL(cuModuleUnload, (mod));
 

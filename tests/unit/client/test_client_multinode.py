@@ -172,7 +172,7 @@ def test_every_call_has_a_route() -> None:
     assert mn.OWNED_BY[C.cuLaunchKernel] == (0, (8,)) and mn.OWNED_BY[C.cuMemcpyDtoDAsync] == (3, ())
     assert mn.REPLY_HANDLE == {C.cuDevicePrimaryCtxRetain, C.cuCtxCreate, C.cuStreamCreate,
                                C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction,
-                               C.cuStreamCreateWithPriority}
+                               C.cuStreamCreateWithPriority, C.cuStreamEndCapture, C.cuGraphInstantiateWithFlags}
     assert mn.BROADCAST == {C.cuInit: "first", C.cuDriverGetVersion: "min", C.cuDeviceGetCount: "sum"}
 
 
