@@ -54,8 +54,6 @@ PACKAGE = "orion_virt"
 ROOT_MODULES = ("client", "installer", "check/client.py")
 """Where the client closure starts (directories are taken whole)."""
 
-NATIVE_REL = "client/native/lib/libcuda.so.1"
-"""Where a bundle carries the native client (relative to the package)."""
 LDCONF_PATH = "/etc/ld.so.conf.d/orion.conf"
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
@@ -290,11 +288,13 @@ class Target:
         return None
 
 
-def native_library() -> bytes | None:
-    """The native client's libcuda.so.1: the bundle's copy, else a checkout's build/native."""
-    if _exists(NATIVE_REL):
-        return _read(NATIVE_REL)
-    built = Path(__file__).resolve().parents[2] / "build" / "native" / "libcuda.so.1"
+def native_library(name: str = "libcuda.so.1") -> bytes | None:
+    """One of the native client's libraries (libcuda.so.1, libnvidia-ml.so.1): the bundle's copy,
+    else a checkout's build/native."""
+    rel = f"client/native/lib/{name}"
+    if _exists(rel):
+        return _read(rel)
+    built = Path(__file__).resolve().parents[2] / "build" / "native" / name
     return built.read_bytes() if built.is_file() else None
 
 
@@ -409,6 +409,9 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     ld_conf = False
     if lib is not None:
         w.write(f"{prefix}/lib/libcuda.so.1", lib, 0o755)
+        nvml = native_library("libnvidia-ml.so.1")
+        if nvml is not None:  # NVML of the vGPUs, for nvidia-ml-py and the frameworks' device count
+            w.write(f"{prefix}/lib/libnvidia-ml.so.1", nvml, 0o755)
         if t("/proc/driver/nvidia").exists():
             out(f"NVIDIA's driver is installed here: {prefix}/lib/libcuda.so.1 is not made the system's "
                 "libcuda.so.1 (ORION_CLIENT=native orion-run COMMAND uses it)")
@@ -522,10 +525,11 @@ def build_bundle(dest: Path) -> list[str]:
             z.writestr("__main__.py", "from orion_virt.installer.__main__ import main\nraise SystemExit(main())\n")
             for rel in files:
                 z.writestr(f"{PACKAGE}/{rel}", _read(rel))
-            lib = native_library()
-            if lib is not None:
-                z.writestr(f"{PACKAGE}/{NATIVE_REL}", lib)
-                files = [*files, NATIVE_REL]
+            for name in ("libcuda.so.1", "libnvidia-ml.so.1"):
+                lib = native_library(name)
+                if lib is not None:
+                    z.writestr(f"{PACKAGE}/client/native/lib/{name}", lib)
+                    files = [*files, f"client/native/lib/{name}"]
     os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
     return files

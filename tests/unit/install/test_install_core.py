@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[3]
 def no_native_library(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whether build/native exists must not change these tests; the ones about the native
     client give it its library explicitly."""
-    monkeypatch.setattr(core, "native_library", lambda: None)
+    monkeypatch.setattr(core, "native_library", lambda name="libcuda.so.1": None)
 
 
 def _tree(root: Path) -> list[str]:
@@ -265,11 +265,12 @@ def test_default_client_conf_parses_to_the_defaults(tmp_path: Path) -> None:
 
 def test_the_native_client_is_installed_with_an_ld_so_conf_entry(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "native_library", lambda: b"\x7fELF native client")
+    monkeypatch.setattr(core, "native_library", lambda name="libcuda.so.1": b"\x7fELF " + name.encode())
     before = _tree(tmp_path)
     m, lines = _install(tmp_path)
     lib = tmp_path / "usr/lib/orion/lib/libcuda.so.1"
-    assert lib.read_bytes() == b"\x7fELF native client" and lib.stat().st_mode & 0o777 == 0o755
+    assert lib.read_bytes() == b"\x7fELF libcuda.so.1" and lib.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "usr/lib/orion/lib/libnvidia-ml.so.1").read_bytes() == b"\x7fELF libnvidia-ml.so.1"
     assert (tmp_path / "etc/ld.so.conf.d/orion.conf").read_text().splitlines()[-1] == "/usr/lib/orion/lib"
     assert "/usr/lib/orion/lib/libcuda.so.1" in m.files and core.LDCONF_PATH in m.files
     assert any(ln.startswith("(ldconfig not run for the root directory") for ln in lines)
@@ -280,7 +281,7 @@ def test_the_native_client_is_installed_with_an_ld_so_conf_entry(tmp_path: Path,
 
 def test_on_a_host_with_nvidias_driver_the_library_does_not_replace_it(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "native_library", lambda: b"\x7fELF native client")
+    monkeypatch.setattr(core, "native_library", lambda name="libcuda.so.1": b"\x7fELF native client")
     (tmp_path / "proc/driver/nvidia").mkdir(parents=True)
     m, lines = _install(tmp_path)
     assert (tmp_path / "usr/lib/orion/lib/libcuda.so.1").exists()
