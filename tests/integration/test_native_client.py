@@ -500,20 +500,31 @@ def _fake_ivshmem(sysfs: Path, device: Path, slot: str) -> Path:
     return d
 
 
-def test_inside_a_vm_the_ivshmem_bar_is_the_transport(programs: dict[str, Path], oriond: Oriond,
-                                                      tmp_path: Path) -> None:
-    """The ivshmem PCI device comes first; its claim lock lives in a guest-local file."""
-    slot = f"0000:7f:{os.getpid() % 32:02x}.7"
-    pci = _fake_ivshmem(tmp_path / "pci", oriond.shm / "orionsock1", slot)
-    empty = tmp_path / "no-devices"
-    empty.mkdir()
-    env = native_env(oriond, "shm", ORION_SYSFS_PCI=str(tmp_path / "pci"), ORION_SHM_PATH_BASE=str(empty))
-    r = run(programs["vectorAdd"], str(PTX), env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert (pci / "enable").read_text() == "1"
-    lock = Path("/run/orion") if os.access("/run", os.W_OK) else Path("/tmp/orion-locks")
-    assert (lock / f"ivshmem-{slot.replace(':', '_')}.lock").exists()
-    assert "using TCP" not in r.stderr
+def test_inside_a_vm_the_ivshmem_bar_is_the_transport(programs: dict[str, Path], tmp_path: Path) -> None:
+    """The ivshmem PCI device comes first; its claim lock lives in a guest-local file. The device
+    is a VM device (as the libvirt hook formats it) served by an oriond with enable_kvm, which
+    watches the client's heartbeat instead of its lock, as for a real guest."""
+    from orion_virt.transport.shmdev import format_device
+
+    host = Oriond(tmp_path / "host", extra=["--enable-kvm"])
+    host.shm.mkdir(parents=True)
+    format_device(host.shm / "orionsock5", 16 << 20, vm=True)
+    host.start()
+    try:
+        slot = f"0000:7f:{os.getpid() % 32:02x}.7"
+        pci = _fake_ivshmem(tmp_path / "pci", host.shm / "orionsock5", slot)
+        empty = tmp_path / "no-devices"
+        empty.mkdir()
+        env = native_env(host, "shm", ORION_SYSFS_PCI=str(tmp_path / "pci"), ORION_SHM_PATH_BASE=str(empty))
+        r = run(programs["vectorAdd"], str(PTX), env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (pci / "enable").read_text() == "1"
+        lock = Path("/run/orion") if os.access("/run", os.W_OK) else Path("/tmp/orion-locks")
+        assert (lock / f"ivshmem-{slot.replace(':', '_')}.lock").exists()
+        assert "using TCP" not in r.stderr
+        assert "serving VM device" in (host.logs / "server.log").read_text()
+    finally:
+        host.stop()
 
 
 def test_an_unserved_vm_device_prints_the_seeds_message(programs: dict[str, Path], tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from orion_virt.controller import client as ctl
 from orion_virt.controller.exceptions import ControllerUnreachable
 from orion_virt.launch import OriondProcess, free_port
 from orion_virt.server.authorize import node_id
+from tests.integration.test_native_client import cuda_include
 from tests.oriond_fixture import BIN, ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -89,20 +90,6 @@ int main(int argc, char **argv)
     return 0;
 }
 """
-
-
-def cuda_include() -> Path | None:
-    if os.environ.get("CUDA_INCLUDE"):
-        return Path(os.environ["CUDA_INCLUDE"])
-    try:
-        import nvidia  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    for d in nvidia.__path__:
-        for inc in sorted(Path(d).glob("cu*/include")):
-            if (inc / "cuda.h").exists():
-                return inc
-    return None
 
 
 def gcc(src: Path, exe: Path, *extra: str) -> None:

@@ -6,12 +6,7 @@
 int main(int argc, char **argv)
 {
     if (argc < 2) { fprintf(stderr, "usage: attributes PTX\n"); return 2; }
-    FILE *fp = fopen(argv[1], "rb");
-    if (!fp) { perror(argv[1]); return 2; }
-    static char ptx[1 << 20];
-    size_t len = fread(ptx, 1, sizeof ptx - 1, fp);
-    fclose(fp);
-    ptx[len] = '\0';
+    char *ptx = read_file(argv[1]);
     CUdevice dev;
     CUcontext ctx;
     CUmodule mod;

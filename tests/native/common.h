@@ -18,6 +18,21 @@ static inline void check_cu(CUresult err, const char *what, const char *file, in
 }
 #define CHECK(call) check_cu((call), #call, __FILE__, __LINE__)
 
+/* A whole text file (a PTX module), NUL-terminated; exits on failure. */
+static inline char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) { perror(path); exit(2); }
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
 /* A call expected to fail with a given status. */
 #define EXPECT(call, want)                                                                          \
     do {                                                                                            \

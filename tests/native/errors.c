@@ -33,11 +33,7 @@ int main(int argc, char **argv)
            CUDA_ERROR_INVALID_HANDLE);
     EXPECT(cuModuleLoadData(NULL, "x"), CUDA_ERROR_INVALID_VALUE);
     if (argc > 1) {
-        FILE *fp = fopen(argv[1], "rb");
-        static char ptx[1 << 20];
-        size_t len = fread(ptx, 1, sizeof ptx - 1, fp);
-        fclose(fp);
-        ptx[len] = '\0';
+        char *ptx = read_file(argv[1]);
         CUmodule mod;
         CHECK(cuModuleLoadData(&mod, ptx));
         EXPECT(cuModuleGetFunction(&f, mod, "no_such_kernel"), CUDA_ERROR_NOT_FOUND);

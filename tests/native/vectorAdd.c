@@ -4,20 +4,6 @@
 #include <math.h>
 #include <string.h>
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) { perror(path); exit(1); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { perror(path); exit(1); }
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static int run_on(int ordinal, const char *ptx, int n)
 {
     CUdevice dev;
