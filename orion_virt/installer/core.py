@@ -10,7 +10,7 @@ What an installation consists of (every path recorded in a manifest, ``<PATH>/.o
   standard library is needed;
 - ``<site-packages>/orion-client.pth``: puts ``<PATH>`` on the system Python's ``sys.path`` and,
   when ``ORION_VGPU`` is set, activates the client (``cuda.bindings.driver`` -> Orion);
-- ``/usr/local/bin/orion-run`` and ``/usr/local/bin/orion-check``: shell wrappers, no click needed
+- ``/usr/local/bin/orion-run``, ``orion-check`` and ``orion-smi``: shell wrappers, no click needed
   (an existing file of that name that install-client did not write is left alone);
 - ``/etc/orion/client.conf``: written only when absent; an existing one is kept;
 - ``<PATH>/lib/libcuda.so.1``: the native client, when it is built (``make native``) or in the
@@ -397,12 +397,13 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     for rel in files:
         w.write(f"{prefix}/{PACKAGE}/{rel}", _read(rel))
     w.write(f"{info.site_dir}/{PTH_NAME}", templates.render(templates.PTH, prefix, info.executable).encode())
-    for name, tpl in (("orion-run", templates.ORION_RUN), ("orion-check", templates.ORION_CHECK)):
+    for name, tpl, module in (("orion-run", templates.ORION_RUN, "orion_virt.client.run"),
+                              ("orion-check", templates.ORION_CHECK, "orion_virt.check.client"),
+                              ("orion-smi", templates.ORION_SMI, "orion_virt.client.smi")):
         path = f"{BIN_DIR}/{name}"
         if t(path).exists() and path not in (old.files if old else []):
             out(f"Kept the existing {path} (not installed by install-client); the client's is "
-                f"available as: PYTHONPATH={prefix} {info.executable} -m "
-                f"{'orion_virt.client.run' if name == 'orion-run' else 'orion_virt.check.client'}")
+                f"available as: PYTHONPATH={prefix} {info.executable} -m {module}")
             continue
         w.write(path, templates.render(tpl, prefix, info.executable).encode(), 0o755)
     lib = native_library()

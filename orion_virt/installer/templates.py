@@ -71,11 +71,21 @@ export PYTHONPATH
 exec "@PYTHON@" -m orion_virt.check.client "$@"
 """
 
+ORION_SMI = """\
+#!/bin/sh
+# orion-smi (installed by install-client): the application's vGPUs as NVML reports them.
+#   ORION_VGPU=2 ORION_GMEM=4096 orion-smi
+PYTHONPATH="@PREFIX@${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH
+exec "@PYTHON@" -m orion_virt.client.smi "$@"
+"""
+
 GUEST_FILES = {
     "client.conf": CLIENT_CONF,
     "orion-client.pth.in": PTH,
     "orion-run.in": ORION_RUN,
     "orion-check.in": ORION_CHECK,
+    "orion-smi.in": ORION_SMI,
 }
 
 
