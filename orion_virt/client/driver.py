@@ -23,6 +23,8 @@ from ..cuda_enums import (  # noqa: F401  (re-exported API)
     CUmemorytype,
     CUresult,
     CUstream_flags,
+    CUstreamCaptureMode,
+    CUstreamCaptureStatus,
 )
 from ..errors import OrionError, Refused, TransportError, UsageError
 from ..wire import PLANS, Call
@@ -150,7 +152,7 @@ _OwnUuid = CUuuid
 _ADOPTABLE = ("CUdeviceptr", "CUdevice", "CUcontext", "CUstream", "CUevent", "CUmodule", "CUfunction",
               "CUuuid", "CUctxCreateParams", "CUresult", "CUdevice_attribute", "CUctx_flags",
               "CUstream_flags", "CUevent_flags", "CUjit_option", "CUfunction_attribute", "CUmemorytype",
-              "CUlimit")
+              "CUlimit", "CUstreamCaptureMode", "CUstreamCaptureStatus", "CUgraph", "CUgraphExec")
 
 
 def adopt_real_types() -> bool:

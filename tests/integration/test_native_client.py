@@ -457,7 +457,7 @@ def test_nvidias_libcudart_runs_a_runtime_api_program(runtime_program: Path, ori
     assert "not supported" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("example", ["deviceQuery.py", "vectorAdd.py", "runtimeQuery.py"])
+@pytest.mark.parametrize("example", ["deviceQuery.py", "vectorAdd.py", "runtimeQuery.py", "graphCapture.py"])
 def test_cuda_bindings_examples_run_unmodified_over_the_library(programs: dict[str, Path], oriond: Oriond,
                                                                  transport: str, example: str) -> None:
     """The real cuda-bindings (driver and runtime modules) load libcuda.so.1 themselves; with the

@@ -42,6 +42,14 @@ def test_demo_programs_over_each_transport(oriond: Oriond, tcp: bool) -> None:
     assert ("transport: TCP" in log) if tcp else ("transport: shm device" in log)
 
 
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_a_cuda_graph_is_captured_and_replayed(oriond: Oriond, tcp: bool) -> None:
+    oriond.device(1)
+    g = oriond.run("python3", str(ROOT / "examples" / "graphCapture.py"), tcp=tcp)
+    assert g.returncode == 0, g.stdout + g.stderr
+    assert g.stdout.count(": PASSED") == 3 and "Test PASSED" in g.stdout
+
+
 def test_no_device_falls_back_to_tcp_and_says_why(oriond: Oriond) -> None:
     r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
     assert r.returncode == 0, r.stderr
