@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class Daemon:
         self.ids = itertools.count(int(time.time()) * 1000)  # unique across restarts (< 1000 sessions/s)
         self._last_dir_scan = 0.0
         self._skipped: set[str] = set()
+        self._quarantined: dict[Path, tuple[int, int]] = {}
+        """device path -> inode of a device found corrupt: not served again until it is recreated"""
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -148,7 +151,7 @@ class Daemon:
         if now - self._last_dir_scan > RESCAN_DIR_INTERVAL:
             self._last_dir_scan = now
             for path in list_devices(cfg.shm_path_base):
-                if path not in self.devices:
+                if path not in self.devices and not self._still_quarantined(path):
                     # check the kind before marking it served: a device of a disabled kind must
                     # never look served, not even between two scans
                     w = open_for_serving(path, lambda d: cfg.enable_kvm if d.vm else cfg.enable_shm,
@@ -167,9 +170,35 @@ class Daemon:
                 self._kill_workers_of(w)
                 del self.devices[path]
                 continue
-            tick(w)
-            for ch, gen in pending_claims(w):
-                self._start_channel(w, ch, gen)
+            try:
+                tick(w)
+                for ch, gen in pending_claims(w):
+                    self._start_channel(w, ch, gen)
+            except (ValueError, IndexError, OverflowError, struct.error) as e:
+                # the device's memory is writable by its clients: a value no client protocol
+                # produces makes the device unusable, not oriond (its other devices go on)
+                self.log.error("%s: corrupt device header or channel table (%s); no longer served "
+                               "(recreate it with orion-shm)", path, e)
+                self._kill_workers_of(w)
+                try:
+                    stop_serving(w, "corrupt device")
+                except (ValueError, IndexError, OverflowError, struct.error):
+                    pass
+                del self.devices[path]
+                self._quarantined[path] = w.dev.inode
+
+    def _still_quarantined(self, path: Path) -> bool:
+        ino = self._quarantined.get(path)
+        if ino is None:
+            return False
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == ino:
+                return True
+        except OSError:
+            pass
+        del self._quarantined[path]  # recreated (or gone): judged afresh
+        return False
 
     def _skipped_once(self, reason: str) -> None:
         if reason not in self._skipped:

@@ -125,7 +125,9 @@ def open_for_serving(path: Path, accept: Callable[[Device], bool] | None = None,
 
 
 def tick(w: Watched) -> None:
-    w.dev.q[H_SERVER_BEAT] = w.dev.q[H_SERVER_BEAT] + 1
+    """The server heartbeat. The counter lives in memory a client can write: it wraps, whatever
+    value it holds."""
+    w.dev.q[H_SERVER_BEAT] = (w.dev.q[H_SERVER_BEAT] + 1) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def pending_claims(w: Watched) -> list[tuple[int, int]]:

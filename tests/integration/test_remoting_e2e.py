@@ -213,3 +213,23 @@ def test_a_server_address_that_never_answers_fails_within_the_connect_timeout(tm
     assert "cuInit: CUDA_ERROR_NO_DEVICE" in r.stdout, r.stdout + r.stderr
     assert f"tcp {addr}: no answer to HELLO within 1 s" in r.stderr
     assert took < 15  # the interpreter start and orion-run included
+
+
+def test_a_tenant_writing_its_device_header_does_not_stop_oriond(oriond: Oriond) -> None:
+    """One 8-byte write into a container's own device (2^64-1 in the server's heartbeat counter)
+    used to make oriond exit, dropping every tenant. Now the counter wraps and both the written
+    device and the others go on serving."""
+    import mmap
+    import struct
+
+    mine, other = oriond.device(1), oriond.device(2)
+    oriond.wait_log(f"serving container device {other}")
+    with open(mine, "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
+        m[64:72] = struct.pack("<Q", 0xFFFF_FFFF_FFFF_FFFF)  # H_SERVER_BEAT, word 8 of the header
+    time.sleep(1.0)  # several ticks of oriond's loop
+    assert oriond.proc is not None and oriond.proc.poll() is None, oriond.server_log()[-2000:]
+    for dev in (mine, other):  # over that device only: TCP would fail (nothing listens on port 1)
+        q = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), ORION_SHM_DEVICE=str(dev),
+                       ORION_SERVER="127.0.0.1:1")
+        assert q.returncode == 0, q.stderr
+        assert "Detected 2 CUDA Capable device(s)" in q.stdout
