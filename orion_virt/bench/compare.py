@@ -39,9 +39,10 @@ class CompareSettings:
 
 
 def native_client_dir() -> Path | None:
-    """Where the native client's libcuda.so.1 is (ORION_NATIVE_LIB_DIR or build/native)."""
-    d = Path(os.environ.get("ORION_NATIVE_LIB_DIR") or Path(__file__).resolve().parents[2] / "build" / "native")
-    return d if (d / "libcuda.so.1").exists() else None
+    """Where the native client's libcuda.so.1 is, as orion-run finds it."""
+    from ..client.run import native_lib_dir
+
+    return native_lib_dir(os.environ)
 
 
 def _modes(backend: str) -> list[str]:

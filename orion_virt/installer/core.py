@@ -294,8 +294,10 @@ def native_library(name: str = "libcuda.so.1") -> bytes | None:
     rel = f"client/native/lib/{name}"
     if _exists(rel):
         return _read(rel)
-    built = Path(__file__).resolve().parents[2] / "build" / "native" / name
-    return built.read_bytes() if built.is_file() else None
+    from ..client.run import native_lib_dir
+
+    d = native_lib_dir(os.environ)
+    return (d / name).read_bytes() if d is not None and (d / name).is_file() else None
 
 
 def _ldconfig(t: Target, out: Out) -> None:

@@ -415,6 +415,14 @@ class Session:
     def _recording(self, stream: Any) -> _Graph | None:
         return self._captures.get(id(stream)) if stream is not None and self._captures else None
 
+    def _on_stream(self, stream: Any, work: Callable[[Any], None]) -> None:
+        """Do ``work`` on ``stream`` now, or record it into the graph the stream is capturing."""
+        g = self._recording(stream)
+        if g is not None:
+            g.steps.append(work)
+        else:
+            work(stream)
+
     def _no_host_copy_in_capture(self, stream: Any) -> None:
         if self._recording(stream) is not None:
             raise CudaCallError(E.CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
@@ -440,10 +448,7 @@ class Session:
         self._b.copy(dst, src, n)
 
     def x_cuMemcpyDtoDAsync(self, dst: int, src: int, n: int, stream: Any) -> None:
-        if (g := self._recording(stream)) is not None:
-            g.steps.append(lambda st: self._b.copy(dst, src, n))
-            return
-        self._b.copy(dst, src, n)
+        self._on_stream(stream, lambda st: self._b.copy(dst, src, n))
 
     def x_cuMemsetD8(self, ptr: int, value: int, count: int) -> None:
         self._b.memset(ptr, value, 1, count)
@@ -452,16 +457,10 @@ class Session:
         self._b.memset(ptr, value, 4, count)
 
     def x_cuMemsetD8Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
-        if (g := self._recording(stream)) is not None:
-            g.steps.append(lambda st: self._b.memset(ptr, value, 1, count))
-            return
-        self._b.memset(ptr, value, 1, count)
+        self._on_stream(stream, lambda st: self._b.memset(ptr, value, 1, count))
 
     def x_cuMemsetD32Async(self, ptr: int, value: int, count: int, stream: Any) -> None:
-        if (g := self._recording(stream)) is not None:
-            g.steps.append(lambda st: self._b.memset(ptr, value, 4, count))
-            return
-        self._b.memset(ptr, value, 4, count)
+        self._on_stream(stream, lambda st: self._b.memset(ptr, value, 4, count))
 
     # -- streams and events -----------------------------------------------------------------
 
@@ -484,10 +483,7 @@ class Session:
         if g is not None and g.open and stream is not None:  # the stream joins the capture
             self._captures.setdefault(id(stream), g)
             return
-        if (g := self._recording(stream)) is not None:
-            g.steps.append(lambda st: self._b.stream_wait_event(st, event))
-            return
-        self._b.stream_wait_event(stream, event)
+        self._on_stream(stream, lambda st: self._b.stream_wait_event(st, event))
 
     def x_cuStreamSynchronize(self, stream: Any) -> None:
         self._b.synchronize(stream)
@@ -671,10 +667,7 @@ class Session:
         if min(gx, gy, gz, bx, by, bz) == 0 or bx * by * bz > 1024:
             raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
         raw = params.read_all()
-        if (g := self._recording(stream)) is not None:
-            g.steps.append(lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw))
-            return
-        self._launch(f, (gx, gy, gz), (bx, by, bz), shared, stream, raw)
+        self._on_stream(stream, lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw))
 
     def _launch(self, f: _Function, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
                 stream: Any, raw: bytes) -> None:
