@@ -96,14 +96,20 @@ def main(ctx: click.Context, uri: str, config_path: str | None) -> None:
 @click.option("--index", "-i", type=click.IntRange(min=0), default=None,
               help="Use /dev/shm/orionsock<N> [default: the current index, else the lowest "
                    "one no other domain uses].")
+@click.option("--doorbell/--no-doorbell", default=False, show_default=True,
+              help="Use the interrupt-capable ivshmem-doorbell model (oriond's ivshmem server at "
+                   "/run/orion/ivshmem-orionsock<N>.sock must listen when the VM starts; the guest "
+                   "needs a vIOMMU and vfio-pci to sleep on it) instead of ivshmem-plain.")
 @click.pass_obj
-def attach(obj: _Ctx, domain: str, index: int | None) -> None:
+def attach(obj: _Ctx, domain: str, index: int | None, doorbell: bool) -> None:
     """Attach an Orion device to DOMAIN (idempotent)."""
     def go() -> None:
-        r = obj.agent().attach(domain, index)
+        r = obj.agent().attach(domain, index, doorbell=doorbell)
         verb = "attached" if r.changed else "already attached"
         click.echo(f"{domain}: {verb} as orionsock{r.index} ({r.size_bytes >> 20} MiB, "
                    f"{r.shm_path})")
+        if r.doorbell:
+            click.echo(f"  ivshmem-doorbell, server {r.doorbell}")
         for k, v in r.config.items():
             click.echo(f"  {k} = {v}")
         if r.pending:

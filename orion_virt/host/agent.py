@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from ..config import ServerConfig
 from ..errors import ConfigError, HostError, OrionError
+from ..transport import doorbell as _doorbell
 from . import domain_xml as dx
 from .guestcfg import guest_config
 
@@ -43,6 +44,7 @@ class AttachResult:
     active: bool
     pending: bool
     shm_path: str
+    doorbell: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class DomainStatus:
                 f"{self.domain}: attached as {st.shm_name} ({st.size_bytes >> 20} MiB, "
                 f"{self.shm_path}) ({run})"
             ]
+            if st.doorbell is not None:
+                lines.append(f"  ivshmem-doorbell, server {st.doorbell}")
             for k, v in st.config.items():
                 lines.append(f"  {k} = {v}")
             if not st.intact:
@@ -89,14 +93,15 @@ class DomainStatus:
             if s is None:
                 return None
             return {"index": s.index, "shm_name": s.shm_name, "size_bytes": s.size_bytes,
-                    "config": dict(s.config), "intact": s.intact}
+                    "config": dict(s.config), "intact": s.intact, "model": s.model,
+                    "doorbell": s.doorbell}
         return {"domain": self.domain, "uuid": self.uuid, "persistent": self.persistent,
                 "active": self.active, "defined": st(self.defined), "live": st(self.live),
                 "pending": self.pending, "shm_path": self.shm_path}
 
 
 def _key(st: dx.AttachState | None) -> tuple[Any, ...] | None:
-    return None if st is None else (st.index, st.size_bytes, tuple(sorted(st.config.items())))
+    return None if st is None else (st.index, st.size_bytes, tuple(sorted(st.config.items())), st.doorbell)
 
 
 def _default_ipr() -> ContextManager[Any]:
@@ -204,9 +209,12 @@ class HostAgent:
 
     # --- operations ----------------------------------------------------------------------------
 
-    def attach(self, name: str, index: int | None = None) -> AttachResult:
+    def attach(self, name: str, index: int | None = None, *, doorbell: bool = False,
+               run_dir: str = _doorbell.DEFAULT_RUN_DIR) -> AttachResult:
         """Attach ``name``'s persistent definition (idempotent). ``index`` None keeps the current
         index or picks the lowest one no other domain (and no container device file) uses.
+        ``doorbell``: the ``ivshmem-doorbell`` model, served by oriond's ivshmem server at
+        ``<run_dir>/ivshmem-orionsock<N>.sock`` (which must listen when the domain starts).
 
         Raises HostError if the domain is missing or transient, the index is taken, or libvirt
         rejects the new definition; ConfigError for a bad shm_buffer_size.
@@ -233,7 +241,8 @@ class HostAgent:
                                warn=lambda m: self._log(f"warning: {m}"))
         size = self.config.shm_buffer_size
         try:
-            new = dx.attach(xml, idx, size, cfg)
+            sock = str(_doorbell.socket_path(idx, run_dir)) if doorbell else None
+            new = dx.attach(xml, idx, size, cfg, doorbell=sock)
         except OrionError as e:
             raise type(e)(f"domain {name!r}: {e}") from None
         changed = dx.normalize(new) != dx.normalize(xml)
@@ -242,7 +251,7 @@ class HostAgent:
                        self.conn.defineXML, new)
         live = dx.orion_state(self._live_xml(dom, name)) if active else None
         pending = active and _key(live) != _key(dx.orion_state(new))
-        return AttachResult(name, idx, size, cfg, changed, active, pending, self.shm_path(idx))
+        return AttachResult(name, idx, size, cfg, changed, active, pending, self.shm_path(idx), sock)
 
     def detach(self, name: str) -> tuple[bool, bool]:
         """Remove what attach added from ``name``'s persistent definition.

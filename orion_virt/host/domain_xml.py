@@ -3,7 +3,15 @@
 ``attach`` adds to a domain definition, touching nothing else:
 
 - ``<shmem name='orionsock<N>'><model type='ivshmem-plain'/><size unit='M'>S</size></shmem>``
-  in ``<devices>`` (the guest's view of ``<shm_path_base>/orionsock<N>``);
+  in ``<devices>`` (the guest's view of ``<shm_path_base>/orionsock<N>``), or with
+  ``doorbell=<socket path>`` the interrupt-capable model
+  ``<shmem name='orionsock<N>'><model type='ivshmem-doorbell'/><server path='…'/>
+  <msi vectors='1' ioeventfd='on'/></shmem>``: QEMU then gets the memory (the same
+  ``/dev/shm/orionsock<N>`` file) and the eventfds from oriond's ivshmem server
+  (``orion_virt.transport.doorbell``) instead of a memory-backend-file, so libvirt takes no
+  ``<size>`` for it (it rejects one) and the size lives in the metadata only. The doorbell model
+  always interrupts through MSI-X (QEMU has no ``msi=off`` for it and libvirt drops
+  ``<msi enabled='off'/>``), so a guest waits with vfio-pci, not uio_pci_generic (INTx);
 - ``<sysinfo type='fwcfg'><entry name='opt/org.orion/config'>k=v\\n...</entry></sysinfo>``:
   the addresses the guest needs, readable in the guest without configuration at
   ``/sys/firmware/qemu_fw_cfg/by_name/opt/org.orion/config/raw``;
@@ -31,6 +39,10 @@ NS_PREFIX = "orion"
 FWCFG_NAME = "opt/org.orion/config"
 SHM_PREFIX = "orionsock"
 METADATA_VERSION = "1"
+MODEL_PLAIN = "ivshmem-plain"
+MODEL_DOORBELL = "ivshmem-doorbell"
+#: MSI-X vectors of the doorbell device: one, "there is work on a ring of this device".
+DOORBELL_VECTORS = 1
 
 _MIB = 1 << 20
 _Q = f"{{{NS}}}"
@@ -77,6 +89,12 @@ class AttachState:
     created: frozenset[str] = frozenset()
     shmem_present: bool = True
     fwcfg_present: bool = True
+    #: the ivshmem server socket when the device is the doorbell model, else None (plain)
+    doorbell: str | None = None
+
+    @property
+    def model(self) -> str:
+        return MODEL_PLAIN if self.doorbell is None else MODEL_DOORBELL
 
     @property
     def shm_name(self) -> str:
@@ -280,10 +298,14 @@ def _shmems(root: etree._Element, name: str) -> list[etree._Element]:
     return [s for s in devices.findall("shmem") if s.get("name") == name]
 
 
-def _shmem_matches(el: etree._Element, size_bytes: int) -> bool:
+def _shmem_matches(el: etree._Element, size_bytes: int, doorbell: str | None = None) -> bool:
     model = el.find("model")
     size = el.find("size")
-    if model is None or model.get("type") != "ivshmem-plain" or size is None:
+    if doorbell is not None:
+        server = el.find("server")
+        return (model is not None and model.get("type") == MODEL_DOORBELL and size is None
+                and server is not None and server.get("path") == doorbell)
+    if model is None or model.get("type") != MODEL_PLAIN or size is None:
         return False
     try:
         return parse_size(size) == size_bytes
@@ -303,6 +325,7 @@ def _state(root: etree._Element) -> AttachState | None:
         size = int(dev.get("size", ""))
     except ValueError:
         raise HostError("orion metadata: <orion:device> index/size are not integers") from None
+    doorbell = dev.get("server") if dev.get("model") == MODEL_DOORBELL else None
     config = {
         e.get("key", ""): e.text or ""
         for e in meta.findall(f"{_Q}config/{_Q}entry") if e.get("key")
@@ -310,10 +333,10 @@ def _state(root: etree._Element) -> AttachState | None:
     added = meta.find(_Q + "added")
     created = frozenset((added.get("created") or "").split()) if added is not None else frozenset()
     name = added.get("shmem") if added is not None else shm_name(index)
-    shm_ok = any(_shmem_matches(s, size) for s in _shmems(root, name or shm_name(index)))
+    shm_ok = any(_shmem_matches(s, size, doorbell) for s in _shmems(root, name or shm_name(index)))
     fw = _fwcfg_entries(root, FWCFG_NAME)
     fw_ok = len(fw) == 1 and parse_config_text(fw[0].text or "") == config
-    return AttachState(index, size, config, created, shm_ok, fw_ok)
+    return AttachState(index, size, config, created, shm_ok, fw_ok, doorbell)
 
 
 def orion_state(domain_xml: str) -> AttachState | None:
@@ -401,7 +424,7 @@ def _do_detach(root: etree._Element) -> bool:
 
 
 def _do_attach(root: etree._Element, index: int, size_bytes: int,
-               guest_config: Mapping[str, str]) -> None:
+               guest_config: Mapping[str, str], doorbell: str | None = None) -> None:
     name = shm_name(index)
     created: list[str] = []
     if _shmems(root, name):
@@ -421,8 +444,13 @@ def _do_attach(root: etree._Element, index: int, size_bytes: int,
         _insert(root, _pos_before(root, _DOMAIN_AFTER_DEVICES), devices)
         created.append("devices")
     shmem = _el("shmem", {"name": name})
-    _sub(shmem, "model", {"type": "ivshmem-plain"})
-    _sub(shmem, "size", {"unit": "M"}, str(size_bytes // _MIB))
+    if doorbell is None:
+        _sub(shmem, "model", {"type": MODEL_PLAIN})
+        _sub(shmem, "size", {"unit": "M"}, str(size_bytes // _MIB))
+    else:
+        _sub(shmem, "model", {"type": MODEL_DOORBELL})
+        _sub(shmem, "server", {"path": doorbell})
+        _sub(shmem, "msi", {"vectors": str(DOORBELL_VECTORS), "ioeventfd": "on"})
     pos = _pos_after_last(devices, "shmem")
     if pos is None:
         pos = _pos_before(devices, _DEVICES_AFTER_SHMEM)
@@ -443,7 +471,10 @@ def _do_attach(root: etree._Element, index: int, size_bytes: int,
         _insert(root, _pos_before(root, _DOMAIN_AFTER_METADATA), md)
         created.append("metadata")
     meta = _el(_Q + "orion", {"version": METADATA_VERSION}, nsmap={NS_PREFIX: NS})
-    _sub(meta, _Q + "device", {"index": str(index), "size": str(size_bytes)})
+    dev = {"index": str(index), "size": str(size_bytes)}
+    if doorbell is not None:
+        dev.update(model=MODEL_DOORBELL, server=doorbell)
+    _sub(meta, _Q + "device", dev)
     cfg = _sub(meta, _Q + "config")
     for k, v in guest_config.items():
         _sub(cfg, _Q + "entry", {"key": k}, v)
@@ -451,8 +482,12 @@ def _do_attach(root: etree._Element, index: int, size_bytes: int,
     _insert(md, len(md), meta)
 
 
-def attach(domain_xml: str, index: int, size_bytes: int, guest_config: Mapping[str, str]) -> str:
+def attach(domain_xml: str, index: int, size_bytes: int, guest_config: Mapping[str, str],
+           *, doorbell: str | None = None) -> str:
     """Add Orion's shmem device, fw_cfg entry and metadata; return the new domain XML.
+
+    *doorbell*: the ivshmem server socket (``transport.doorbell.socket_path(index)``) to attach
+    the ``ivshmem-doorbell`` model instead of ``ivshmem-plain``; it must be an absolute path.
 
     Idempotent: if the domain is already attached with the same index, size and config and its
     devices are intact, the input is returned unchanged. Any other existing attachment is
@@ -463,13 +498,15 @@ def attach(domain_xml: str, index: int, size_bytes: int, guest_config: Mapping[s
         raise ConfigError(f"shm index {index}: must be >= 0")
     check_size(size_bytes)
     _check_config(guest_config)
+    if doorbell is not None and (not doorbell.startswith("/") or any(c in doorbell for c in "\n\r\0,")):
+        raise ConfigError(f"doorbell socket {doorbell!r}: expected an absolute path without commas")
     root = parse_domain(domain_xml)
     st = _state(root)
     if (st is not None and st.intact and st.index == index and st.size_bytes == size_bytes
-            and st.config == dict(guest_config)):
+            and st.config == dict(guest_config) and st.doorbell == doorbell):
         return domain_xml
     _do_detach(root)
-    _do_attach(root, index, size_bytes, guest_config)
+    _do_attach(root, index, size_bytes, guest_config, doorbell)
     return _serialize(root)
 
 
@@ -501,7 +538,8 @@ def dac_owner(domain_xml: str) -> tuple[str, str] | None:
 
 
 def shmem_size(domain_xml: str, name: str) -> int | None:
-    """Bytes of ``<shmem name=name>``'s ``<size>`` (what QEMU maps), or None if absent."""
+    """Bytes of ``<shmem name=name>``'s ``<size>`` (what QEMU maps), or None if absent (always
+    for the doorbell model: QEMU maps the server's fd whole; the size is in orion's metadata)."""
     for s in _shmems(parse_domain(domain_xml), name):
         size = s.find("size")
         if size is not None:

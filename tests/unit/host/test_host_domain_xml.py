@@ -182,3 +182,60 @@ def test_sizes_and_owner_helpers() -> None:
         "<label>+107:+108</label></seclabel>")
     assert dx.dac_owner(with_label) == ("+107", "+108")
     assert dx.domain_name(st_xml) == "with-user-shmem"
+
+
+# --- the ivshmem-doorbell model ----------------------------------------------------------------
+
+DOORBELL = "/run/orion/ivshmem-orionsock1.sock"
+DOORBELL_CASES = ["pc", "q35"]
+
+
+@pytest.mark.parametrize("case", DOORBELL_CASES)
+def test_attach_doorbell_golden(case: str) -> None:
+    out = dx.attach(read(f"{case}-in.xml"), 1, 128 * MIB, CFG, doorbell=DOORBELL)
+    compare(out, f"{case}-doorbell-out.xml")
+    # libvirt 9.0 rejects <size> for ivshmem-doorbell: the size is in the metadata only
+    assert "<size" not in out.split("<shmem", 1)[1].split("</shmem>", 1)[0]
+    assert dx.shmem_size(out, "orionsock1") is None
+
+
+@pytest.mark.parametrize("case", DOORBELL_CASES)
+def test_doorbell_round_trip_and_state(case: str) -> None:
+    original = read(f"{case}-in.xml")
+    out = dx.attach(original, 1, 128 * MIB, CFG, doorbell=DOORBELL)
+    st = dx.orion_state(out)
+    assert st is not None and st.intact and st.doorbell == DOORBELL and st.model == "ivshmem-doorbell"
+    assert st.size_bytes == 128 * MIB
+    assert dx.attach(out, 1, 128 * MIB, CFG, doorbell=DOORBELL) is out  # idempotent
+    assert dx.normalize(dx.detach(out)) == dx.normalize(original)
+    assert dx.detach(out).replace('"', "'") == original.rstrip("\n").replace('"', "'")
+
+
+def test_plain_state_has_no_doorbell() -> None:
+    st = dx.orion_state(read("attached-in.xml"))
+    assert st is not None and st.doorbell is None and st.model == "ivshmem-plain"
+
+
+def test_switching_models_replaces_the_device() -> None:
+    plain = read("attached-in.xml")
+    bell = dx.attach(plain, 1, 128 * MIB, CFG, doorbell=DOORBELL)
+    assert "ivshmem-plain" not in bell and bell.count("ivshmem-doorbell") == 2  # device + metadata
+    back = dx.attach(bell, 1, 128 * MIB, CFG)
+    assert dx.normalize(back) == dx.normalize(plain)
+    moved = dx.attach(bell, 1, 128 * MIB, CFG, doorbell="/run/other.sock")
+    assert "/run/other.sock" in moved and DOORBELL not in moved
+
+
+def test_hand_edited_doorbell_is_not_intact() -> None:
+    bell = dx.attach(read("pc-in.xml"), 1, 128 * MIB, CFG, doorbell=DOORBELL)
+    for broken in (bell.replace(DOORBELL + '"/>', '/tmp/x.sock"/>', 1),
+                   bell.replace('<model type="ivshmem-doorbell"/>', '<model type="ivshmem-plain"/>', 1)):
+        st = dx.orion_state(broken)
+        assert st is not None and not st.shmem_present, broken
+        assert dx.normalize(dx.attach(broken, 1, 128 * MIB, CFG, doorbell=DOORBELL)) == dx.normalize(bell)
+
+
+@pytest.mark.parametrize("bad", ["relative.sock", "/run/a,b.sock", "/run/a\nb"])
+def test_doorbell_path_checked(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        dx.attach(read("pc-in.xml"), 1, 128 * MIB, CFG, doorbell=bad)
