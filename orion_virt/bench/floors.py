@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import StreamBroken
+from ..transport import futex
 from ..transport.ring import Ring, RingStream
 from .stats import latency_summary
 
@@ -34,6 +35,7 @@ PAGE = 4096
 MSG = 16
 # The same counter slots as a device channel's control page (ring.py / shmdev.py).
 _A_HEAD, _A_TAIL, _B_HEAD, _B_TAIL = 16, 24, 32, 40
+_A_WAIT, _B_WAIT = 56, 64
 
 
 # -- forked peers ---------------------------------------------------------------------------------
@@ -115,12 +117,14 @@ class RawRings:
     """Two rings of ``ring_size`` bytes and a control page in one shared anonymous mmap.
 
     Side 0 writes ring A and reads ring B; side 1 the other way round. Build each side's stream
-    after forking (``stream(side)``), so the two ends never share Python state.
+    after forking (``stream(side)``), so the two ends never share Python state. ``wakes``: waiters
+    sleep on futexes as a channel of a device file does (else they poll with their Backoff).
     """
 
-    def __init__(self, ring_size: int) -> None:
+    def __init__(self, ring_size: int, wakes: bool = False) -> None:
         self.ring_size = ring_size
         self.mm = mmap.mmap(-1, PAGE + 2 * ring_size)
+        self.address = futex.base_address(self.mm) if wakes and futex.AVAILABLE else 0
         self.view = memoryview(self.mm)
         self.view[PAGE:] = bytes(2 * ring_size)  # fault the ring pages in once
         self.ctrl = self.view[:PAGE].cast("Q")
@@ -128,8 +132,8 @@ class RawRings:
         self.b = self.view[PAGE + ring_size:]
 
     def stream(self, side: int, check: Callable[[], None] | None = None) -> RingStream:
-        ra = Ring(self.a, self.ctrl, _A_HEAD, _A_TAIL)
-        rb = Ring(self.b, self.ctrl, _B_HEAD, _B_TAIL)
+        ra = Ring(self.a, self.ctrl, _A_HEAD, _A_TAIL, _A_WAIT, self.address)
+        rb = Ring(self.b, self.ctrl, _B_HEAD, _B_TAIL, _B_WAIT, self.address)
         tx, rx = (ra, rb) if side == 0 else (rb, ra)
         return RingStream(tx, rx, check=check, timeout=60.0, name=f"raw ring side {side}")
 
@@ -184,8 +188,8 @@ class RingEcho:
 
     QUIT = b"\xff" * MSG
 
-    def __init__(self, ring_size: int = 1 << 20) -> None:
-        self.rr = RawRings(ring_size)
+    def __init__(self, ring_size: int = 1 << 20, wakes: bool = False) -> None:
+        self.rr = RawRings(ring_size, wakes)
 
         def echo() -> None:
             s = self.rr.stream(1)

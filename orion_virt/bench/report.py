@@ -109,14 +109,24 @@ def text(res: dict) -> str:
         out.append("")
     idle = res.get("idle")
     if idle:
-        out.append(f"Idle: CPU over {idle['window_s']:.1f} s with one idle shm and one idle TCP session "
-                   "(% of one core)")
+        out.append(f"Idle: CPU over {idle['window_s']:.1f} s with {idle.get('sessions', 2)} idle sessions "
+                   "(% of one core, summed per role)")
         rows = [[k, _f(v, "{:.2f}%")] for k, v in idle["percent_of_core"].items()]
         rows.append(["oriond total", _f(idle["oriond_total_pct"], "{:.2f}%")])
         out += _table(["process", "CPU"], rows)
-        fc = idle["first_call_after_idle_us"]
-        out.append("  first call after the idle window: " +
-                   ", ".join(f"{t} {_f(v, '{:.0f}')} us" for t, v in fc.items()))
+        out.append("")
+    wake = res.get("wake")
+    if wake:
+        out.append("First call after an idle time, us (median; floor: the transport's own first round trip "
+                   "after the same idle time, its waiters asleep too)")
+        rows = []
+        for t in wake["remote_us"]:
+            for i, gap in enumerate(wake["gaps_s"]):
+                rem, flo, warm = wake["remote_us"][t][i], wake["floor_us"][t][i], wake["warm_us"].get(t)
+                rows.append([t, f"{gap:g} s", _f(rem, "{:.0f}"), _f(flo, "{:.0f}"),
+                             _f(rem / flo if flo else None, "{:.2f}x"), _f(warm, "{:.1f}"),
+                             _f(rem / warm if warm else None, "{:.0f}x")])
+        out += _table(["", "idle", "first call", "floor", "/floor", "warm call", "/warm"], rows)
         out.append("")
     tg = res.get("targets")
     if tg:
@@ -239,9 +249,7 @@ def plot(res: dict, path: Path) -> None:
         items = list(idle["percent_of_core"].items())
         ax.barh([k for k, _ in items], [v for _, v in items], color="#9467bd")
         ax.set_xlabel("% of one core")
-        fc = idle["first_call_after_idle_us"]
-        ax.set_title("Idle CPU (" + ", ".join(f"first call {t}: {v:.0f} µs" for t, v in fc.items()) + ")",
-                     fontsize=9)
+        ax.set_title(f"Idle CPU, {idle.get('sessions', 2)} idle sessions", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

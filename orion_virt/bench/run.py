@@ -52,6 +52,12 @@ class Settings:
     starts: int = 8
     programs: int = 3
     idle_s: float = 5.0
+    idle_sessions: int = 8
+    """sessions open (and idle) while oriond's idle CPU is measured"""
+    wake_gaps: tuple[float, ...] = (0.1, 1.0, 10.0)
+    """idle times after which the first call is timed (and the floors' first round trip)"""
+    wake_samples: int = 3
+    """first calls timed per idle time (one per 10 s and longer gap)"""
     settle_s: float = 1.2
     """quiet time before TCP latency and idle measurements (idle shm waiters reach their sleep)"""
     device_mib: int = 128
@@ -66,6 +72,7 @@ class Settings:
         return dataclasses.replace(cls(
             rounds=3, null_n=5000, null_n_tcp=1000, pipelined_n=20000, pipelined_rounds=2,
             sizes=QUICK_SIZES, copy_rounds=2, copy_budget=64 * MiB, starts=4, programs=2, idle_s=2.0,
+            wake_gaps=(0.1, 1.0), wake_samples=1,
         ), **kw)  # type: ignore[arg-type]
 
     @classmethod
@@ -74,7 +81,8 @@ class Settings:
         return dataclasses.replace(cls(
             rounds=1, null_n=300, null_n_tcp=100, batches=2, pipelined_n=500, pipelined_rounds=1,
             sizes=(4 * KiB, 64 * KiB), copy_rounds=1, copy_budget=MiB, min_reps=2, max_reps=5,
-            starts=1, programs=1, idle_s=0.3, settle_s=0.1, device_mib=16,
+            starts=1, programs=1, idle_s=0.3, settle_s=0.1, device_mib=16, idle_sessions=3,
+            wake_gaps=(0.05,), wake_samples=1,
         ), **kw)  # type: ignore[arg-type]
 
     def reps(self, size: int) -> int:
@@ -354,30 +362,72 @@ class Bench:
     # -- idle -----------------------------------------------------------------------------------
 
     def idle(self) -> dict:
+        """oriond's and the clients' CPU while ``idle_sessions`` sessions sit idle."""
         s = self.s
-        self.log(f"idle: {s.settle_s:.1f} s to settle, then {s.idle_s:.1f} s measured")
-        time.sleep(s.settle_s)
-        pids = self.oriond.process_tree()
-        roles = {self.oriond.pid: "oriond main"}
-        for p in pids[1:]:
-            roles[p] = "tcp worker" if has_socket(p) else "shm worker"
-        watched = dict(roles)
-        for t, a in self.agents.items():
-            watched[a.pid] = f"client ({t})"
-        before = {p: cpu_seconds(p) for p in watched}
-        t0 = time.monotonic()
-        time.sleep(s.idle_s)
-        wall = time.monotonic() - t0
-        after = {p: cpu_seconds(p) for p in watched}
+        extra: list[AgentProcess] = []
+        try:
+            for i in range(max(0, s.idle_sessions - len(self.agents))):
+                t = s.transports[i % len(s.transports)]
+                a = self._agent(t, f"-idle{i}")
+                extra.append(a)
+                a.call("init")
+            self.log(f"idle: {len(self.agents) + len(extra)} sessions, {s.settle_s:.1f} s to settle, "
+                     f"then {s.idle_s:.1f} s measured")
+            time.sleep(s.settle_s)
+            pids = self.oriond.process_tree()
+            roles = {self.oriond.pid: "oriond main"}
+            for p in pids[1:]:
+                roles[p] = "tcp worker" if has_socket(p) else "shm worker"
+            watched = dict(roles)
+            for a in [*self.agents.values(), *extra]:
+                watched[a.pid] = f"client ({a.name.split('-')[0]})"
+            before = {p: cpu_seconds(p) for p in watched}
+            t0 = time.monotonic()
+            time.sleep(s.idle_s)
+            wall = time.monotonic() - t0
+            after = {p: cpu_seconds(p) for p in watched}
+        finally:
+            for a in extra:
+                a.quit()
         pct: dict[str, float] = {}
         for p, role in watched.items():
             if before[p] is None or after[p] is None:
                 continue
             pct[role] = pct.get(role, 0.0) + (after[p] - before[p]) / wall * 100  # type: ignore[operator]
         server_total = sum(v for k, v in pct.items() if not k.startswith("client"))
-        first = {t: a.call("first_call")["us"] for t, a in self.agents.items()}
-        return {"window_s": wall, "percent_of_core": pct, "oriond_total_pct": server_total,
-                "first_call_after_idle_us": first}
+        return {"window_s": wall, "sessions": len(self.agents) + len(extra), "percent_of_core": pct,
+                "oriond_total_pct": server_total}
+
+    def wakeups(self, warm: dict) -> dict:
+        """The first call after each idle gap, over each transport, and the same first round trip
+        of the transport's floor (whose waiters sleep as oriond's do): what waking up costs."""
+        s = self.s
+        out: dict = {"gaps_s": list(s.wake_gaps), "warm_us": {}, "remote_us": {}, "floor_us": {}}
+        echoes: dict[str, floors.RingEcho | floors.TcpEcho] = {}
+        try:
+            for t in s.transports:
+                echoes[t] = floors.RingEcho(self.ring_size, wakes=True) if t == "shm" else floors.TcpEcho()
+                echoes[t].batch(1, warmup=5)
+                out["warm_us"][t] = warm.get(t, {}).get("remote", {}).get("median_us")
+                out["remote_us"][t], out["floor_us"][t] = [], []
+            for gap in s.wake_gaps:
+                n = 1 if gap >= 10 else s.wake_samples
+                self.log(f"wake-ups: {n} x {len(s.transports) * 2} first calls after {gap:g} s idle")
+                rem = {t: [] for t in s.transports}
+                flo: dict[str, list[float]] = {t: [] for t in s.transports}
+                for _ in range(n):
+                    for t in s.transports:
+                        time.sleep(gap)
+                        rem[t].append(self.agents[t].call("first_call")["us"])
+                        time.sleep(gap)
+                        flo[t].append(echoes[t].batch(1, warmup=0)[0] / 1e3)
+                for t in s.transports:
+                    out["remote_us"][t].append(median(rem[t]))
+                    out["floor_us"][t].append(median(flo[t]))
+        finally:
+            for e in echoes.values():
+                e.close()
+        return out
 
     # -- all ------------------------------------------------------------------------------------
 
@@ -392,6 +442,7 @@ class Bench:
             res["pipelined"] = self.pipelined()
             res["copy"] = self.copies()
             res["idle"] = self.idle()
+            res["wake"] = self.wakeups(res["null"])
             self.log("session start and whole-program runs")
             res["session"] = self.session_start()
         finally:

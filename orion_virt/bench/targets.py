@@ -40,9 +40,23 @@ TARGETS: list[Target] = [
            lambda r: _copy_ratio(r, "shm"), lambda v: v >= 0.8, "{:.2f}x"),
     Target("tcp_htod_ratio", "64 MiB HtoD over TCP >= 0.9x raw socket transfer",
            lambda r: _copy_ratio(r, "tcp"), lambda v: v >= 0.9, "{:.2f}x"),
+    Target("idle_cpu", "oriond idle CPU with 8 idle sessions <= 0.5% of a core",
+           lambda r: _get(r, "idle", "oriond_total_pct") if _get(r, "idle", "sessions") == 8 else None,
+           lambda v: v <= 0.5, "{:.2f}%"),
+    Target("shm_wake_ratio", "shm first call after 1 s idle <= 2x a warm call",
+           lambda r: _wake(r, "shm"), lambda v: v <= 2.0, "{:.0f}x"),
+    Target("tcp_wake_ratio", "TCP first call after 1 s idle <= 2x a warm call",
+           lambda r: _wake(r, "tcp"), lambda v: v <= 2.0, "{:.0f}x"),
     Target("shm_launch_rate", ">= 200k pipelined launches/s over shm",
            lambda r: _get(r, "pipelined", "shm", "launch", "per_s"), lambda v: v >= 200e3, "{:,.0f}/s"),
 ]
+
+
+def _wake(r: dict, t: str) -> float | None:
+    w = r.get("wake")
+    if not w or 1.0 not in w["gaps_s"] or not w["warm_us"].get(t):
+        return None
+    return w["remote_us"][t][w["gaps_s"].index(1.0)] / w["warm_us"][t]
 
 
 def evaluate(results: dict) -> list[dict]:

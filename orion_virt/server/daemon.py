@@ -25,6 +25,7 @@ from ..errors import OrionError
 from ..transport import tcp
 from ..transport.shmdev import C_GEN, C_STATE, CLAIMED, SERVING, list_devices
 from .backend import Backend
+from .claim_watch import ClaimBells
 from .logs import session_logger
 from .session import Authorizer, Session
 from .shm_serve import (
@@ -38,6 +39,10 @@ from .shm_serve import (
 )
 
 SCAN_INTERVAL = 0.02
+"""How often the main loop looks at VM devices (a guest cannot wake us: its claims are polled)."""
+IDLE_INTERVAL = 0.5
+"""How often the main loop runs when only futex-woken devices are served (heartbeats, new
+devices, removed ones); claims, connections and ended workers wake it at once."""
 RESCAN_DIR_INTERVAL = 0.5
 
 
@@ -68,6 +73,7 @@ class Daemon:
         self._skipped: set[str] = set()
         self._quarantined: dict[Path, tuple[int, int]] = {}
         """device path -> inode of a device found corrupt: not served again until it is recreated"""
+        self.bells = ClaimBells()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -82,16 +88,23 @@ class Daemon:
                           cfg.shm_path_base, "yes" if cfg.enable_shm else "no", "yes" if cfg.enable_kvm else "no")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # an ended worker wakes the loop (wakeup fd)
+        signal.set_wakeup_fd(self.bells.w, warn_on_full_buffer=False)
         if self.on_ready:
             self.on_ready()
         try:
             while not self.stopping:
                 self._scan_devices()
-                r, _, _ = select.select([self.listener], [], [], SCAN_INTERVAL)
-                if r:
+                polled = any(w.dev.vm or not w.dev.wakes for w in self.devices.values())
+                r, _, _ = select.select([self.listener, self.bells], [], [],
+                                        SCAN_INTERVAL if polled else IDLE_INTERVAL)
+                if self.bells in r:
+                    self.bells.drain()
+                if self.listener in r:
                     self._accept()
                 self._reap()
         finally:
+            signal.set_wakeup_fd(-1)
             self.shutdown()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -119,6 +132,7 @@ class Daemon:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        self.bells.close()
         self.log.info("oriond stopped")
 
     # -- TCP ------------------------------------------------------------------------------------
@@ -159,6 +173,7 @@ class Daemon:
                     if w is None:
                         continue
                     self.devices[path] = w
+                    self.bells.watch(w.dev)
                     self.log.info("serving %s device %s (%d channels of %d KiB rings)",
                                   "VM" if w.dev.vm else "container", path, w.dev.layout.nchannels,
                                   w.dev.layout.ring_size >> 10)
@@ -168,6 +183,7 @@ class Daemon:
                 self.log.warning("%s: %s; ending its sessions", path, gone)
                 stop_serving(w, gone)
                 self._kill_workers_of(w)
+                self.bells.unwatch(w.dev)
                 del self.devices[path]
                 continue
             try:
@@ -184,6 +200,7 @@ class Daemon:
                     stop_serving(w, "corrupt device")
                 except (ValueError, IndexError, OverflowError, struct.error):
                     pass
+                self.bells.unwatch(w.dev)
                 del self.devices[path]
                 self._quarantined[path] = w.dev.inode
 
@@ -239,8 +256,11 @@ class Daemon:
         if pid == 0:
             code = 0
             try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                self.bells.close_in_child()
                 if self.listener is not None:
                     self.listener.close()
                 body()

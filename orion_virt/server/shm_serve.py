@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DeviceError, StreamBroken
-from ..transport.ring import Ring, RingStream
+from ..transport.ring import RingStream
 from ..transport.shmdev import (
     C_CLIENT_BEAT,
     C_GEN,
     C_REQ_HEAD,
     C_REQ_TAIL,
+    C_REQ_WAIT,
     C_RESP_HEAD,
     C_RESP_TAIL,
+    C_RESP_WAIT,
     C_SERVED_GEN,
     C_STATE,
     CLAIMED,
@@ -52,11 +54,10 @@ class ServerChannel:
         self.dev.populate(self.index)
         c = self.ctrl
         c[C_REQ_HEAD] = c[C_REQ_TAIL] = c[C_RESP_HEAD] = c[C_RESP_TAIL] = 0
+        c[C_REQ_WAIT] = c[C_RESP_WAIT] = 0
         c[C_SERVED_GEN] = self.gen
         c[C_STATE] = SERVING
-        req, resp = self.dev.rings(self.index)
-        rx = Ring(req, c, C_REQ_HEAD, C_REQ_TAIL)
-        tx = Ring(resp, c, C_RESP_HEAD, C_RESP_TAIL)
+        tx, rx = self.dev.ring_pair(self.index, server=True)
         return RingStream(tx, rx, check=self.check, name=f"shm {self.dev.path}#{self.index}", max_sleep=0.01)
 
     def check(self) -> None:

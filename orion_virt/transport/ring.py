@@ -10,21 +10,33 @@ store is atomic and stores are not reordered with earlier stores, so data writte
 from __future__ import annotations
 
 import struct
+import time
 from typing import Callable, Iterator
 
-from ..errors import StreamClosed
+from ..errors import StreamClosed, TransportTimeout
+from . import futex
 from .base import CHUNK, Backoff, Stream
 
 SPIN_POLLS = range(2000)
-"""Polls of a peer's counter before a waiter builds a Backoff (roughly 50-100 µs of spinning)."""
+"""Polls of a peer's counter before a waiter sleeps (roughly 50-100 µs of spinning from Python:
+longer than a futex sleep and wake-up costs, see ``orion-bench``'s wake-up figures)."""
+CHECK_S = 0.5
+"""A sleeping waiter wakes at least this often to check its peer (and its deadline)."""
 
 
 class Ring:
-    """One direction. ``ctrl`` is a 'Q'-cast memoryview; ``head_i``/``tail_i`` index it."""
+    """One direction. ``ctrl`` is a 'Q'-cast memoryview; ``head_i``/``tail_i`` index it.
 
-    __slots__ = ("buf", "ctrl", "head_i", "tail_i", "size", "mask", "head", "tail", "limit")
+    With ``wait_i`` >= 0 the ring's consumer may sleep on a futex: it sets ``ctrl[wait_i]`` and
+    sleeps on the head counter's low 32 bits (``ctrl`` lies at ``ctrl_address``); the producer
+    wakes it after publishing (``futex``'s protocol). ``wait_i`` < 0: both ends poll (a VM's BAR).
+    """
 
-    def __init__(self, buf: memoryview, ctrl: memoryview, head_i: int, tail_i: int) -> None:
+    __slots__ = ("buf", "ctrl", "head_i", "tail_i", "size", "mask", "head", "tail", "limit", "wait_i",
+                 "ctrl_address")
+
+    def __init__(self, buf: memoryview, ctrl: memoryview, head_i: int, tail_i: int,
+                 wait_i: int = -1, ctrl_address: int = 0) -> None:
         size = len(buf)
         if size & (size - 1) or size < 4096:
             raise ValueError("ring size must be a power of two >= 4096")
@@ -37,6 +49,14 @@ class Ring:
         self.head = ctrl[head_i]
         self.tail = ctrl[tail_i]
         self.limit = self.tail + size
+        self.wait_i = wait_i if futex.AVAILABLE and ctrl_address else -1
+        self.ctrl_address = ctrl_address
+
+    def wake_consumer(self) -> None:
+        """After publishing ``head``: wake the consumer if it sleeps (a fence, then one load)."""
+        futex.fence()
+        if self.ctrl[self.wait_i]:
+            futex.wake(self.ctrl_address + 8 * self.head_i)
 
     def reset(self) -> None:
         self.ctrl[self.head_i] = 0
@@ -117,6 +137,8 @@ class RingStream(Stream):
                 tx.buf[pos:end] = data
                 tx.head = head = head + n
                 tx.ctrl[tx.head_i] = head
+                if tx.wait_i >= 0:
+                    tx.wake_consumer()
                 return
         mv = memoryview(data).cast("B")
         off = 0
@@ -128,6 +150,8 @@ class RingStream(Stream):
             off += k
             tx.head += k
             tx.ctrl[tx.head_i] = tx.head
+            if tx.wait_i >= 0:
+                tx.wake_consumer()
 
     def _room_at_least(self, want: int, need: int) -> int:
         """Bytes writable now (at most ``want``), waiting until there are at least ``need``."""
@@ -156,6 +180,8 @@ class RingStream(Stream):
             yield tx.buf[pos:pos + k]
             tx.head += k
             tx.ctrl[tx.head_i] = tx.head
+            if tx.wait_i >= 0:
+                tx.wake_consumer()
             n -= k
 
     # -- consumer side ---------------------------------------------------------------------
@@ -172,12 +198,43 @@ class RingStream(Stream):
             avail = ctrl[hi] - tail
             if avail >= need:
                 return avail
+        if rx.wait_i >= 0:
+            return self._sleep_until(need)
         bo = Backoff(self.check, self.timeout, max_sleep=self.max_sleep, what=f"{self.name} peer to write")
         while True:
             bo.wait()
             avail = ctrl[hi] - tail
             if avail >= need:
                 return avail
+
+    def _sleep_until(self, need: int) -> int:
+        """Sleep on the receive ring's head until ``need`` bytes are readable; checks the peer
+        every ``CHECK_S`` and honours ``timeout``."""
+        rx = self.rx
+        ctrl, hi, wi, tail = rx.ctrl, rx.head_i, rx.wait_i, rx.tail
+        addr = rx.ctrl_address + 8 * hi
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        next_check = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + CHECK_S
+                    if self.check is not None:
+                        self.check()
+                if deadline is not None and now > deadline:
+                    raise TransportTimeout(f"timed out waiting for {self.name} peer to write")
+                ctrl[wi] = 1
+                head = ctrl[hi]
+                if head - tail >= need:
+                    return head - tail
+                left = next_check - now if deadline is None else min(next_check, deadline) - now
+                futex.wait(addr, head, left)
+                avail = ctrl[hi] - tail
+                if avail >= need:
+                    return avail
+        finally:
+            ctrl[wi] = 0
 
     def _avail(self, want: int) -> int:
         avail = self.rx.ctrl[self.rx.head_i] - self.rx.tail

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeviceError, StreamBroken
+from . import futex
 from .ring import Ring, RingStream
 
 MAGIC = b"ORIONSHM"
@@ -37,6 +38,7 @@ H_DEVICE_ID = 6
 H_SERVER_EPOCH = 7
 H_SERVER_BEAT = 8
 H_SERVER_PID = 9
+H_CLAIM_BELL = 10  # bumped (and its futex woken) by a client after it claims a channel
 CONFIG_OFF = 256
 CONFIG_LEN = 1024
 HOSTPATH_OFF = 1280
@@ -57,6 +59,8 @@ C_REQ_TAIL = 24
 C_RESP_HEAD = 32
 C_RESP_TAIL = 40
 C_REASON = 48  # 8 slots: a short ASCII reason for DEAD
+C_REQ_WAIT = 56  # non-zero while oriond sleeps on the request ring's head (futex)
+C_RESP_WAIT = 64  # non-zero while the client sleeps on the response ring's head
 
 FREE, CLAIMED, SERVING, CLOSED, DEAD = 0, 1, 2, 3, 4
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -204,6 +208,7 @@ class Device:
             os.close(self.fd)
             raise
         self.view = memoryview(self.mm)
+        self.address = futex.base_address(self.mm) if writable else 0
         self.q = self.view[:PAGE].cast("Q")
         self.lock_fd = self.fd if lock_path is None else _open_lock_file(lock_path)
         try:
@@ -246,6 +251,21 @@ class Device:
     def host_path(self) -> str:
         raw = bytes(self.view[HOSTPATH_OFF:HOSTPATH_OFF + HOSTPATH_LEN])
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    @property
+    def wakes(self) -> bool:
+        """Whether the two ends of a channel can wake each other through futexes: a file both
+        map on one kernel (host, containers), not a VM's BAR (either side of it)."""
+        return futex.AVAILABLE and bool(self.address) and self.lock_fd == self.fd and not self.vm
+
+    def ring_pair(self, i: int, server: bool) -> tuple[Ring, Ring]:
+        """(transmit, receive) rings of channel ``i`` for the server or the client end."""
+        ctrl = self.ctrl(i)
+        req, resp = self.rings(i)
+        addr = self.address + self.layout.channel_offset(i) if self.wakes else 0
+        request = Ring(req, ctrl, C_REQ_HEAD, C_REQ_TAIL, C_REQ_WAIT, addr)
+        response = Ring(resp, ctrl, C_RESP_HEAD, C_RESP_TAIL, C_RESP_WAIT, addr)
+        return (response, request) if server else (request, response)
 
     def ctrl(self, i: int) -> memoryview:
         off = self.layout.channel_offset(i)
@@ -383,9 +403,7 @@ class ClientChannel:
         self.ctrl[C_CLIENT_BEAT] = self._beat
 
     def stream(self, timeout: float | None = None) -> RingStream:
-        req, resp = self.dev.rings(self.index)
-        tx = Ring(req, self.ctrl, C_REQ_HEAD, C_REQ_TAIL)
-        rx = Ring(resp, self.ctrl, C_RESP_HEAD, C_RESP_TAIL)
+        tx, rx = self.dev.ring_pair(self.index, server=False)
         return RingStream(tx, rx, check=self.check, timeout=timeout,
                           name=f"shm {self.dev.path}#{self.index}", on_close=self.release)
 
@@ -432,6 +450,7 @@ def claim_channel(dev: Device, *, check_tenants: bool = True, wait_s: float = 5.
         c[C_CLIENT_BEAT] = 0
         c[C_GEN] = gen
         c[C_STATE] = CLAIMED
+        ring_claim_bell(dev)
         ch = ClientChannel(dev, i, gen)
         deadline = time.monotonic() + wait_s
         while not (c[C_STATE] == SERVING and c[C_SERVED_GEN] == gen):
@@ -448,6 +467,15 @@ def claim_channel(dev: Device, *, check_tenants: bool = True, wait_s: float = 5.
         return ch
     raise DeviceError(f"{dev.path}: all {dev.layout.nchannels} channels are in use; "
                       "create another device with `orion-shm -i N`")
+
+
+def ring_claim_bell(dev: Device) -> None:
+    """Tell oriond's main loop that a channel was claimed (it sleeps on this futex between its
+    rounds; a VM's guest cannot wake it, and it polls VM devices instead)."""
+    dev.q[H_CLAIM_BELL] = (dev.q[H_CLAIM_BELL] + 1) & 0xFFFF_FFFF
+    if dev.wakes:
+        futex.fence()
+        futex.wake(dev.address + 8 * H_CLAIM_BELL, 1)
 
 
 def list_devices(base: str | os.PathLike[str]) -> list[Path]:

@@ -2,8 +2,11 @@
  * (<ORION_SHM_PATH_BASE>/orionsock<N>, or ORION_SHM_DEVICE) as ivshmem/LAYOUT.md describes it and
  * orion_virt/transport/shmdev.py and ring.py implement it: header checks, the claim (an fcntl
  * lock on the channel's first byte, owner fields, generation, state), and the two SPSC rings
- * with their 64-bit head/tail counters. Waits spin, yield, then sleep up to 5 ms, and check the
- * peer as they go (channel dead or taken over, server heartbeat stale for 5 s): never a hang.
+ * with their 64-bit head/tail counters. A wait for a reply spins for a short window, then sleeps
+ * on a futex on the response head that oriond wakes (ivshmem/LAYOUT.md, "Waking"); on a VM's BAR,
+ * where no futex crosses the VM boundary, it yields, then sleeps growing to 5 ms. Every wait
+ * checks the peer as it goes (channel dead or taken over, server heartbeat stale for 5 s): never
+ * a hang.
  */
 #define _GNU_SOURCE
 #include "orion_shm.h"
@@ -18,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/futex.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +35,7 @@
 #define H_RING 5
 #define H_SERVER_EPOCH 7
 #define H_SERVER_BEAT 8
+#define H_CLAIM_BELL 10
 #define C_STATE 0
 #define C_GEN 1
 #define C_SERVED_GEN 2
@@ -42,6 +48,9 @@
 #define C_RESP_HEAD 32
 #define C_RESP_TAIL 40
 #define C_REASON 48
+#define C_REQ_WAIT 56
+#define C_RESP_WAIT 64
+#define CHECK_S 0.5
 enum { FREE, CLAIMED, SERVING, CLOSED, DEAD };
 #define SERVER_STALE_S 5.0
 #ifndef MADV_POPULATE_WRITE
@@ -52,6 +61,8 @@ struct orion_shm {
     int fd;
     int lock_fd;                     /* the claim locks: the device file, or (ivshmem) a guest-local file */
     int vm;                          /* an ivshmem PCI device's BAR2 */
+    int wakes;                       /* futex wake-ups with oriond (a file mapping on one kernel) */
+    int woke_server;                 /* the last request had to wake oriond: its reply comes late */
     unsigned char *base;
     size_t size;
     uint64_t nch, ring, stride;
@@ -163,6 +174,66 @@ static int check(orion_shm *s, char *why, size_t wl)
     return 0;
 }
 
+/* How long a waiter spins before it sleeps: a futex sleep and wake-up costs a few microseconds
+ * to tens (orion-bench measures it), so a reply due sooner is cheaper to spin for. A request that
+ * woke oriond spins up to WAKE_SPIN_S: oriond's own wake-up (~0.1 ms from deep idle, measured on
+ * the 2-core VM) is then on the reply's path, and a second wake-up of ours would double it. */
+#define WAKE_SPIN_S 0.002
+static double spin_s(void)
+{
+    static double v = -1;
+    if (v < 0) {
+        const char *e = getenv("ORION_SPIN_US");
+        double us = e && *e ? strtod(e, NULL) : 50.0;
+        v = (us >= 0 && us <= 1e6 ? us : 50.0) / 1e6;
+    }
+    return v;
+}
+
+static void futex_wait(volatile uint64_t *word, uint64_t seen, double seconds)
+{
+    if (seconds < 0) seconds = 0;
+    struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, (uint32_t)seen, &ts, NULL, 0);
+}
+
+/* After publishing the request head: wake oriond if it sleeps on it (full fence, then one load). */
+static void wake_server(orion_shm *s)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (load(s->ctrl + C_REQ_WAIT)) {
+        syscall(SYS_futex, (uint32_t *)(s->ctrl + C_REQ_HEAD), FUTEX_WAKE, 1, NULL, NULL, 0);
+        s->woke_server = 1;
+    }
+}
+
+/* Sleep until the response head moves past rx_tail. 0: data; -3: deadline; -4: peer gone. */
+static int sleep_for_reply(orion_shm *s, double deadline, char *why, size_t wl)
+{
+    volatile uint64_t *head = s->ctrl + C_RESP_HEAD, *flag = s->ctrl + C_RESP_WAIT;
+    double next_check = 0;
+    int r = 0;
+    for (;;) {
+        double now = mono();
+        if (now >= next_check) {
+            next_check = now + CHECK_S;
+            if ((r = check(s, why, wl))) break;
+        }
+        if (deadline > 0 && now > deadline) {
+            r = -3;
+            break;
+        }
+        __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+        uint64_t h = load(head);
+        if (h != s->rx_tail) break;
+        double until = deadline > 0 && deadline < next_check ? deadline : next_check;
+        futex_wait(head, h, until - now);
+        if (load(head) != s->rx_tail) break;
+    }
+    store(flag, 0);
+    return r;
+}
+
 typedef struct {
     unsigned n;
     double start, next_check;
@@ -216,6 +287,7 @@ int orion_shm_send(orion_shm *s, const struct iovec *iov, int n, char *why, size
             memcpy(s->req + pos, p, k);
             s->tx_head += k;
             store(s->ctrl + C_REQ_HEAD, s->tx_head);
+            if (s->wakes) wake_server(s);
             p += k;
             left -= k;
         }
@@ -230,7 +302,18 @@ int orion_shm_recv(orion_shm *s, void *buf, size_t n, double deadline, char *why
     while (n) {
         uint64_t avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail;
         if (!avail) {
-            backoff b = {0, 0, 0};
+            double spin_end = mono() + (s->woke_server ? WAKE_SPIN_S : spin_s());
+            s->woke_server = 0;
+            for (unsigned i = 1; !(avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail); i++)
+                if (!(i & 255) && mono() > spin_end) break;
+        }
+        if (!avail && s->wakes) {
+            int r = sleep_for_reply(s, deadline, why, wl);
+            if (r) return r;
+            avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail;
+        }
+        if (!avail) {
+            backoff b = {2000, 0, 0};
             while (!(avail = load(s->ctrl + C_RESP_HEAD) - s->rx_tail)) {
                 int r = wait_step(s, &b, deadline, why, wl);
                 if (r) return r;
@@ -275,6 +358,7 @@ static int try_device(const char *path, const char *lock_path, double timeout, o
     s->fd = -1;
     s->lock_fd = -1;
     s->vm = lock_path != NULL;
+    s->wakes = !s->vm;
     snprintf(s->path, sizeof s->path, "%s", path);
     s->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (s->fd >= 0 && lock_path) {
@@ -338,6 +422,7 @@ static int try_device(const char *path, const char *lock_path, double timeout, o
         unmap(s);
         return -1;
     }
+    if ((s->hdr[H_NCH_FLAGS] >> 32) & 1) s->wakes = 0;  /* a VM's device: oriond polls it, never wakes */
     s->nch = nch;
     s->ring = ring;
     s->stride = PAGE + 2 * ring;
@@ -391,6 +476,8 @@ static int try_device(const char *path, const char *lock_path, double timeout, o
         store(s->ctrl + C_CLIENT_BEAT, 0);
         store(s->ctrl + C_GEN, gen);
         store(s->ctrl + C_STATE, CLAIMED);
+        store(s->hdr + H_CLAIM_BELL, (load(s->hdr + H_CLAIM_BELL) + 1) & 0xFFFFFFFFu);
+        if (s->wakes) syscall(SYS_futex, (uint32_t *)(s->hdr + H_CLAIM_BELL), FUTEX_WAKE, 1, NULL, NULL, 0);
         s->gen = gen;
         double deadline = mono() + timeout;
         while (!(load(s->ctrl + C_STATE) == SERVING && load(s->ctrl + C_SERVED_GEN) == gen)) {
@@ -418,7 +505,9 @@ static int try_device(const char *path, const char *lock_path, double timeout, o
         s->server_beat = load(s->hdr + H_SERVER_BEAT);
         s->server_beat_at = mono();
         store(s->ctrl + C_CLIENT_BEAT, 1);
-        s->beat_started = pthread_create(&s->beat_thread, NULL, beat_main, s) == 0;
+        /* oriond watches a VM client's heartbeat (it cannot see a guest's lock); elsewhere it
+         * watches the claim lock, and no thread needs to wake this process while it is idle */
+        if (!s->wakes) s->beat_started = pthread_create(&s->beat_thread, NULL, beat_main, s) == 0;
         *out = s;
         return 0;
     }

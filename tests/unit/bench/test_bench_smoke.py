@@ -40,7 +40,7 @@ def test_smoke_run_writes_table_json_and_png(tmp_path: Path, monkeypatch: pytest
     r = CliRunner().invoke(orion_bench.main, ["--quick", "--out", str(out), "--keep", str(tmp_path / "work")])
     assert r.exit_code == 0, r.output + repr(r.exception)
     for section in ("Null call", "Pipelined calls", "HtoD throughput", "DtoH throughput",
-                    "Starting a session", "Idle", "Targets"):
+                    "Starting a session", "Idle", "First call after an idle time", "Targets"):
         assert section in r.output
 
     res = json.loads((out / "bench.json").read_text())
@@ -57,7 +57,11 @@ def test_smoke_run_writes_table_json_and_png(tmp_path: Path, monkeypatch: pytest
     assert all(v > 0 for v in res["copy"]["gbps"]["ring_htod"] + res["copy"]["gbps"]["socket_dtoh"])
     idle = res["idle"]
     assert {"oriond main", "shm worker", "tcp worker"} <= set(idle["percent_of_core"])
-    assert set(idle["first_call_after_idle_us"]) == {"shm", "tcp"}
+    assert idle["sessions"] == 3  # the smoke settings
+    wake = res["wake"]
+    for t in ("shm", "tcp"):
+        assert len(wake["remote_us"][t]) == len(wake["gaps_s"]) == len(wake["floor_us"][t])
+        assert all(v > 0 for v in wake["remote_us"][t] + wake["floor_us"][t])
     assert len(res["targets"]) == len(TARGETS)
     # oriond was stopped: nothing of this run is left serving its device
     assert not list((tmp_path / "work").glob("oriond.pid"))
