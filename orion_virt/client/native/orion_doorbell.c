@@ -184,6 +184,20 @@ static int setup_vfio(const char *dir, const char *bdf, unsigned flags) {
     }
     struct vfio_region_info ri = {.argsz = sizeof ri, .index = VFIO_PCI_BAR0_REGION_INDEX};
     if (ioctl(db.dev_fd, VFIO_DEVICE_GET_REGION_INFO, &ri) == 0) db.bar0_off = ri.offset;
+    /* An MSI is a memory write by the device: without Bus Master in the command register
+     * QEMU drops it (no guest driver sets it for us here). */
+    struct vfio_region_info ci = {.argsz = sizeof ci, .index = VFIO_PCI_CONFIG_REGION_INDEX};
+    uint16_t cmd = 0;
+    if (ioctl(db.dev_fd, VFIO_DEVICE_GET_REGION_INFO, &ci) < 0 ||
+        pread(db.dev_fd, &cmd, 2, (off_t)(ci.offset + 4)) != 2) {
+        db.reason = "cannot read the PCI command register through vfio";
+        return -1;
+    }
+    cmd |= 0x4 | 0x2; /* bus master, memory space */
+    if (pwrite(db.dev_fd, &cmd, 2, (off_t)(ci.offset + 4)) != 2) {
+        db.reason = "cannot enable bus mastering through vfio";
+        return -1;
+    }
     db.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (db.efd < 0) {
         db.reason = "eventfd failed";
