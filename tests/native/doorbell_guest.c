@@ -9,8 +9,12 @@
  * peer id, then
  *   host -> guest, N times: guest stores READY=i and sleeps in orion_doorbell_wait(); the host
  *     waits a little (so the guest really sleeps), rings it and times until ACK=i (host clock);
+ *     then N times more with the guest spinning on orion_doorbell_wait(0) (the interrupt path
+ *     without the guest's wake from idle);
  *   guest -> host, N times: host stores SLEEP=i and sleeps in its DoorbellServer.wait(); the
- *     guest waits 2 ms, rings oriond (peer 0) and times until the host's HACK=i (guest clock).
+ *     guest waits 2 ms, rings oriond (peer 0) and times until the host's HACK=i (guest clock);
+ *   ping-pong, N times, nobody spinning: the host rings the sleeping guest, which rings the
+ *     sleeping host back at once; the host times the round trip.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -127,10 +131,17 @@ static int do_run(const char *dir) {
     st(W_TIMEOUT_OK, t == ORION_DB_TIMEOUT ? 1 : 2);
     st(W_PEER, (uint64_t)self + 1);
 
-    for (int i = 1; i <= n; i++) { /* host -> guest: the host times it */
+    for (int i = 1; i <= n; i++) { /* host -> guest, guest asleep: the host times it */
         st(W_READY, (uint64_t)i);
         int r = orion_doorbell_wait(20.0);
         if (r != ORION_DB_OK) { printf("wait %d: rc=%d\n", i, r); return 5; }
+        st(W_ACK, (uint64_t)i);
+    }
+    for (int i = n + 1; i <= 2 * n; i++) { /* the same with the guest spinning on wait(0) */
+        st(W_READY, (uint64_t)i);
+        double end = now_us() + 20e6;
+        while (orion_doorbell_wait(0) != ORION_DB_OK)
+            if (now_us() > end) { printf("spin wait %d timed out\n", i); return 5; }
         st(W_ACK, (uint64_t)i);
     }
     static double lat[MAXN];
@@ -144,6 +155,12 @@ static int do_run(const char *dir) {
         lat[i - 1] = now_us() - a;
     }
     stats("GUEST_TO_HOST", lat, n);
+    for (int i = 1; i <= n; i++) { /* ping-pong, both asleep: host rings, we ring back at once */
+        st(W_READY, (uint64_t)(2 * n + i));
+        int r = orion_doorbell_wait(20.0);
+        if (r != ORION_DB_OK) { printf("pong wait %d: rc=%d\n", i, r); return 9; }
+        if (orion_doorbell_ring(0, 0) != ORION_DB_OK) return 9;
+    }
     st(W_DONE, 1);
     orion_doorbell_close();
     return 0;
