@@ -1,0 +1,78 @@
+"""A ring's idle waiter sleeps on a futex and is woken by the peer's write, never by its timeout.
+
+Each pair is a channel of a real device file with its peer in another process. A lost wake-up
+would show as a round trip of about ``CHECK_S`` (the sleeper's timeout); these tests bound the
+round trips well below it. The bounds are about correctness (nothing lost), not speed:
+``orion-bench`` measures the wake-up latency.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from orion_virt.transport import futex
+from orion_virt.transport.ring import CHECK_S, RingStream
+from orion_virt.transport.shmdev import Device, format_device
+
+from tests.unit.transport.test_transport_conformance import make_pair, roundtrip
+
+pytestmark = pytest.mark.skipif(not futex.AVAILABLE, reason="futexes need Linux on x86-64 or aarch64")
+LOST = CHECK_S / 2
+"""A round trip this long means the peer woke by its timeout: its wake-up was lost."""
+
+
+@pytest.fixture(params=["shm-local-client", "shm-local-server"])
+def pair_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_an_idle_peer_sleeps_and_the_next_write_wakes_it(pair_kind: str, tmp_path: Path) -> None:
+    pair = make_pair(pair_kind, "echo", tmp_path)
+    try:
+        s = pair.local
+        assert isinstance(s, RingStream) and s.tx.wait_i >= 0
+        assert roundtrip(s, b"warm") == b"warm"
+        deadline = time.monotonic() + 5
+        while not s.tx.ctrl[s.tx.wait_i]:  # the peer has spun, then gone to sleep on our head
+            assert time.monotonic() < deadline, "the idle peer never went to sleep"
+            time.sleep(0.001)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert roundtrip(s, b"wake up") == b"wake up"
+        assert time.monotonic() - t0 < LOST
+    finally:
+        pair.close()
+
+
+def test_no_wakeup_is_lost_between_spinning_and_sleeping(pair_kind: str, tmp_path: Path) -> None:
+    """Gaps around the spin window, so that writes land while the peer is deciding to sleep."""
+    pair = make_pair(pair_kind, "echo", tmp_path)
+    rng = random.Random(7)
+    try:
+        worst = 0.0
+        for i in range(400):
+            time.sleep(rng.choice([0, 20e-6, 60e-6, 120e-6, 400e-6, 2e-3]))
+            msg = i.to_bytes(4, "little")
+            t0 = time.monotonic()
+            assert roundtrip(pair.local, msg) == msg
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < LOST, f"a round trip took {worst * 1e3:.0f} ms: a wake-up was lost"
+    finally:
+        pair.close()
+
+
+def test_a_vm_device_polls_and_never_sleeps_on_a_futex(tmp_path: Path) -> None:
+    """A guest cannot wake a host futex (nor the host a guest's): both ends poll a VM device."""
+    path = tmp_path / "orionsock3"
+    format_device(path, 2 << 20, vm=True)
+    dev = Device(path)
+    try:
+        assert not dev.wakes
+        for server in (True, False):
+            assert all(r.wait_i < 0 for r in dev.ring_pair(0, server))
+    finally:
+        dev.close()
