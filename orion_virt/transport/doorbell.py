@@ -518,6 +518,21 @@ class DoorbellServer:
             _signal(p.eventfds[vector])
             return True
 
+    def dup_ring_fd(self, peer_id: int, vector: int = 0) -> int | None:
+        """A dup of guest *peer_id*'s eventfd for *vector*, for a session worker in another
+        process to ring that guest itself (``os.eventfd_write(fd, 1)``); None if not connected.
+
+        The caller owns (and closes) the fd. After the guest disconnects, writes to it reach
+        nobody and are harmless; a new guest never reuses it.
+        """
+        if peer_id == ORIOND_PEER_ID:
+            raise UsageError("dup_ring_fd(): peer 0 is oriond itself")
+        with self._lock:
+            p = self._peers.get(peer_id)
+            if p is None or p.closed or not 0 <= vector < len(p.eventfds):
+                return None
+            return os.dup(p.eventfds[vector])
+
     def ring_all(self, vector: int = 0) -> int:
         """Ring every connected guest on *vector*; returns how many were rung."""
         return sum(self.ring(pid, vector) for pid in self.peers())

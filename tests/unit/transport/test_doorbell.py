@@ -202,6 +202,23 @@ def test_oriond_rings_guest(server: db.DoorbellServer) -> None:
         q.close()
 
 
+def test_dup_ring_fd_for_another_process(server: db.DoorbellServer) -> None:
+    q = FakeQemu(server.sock_path, vectors=2)
+    try:
+        q.setup()
+        q.pump(4)
+        _until(lambda: server.peers() == [1])
+        fd = server.dup_ring_fd(1, 1)
+        assert fd is not None and server.dup_ring_fd(5, 0) is None and server.dup_ring_fd(1, 7) is None
+        os.eventfd_write(fd, 1)
+        assert os.eventfd_read(q.own_fd(1)) == 1
+        os.close(fd)
+        with pytest.raises(UsageError):
+            server.dup_ring_fd(0, 0)
+    finally:
+        q.close()
+
+
 def test_second_guest_sees_first_and_disconnects(server: db.DoorbellServer) -> None:
     a = FakeQemu(server.sock_path, vectors=2)
     a.setup()
