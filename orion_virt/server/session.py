@@ -22,6 +22,8 @@ from ..cuda_enums import CUpointer_attribute as P
 from ..errors import OrionError, ProtocolError, Refused, TransportError
 from ..transport.base import Stream
 from ..wire import HEADER, HEADER_SIZE, Hello, Kind, Plan, ServerProtocol, Welcome
+from ..wire.codes import Call
+from ..wire.protocol import PLANS
 from .backend import Backend, BackendSession, CudaCallError, VGpu
 from .blobs import Blob, Fill
 from .dispatch_gen import DISPATCH
@@ -30,6 +32,7 @@ from .throttle import Throttle
 E = CUresult
 LEASE_GRACE_S = 2.0
 """Slack for clock skew between the controller and this server."""
+LAUNCH_CODE = int(Call.cuLaunchKernel)
 HELLO_TIMEOUT_S = 10.0
 """How long a new connection may take to send its HELLO."""
 
@@ -250,9 +253,13 @@ class Session:
         call_header, call_blob, reply = proto.call_header, proto.call_blob, proto.reply
         dispatch = DISPATCH
         blob = Blob(stream, 0)  # one per session: the execution consumes it before the next call is read
+        launch_plan = PLANS[LAUNCH_CODE]
         while True:
             h = recv_unpack(HEADER)
             p: Any = call_header(h)
+            if p is launch_plan and not self._captures:
+                self._launch_now(h, p)
+                continue
             if p.__class__ is not Plan:
                 if p is Kind.RENEW:
                     self._renew(proto.renew_body(stream.recv_exact(h[0])))
@@ -291,6 +298,34 @@ class Session:
                 result.fill.write(stream.send_chunks(result.fill.size))
             if buffered:
                 flush()
+
+    def _launch_now(self, h: tuple, p: Plan) -> None:
+        """cuLaunchKernel outside stream capture, the call a pipelined program sends most: the
+        same checks as the generated dispatch and ``x_cuLaunchKernel`` in one frame, so that a
+        ring full of launches is decoded and issued back to back. Its failure is deferred (NO_REPLY)."""
+        stream = self.stream
+        a = stream.recv_unpack(p.req)
+        n = self.proto.call_blob(p, a, h[0])
+        params = stream.recv_exact(n) if n else b""
+        self.calls += 1
+        try:
+            f = self.h_function.get(a[0])
+            st = self.h_stream.get(a[8]) if a[8] else None
+            if n != f.total:
+                raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                                    f"{f.name}: {n} bytes of parameters, the kernel takes {f.total}")
+            gx, gy, gz, bx, by, bz = a[1:7]
+            if min(gx, gy, gz, bx, by, bz) == 0 or bx * by * bz > 1024:
+                raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
+            throttle = self.throttles[f.dev]
+            if throttle.ratio < 100:
+                throttle.before_launch()
+                throttle.account(self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), a[7], st, params))
+            else:
+                self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), a[7], st, params)
+        except CudaCallError as e:
+            self.log.info("session %d: %s failed: %s (%s)", self.session_id, p.name, _name(e.code), e.message)
+            self.proto.finished(p, e.code)
 
     def _renew(self, token: str) -> None:
         """A renewed token: it must be valid for this same allocation, else the session ends."""

@@ -6,7 +6,7 @@ Host side through the product: ``orion-virt install-hook`` (via test_vm_orion's 
 fixture: the hook formats /dev/shm/orionsock<N> on ``prepare``), ``orion-virt attach --doorbell``
 (the ``<shmem>`` with ``<model type='ivshmem-doorbell'/><server path=…/>``), and
 ``orion_virt.transport.doorbell.DoorbellServer`` on that socket, started before the domain (QEMU
-connects to it while it starts). Guest side: tests/native/doorbell_guest.c with
+connects to it while it starts). Guest side: tests/native/vm/doorbell_guest.c with
 orion_virt/client/native/orion_doorbell.c, built static on the host.
 
 QEMU's ivshmem-doorbell interrupts only through MSI-X and the Debian 12 guest kernel has no vfio
@@ -65,12 +65,12 @@ exit $rc
 
 @pytest.fixture(scope="module")
 def guest_program() -> Path:
-    """tests/native/doorbell_guest.c + orion_doorbell.c, static, under build/vm-doorbell."""
+    """tests/native/vm/doorbell_guest.c + orion_doorbell.c, static, under build/vm-doorbell."""
     OUT.mkdir(parents=True, exist_ok=True)
     native = ROOT / "orion_virt" / "client" / "native"
     exe = OUT / "doorbell_guest"
     c = subprocess.run(["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", f"-I{native}",
-                        str(ROOT / "tests" / "native" / "doorbell_guest.c"), str(native / "orion_doorbell.c"),
+                        str(ROOT / "tests" / "native" / "vm" / "doorbell_guest.c"), str(native / "orion_doorbell.c"),
                         "-o", str(exe)], capture_output=True, text=True, timeout=120)
     assert c.returncode == 0, c.stderr
     return exe

@@ -17,7 +17,6 @@ import pytest
 from orion_virt.transport import futex
 from orion_virt.transport.ring import CHECK_S, RingStream
 from orion_virt.transport.shmdev import Device, format_device
-
 from tests.unit.transport.test_transport_conformance import make_pair, roundtrip
 
 pytestmark = pytest.mark.skipif(not futex.AVAILABLE, reason="futexes need Linux on x86-64 or aarch64")
