@@ -413,7 +413,7 @@ class Bench:
             for gap in s.wake_gaps:
                 n = 1 if gap >= 10 else s.wake_samples
                 self.log(f"wake-ups: {n} x {len(s.transports) * 2} first calls after {gap:g} s idle")
-                rem = {t: [] for t in s.transports}
+                rem: dict[str, list[float]] = {t: [] for t in s.transports}
                 flo: dict[str, list[float]] = {t: [] for t in s.transports}
                 for _ in range(n):
                     for t in s.transports:

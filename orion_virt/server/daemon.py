@@ -96,11 +96,11 @@ class Daemon:
             while not self.stopping:
                 self._scan_devices()
                 polled = any(w.dev.vm or not w.dev.wakes for w in self.devices.values())
-                r, _, _ = select.select([self.listener, self.bells], [], [],
+                r, _, _ = select.select([self.listener.fileno(), self.bells.fileno()], [], [],
                                         SCAN_INTERVAL if polled else IDLE_INTERVAL)
-                if self.bells in r:
+                if self.bells.fileno() in r:
                     self.bells.drain()
-                if self.listener in r:
+                if self.listener.fileno() in r:
                     self._accept()
                 self._reap()
         finally:

@@ -21,7 +21,7 @@ import os
 import platform
 import threading
 
-_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+_SYS_FUTEX: int = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), -1)
 _FUTEX_WAIT = 0  # shared (not FUTEX_PRIVATE_FLAG): the word lives in a file mapping of two processes
 _FUTEX_WAKE = 1
 
@@ -34,7 +34,7 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-AVAILABLE = _SYS_FUTEX is not None and platform.system() == "Linux"
+AVAILABLE = _SYS_FUTEX >= 0 and platform.system() == "Linux"
 """False where this module cannot sleep on a futex: rings then poll (their Backoff)."""
 
 _lock = threading.Lock()
