@@ -17,13 +17,13 @@ mkdir -p "$OUT"
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export CUDA_INCLUDE=${CUDA_INCLUDE:-/usr/local/cuda/include}
 make -s -C orion_virt/client/native OUT="$(pwd)/build/native" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
-bench() { "$PY" -c "from orion_virt.cli.orion_bench import main; main()" "$@"; }
+BENCH="from orion_virt.cli.orion_bench import main; main()"
 for part in $PARTS; do
     echo "=== $part $(date +%T)"
     case $part in
         ladder) OUT="$OUT" timeout 300 sh scripts/gpu-ladder.sh 2>&1 | tee "$OUT/ladder.txt" | grep -E '^(PASS|FAIL)' ;;
-        native) timeout 370 bench --native --out "$OUT/native" > "$OUT/native.txt" 2>&1; tail -40 "$OUT/native.txt" ;;
-        wake) timeout 180 bench --quick --client native --out "$OUT/wake" > "$OUT/wake.txt" 2>&1
+        native) timeout 370 "$PY" -c "$BENCH" --native --out "$OUT/native" > "$OUT/native.txt" 2>&1; tail -40 "$OUT/native.txt" ;;
+        wake) timeout 180 "$PY" -c "$BENCH" --quick --client native --out "$OUT/wake" > "$OUT/wake.txt" 2>&1
               sed -n '/^Idle/,$p' "$OUT/wake.txt" ;;
         gpu) timeout 300 "$PY" -m pytest -m gpu tests/gpu tests/parity -q -p no:cacheprovider > "$OUT/gpu.txt" 2>&1
              tail -5 "$OUT/gpu.txt" ;;
