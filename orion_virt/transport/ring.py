@@ -87,6 +87,8 @@ class RingStream(Stream):
         self.max_sleep = max_sleep
         self._on_close = on_close
         self._closed = False
+        self.sleeps = 0
+        """How often a receive went to sleep on the futex (a figure for benchmarks and logs)."""
         self.min_chunk = 0
         """Smallest chunk ``recv_chunks``/``send_chunks`` hand out while more is on its way: a
         consumer with a per-chunk cost (a GPU copy per chunk) sets it to get fewer, larger ones."""
@@ -215,6 +217,7 @@ class RingStream(Stream):
         addr = rx.ctrl_address + 8 * hi
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         next_check = 0.0
+        self.sleeps += 1
         try:
             while True:
                 now = time.monotonic()
