@@ -152,13 +152,12 @@ class _Ctx:
 
 
 class _Stream:
-    __slots__ = ("handle", "ctx", "nonblocking", "raw")
+    __slots__ = ("handle", "ctx", "nonblocking")
 
     def __init__(self, handle: Any, ctx: _Ctx, nonblocking: bool) -> None:
         self.handle = handle
         self.ctx = ctx
         self.nonblocking = nonblocking
-        self.raw = _address(handle)
 
 
 class _Event:
@@ -182,36 +181,13 @@ class _Module:
 
 
 class _Function:
-    __slots__ = ("handle", "module", "name", "params", "raw")
+    __slots__ = ("handle", "module", "name", "params")
 
     def __init__(self, handle: Any, module: _Module, name: str, params: ParamBuffer) -> None:
         self.handle = handle
-        self.raw = _address(handle)
         self.module = module
         self.name = name
         self.params = params
-
-
-def _address(handle: Any) -> int | None:
-    """A cuda-bindings handle's pointer value (None for a test double's handle)."""
-    try:
-        return int(handle)
-    except (TypeError, ValueError):
-        return None
-
-
-def _driver_launch() -> Any | None:
-    """libcuda's own ``cuLaunchKernel`` (the library cuda-bindings loaded, by the same name),
-    typed for ctypes: the launch path without cuda-bindings' per-call argument objects, which
-    cost as much as the driver's own work for a small kernel. None where it cannot be found."""
-    try:
-        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
-    except (OSError, AttributeError):
-        return None
-    u, p = ctypes.c_uint, ctypes.c_void_p
-    fn.argtypes = [p, u, u, u, u, u, u, u, p, p, p]
-    fn.restype = ctypes.c_int
-    return fn
 
 
 class CudaSession(BackendSession):
@@ -221,12 +197,10 @@ class CudaSession(BackendSession):
     """
 
     def __init__(self, vgpus: list[VGpu], driver: Any = None) -> None:
-        self._raw_launch: Any = None
         if driver is None:
             from cuda.bindings import driver as real
 
             driver = real
-            self._raw_launch = _driver_launch()
         self.d = driver
         self.vgpus = list(vgpus)
         self.mem = MemoryTable([v.memory for v in vgpus])
@@ -649,18 +623,13 @@ class CudaSession(BackendSession):
         ctx.dirty = True
         d = self.d
         kp = func.params.fill(params)
-        raw = self._raw_launch
-        if raw is not None and self.vgpus[module.dev].ratio >= 100 and func.raw is not None:
-            code = raw(func.raw, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared,
-                       None if stream is None else stream.raw, kp or None, None)
-            if code:
-                raise self._error(code, f"cuLaunchKernel({func.name})")
-            return 0.0
         hs = 0 if stream is None else stream.handle
         args = (func.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, hs,
                 kp if kp else None, 0)
         if self.vgpus[module.dev].ratio >= 100:
-            self._ok(d.cuLaunchKernel(*args), f"cuLaunchKernel({func.name})")
+            err = d.cuLaunchKernel(*args)[0]
+            if err:  # CUDA_SUCCESS is 0
+                raise self._error(int(err), f"cuLaunchKernel({func.name})")
             return 0.0
         # A compute share below 100 %: measure the kernel's device time (blocking until it ends).
         if ctx.timing is None:
