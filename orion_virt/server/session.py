@@ -305,24 +305,26 @@ class Session:
         ring full of launches is decoded and issued back to back. Its failure is deferred (NO_REPLY)."""
         stream = self.stream
         a = stream.recv_unpack(p.req)
-        n = self.proto.call_blob(p, a, h[0])
+        n = a[9]
+        if n > p.max_req_blob or p.req_size + n != h[0]:
+            self.proto.call_blob(p, a, h[0])  # raises the ProtocolError that says which
         params = stream.recv_exact(n) if n else b""
         self.calls += 1
         try:
-            f = self.h_function.get(a[0])
-            st = self.h_stream.get(a[8]) if a[8] else None
+            f = self.h_function.items.get(a[0]) or self.h_function.get(a[0])
+            st = (self.h_stream.items.get(a[8]) or self.h_stream.get(a[8])) if a[8] else None
             if n != f.total:
                 raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
                                     f"{f.name}: {n} bytes of parameters, the kernel takes {f.total}")
-            gx, gy, gz, bx, by, bz = a[1:7]
-            if min(gx, gy, gz, bx, by, bz) == 0 or bx * by * bz > 1024:
+            _, gx, gy, gz, bx, by, bz, shared = a[:8]
+            if not (gx and gy and gz and bx and by and bz) or bx * by * bz > 1024:
                 raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
             throttle = self.throttles[f.dev]
             if throttle.ratio < 100:
                 throttle.before_launch()
-                throttle.account(self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), a[7], st, params))
+                throttle.account(self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, st, params))
             else:
-                self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), a[7], st, params)
+                self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, st, params)
         except CudaCallError as e:
             self.log.info("session %d: %s failed: %s (%s)", self.session_id, p.name, _name(e.code), e.message)
             self.proto.finished(p, e.code)
