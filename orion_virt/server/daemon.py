@@ -40,7 +40,7 @@ from .shm_serve import (
 
 SCAN_INTERVAL = 0.02
 """How often the main loop looks at VM devices (a guest cannot wake us: its claims are polled)."""
-IDLE_INTERVAL = 0.5
+IDLE_INTERVAL = 0.1
 """How often the main loop runs when only futex-woken devices are served (heartbeats, new
 devices, removed ones); claims, connections and ended workers wake it at once."""
 RESCAN_DIR_INTERVAL = 0.5

@@ -728,6 +728,7 @@ int main(int argc, char **argv)
     exe = tmp_path / "driver"
     c = subprocess.run(["gcc", "-std=c11", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                         "-pthread", f"-I{NATIVE}", f"-I{inc}", str(driver), str(NATIVE / "orion_ctl.c"),
+                        str(NATIVE / "orion_conf.c"),
                         "-o", str(exe)], capture_output=True, text=True, timeout=180)
     assert c.returncode == 0, c.stderr
     seed = tmp_path / "seed.json"

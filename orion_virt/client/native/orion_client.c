@@ -22,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include "orion_client.h"
+#include "orion_log.h"
 #include "calls_gen.h"
 #include "orion_shm.h"
 #include "orion_procaddr.h"
@@ -74,8 +75,7 @@ static void say(const char *level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "[%s] %s\n", level, line);
-    fflush(stderr);
+    orion_log_line(level, line);
 }
 
 size_t orion_copy_chunk(void)
@@ -92,16 +92,12 @@ size_t orion_copy_chunk(void)
 
 void orion_log(const char *level, const char *fmt, ...)
 {
-    if (!strcmp(level, "DEBUG")) {
-        const char *want = getenv("ORION_LOG_LEVEL");
-        if (!want || strcasecmp(want, "DEBUG")) return;
-    }
     char line[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    say(level, "%s", line);
+    orion_log_line(level, line);
 }
 
 /* ---- I/O ------------------------------------------------------------------------------------ */
@@ -656,8 +652,11 @@ static CUresult open_session(void)
     const char *addr = getenv("ORION_SERVER");
     if (!addr || !*addr) addr = "127.0.0.1:9960";
 
-    fprintf(stderr, "%s\n", ORION_BANNER);
-    fflush(stderr);
+    if (orion_log_on_screen("INFO")) {
+        fprintf(stderr, "%s\n", ORION_BANNER);
+        fflush(stderr);
+    }
+    orion_log_file("INFO", ORION_BANNER " starting (native client)");
 
     /* controller mode (orion_ctl.c): the controller names the server, the vGPUs, the token and
      * the allocation id, and the lease is renewed from now on; else direct mode */

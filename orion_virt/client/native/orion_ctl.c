@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include "orion_ctl.h"
 #include "calls_gen.h"
+#include "orion_conf.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,7 +41,6 @@
 #define HTTP_MAX_BODY (1u << 20)
 #define J_MAX_DEPTH 8
 #define J_MAX_TOKENS 4096u
-#define CONF_MAX_LINE 4096
 
 /* ---- state ---------------------------------------------------------------------------------- */
 
@@ -83,13 +83,6 @@ static void sanitize(char *s)
         if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f) *s = '?';
 }
 
-static char *trim(char *s)
-{
-    while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) s[--n] = '\0';
-    return s;
-}
 
 /* HOST:PORT as the Python client's config accepts it (orion_virt/config.py parse_addr): a
  * non-empty host, a port 1..65535 after the last ':'. Writes "host:port" to out. */
@@ -98,7 +91,7 @@ static int valid_addr(const char *text, char *out, size_t cap)
     char buf[300];
     if (strlen(text) >= sizeof buf) return -1;
     snprintf(buf, sizeof buf, "%s", text);
-    char *t = trim(buf);
+    char *t = orion_conf_trim(buf);
     char *colon = strrchr(t, ':');
     if (!colon || colon == t || !colon[1] || strlen(colon + 1) > 5) return -1;
     long port = 0;
@@ -116,54 +109,6 @@ static int valid_addr(const char *text, char *out, size_t cap)
 
 /* ---- configuration: ORION_CONTROLLER (ORION_OCNTROLLER), client.conf -------------------------- */
 
-/* The value of `key` in `[section]` of an INI file as orion_virt/config.py reads it (';' and '#'
- * comments, inline after whitespace; '=' or ':'; keys case-insensitive; quotes removed).
- * 1 found, 0 not (or no such file). */
-static int conf_lookup(const char *path, const char *section, const char *key, char *out, size_t cap)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) return 0;
-    char line[CONF_MAX_LINE], cur[256] = "";
-    int found = 0, lines = 0;
-    while (fgets(line, sizeof line, f) && lines++ < 10000) {
-        char *s = trim(line);
-        if (!*s || *s == ';' || *s == '#') continue;
-        if (*s == '[') {
-            char *e = strchr(s, ']');
-            if (e && (size_t)(e - s - 1) < sizeof cur) {
-                memcpy(cur, s + 1, (size_t)(e - s - 1));
-                cur[e - s - 1] = '\0';
-            } else {
-                cur[0] = '\0';
-            }
-            continue;
-        }
-        if (strcmp(cur, section)) continue;
-        char *d = strpbrk(s, "=:");
-        if (!d) continue;
-        *d = '\0';
-        if (strcasecmp(trim(s), key)) continue;
-        char *v = d + 1;
-        for (char *p = v; *p; p++)  /* inline comment: ';' or '#' after whitespace */
-            if ((*p == ';' || *p == '#') && p > v && (p[-1] == ' ' || p[-1] == '\t')) {
-                *p = '\0';
-                break;
-            }
-        v = trim(v);
-        size_t n = strlen(v);
-        if (n >= 2 && v[0] == v[n - 1] && (v[0] == '"' || v[0] == '\'')) {
-            v[n - 1] = '\0';
-            v++;
-        }
-        if (strlen(v) < cap) {
-            snprintf(out, cap, "%s", v);
-            found = 1;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
 /* An address from the environment (first of names set) or else the client.conf files (home over
  * /etc): 1 found (value, origin), 0 none, -1 malformed (said). */
 static int config_addr(const char *const *names, const char *section, const char *key, char *out, size_t cap,
@@ -174,7 +119,7 @@ static int config_addr(const char *const *names, const char *section, const char
         if (!v) continue;
         char tmp[300];
         snprintf(tmp, sizeof tmp, "%s", v);
-        if (!*trim(tmp)) continue;
+        if (!*orion_conf_trim(tmp)) continue;
         if (valid_addr(v, out, cap)) {
             orion_log("ERROR", "environment variable %s='%s': expected HOST:PORT", *names, v);
             return -1;
@@ -183,15 +128,11 @@ static int config_addr(const char *const *names, const char *section, const char
         return 1;
     }
     char paths[2][600];
-    const char *etc = getenv("ORION_CLIENT_CONF_ETC");
-    const char *home = getenv("HOME");
-    snprintf(paths[0], sizeof paths[0], "%s", etc ? etc : "/etc/orion/client.conf");
-    paths[1][0] = '\0';
-    if (home && *home) snprintf(paths[1], sizeof paths[1], "%s/.orion/client.conf", home);
+    orion_conf_paths(paths);
     int found = 0;
     for (int i = 0; i < 2; i++) {
         char raw[600];
-        if (!paths[i][0] || !conf_lookup(paths[i], section, key, raw, sizeof raw)) continue;
+        if (!paths[i][0] || !orion_conf_lookup(paths[i], section, key, raw, sizeof raw)) continue;
         if (valid_addr(raw, out, cap)) {
             orion_log("ERROR", "%s: [%s] %s = '%s': expected HOST:PORT", paths[i], section, key, raw);
             return -1;
@@ -712,7 +653,7 @@ static int parse_head(const char *head, size_t n, int *status, long long *clen, 
         if (vl >= sizeof val) vl = sizeof val - 1;
         memcpy(val, colon + 1, vl);
         val[vl] = '\0';
-        char *v = trim(val);
+        char *v = orion_conf_trim(val);
         if (nl == 14 && !strncasecmp(p, "Content-Length", 14)) {
             long long x = 0;
             if (!*v || strlen(v) > 10) {
@@ -1112,7 +1053,7 @@ static int env_bool(const char *name)
     if (!v) return -1;
     char b[32];
     snprintf(b, sizeof b, "%s", v);
-    char *t = trim(b);
+    char *t = orion_conf_trim(b);
     if (!*t) return -1;
     if (!strcasecmp(t, "1") || !strcasecmp(t, "true") || !strcasecmp(t, "yes") || !strcasecmp(t, "on")) return 1;
     if (!strcasecmp(t, "0") || !strcasecmp(t, "false") || !strcasecmp(t, "no") || !strcasecmp(t, "off")) return 0;
@@ -1164,7 +1105,7 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     char group[1001] = "", gesc[6100];
     const char *gid = getenv("ORION_GROUP_ID");
     if (gid) snprintf(group, sizeof group, "%s", gid);
-    if ((gid && strlen(gid) >= sizeof group) || json_escape(trim(group), gesc, sizeof gesc)) {
+    if ((gid && strlen(gid) >= sizeof group) || json_escape(orion_conf_trim(group), gesc, sizeof gesc)) {
         orion_log("ERROR", "ORION_GROUP_ID is longer than 1000 bytes");
         return NULL;
     }

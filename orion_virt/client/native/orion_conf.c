@@ -1,0 +1,78 @@
+/* client.conf: the INI files the Python client's config (orion_virt/config.py) reads, read the
+ * same way for the native client (orion_ctl.c for [controller]/[client], orion_log.c for
+ * [client-log]). */
+#define _GNU_SOURCE
+#include "orion_conf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define ORION_CONF_MAX_LINE 4096
+
+char *orion_conf_trim(char *s)
+{
+    while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) s[--n] = '\0';
+    return s;
+}
+
+/* The value of `key` in `[section]` of an INI file as orion_virt/config.py reads it (';' and '#'
+ * comments, inline after whitespace; '=' or ':'; keys case-insensitive; quotes removed).
+ * 1 found, 0 not (or no such file). */
+int orion_conf_lookup(const char *path, const char *section, const char *key, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    char line[ORION_CONF_MAX_LINE], cur[256] = "";
+    int found = 0, lines = 0;
+    while (fgets(line, sizeof line, f) && lines++ < 10000) {
+        char *s = orion_conf_trim(line);
+        if (!*s || *s == ';' || *s == '#') continue;
+        if (*s == '[') {
+            char *e = strchr(s, ']');
+            if (e && (size_t)(e - s - 1) < sizeof cur) {
+                memcpy(cur, s + 1, (size_t)(e - s - 1));
+                cur[e - s - 1] = '\0';
+            } else {
+                cur[0] = '\0';
+            }
+            continue;
+        }
+        if (strcmp(cur, section)) continue;
+        char *d = strpbrk(s, "=:");
+        if (!d) continue;
+        *d = '\0';
+        if (strcasecmp(orion_conf_trim(s), key)) continue;
+        char *v = d + 1;
+        for (char *p = v; *p; p++)  /* inline comment: ';' or '#' after whitespace */
+            if ((*p == ';' || *p == '#') && p > v && (p[-1] == ' ' || p[-1] == '\t')) {
+                *p = '\0';
+                break;
+            }
+        v = orion_conf_trim(v);
+        size_t n = strlen(v);
+        if (n >= 2 && v[0] == v[n - 1] && (v[0] == '"' || v[0] == '\'')) {
+            v[n - 1] = '\0';
+            v++;
+        }
+        if (strlen(v) < cap) {
+            snprintf(out, cap, "%s", v);
+            found = 1;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+int orion_conf_paths(char paths[2][600])
+{
+    const char *etc = getenv("ORION_CLIENT_CONF_ETC");
+    const char *home = getenv("HOME");
+    snprintf(paths[0], 600, "%s", etc ? etc : "/etc/orion/client.conf");
+    paths[1][0] = '\0';
+    if (home && *home) snprintf(paths[1], 600, "%s/.orion/client.conf", home);
+    return paths[1][0] ? 2 : 1;
+}

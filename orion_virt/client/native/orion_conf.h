@@ -1,0 +1,16 @@
+/* client.conf for the native client, read as orion_virt/config.py reads it. */
+#ifndef ORION_CONF_H
+#define ORION_CONF_H
+
+#include <stddef.h>
+
+/* Whitespace stripped in place at both ends; returns the start. */
+char *orion_conf_trim(char *s);
+/* The value of `key` in `[section]` of the INI file `path` (the last one wins; ';' and '#'
+ * comments; '=' or ':'; keys case-insensitive; quotes removed). 1 found, 0 not or no file. */
+int orion_conf_lookup(const char *path, const char *section, const char *key, char *out, size_t cap);
+/* The client.conf files in the order they apply, later over earlier: /etc/orion/client.conf
+ * (ORION_CLIENT_CONF_ETC) and ~/.orion/client.conf; returns how many were named. */
+int orion_conf_paths(char paths[2][600]);
+
+#endif
