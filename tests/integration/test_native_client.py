@@ -9,6 +9,7 @@ tests/native/*.c with gcc.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import struct
@@ -567,3 +568,26 @@ def test_stream_capture_and_graphs(programs: dict[str, Path], oriond: Oriond, tr
     assert r.returncode == 0, r.stdout + r.stderr
     assert "capturing: yes" in r.stdout
     assert "graph of 4 nodes launched twice: ok" in r.stdout
+
+
+def test_client_log_section_drives_screen_lines_and_the_log_file(programs: dict[str, Path], oriond: Oriond,
+                                                                  tmp_path: Path) -> None:
+    """[client-log] of client.conf, as the Python client reads it: no screen lines with
+    log_to_screen = false; the session's lines in <log_dir>/client-*.log, mode 0640, timestamped."""
+    conf = tmp_path / "client.conf"
+    logs = tmp_path / "logs"
+    conf.write_text(f"[client-log]\nlog_to_screen = false\nlog_to_file = true\nlog_dir = {logs}\n"
+                    "file_log_level = INFO\nlog_with_time = true\n")
+    r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf)))
+    assert "cuInit: 0 CUDA_SUCCESS" in r.stdout, r.stdout + r.stderr
+    assert "VirtaiTech Resource" not in r.stderr and "[INFO]" not in r.stderr, r.stderr
+    files = list(logs.glob("client-*.log"))
+    assert len(files) == 1, files
+    text = files[0].read_text()
+    assert "VirtaiTech Resource. Build-cuda-" in text and "Client exits with allocation ID" in text, text
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[INFO\] ", text, re.M), text
+    assert files[0].stat().st_mode & 0o777 == 0o640
+
+    conf.write_text(f"[client-log]\nlog_to_file = false\nlog_dir = {logs}\nlog_with_time = false\n")
+    r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf)))
+    assert "VirtaiTech Resource. Build-cuda-" in r.stderr and len(list(logs.glob("client-*.log"))) == 1
