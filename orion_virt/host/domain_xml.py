@@ -41,8 +41,11 @@ SHM_PREFIX = "orionsock"
 METADATA_VERSION = "1"
 MODEL_PLAIN = "ivshmem-plain"
 MODEL_DOORBELL = "ivshmem-doorbell"
-#: MSI-X vectors of the doorbell device: one, "there is work on a ring of this device".
-DOORBELL_VECTORS = 1
+#: MSI-X vectors of the doorbell device (``transport.doorbell.DEVICE_VECTORS``): the guest rings
+#: oriond on vector 0 after a claim and on 1 + i for channel i's worker; oriond rings the guest
+#: on vector 0. The hook records the count in the device header so oriond's ivshmem server
+#: offers exactly as many (QEMU refuses a server that sends more).
+DOORBELL_VECTORS = 9
 
 _MIB = 1 << 20
 _Q = f"{{{NS}}}"
@@ -303,8 +306,10 @@ def _shmem_matches(el: etree._Element, size_bytes: int, doorbell: str | None = N
     size = el.find("size")
     if doorbell is not None:
         server = el.find("server")
+        msi = el.find("msi")
         return (model is not None and model.get("type") == MODEL_DOORBELL and size is None
-                and server is not None and server.get("path") == doorbell)
+                and server is not None and server.get("path") == doorbell
+                and msi is not None and msi.get("vectors") == str(DOORBELL_VECTORS))
     if model is None or model.get("type") != MODEL_PLAIN or size is None:
         return False
     try:
@@ -544,6 +549,15 @@ def shmem_size(domain_xml: str, name: str) -> int | None:
         size = s.find("size")
         if size is not None:
             return parse_size(size)
+    return None
+
+
+def shmem_vectors(domain_xml: str, name: str) -> int | None:
+    """``<msi vectors=…>`` of ``<shmem name=name>`` (the doorbell model's MSI-X vectors), or None."""
+    for s in _shmems(parse_domain(domain_xml), name):
+        msi = s.find("msi")
+        if msi is not None and (v := msi.get("vectors", "")).isdigit():
+            return int(v)
     return None
 
 

@@ -6,7 +6,10 @@ only on domains carrying Orion's metadata (see ``domain_xml``):
 - ``prepare begin``: create or reset ``<shm_path_base>/orionsock<N>`` with the size of the
   domain's shmem device, owned by ``shm_user_name``/``shm_group_name`` (default: a static DAC
   seclabel of the domain, else root), mode 0600 (0660 when only a group is given), and format
-  it as an Orion device carrying the guest config, which makes oriond serve it.
+  it as an Orion device carrying the guest config, which makes oriond serve it. For a domain
+  attached with ``--doorbell`` the device is flagged as such (with the domain's MSI-X vector
+  count), and the hook waits (at most ``DOORBELL_WAIT_S``) until oriond's ivshmem server for it
+  listens: QEMU connects to it as it starts and fails without it.
 - ``release end``: scrub (zero and unlink) the file; oriond then ends its sessions.
 
 Invariants: never calls libvirt (libvirtd is waiting on us: it would deadlock); never writes
@@ -36,6 +39,9 @@ from . import domain_xml as dx
 HOOK_LOG_NAME = "hook.log"
 DEFAULT_LOG_DIR = "/var/log/orion"
 LIBVIRT_SHM_DIR = "/dev/shm"
+DOORBELL_WAIT_S = 5.0
+"""How long ``prepare`` waits for oriond's ivshmem server (oriond looks for new devices twice a
+second)."""
 
 
 class ShmDev(Protocol):
@@ -43,7 +49,7 @@ class ShmDev(Protocol):
 
     def format_device(self, path: Path, size: int, *, uid: int = -1, gid: int = -1,
                       mode: int = 0o600, vm: bool = False,
-                      config: dict[str, str] | None = None) -> None: ...
+                      config: dict[str, str] | None = None, doorbell_vectors: int = 0) -> None: ...
 
     def scrub_device(self, path: Path) -> None: ...
 
@@ -152,10 +158,57 @@ def prepare(cfg: ServerConfig, domain: str, domain_xml: str, state: dx.AttachSta
     uid, gid, mode = resolve_owner(cfg, domain_xml)
     path = Path(cfg.shm_path_base) / state.shm_name
     _clear_path(path)
-    shmdev.format_device(path, size, uid=uid, gid=gid, mode=mode, vm=True,
-                         config=dict(state.config))
+    if state.doorbell is None:
+        shmdev.format_device(path, size, uid=uid, gid=gid, mode=mode, vm=True,
+                             config=dict(state.config))
+    else:
+        vectors = dx.shmem_vectors(domain_xml, state.shm_name) or dx.DOORBELL_VECTORS
+        shmdev.format_device(path, size, uid=uid, gid=gid, mode=mode, vm=True,
+                             config=dict(state.config), doorbell_vectors=vectors)
     log.write("INFO", f"{domain}: prepared {path} ({size} bytes, uid {uid} gid {gid} "
                       f"mode {mode:04o})")
+    if state.doorbell is not None:
+        wait_for_doorbell_server(domain, path, state.doorbell, log)
+
+
+def wait_for_doorbell_server(domain: str, path: Path, sock: str, log: HookLog,
+                             timeout: float = DOORBELL_WAIT_S) -> float:
+    """Wait until oriond's ivshmem server for the device at ``path`` listens (it writes its pid
+    into the header, H_DB_LISTENING, of the file we just formatted: an older server of a
+    previous file at this path does not count). Returns the seconds waited; raises HostError
+    after ``timeout``."""
+    from ..transport import doorbell, shmdev
+
+    index = state_index(path)
+    expected = str(doorbell.socket_path(index)) if index is not None else None
+    if expected is not None and expected != sock:
+        log.write("WARNING", f"{domain}: the domain's ivshmem server is {sock}, but oriond listens "
+                             f"at {expected}; run `orion-virt attach --doorbell` again")
+    t0 = time.monotonic()
+    off = 8 * shmdev.H_DB_LISTENING
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(off)
+                raw = f.read(8)
+        except OSError as e:
+            raise HostError(f"{path}: {e.strerror}") from None
+        waited = time.monotonic() - t0
+        if len(raw) == 8 and int.from_bytes(raw, "little"):
+            log.write("INFO", f"{domain}: oriond's ivshmem server listens on {sock} "
+                              f"(waited {waited:.2f} s)")
+            return waited
+        if waited > timeout:
+            raise HostError(f"oriond's ivshmem server for {path} did not listen on {sock} within "
+                            f"{timeout:.0f} s (is oriond running with enable_kvm = true?); QEMU "
+                            "cannot start the ivshmem-doorbell device without it")
+        time.sleep(0.02)
+
+
+def state_index(path: Path) -> int | None:
+    """N of ``.../orionsock<N>``, or None."""
+    tail = path.name[len("orionsock"):]
+    return int(tail) if path.name.startswith("orionsock") and tail.isdigit() else None
 
 
 def release(cfg: ServerConfig, domain: str, state: dx.AttachState, shmdev: ShmDev,

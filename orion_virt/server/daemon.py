@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ServerConfig
-from ..errors import OrionError
+from ..errors import DeviceError, OrionError, TransportError
 from ..transport import tcp
-from ..transport.shmdev import C_GEN, C_STATE, CLAIMED, SERVING, list_devices
+from ..transport.doorbell import CLAIM_VECTOR, DEFAULT_RUN_DIR, EventfdBell, channel_vector, socket_path
+from ..transport.shmdev import C_DB_PEER, C_GEN, C_STATE, CLAIMED, SERVING, list_devices
 from .backend import Backend
 from .claim_watch import ClaimBells
 from .logs import session_logger
@@ -34,12 +35,14 @@ from .shm_serve import (
     device_removed,
     open_for_serving,
     pending_claims,
+    start_doorbell,
     stop_serving,
     tick,
 )
 
 SCAN_INTERVAL = 0.02
-"""How often the main loop looks at VM devices (a guest cannot wake us: its claims are polled)."""
+"""How often the main loop looks at VM devices without a doorbell (a guest cannot wake us: its
+claims are polled). A doorbell VM device's client rings the claim vector instead."""
 IDLE_INTERVAL = 0.1
 """How often the main loop runs when only futex-woken devices are served (heartbeats, new
 devices, removed ones); claims, connections and ended workers wake it at once."""
@@ -74,6 +77,8 @@ class Daemon:
         self._quarantined: dict[Path, tuple[int, int]] = {}
         """device path -> inode of a device found corrupt: not served again until it is recreated"""
         self.bells = ClaimBells()
+        self.doorbell_run_dir = DEFAULT_RUN_DIR
+        """where the ivshmem server sockets of doorbell VM devices are (``orion-virt attach``'s)"""
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -95,11 +100,19 @@ class Daemon:
         try:
             while not self.stopping:
                 self._scan_devices()
-                polled = any(w.dev.vm or not w.dev.wakes for w in self.devices.values())
-                r, _, _ = select.select([self.listener.fileno(), self.bells.fileno()], [], [],
-                                        SCAN_INTERVAL if polled else IDLE_INTERVAL)
+                polled = any(not w.dev.wakes and w.doorbell is None for w in self.devices.values())
+                doorbells = [w.doorbell for w in self.devices.values() if w.doorbell is not None]
+                fds = [self.listener.fileno(), self.bells.fileno()]
+                for db in doorbells:
+                    fds += [db.events_fileno(), db.fileno(CLAIM_VECTOR)]
+                r, _, _ = select.select(fds, [], [], SCAN_INTERVAL if polled else IDLE_INTERVAL)
                 if self.bells.fileno() in r:
                     self.bells.drain()
+                for db in doorbells:
+                    if db.events_fileno() in r:
+                        db.handle_events(0)  # a QEMU connects (while its domain starts) or hangs up
+                    if db.fileno(CLAIM_VECTOR) in r:
+                        db.drain(CLAIM_VECTOR)  # a guest claimed a channel: the scan below sees it
                 if self.listener.fileno() in r:
                     self._accept()
                 self._reap()
@@ -177,6 +190,8 @@ class Daemon:
                     self.log.info("serving %s device %s (%d channels of %d KiB rings)",
                                   "VM" if w.dev.vm else "container", path, w.dev.layout.nchannels,
                                   w.dev.layout.ring_size >> 10)
+                    if w.dev.doorbell:
+                        self._start_doorbell(w)
         for path, w in list(self.devices.items()):
             gone = device_removed(w)
             if gone:
@@ -203,6 +218,16 @@ class Daemon:
                 self.bells.unwatch(w.dev)
                 del self.devices[path]
                 self._quarantined[path] = w.dev.inode
+
+    def _start_doorbell(self, w: Watched) -> None:
+        sock = socket_path(int(w.path.name[9:]), self.doorbell_run_dir)
+        try:
+            srv = start_doorbell(w, sock, self.log.info)
+        except (TransportError, DeviceError) as e:
+            self.log.error("%s: cannot run its ivshmem server (%s); the VM's QEMU cannot start "
+                           "until it listens", w.path, e)
+            return
+        self.log.info("%s: ivshmem-doorbell server on %s (%d vectors)", w.path, sock, srv.vectors)
 
     def _still_quarantined(self, path: Path) -> bool:
         ino = self._quarantined.get(path)
@@ -239,19 +264,53 @@ class Daemon:
             self._kill_workers_of(w, ch)
         sid = next(self.ids)
         self.log.info("session %d: shared-memory channel %s#%d", sid, w.path, ch)
-        pid = self._fork(lambda: self._shm_worker(w, ch, gen, sid))
+        ring_fd, wait_fd, how = self._doorbell_for(w, ch)
+        try:
+            pid = self._fork(lambda: self._shm_worker(w, ch, gen, sid, ring_fd, wait_fd, how),
+                             keep=(ring_fd, wait_fd))
+        finally:
+            if ring_fd >= 0:
+                os.close(ring_fd)  # the worker has its own copy
         w.workers[ch] = (pid, gen)
         self.workers[pid] = Worker(pid, "shm", time.monotonic(), w, ch, gen)
 
-    def _shm_worker(self, w: Watched, ch: int, gen: int, sid: int) -> None:
+    def _doorbell_for(self, w: Watched, ch: int) -> tuple[int, int, str]:
+        """(guest's ring fd, our eventfd for the channel, what the worker will do) for a new
+        session of channel ``ch``: both -1 unless the device has a doorbell, its client said who
+        it is (C_DB_PEER) and that guest's QEMU is connected to our server."""
+        db = w.doorbell
+        if db is None:
+            return -1, -1, ""
+        vector = channel_vector(ch)
+        if vector >= db.vectors:
+            return -1, -1, f"polling (the device has {db.vectors} vectors, channel {ch} needs {vector + 1})"
+        peer = int(w.dev.ctrl(ch)[C_DB_PEER]) - 1
+        if peer < 1:
+            return -1, -1, "polling (the client does not ring the doorbell)"
+        ring_fd = db.dup_ring_fd(peer)
+        if ring_fd is None:
+            return -1, -1, f"polling (guest peer {peer} is not connected to the ivshmem server)"
+        return ring_fd, db.fileno(vector), f"doorbell (guest peer {peer}, vector {vector})"
+
+    def _shm_worker(self, w: Watched, ch: int, gen: int, sid: int, ring_fd: int = -1, wait_fd: int = -1,
+                    how: str = "") -> None:
         chan = ServerChannel(w.dev, ch, gen, vm=w.dev.vm)
-        stream = chan.start()
+        bells: tuple[EventfdBell, EventfdBell] | None = None
+        if ring_fd >= 0 and wait_fd >= 0:
+            bells = (EventfdBell(wait_fd=wait_fd), EventfdBell(ring_fd=ring_fd))
+            bells[0].drain()  # rings for an earlier session of this channel
+        if how:
+            self.log.info("session %d: %s", sid, how)
+        stream = chan.start(bells)
         reason = self._run_session(stream, sid, f"shm {w.path}#{ch}")
+        if bells is not None:
+            self.log.info("session %d: doorbell: slept %d times waiting for requests, rang the guest %d times",
+                          sid, bells[0].sleeps, bells[1].wakes)
         chan.finish(f"session ended: {reason}")
 
     # -- workers ----------------------------------------------------------------------------------
 
-    def _fork(self, body: Callable[[], None]) -> int:
+    def _fork(self, body: Callable[[], None], keep: tuple[int, ...] = ()) -> int:
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -261,6 +320,9 @@ class Daemon:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 self.bells.close_in_child()
+                for dw in self.devices.values():
+                    if dw.doorbell is not None:
+                        dw.doorbell.close_in_child(keep)
                 if self.listener is not None:
                     self.listener.close()
                 body()

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DeviceError, StreamBroken
-from ..transport.ring import RingStream
+from ..transport.doorbell import DoorbellServer
+from ..transport.ring import Bell, RingStream
 from ..transport.shmdev import (
     C_CLIENT_BEAT,
+    C_DB_SERVER,
     C_GEN,
     C_REQ_HEAD,
     C_REQ_TAIL,
@@ -29,6 +31,7 @@ from ..transport.shmdev import (
     CLAIMED,
     CLOSED,
     DEAD,
+    H_DB_LISTENING,
     H_SERVER_BEAT,
     H_SERVER_EPOCH,
     H_SERVER_PID,
@@ -50,14 +53,17 @@ class ServerChannel:
         self.ctrl = dev.ctrl(index)
         self._beat = (self.ctrl[C_CLIENT_BEAT], time.monotonic())
 
-    def start(self) -> RingStream:
+    def start(self, bells: tuple[Bell, Bell] | None = None) -> RingStream:
+        """Reset the rings and serve the channel. ``bells`` (request ring's, response ring's):
+        a doorbell VM device's worker sleeps and wakes through them, and says so (C_DB_SERVER)."""
         self.dev.populate(self.index)
         c = self.ctrl
         c[C_REQ_HEAD] = c[C_REQ_TAIL] = c[C_RESP_HEAD] = c[C_RESP_TAIL] = 0
         c[C_REQ_WAIT] = c[C_RESP_WAIT] = 0
+        c[C_DB_SERVER] = 1 if bells is not None else 0
         c[C_SERVED_GEN] = self.gen
         c[C_STATE] = SERVING
-        tx, rx = self.dev.ring_pair(self.index, server=True)
+        tx, rx = self.dev.ring_pair(self.index, server=True, bells=bells)
         return RingStream(tx, rx, check=self.check, name=f"shm {self.dev.path}#{self.index}", max_sleep=0.01)
 
     def check(self) -> None:
@@ -92,6 +98,8 @@ class Watched:
     inode: tuple[int, int]
     workers: dict[int, tuple[int, int]] = field(default_factory=dict)
     """channel -> (worker pid, generation)"""
+    doorbell: DoorbellServer | None = None
+    """the ivshmem server of a doorbell VM device (listening while the device is served)"""
 
 
 def device_removed(w: Watched) -> str | None:
@@ -144,8 +152,23 @@ def pending_claims(w: Watched) -> list[tuple[int, int]]:
     return out
 
 
+def start_doorbell(w: Watched, sock_path: Path, log: Callable[[str], None]) -> DoorbellServer:
+    """Listen for the QEMU of a doorbell VM device (before it starts: the hook waits for
+    H_DB_LISTENING), with as many vectors as the domain's device has. Raises TransportError or
+    DeviceError when the socket cannot be had."""
+    srv = DoorbellServer(w.path, sock_path, vectors=w.dev.doorbell_vectors, log=log)
+    srv.start()
+    w.doorbell = srv
+    w.dev.q[H_DB_LISTENING] = os.getpid()
+    return srv
+
+
 def stop_serving(w: Watched, reason: str) -> None:
     for i in range(w.dev.layout.nchannels):
         if w.dev.state(i) in (CLAIMED, SERVING):
             w.dev.set_dead(i, reason[:63])
     w.dev.q[H_SERVER_EPOCH] = 0
+    if w.doorbell is not None:
+        w.doorbell.close()
+        w.doorbell = None
+        w.dev.q[H_DB_LISTENING] = 0

@@ -43,6 +43,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,14 @@ ORIOND_PEER_ID = 0
 MAX_PEER_ID = 0xFFFF
 #: QEMU's MSI-X table of ivshmem-doorbell has at most this many vectors we would use.
 MAX_VECTORS = 64
+#: The vectors of an Orion device (``orion-virt attach --doorbell`` writes ``<msi vectors=…>``
+#: with this; oriond's server must offer exactly as many as the domain's device has, or QEMU
+#: refuses to start): a guest rings oriond on :data:`CLAIM_VECTOR` after claiming a channel (the
+#: main loop sleeps on it) and on ``channel_vector(i)`` after publishing a request on channel
+#: *i* whose worker sleeps (each worker sleeps on its own vector, so no wake-up is shared); oriond
+#: rings a guest on vector 0 (one interrupt per guest: its client re-checks its own ring).
+DEVICE_VECTORS = 9
+CLAIM_VECTOR = 0
 DEFAULT_RUN_DIR = "/run/orion"
 #: root-only: libvirt runs QEMU as root on these hosts (qemu.conf ``user = "root"``); pass
 #: ``mode=0o660, gid=<qemu group>`` where QEMU runs as an unprivileged user.
@@ -71,6 +80,54 @@ def socket_path(index: int, run_dir: str | os.PathLike[str] = DEFAULT_RUN_DIR) -
     if index < 0:
         raise UsageError(f"device index {index}: must be >= 0")
     return Path(run_dir) / f"ivshmem-orionsock{index}.sock"
+
+
+def channel_vector(channel: int) -> int:
+    """The vector a guest rings oriond on for channel *channel*'s worker."""
+    return 1 + channel
+
+
+class EventfdBell:
+    """A ring's bell across a VM boundary (``ring.Bell``): ``wake`` signals *ring_fd* (a guest's
+    eventfd, :meth:`DoorbellServer.dup_ring_fd`: QEMU raises the guest's MSI-X vector), ``sleep``
+    polls *wait_fd* (one of oriond's own eventfds, which QEMU signals when the guest rings it)
+    and resets it. The eventfd keeps a ring until it is read, so one that came after the sleeper
+    set its waiting slot makes ``sleep`` return at once: no lost wake-up. ``sleeps``/``wakes``
+    count what happened (for the session's log)."""
+
+    __slots__ = ("ring_fd", "wait_fd", "_poll", "sleeps", "wakes")
+
+    def __init__(self, ring_fd: int = -1, wait_fd: int = -1) -> None:
+        import select
+
+        self.ring_fd = ring_fd
+        self.wait_fd = wait_fd
+        self._poll = select.poll()
+        if wait_fd >= 0:
+            self._poll.register(wait_fd, select.POLLIN)
+        self.sleeps = 0
+        self.wakes = 0
+
+    def wake(self) -> None:
+        if self.ring_fd >= 0:
+            self.wakes += 1
+            _signal(self.ring_fd)
+
+    def sleep(self, seen_head: int, timeout: float) -> None:
+        if self.wait_fd < 0:
+            time.sleep(min(timeout, 0.001))
+            return
+        self.sleeps += 1
+        try:
+            self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+        except InterruptedError:
+            pass
+        _drain(self.wait_fd)
+
+    def drain(self) -> None:
+        """Forget rings that came before (e.g. for the previous session of the channel)."""
+        if self.wait_fd >= 0:
+            _drain(self.wait_fd)
 
 
 def _eventfd() -> int:
@@ -532,6 +589,46 @@ class DoorbellServer:
             if p is None or p.closed or not 0 <= vector < len(p.eventfds):
                 return None
             return os.dup(p.eventfds[vector])
+
+    def events_fileno(self) -> int:
+        """An fd that is readable when ``handle_events`` has work (a QEMU connects or hangs up),
+        for the caller's own select loop. Raises UsageError before ``start``."""
+        if self._sel is None or self._closed:
+            raise UsageError("DoorbellServer is not started (or was closed)")
+        fileno = getattr(self._sel, "fileno", None)  # epoll/kqueue/devpoll selectors have one
+        if fileno is None:
+            raise UsageError(f"{type(self._sel).__name__} has no fd to select on")
+        return int(fileno())
+
+    def drain(self, vector: int) -> bool:
+        """Reset oriond's eventfd of *vector* only; True if it had been rung."""
+        return _drain(self.fileno(vector)) > 0
+
+    def close_in_child(self, keep: tuple[int, ...] = ()) -> None:
+        """In a forked worker: close every fd of this server except *keep* (the worker's own
+        eventfd), touching nothing the parent owns (no socket is removed, nobody is told). The
+        server is unusable afterwards."""
+        self._closed = True
+        for p in self._peers.values():
+            if p.conn is not None:
+                with contextlib.suppress(OSError):
+                    p.conn.close()
+            for fd in p.eventfds:
+                if fd not in keep:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            p.closed = True
+        self._peers.clear()
+        self._by_fd.clear()
+        if self._listener is not None:
+            self._listener.close()
+        if self._sel is not None:
+            self._sel.close()
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._stop_r = self._stop_w = -1
 
     def ring_all(self, vector: int = 0) -> int:
         """Ring every connected guest on *vector*; returns how many were rung."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from ..errors import StreamClosed, TransportTimeout
 from . import futex
@@ -24,19 +24,47 @@ CHECK_S = 0.5
 """A sleeping waiter wakes at least this often to check its peer (and its deadline)."""
 
 
+class Bell(Protocol):
+    """How the two ends of a ring wake each other (ivshmem/LAYOUT.md, "Waking"): the consumer
+    sets the ring's waiting slot and calls ``sleep``; the producer, after publishing its head, a
+    fence and a set waiting slot, calls ``wake``. ``sleep`` must return at once for a wake-up
+    that came after the consumer set its slot (no lost wake-up) and may return spuriously."""
+
+    def wake(self) -> None: ...
+
+    def sleep(self, seen_head: int, timeout: float) -> None: ...
+
+
+class FutexBell:
+    """Both ends map one file on one kernel (host, containers): a futex on the head's low 32
+    bits; the kernel re-reads the head before sleeping."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: int) -> None:
+        self.address = address
+
+    def wake(self) -> None:
+        futex.wake(self.address)
+
+    def sleep(self, seen_head: int, timeout: float) -> None:
+        futex.wait(self.address, seen_head, timeout)
+
+
 class Ring:
     """One direction. ``ctrl`` is a 'Q'-cast memoryview; ``head_i``/``tail_i`` index it.
 
-    With ``wait_i`` >= 0 the ring's consumer may sleep on a futex: it sets ``ctrl[wait_i]`` and
-    sleeps on the head counter's low 32 bits (``ctrl`` lies at ``ctrl_address``); the producer
-    wakes it after publishing (``futex``'s protocol). ``wait_i`` < 0: both ends poll (a VM's BAR).
+    With ``wait_i`` >= 0 the ring's consumer may sleep: it sets ``ctrl[wait_i]`` and sleeps on
+    ``bell``; the producer rings ``bell`` after publishing when the slot is set. Without a
+    ``bell`` it is a futex on the head counter's low 32 bits (``ctrl`` lies at ``ctrl_address``;
+    none: no futex). ``wait_i`` < 0: both ends poll (a VM's BAR without a doorbell).
     """
 
     __slots__ = ("buf", "ctrl", "head_i", "tail_i", "size", "mask", "head", "tail", "limit", "wait_i",
-                 "ctrl_address")
+                 "ctrl_address", "bell")
 
     def __init__(self, buf: memoryview, ctrl: memoryview, head_i: int, tail_i: int,
-                 wait_i: int = -1, ctrl_address: int = 0) -> None:
+                 wait_i: int = -1, ctrl_address: int = 0, bell: Bell | None = None) -> None:
         size = len(buf)
         if size & (size - 1) or size < 4096:
             raise ValueError("ring size must be a power of two >= 4096")
@@ -49,14 +77,17 @@ class Ring:
         self.head = ctrl[head_i]
         self.tail = ctrl[tail_i]
         self.limit = self.tail + size
-        self.wait_i = wait_i if futex.AVAILABLE and ctrl_address else -1
         self.ctrl_address = ctrl_address
+        if bell is None and futex.AVAILABLE and ctrl_address:
+            bell = FutexBell(ctrl_address + 8 * head_i)
+        self.bell = bell
+        self.wait_i = wait_i if bell is not None else -1
 
     def wake_consumer(self) -> None:
         """After publishing ``head``: wake the consumer if it sleeps (a fence, then one load)."""
         futex.fence()
         if self.ctrl[self.wait_i]:
-            futex.wake(self.ctrl_address + 8 * self.head_i)
+            self.bell.wake()  # type: ignore[union-attr]  # wait_i >= 0: a bell is set
 
     def reset(self) -> None:
         self.ctrl[self.head_i] = 0
@@ -210,11 +241,11 @@ class RingStream(Stream):
                 return avail
 
     def _sleep_until(self, need: int) -> int:
-        """Sleep on the receive ring's head until ``need`` bytes are readable; checks the peer
+        """Sleep on the receive ring's bell until ``need`` bytes are readable; checks the peer
         every ``CHECK_S`` and honours ``timeout``."""
         rx = self.rx
         ctrl, hi, wi, tail = rx.ctrl, rx.head_i, rx.wait_i, rx.tail
-        addr = rx.ctrl_address + 8 * hi
+        sleep = rx.bell.sleep  # type: ignore[union-attr]  # wait_i >= 0: a bell is set
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         next_check = 0.0
         self.sleeps += 1
@@ -232,7 +263,7 @@ class RingStream(Stream):
                 if head - tail >= need:
                     return head - tail
                 left = next_check - now if deadline is None else min(next_check, deadline) - now
-                futex.wait(addr, head, left)
+                sleep(head, left)
                 avail = ctrl[hi] - tail
                 if avail >= need:
                     return avail

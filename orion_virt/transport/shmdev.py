@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import DeviceError, StreamBroken
 from . import futex
-from .ring import Ring, RingStream
+from .ring import Bell, Ring, RingStream
 
 MAGIC = b"ORIONSHM"
 LAYOUT_VERSION = 1
@@ -39,11 +39,14 @@ H_SERVER_EPOCH = 7
 H_SERVER_BEAT = 8
 H_SERVER_PID = 9
 H_CLAIM_BELL = 10  # bumped (and its futex woken) by a client after it claims a channel
+H_DB_VECTORS = 11  # doorbell devices: the MSI-X vectors of the domain's device (written by the hook)
+H_DB_LISTENING = 12  # doorbell devices: oriond's pid while its ivshmem server listens for QEMU
 CONFIG_OFF = 256
 CONFIG_LEN = 1024
 HOSTPATH_OFF = 1280
 HOSTPATH_LEN = 256
 FLAG_VM = 1
+FLAG_DOORBELL = 2  # a VM device attached as ivshmem-doorbell (oriond runs its ivshmem server)
 
 # channel control page u64 slots
 C_STATE = 0
@@ -61,6 +64,8 @@ C_RESP_TAIL = 40
 C_REASON = 48  # 8 slots: a short ASCII reason for DEAD
 C_REQ_WAIT = 56  # non-zero while oriond sleeps on the request ring's head (futex)
 C_RESP_WAIT = 64  # non-zero while the client sleeps on the response ring's head
+C_DB_PEER = 72  # doorbell devices: the client's ivshmem peer id + 1 (0: it does not ring oriond)
+C_DB_SERVER = 73  # doorbell devices: 1 while the worker sleeps on / rings the doorbell (else it polls)
 
 FREE, CLAIMED, SERVING, CLOSED, DEAD = 0, 1, 2, 3, 4
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
@@ -111,9 +116,12 @@ def _encode_config(config: dict[str, str]) -> bytes:
 
 def format_device(
     path: Path, size: int, *, uid: int = -1, gid: int = -1, mode: int = 0o600, vm: bool = False,
-    config: dict[str, str] | None = None, host_path: str | None = None,
+    config: dict[str, str] | None = None, host_path: str | None = None, doorbell_vectors: int = 0,
 ) -> None:
     """Create or reset ``path`` as an empty Orion device of ``size`` bytes.
+
+    ``doorbell_vectors`` > 0 (VM devices only): the domain's device is ivshmem-doorbell with that
+    many MSI-X vectors; the header gets FLAG_DOORBELL and oriond runs an ivshmem server for it.
 
     Contents are zeroed, then the header is written; owner and mode are applied before any data
     is written. Refuses nothing: callers check ``in_use`` first when that matters.
@@ -130,7 +138,9 @@ def format_device(
             q = memoryview(mm).cast("Q")
             mm[8:16] = struct.pack("<II", LAYOUT_VERSION, PAGE)
             q[H_SIZE] = size
-            q[H_NCH_FLAGS] = layout.nchannels | ((FLAG_VM if vm else 0) << 32)
+            flags = (FLAG_VM if vm else 0) | (FLAG_DOORBELL if vm and doorbell_vectors > 0 else 0)
+            q[H_NCH_FLAGS] = layout.nchannels | (flags << 32)
+            q[H_DB_VECTORS] = doorbell_vectors if vm and doorbell_vectors > 0 else 0
             q[H_STRIDE] = layout.stride
             q[H_RING] = layout.ring_size
             q[H_DEVICE_ID] = secrets.randbits(63) | 1
@@ -240,6 +250,16 @@ class Device:
         return bool((self.q[H_NCH_FLAGS] >> 32) & FLAG_VM)
 
     @property
+    def doorbell(self) -> bool:
+        """A VM device whose domain has the ivshmem-doorbell model (FLAG_DOORBELL)."""
+        return self.vm and bool((self.q[H_NCH_FLAGS] >> 32) & FLAG_DOORBELL)
+
+    @property
+    def doorbell_vectors(self) -> int:
+        """The domain device's MSI-X vectors (doorbell devices), clamped to 1..64."""
+        return max(1, min(64, int(self.q[H_DB_VECTORS]))) if self.doorbell else 0
+
+    @property
     def device_id(self) -> int:
         return int(self.q[H_DEVICE_ID])
 
@@ -258,13 +278,18 @@ class Device:
         map on one kernel (host, containers), not a VM's BAR (either side of it)."""
         return futex.AVAILABLE and bool(self.address) and self.lock_fd == self.fd and not self.vm
 
-    def ring_pair(self, i: int, server: bool) -> tuple[Ring, Ring]:
-        """(transmit, receive) rings of channel ``i`` for the server or the client end."""
+    def ring_pair(self, i: int, server: bool, bells: tuple[Bell, Bell] | None = None
+                  ) -> tuple[Ring, Ring]:
+        """(transmit, receive) rings of channel ``i`` for the server or the client end.
+
+        ``bells``: (request ring's, response ring's) bell where the ends wake each other by other
+        means than a futex (a doorbell VM device); else futexes where ``wakes``, else polling."""
         ctrl = self.ctrl(i)
         req, resp = self.rings(i)
         addr = self.address + self.layout.channel_offset(i) if self.wakes else 0
-        request = Ring(req, ctrl, C_REQ_HEAD, C_REQ_TAIL, C_REQ_WAIT, addr)
-        response = Ring(resp, ctrl, C_RESP_HEAD, C_RESP_TAIL, C_RESP_WAIT, addr)
+        rb, sb = bells if bells is not None else (None, None)
+        request = Ring(req, ctrl, C_REQ_HEAD, C_REQ_TAIL, C_REQ_WAIT, addr, rb)
+        response = Ring(resp, ctrl, C_RESP_HEAD, C_RESP_TAIL, C_RESP_WAIT, addr, sb)
         return (response, request) if server else (request, response)
 
     def ctrl(self, i: int) -> memoryview:

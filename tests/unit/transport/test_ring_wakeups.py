@@ -75,3 +75,51 @@ def test_a_vm_device_polls_and_never_sleeps_on_a_futex(tmp_path: Path) -> None:
             assert all(r.wait_i < 0 for r in dev.ring_pair(0, server))
     finally:
         dev.close()
+
+
+def test_a_doorbell_vm_device_sleeps_on_eventfds_and_loses_no_wakeup(tmp_path: Path) -> None:
+    """A doorbell VM device: the ends sleep on eventfds (what QEMU signals for a guest's ring and
+    turns into the guest's MSI-X for oriond's), each ring's bell one way; no wake-up is lost."""
+    import os
+
+    from orion_virt.transport.doorbell import EventfdBell
+
+    path = tmp_path / "orionsock4"
+    format_device(path, 2 << 20, vm=True, doorbell_vectors=9)
+    dev = Device(path)
+    to_server = os.eventfd(0, os.EFD_NONBLOCK)
+    to_client = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        assert dev.doorbell and dev.doorbell_vectors == 9 and not dev.wakes
+        pid = os.fork()
+        if pid == 0:  # the worker: an echo server on the request ring
+            code = 1
+            try:
+                tx, rx = dev.ring_pair(0, True, (EventfdBell(wait_fd=to_server), EventfdBell(ring_fd=to_client)))
+                s = RingStream(tx, rx, timeout=10)
+                while (msg := s.recv_exact(4)) != b"\0\0\0\0":
+                    s.send(msg)
+                code = 0
+            finally:
+                os._exit(code)
+        ring_server, sleep_client = EventfdBell(ring_fd=to_server), EventfdBell(wait_fd=to_client)
+        tx, rx = dev.ring_pair(0, False, (ring_server, sleep_client))
+        c = RingStream(tx, rx, timeout=10)
+        rng = random.Random(11)
+        worst = 0.0
+        for i in range(1, 300):
+            time.sleep(rng.choice([0, 20e-6, 60e-6, 120e-6, 400e-6, 2e-3]))
+            msg = i.to_bytes(4, "little")
+            t0 = time.monotonic()
+            c.send(msg)
+            assert c.recv_exact(4) == msg
+            worst = max(worst, time.monotonic() - t0)
+        c.send(b"\0\0\0\0")
+        assert os.waitpid(pid, 0)[1] == 0
+        assert worst < LOST, f"a round trip took {worst * 1e3:.0f} ms: a wake-up was lost"
+        assert ring_server.wakes > 0, "the worker never slept on its doorbell"
+        assert sleep_client.sleeps > 0, "the client never slept on its doorbell"
+    finally:
+        os.close(to_server)
+        os.close(to_client)
+        dev.close()
