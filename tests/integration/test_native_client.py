@@ -551,6 +551,17 @@ def test_a_copy_larger_than_a_message_goes_in_pieces(programs: dict[str, Path], 
     assert "round trips of 9 MiB: ok" in r.stdout
 
 
+@pytest.mark.parametrize("threads", ["0", "3"])
+def test_bulk_copies_split_between_copy_threads_arrive_intact(programs: dict[str, Path], oriond: Oriond,
+                                                              threads: str) -> None:
+    """Over shared memory a large step is copied by several threads on a machine of 8 CPUs or
+    more (ORION_COPY_THREADS forces it here): every byte arrives, through the ring and back."""
+    for mib in ("9", "33"):
+        r = run(programs["big_copy"], mib, env=native_env(oriond, "shm", ORION_COPY_THREADS=threads))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"round trips of {mib} MiB: ok" in r.stdout
+
+
 @pytest.mark.parametrize("opt", ["-O0", "-O1", "-O3"])
 def test_the_library_builds_warning_free_at_every_optimisation_level(tmp_path: Path, opt: str) -> None:
     """gcc's warnings change with the optimiser (truncation, use after free): -Werror holds at each."""
