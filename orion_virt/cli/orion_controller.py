@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .. import fileperm
 from ..controller.store import DEFAULT_SQLITE_PATH
 from ..errors import ConfigError, ControllerError, OrionError
 from . import version_option
@@ -71,7 +72,7 @@ def start(ip: str, port: int, kv: str | None, log_level: str, log_file: str | No
 
 def _setup_logging(level: str, log_file: str | None) -> None:
     try:
-        handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+        handler: logging.Handler = (fileperm.file_handler(log_file) if log_file
                                     else logging.StreamHandler(sys.stdout))
     except OSError as e:
         raise ConfigError(f"--log {log_file}: cannot open: {e.strerror}") from None

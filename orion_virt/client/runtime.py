@@ -17,10 +17,9 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from .. import __version__, compat
+from .. import __version__, compat, fileperm
 from ..config import ClientConfig, LogConfig, load_client_config
 from ..errors import OrionError, TransportError
 from ..wire import Hello, Welcome
@@ -98,9 +97,8 @@ class Runtime:
             log.addHandler(logging.NullHandler())
             return
         try:
-            d = Path(self.config.log_dir)
-            d.mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(d / f"client-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+            d = fileperm.make_dir(self.config.log_dir)
+            fh = fileperm.file_handler(d / f"client-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
             fh.setLevel(lc.file_log_level)
             fh.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s" if lc.log_with_time
                                               else "[%(levelname)s] %(message)s"))

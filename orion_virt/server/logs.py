@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import fileperm
 from ..config import ServerConfig
 from ..errors import ConfigError
 
@@ -32,8 +33,8 @@ def setup_server_logging(cfg: ServerConfig) -> logging.Logger:
         log.addHandler(h)
     if lc.log_to_file:
         try:
-            cfg.session_log_dir.mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(cfg.server_log_path)
+            fileperm.make_dir(cfg.session_log_dir)
+            fh = fileperm.file_handler(cfg.server_log_path)  # 0640: logs name allocations and programs
         except OSError as e:
             raise ConfigError(f"{cfg.source}: [server-log] log_dir={cfg.log_dir}: cannot write logs there "
                               f"({e.strerror}); set log_dir or run as root") from None
@@ -53,7 +54,7 @@ def session_logger(cfg: ServerConfig, sid: int, parent: logging.Logger) -> loggi
         return parent
     try:
         path = Path(cfg.session_log_dir) / f"{sid}.log"
-        fh = logging.FileHandler(path)
+        fh = fileperm.file_handler(path)
     except OSError:
         return parent
     fh.setLevel(cfg.log.file_log_level)

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ... import fileperm
 from ..exceptions import StoreError
 from .base import Store
 
@@ -21,7 +22,11 @@ class SqliteStore(Store):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fileperm.make_dir(self.path.parent)
+            # 0640 before SQLite opens it: its -wal and -shm files take the database's mode
+            fileperm.create(self.path, fileperm.STORE_MODE)
+            for extra in ("-wal", "-shm"):
+                fileperm.restrict(f"{self.path}{extra}", fileperm.STORE_MODE)
             conn = self._connect()
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
