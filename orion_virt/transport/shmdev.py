@@ -473,6 +473,7 @@ def claim_channel(dev: Device, *, check_tenants: bool = True, wait_s: float = 5.
         c[C_OWNER_NONCE] = secrets.randbits(63)
         c[C_OWNER_NS] = me
         c[C_CLIENT_BEAT] = 0
+        c[C_DB_PEER] = 0  # this client never rings a doorbell: its worker must poll
         c[C_GEN] = gen
         c[C_STATE] = CLAIMED
         ring_claim_bell(dev)

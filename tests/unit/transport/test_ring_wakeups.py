@@ -123,3 +123,44 @@ def test_a_doorbell_vm_device_sleeps_on_eventfds_and_loses_no_wakeup(tmp_path: P
         os.close(to_server)
         os.close(to_client)
         dev.close()
+
+
+def test_a_python_client_clears_a_previous_clients_doorbell_peer(tmp_path: Path) -> None:
+    """The worker sleeps on the doorbell only for a client that said it rings (slot 72): a
+    claim by the Python client, which never rings, must not inherit a native client's value."""
+    import threading
+
+    from orion_virt.transport.shmdev import (
+        C_DB_PEER,
+        C_SERVED_GEN,
+        C_STATE,
+        CLAIMED,
+        H_SERVER_EPOCH,
+        SERVING,
+        claim_channel,
+    )
+
+    path = tmp_path / "orionsock5"
+    format_device(path, 2 << 20, vm=True, doorbell_vectors=9)
+    dev = Device(path)
+    try:
+        dev.q[H_SERVER_EPOCH] = 1
+        c = dev.ctrl(0)
+        c[C_DB_PEER] = 3  # left by an earlier native client
+        seen: list[int] = []
+
+        def serve() -> None:
+            while c[C_STATE] != CLAIMED:
+                time.sleep(0.001)
+            seen.append(int(c[C_DB_PEER]))
+            c[C_SERVED_GEN] = c[1]
+            c[C_STATE] = SERVING
+
+        t = threading.Thread(target=serve)
+        t.start()
+        ch = claim_channel(dev, check_tenants=False)
+        t.join()
+        assert seen == [0]
+        ch.release()
+    finally:
+        dev.close()
