@@ -426,6 +426,8 @@ class CudaSession(BackendSession):
         self._raise_pending()
         if stream is None:
             for ctx in self._ctxs.values():
+                if not ctx.dirty:  # nothing issued since its last synchronize: nothing to wait for
+                    continue
                 self._use(ctx)
                 self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
                 ctx.dirty = False

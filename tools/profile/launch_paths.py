@@ -67,5 +67,5 @@ for created in (False, True):
         buf = np.frombuffer(mm, dtype=np.uint8)
         buf[::4096] = 1
         ok(d.cuMemHostRegister(buf.ctypes.data, len(buf), 1))
-        print(f"{name} + 512 MiB registered: ctypes {rate(lambda: raw(fr, 1, 1, 1, 1, 1, 1, 0, None, pa, None)) / 1e3:.0f}k/s",
-              flush=True)
+        k = rate(lambda: raw(fr, 1, 1, 1, 1, 1, 1, 0, None, pa, None)) / 1e3
+        print(f"{name} + 512 MiB registered: ctypes {k:.0f}k/s", flush=True)
