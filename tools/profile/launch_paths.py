@@ -55,7 +55,9 @@ raw = lib.cuLaunchKernel
 u, p = ctypes.c_uint, ctypes.c_void_p
 raw.argtypes = [p, u, u, u, u, u, u, u, p, p, p]
 raw.restype = ctypes.c_int
-for created in (False, True):
+
+
+def measure(created: bool) -> None:
     ctx, f, params, _vals = setup(created)
     pa = ctypes.addressof(params)
     fr = int(f)
@@ -69,3 +71,7 @@ for created in (False, True):
         ok(d.cuMemHostRegister(buf.ctypes.data, len(buf), 1))
         k = rate(lambda: raw(fr, 1, 1, 1, 1, 1, 1, 0, None, pa, None)) / 1e3
         print(f"{name} + 512 MiB registered: ctypes {k:.0f}k/s", flush=True)
+
+
+for created in (False, True):
+    measure(created)
