@@ -74,29 +74,48 @@ static int peek(u p, u *out)
     struct iovec local = {out, 8}, remote = {(void *)p, 8};
     return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == 8;
 }
-/* export-table slots: their arguments, result and what pointer arguments point at, after the call */
-static void slot_log(int i, u r, u a0, u a1, u a2, u a3)
+/* export-table slots: their arguments, result, and the first two words each pointer argument
+   points at, before and after the call ("*before>after" per word, "-" where unreadable) */
+static void words(u p, u w[2], int ok[2])
+{
+    for (int k = 0; k < 2; k++) ok[k] = peek(p + 8 * (u)k, &w[k]);
+}
+static void slot_log(int i, u r, const u *a, u before[4][2], int bok[4][2])
 {
     if (!req_log || E[i].calls > 8) return;
-    char d[4][40];
-    u a[4] = {a0, a1, a2, a3};
+    char d[4][120];
     for (int k = 0; k < 4; k++) {
-        u v;
-        if (peek(a[k], &v)) snprintf(d[k], sizeof d[k], "*%llx", (unsigned long long)v);
-        else d[k][0] = 0;
+        u after[2];
+        int aok[2];
+        words(a[k], after, aok);
+        d[k][0] = 0;
+        if (!bok[k][0] && !aok[0]) continue;
+        size_t n = 0;
+        for (int j = 0; j < 2; j++) {
+            char b[24] = "-", c[24] = "-";
+            if (bok[k][j]) snprintf(b, sizeof b, "%llx", (unsigned long long)before[k][j]);
+            if (aok[j]) snprintf(c, sizeof c, "%llx", (unsigned long long)after[j]);
+            n += (size_t)snprintf(d[k] + n, sizeof d[k] - n, "%s%s>%s", j ? "," : "*", b, c);
+            if (n >= sizeof d[k]) break;
+        }
     }
     pthread_mutex_lock(&mu);
     fprintf(req_log, "slot\t%s\tret %llx\targs %llx%s %llx%s %llx%s %llx%s\n", E[i].name, (unsigned long long)r,
-            (unsigned long long)a0, d[0], (unsigned long long)a1, d[1], (unsigned long long)a2, d[2],
-            (unsigned long long)a3, d[3]);
+            (unsigned long long)a[0], d[0], (unsigned long long)a[1], d[1], (unsigned long long)a[2], d[2],
+            (unsigned long long)a[3], d[3]);
     fflush(req_log);
     pthread_mutex_unlock(&mu);
 }
 static u fwd(int i, ARGS)
 {
     __atomic_fetch_add(&E[i].calls, 1, __ATOMIC_RELAXED);
+    u a[4] = {a0, a1, a2, a3}, before[4][2] = {{0}};
+    int bok[4][2] = {{0}};
+    int slot = E[i].name[0] == '{';
+    if (slot)
+        for (int k = 0; k < 4; k++) words(a[k], before[k], bok[k]);
     u r = E[i].real(PASS);
-    if (E[i].name[0] == '{') slot_log(i, r, a0, a1, a2, a3);
+    if (slot) slot_log(i, r, a, before, bok);
     return r;
 }
 static fn_t T[NSLOTS];
