@@ -15,3 +15,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked child: be killed (SIGKILL) when ``parent`` exits, for whatever reason, kill -9
+    included (Linux PR_SET_PDEATHSIG). A parent already gone before the request took effect
+    ends the child at once. Elsewhere (no prctl): nothing."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig, sigkill = 1, 9
+        libc.prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)

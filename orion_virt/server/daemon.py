@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..config import ServerConfig
 from ..errors import DeviceError, OrionError, TransportError
+from ..procs import die_with_parent
 from ..transport import tcp
 from ..transport.doorbell import CLAIM_VECTOR, DEFAULT_RUN_DIR, EventfdBell, channel_vector, socket_path
 from ..transport.shmdev import C_DB_PEER, C_GEN, C_STATE, CLAIMED, SERVING, list_devices
@@ -311,10 +312,14 @@ class Daemon:
     # -- workers ----------------------------------------------------------------------------------
 
     def _fork(self, body: Callable[[], None], keep: tuple[int, ...] = ()) -> int:
+        """A session worker running ``body``; it dies with this process (even after a kill -9 of
+        oriond, so that no session outlives the daemon that admitted it)."""
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                die_with_parent(parent)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -233,3 +233,34 @@ def test_a_tenant_writing_its_device_header_does_not_stop_oriond(oriond: Oriond)
                        ORION_SERVER="127.0.0.1:1")
         assert q.returncode == 0, q.stderr
         assert "Detected 2 CUDA Capable device(s)" in q.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(k) for k in (task / "children").read_text().split()]
+    return out
+
+
+def test_session_workers_die_with_a_killed_oriond(oriond: Oriond, tmp_path: Path) -> None:
+    """kill -9 of oriond ends its session workers too (a parent-death signal), so no session
+    outlives the daemon that admitted it, and each waiting client gets an error."""
+    oriond.device(1)
+    prog = tmp_path / "hold.py"
+    prog.write_text(HOLD)
+    clients = [oriond.popen("python3", str(prog)), oriond.popen("python3", str(prog), tcp=True)]
+    for p in clients:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    assert oriond.proc is not None
+    workers = _children(oriond.proc.pid)
+    assert len(workers) >= 2, workers
+    oriond.proc.send_signal(signal.SIGKILL)
+    oriond.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() and "State:\tZ" not in Path(f"/proc/{w}/status").read_text()
+              for w in workers):
+        assert time.monotonic() < deadline, "a session worker outlived oriond"
+        time.sleep(0.05)
+    for p in clients:
+        out, _err = p.communicate(timeout=20)
+        assert p.returncode == 3 and "error" in out
