@@ -181,6 +181,10 @@ class ServerConfig:
     shm_buffer_size: int = 128 << 20
     controller_addr: str = ""
     token_key_file: str = "/etc/orion/token.key"
+    api_key_file: str = "/etc/orion/controller.key"
+    """the controller's API key: registration and heartbeats are signed with it"""
+    token_state_dir: str = "/run/orion/tokens"
+    """tokens already used and allocations revoked, shared by oriond and its session workers"""
     log_dir: str = "/var/log/orion"
     log: LogConfig = field(default_factory=LogConfig)
     enable_computation_throttle: bool = True
@@ -236,6 +240,8 @@ SERVER_KEYS: list[Key] = [
     Key("shm_buffer_size", ("server-shm",), "shm_buffer_size", parse_size_mib),
     Key("controller_addr", ("controller",), "controller_addr", parse_addr),
     Key("token_key_file", ("controller",), "token_key_file", _str),
+    Key("api_key_file", ("controller",), "api_key_file", _str),
+    Key("token_state_dir", ("controller",), "token_state_dir", _str),
     Key("comm_id", ("server-nccl",), "comm_id", _str),
     Key("throttle_level", ("throttle",), "throttle_level", _percent),
     Key("enable_computation_throttle", ("throttle",), "enable_computation_throttle", parse_bool),
@@ -321,6 +327,8 @@ class ClientConfig:
     cross_node: bool = False
     group_id: str = ""
     controller_addr: str = ""
+    client_key_file: str = "/etc/orion/client.key"
+    """the controller's client key: allocations are signed with it (absent: unsigned)"""
     server_addr: str = ""
     enable_net: bool = False
     shm_path_base: str = "/dev/shm"
@@ -346,6 +354,7 @@ CLIENT_KEYS: list[Key] = [
     Key("group_id", (), "ORION_GROUP_ID", _str, env=("ORION_GROUP_ID",)),
     Key("controller_addr", ("controller",), "controller_addr", parse_addr,
         env=compat.ENV_CONTROLLER_NAMES),  # the seeds' misspelt name too (see compat)
+    Key("client_key_file", ("controller",), "client_key_file", _str, env=("ORION_CLIENT_KEY_FILE",)),
     Key("server_addr", ("client",), "server_addr", parse_addr, env=("ORION_SERVER",)),
     Key("enable_net", ("client",), "enable_net", parse_bool, env=("ORION_ENABLE_NET",)),
     Key("connect_timeout", ("client",), "connect_timeout", float, env=("ORION_CONNECT_TIMEOUT",)),

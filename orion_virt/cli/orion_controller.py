@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -46,6 +47,19 @@ def main() -> None:
 @click.option("--token-key", default="/etc/orion/token.key", show_default=True, metavar="PATH",
               help="HMAC key shared with every Orion Server (hex text); created with mode "
                    "0600 if absent. Copy it to the servers' token_key_file.")
+@click.option("--api-key", default="/etc/orion/controller.key", show_default=True, metavar="PATH",
+              help="HMAC key (hex text) that servers, tools and the device plugin sign their "
+                   "requests with; created with mode 0600 if absent. Copy it to the servers' "
+                   "[controller] api_key_file.")
+@click.option("--client-key", default="/etc/orion/client.key", show_default=True, metavar="PATH",
+              help="HMAC key (hex text) that applications sign allocations with; created with "
+                   "mode 0600 if absent. Give it to clients as [controller] client_key_file or "
+                   "ORION_CLIENT_KEY_FILE.")
+@click.option("--portal-passwd", default="/etc/orion/portal.passwd", show_default=True,
+              metavar="PATH",
+              help="The web portal's login (user admin): a password hash, mode 0600. Absent at "
+                   "first start: ORION_PORTAL_PASSWORD sets it, else a random password is "
+                   "generated and printed once.")
 @click.option("--heartbeat-timeout", default=15.0, show_default=True,
               type=click.FloatRange(min=1.0),
               help="Seconds without a heartbeat after which a server is marked down and its "
@@ -55,7 +69,8 @@ def main() -> None:
               help="Allocation lease in seconds; clients renew it, a dead client's lease "
                    "expires.")
 def start(ip: str, port: int, kv: str | None, log_level: str, log_file: str | None, vgpu: int,
-          token_key: str, heartbeat_timeout: float, lease_seconds: float) -> None:
+          token_key: str, api_key: str, client_key: str, portal_passwd: str,
+          heartbeat_timeout: float, lease_seconds: float) -> None:
     """Start the controller and serve until SIGTERM or Ctrl-C.
 
     \b
@@ -64,7 +79,8 @@ def start(ip: str, port: int, kv: str | None, log_level: str, log_file: str | No
     """
     try:
         _setup_logging(log_level, log_file)
-        _serve(ip, port, kv, vgpu, token_key, heartbeat_timeout, lease_seconds)
+        _serve(ip, port, kv, vgpu, token_key, heartbeat_timeout, lease_seconds,
+               (api_key, client_key, portal_passwd))
     except OrionError as e:
         click.echo(f"orion-controller: {e}", err=True)
         sys.exit(e.exit_code)
@@ -83,8 +99,42 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     root.setLevel(LEVELS[level.lower()])
 
 
+def _portal_hash(path: str, log: logging.Logger) -> str:
+    """The admin's password hash from ``path``, created at first start (never a fixed default)."""
+    import os
+    import secrets
+
+    from ..controller import auth
+
+    p = Path(path)
+    if not p.exists():
+        pw = os.environ.get("ORION_PORTAL_PASSWORD") or secrets.token_urlsafe(12)
+        try:
+            fileperm.make_dir(p.parent, 0o755)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fileperm.SECRET_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(auth.hash_password(pw) + "\n")
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"--portal-passwd {p}: cannot create: {e.strerror}") from None
+        else:
+            if "ORION_PORTAL_PASSWORD" not in os.environ:
+                click.echo(f"orion-controller: web portal login: user {auth.PORTAL_USER}, password "
+                           f"{pw} (stored hashed in {p}; this is the only time it is shown)",
+                           err=True)
+            log.info("web portal password set in %s", p)
+    try:
+        text = p.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"--portal-passwd {p}: cannot read: {e.strerror}") from None
+    fileperm.restrict(p, fileperm.SECRET_MODE)
+    return text
+
+
 def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
-           heartbeat_timeout: float, lease_seconds: float) -> None:
+           heartbeat_timeout: float, lease_seconds: float,
+           auth_files: tuple[str, str, str]) -> None:
     from ..controller.api import make_server
     from ..controller.pool import Policy
     from ..controller.service import Controller, Reaper
@@ -95,11 +145,14 @@ def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
     store = open_store(kv)
     store.read()
     key = load_key(token_key, create=True)
+    api_key, client_key, portal_passwd = auth_files
+    keys = {"node": load_key(api_key, create=True), "client": load_key(client_key, create=True)}
+    portal_hash = _portal_hash(portal_passwd, log)
     policy = Policy(default_vgpu_count=vgpu, lease_seconds=lease_seconds,
                     heartbeat_timeout=heartbeat_timeout)
     controller = Controller(store, policy, key)
     try:
-        server = make_server(controller, ip, port)
+        server = make_server(controller, ip, port, keys, portal_hash)
     except OSError as e:
         raise ConfigError(f"cannot listen on {ip}:{port}: {e.strerror or e}") from None
     reaper = Reaper(controller, interval=min(1.0, heartbeat_timeout / 3))

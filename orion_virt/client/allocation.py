@@ -42,6 +42,8 @@ class Grant:
     vgpus: tuple[Any, ...] = field(default=(), compare=False)
     parts: tuple[NodePart, ...] = field(default=(), compare=False)
     """one per node of a controller allocation, in the order of their first vGPU"""
+    secret: str = field(default="", compare=False, repr=False)
+    """the allocation's secret: only its holder can renew and release it"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,21 @@ def server_for(cfg: ClientConfig, registered: str, several: bool = False) -> str
     return registered
 
 
+def signer(cfg: ClientConfig, log: logging.Logger | None = None) -> Any:
+    """The client key (``client_key_file``) as a request signer; None when the file is absent
+    (the controller then refuses the allocation, saying which key it needs)."""
+    import os
+
+    from ..controller import client as ctl
+
+    path = cfg.client_key_file
+    if not path or not os.path.exists(path):
+        if log is not None:
+            log.info("no client key at %s: the allocation request is not signed", path)
+        return None
+    return ctl.load_signer("client", path)
+
+
 def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
     """Raises ConfigError without ORION_VGPU, ControllerError/AllocationError from the controller."""
     if not cfg.vgpu:
@@ -109,7 +126,7 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
     req = ctl.AllocationRequest(vgpu=cfg.vgpu, gmem_mib=cfg.gmem_mib, ratio=cfg.ratio,
                                 cross_node=cfg.cross_node, group_id=cfg.group_id)
     try:
-        alloc = ctl.allocate(addr, req)
+        alloc = ctl.allocate(addr, req, signer=signer(cfg, log))
     except AllocationError as e:
         log.error("allocation refused: %s", e)
         raise AllocationError(f"Orion Controller {addr} refused {cfg.vgpu} vGPU(s): {e}") from None
@@ -125,7 +142,7 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
              ", ".join(f"vGPU {v.index}: {v.node_id} ({v.server}) GPU {v.gpu_index} slot "
                        f"{v.slot} {v.memory_mib} MiB {v.ratio}%" for v in alloc.vgpus))
     if not nodes:
-        _release(addr, alloc.allocation_id, log)
+        _release(addr, alloc.allocation_id, log, alloc.secret)
         raise AllocationError("the Orion Controller allocated no vGPU")
     parts = []
     for n in nodes:
@@ -140,15 +157,16 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
             f"{p.node_id} ({p.server_addr}): {len(p.vgpus)} vGPU(s)" for p in parts))
     v0, p0 = alloc.vgpus[0], parts[0]
     return Grant(alloc.allocation_id, len(alloc.vgpus), v0.memory_mib, v0.ratio, p0.token,
-                 p0.server_addr, True, v0.node_id, alloc.lease_seconds, alloc.vgpus, tuple(parts))
+                 p0.server_addr, True, v0.node_id, alloc.lease_seconds, alloc.vgpus, tuple(parts),
+                 alloc.secret)
 
 
-def _release(addr: str, allocation_id: str, log: logging.Logger) -> bool:
+def _release(addr: str, allocation_id: str, log: logging.Logger, secret: str = "") -> bool:
     from ..controller import client as ctl
     from ..controller.exceptions import NotFound
 
     try:
-        ctl.release(addr, allocation_id)
+        ctl.release(addr, allocation_id, secret=secret)
         log.info("allocation %s released", allocation_id)
         return True
     except NotFound:
@@ -162,7 +180,7 @@ def release(cfg: ClientConfig, grant: object, log: logging.Logger) -> None:
     """Give a controller allocation back; errors are logged (the lease expires anyway)."""
     if not isinstance(grant, Grant) or not grant.from_controller:
         return
-    _release(cfg.controller_addr, grant.allocation_id, log)
+    _release(cfg.controller_addr, grant.allocation_id, log, grant.secret)
 
 
 class Renewer:
@@ -209,7 +227,7 @@ class Renewer:
         from ..controller.exceptions import NotFound
 
         try:
-            renewed = ctl.renew(self.addr, self.grant.allocation_id)
+            renewed = ctl.renew(self.addr, self.grant.allocation_id, secret=self.grant.secret)
         except NotFound as e:
             self.lost = str(e)
             self.log.error("allocation %s lost: %s", self.grant.allocation_id, e)

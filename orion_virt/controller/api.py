@@ -1,47 +1,112 @@
 """HTTP/JSON API of the controller (stdlib ``ThreadingHTTPServer``); see docs/controller-api.md.
 
-Errors answer ``{"error": message, "field": name?}`` with 400 (bad JSON or field), 404 (unknown
-node/allocation/path), 405, 409 (pool cannot satisfy the request), 413, 503 (store unreachable).
+Errors answer ``{"error": message, "field": name?}`` with 400 (bad JSON or field, malformed
+Content-Length), 401 (a signature is needed or wrong), 403 (another tenant's allocation, another
+node's secret), 404 (unknown node/allocation/path), 405, 409 (pool cannot satisfy the request, a
+node's address held by another server), 413, 503 (store unreachable).
+
+Who may call what (see :mod:`.auth`): reading (version, summary, nodes, tasks, allocations,
+/metrics) is open; the portal page needs the admin login (HTTP Basic); allocating needs a
+signature with the client key or the API key; renewing and releasing need the allocation's secret
+or the API key; registering, heartbeating and deregistering nodes need the API key (and, to move
+a node or heartbeat for it, that node's secret).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from . import metrics, portal
-from .exceptions import AllocationError, BadRequest, ControllerError, NotFound, StoreError
+from . import auth, metrics, portal
+from .exceptions import (
+    AllocationError,
+    BadRequest,
+    Conflict,
+    ControllerError,
+    Forbidden,
+    NotFound,
+    StoreError,
+    Unauthorized,
+)
 from .service import Controller
 
 log = logging.getLogger("orion_virt.controller.http")
 MAX_BODY = 1 << 20
+MAX_JSON_DEPTH = 32
+"""Deeper nesting of arrays/objects in a request body is a 400 (the decoder recurses)."""
 _ID = r"([^/]+)"
+OPEN, NODE, CLIENT, HOLDER = "open", "node", "client", "holder"
+"""What a route needs: nothing; an API-key signature; a client- or API-key signature; the
+allocation's secret or an API-key signature."""
 
-Route = tuple[str, "re.Pattern[str]", Callable[..., Any]]
+Route = tuple[str, "re.Pattern[str]", str, Callable[..., Any]]
+
+
+class Caller:
+    """Who sent a request: the role its signature proves (None: unsigned) and its secrets."""
+
+    def __init__(self, role: str | None, headers: Any, checked: bool = True) -> None:
+        self.role = role
+        self.checked = checked
+        """False in the in-process test mode (no keys): node secrets are not asked for either"""
+        self.admin = role == auth.NODE
+        self.allocation_secret = headers.get(auth.ALLOCATION_SECRET_HEADER)
+        self.node_secret = headers.get(auth.NODE_SECRET_HEADER)
 
 
 def _routes(c: Controller) -> list[Route]:
-    r: list[tuple[str, str, Callable[..., Any]]] = [
-        ("GET", "/version", lambda body: c.version()),
-        ("GET", "/api/v1/version", lambda body: c.version()),
-        ("GET", "/api/v1/summary", lambda body: c.summary()),
-        ("GET", "/api/v1/nodes", lambda body: {"nodes": c.nodes()}),
-        ("POST", "/api/v1/nodes", lambda body: (HTTPStatus.CREATED, c.register(body))),
-        ("DELETE", f"/api/v1/nodes/{_ID}", lambda body, nid: c.deregister(nid)),
-        ("POST", f"/api/v1/nodes/{_ID}/heartbeat", lambda body, nid: c.heartbeat(nid)),
-        ("GET", "/api/v1/tasks", lambda body: {"tasks": c.tasks()}),
-        ("GET", "/api/v1/allocations", lambda body: {"allocations": c.tasks()}),
-        ("POST", "/api/v1/allocations", lambda body: (HTTPStatus.CREATED, c.allocate(body))),
-        ("GET", f"/api/v1/allocations/{_ID}", lambda body, aid: c.get_allocation(aid)),
-        ("DELETE", f"/api/v1/allocations/{_ID}", lambda body, aid: c.release(aid)),
-        ("POST", f"/api/v1/allocations/{_ID}/renew", lambda body, aid: c.renew(aid)),
+    r: list[tuple[str, str, str, Callable[..., Any]]] = [
+        ("GET", "/version", OPEN, lambda who, body: c.version()),
+        ("GET", "/api/v1/version", OPEN, lambda who, body: c.version()),
+        ("GET", "/api/v1/summary", OPEN, lambda who, body: c.summary()),
+        ("GET", "/api/v1/nodes", OPEN, lambda who, body: {"nodes": c.nodes()}),
+        ("POST", "/api/v1/nodes", NODE,
+         lambda who, body: (HTTPStatus.CREATED, c.register(body, who.node_secret, who.checked))),
+        ("DELETE", f"/api/v1/nodes/{_ID}", NODE, lambda who, body, nid: c.deregister(nid)),
+        ("POST", f"/api/v1/nodes/{_ID}/heartbeat", NODE,
+         lambda who, body, nid: c.heartbeat(nid, who.node_secret, who.checked)),
+        ("GET", "/api/v1/tasks", OPEN, lambda who, body: {"tasks": c.tasks()}),
+        ("GET", "/api/v1/allocations", OPEN, lambda who, body: {"allocations": c.tasks()}),
+        ("POST", "/api/v1/allocations", CLIENT,
+         lambda who, body: (HTTPStatus.CREATED, c.allocate(body))),
+        ("GET", f"/api/v1/allocations/{_ID}", OPEN, lambda who, body, aid: c.get_allocation(aid)),
+        ("DELETE", f"/api/v1/allocations/{_ID}", HOLDER,
+         lambda who, body, aid: c.release(aid, who.allocation_secret, who.admin)),
+        ("POST", f"/api/v1/allocations/{_ID}/renew", HOLDER,
+         lambda who, body, aid: c.renew(aid, who.allocation_secret, who.admin)),
     ]
-    return [(m, re.compile(p + "$"), f) for m, p, f in r]
+    return [(m, re.compile(p + "$"), need, f) for m, p, need, f in r]
+
+
+def _depth_ok(raw: bytes) -> bool:
+    """True when no array/object nests deeper than MAX_JSON_DEPTH (brackets in strings do not
+    count), so ``json.loads`` never recurses far; linear in the body."""
+    depth, in_str, esc = 0, False, False
+    for ch in raw.decode("utf-8", "replace"):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -49,6 +114,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     controller: Controller
     routes: list[Route]
+    keys: dict[str, bytes] | None = None
+    """None: no signatures checked (in-process tests only; ``orion-controller start`` always
+    passes the API and client keys)"""
+    portal_hash: str | None = None
+    replay: auth.ReplayCache
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -65,15 +135,19 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         try:
-            body = self._body(method)
+            raw = self._raw_body()
+            body = self._decode(method, raw)
             if method == "GET" and path == "/":
+                if not self._portal_login_ok():
+                    return self._send(401, b"login required (user admin)\n", "text/plain",
+                                      {"WWW-Authenticate": 'Basic realm="Orion Controller"'})
                 return self._send(200, portal.render(self.controller).encode(),
                                   "text/html; charset=utf-8")
             if method == "GET" and path == "/metrics":
                 return self._send(200, metrics.render(self.controller).encode(),
                                   metrics.CONTENT_TYPE)
             allowed = []
-            for m, pattern, fn in self.routes:
+            for m, pattern, need, fn in self.routes:
                 match = pattern.match(path)
                 if match is None:
                     continue
@@ -81,7 +155,8 @@ class Handler(BaseHTTPRequestHandler):
                     allowed.append(m)
                     continue
                 args = [urllib.parse.unquote(g) for g in match.groups()]
-                result = fn(body, *args)
+                who = self._caller(method, raw, need)
+                result = fn(who, body, *args)
                 status, result = result if isinstance(result, tuple) else (HTTPStatus.OK, result)
                 return self._json(status, result)
             if allowed:
@@ -92,7 +167,11 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": str(e), "field": e.field})
         except NotFound as e:
             self._json(404, {"error": str(e)})
-        except AllocationError as e:
+        except Unauthorized as e:
+            self._json(401, {"error": str(e)})
+        except Forbidden as e:
+            self._json(403, {"error": str(e)})
+        except (AllocationError, Conflict) as e:
             self._json(409, {"error": str(e)})
         except StoreError as e:
             log.error("store: %s", e)
@@ -105,24 +184,71 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("internal error on %s %s", method, path)
             self._json(500, {"error": "internal error (see controller log)"})
 
-    def _body(self, method: str) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+    def _raw_body(self) -> bytes:
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit() or len(text) > 12:
+            self.close_connection = True  # where the next request starts is unknown
+            raise BadRequest(f"malformed Content-Length {text[:40]!r}", "Content-Length")
+        length = int(text)
         if length > MAX_BODY:
             self.close_connection = True
             raise _TooLarge()
-        raw = self.rfile.read(length) if length > 0 else b""
+        return self.rfile.read(length) if length > 0 else b""
+
+    @staticmethod
+    def _decode(method: str, raw: bytes) -> Any:
         if method != "POST" or not raw.strip():
             return {}
+        if not _depth_ok(raw):
+            raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise BadRequest(f"request body is not valid JSON: {e}") from None
+
+    def _caller(self, method: str, raw: bytes, need: str) -> Caller:
+        if self.keys is None:  # in-process tests: everyone is an operator
+            return Caller(auth.NODE, self.headers, checked=False)
+        try:
+            role = auth.verify(self.keys, self.headers.get(auth.AUTH_HEADER), method, self.path,
+                               raw, time.time(), self.replay)
+        except auth.AuthFailed as e:
+            raise Unauthorized(f"authentication failed: {e}") from None
+        who = Caller(role, self.headers)
+        if need == NODE and role != auth.NODE:
+            raise Unauthorized(f"{method} {self.path} needs a request signed with the controller's "
+                               f"API key ({auth.AUTH_HEADER}; oriond: [controller] api_key_file)")
+        if need == CLIENT and role is None:
+            raise Unauthorized(f"allocating needs a request signed with the client key "
+                               f"({auth.AUTH_HEADER}; client.conf [controller] client_key_file "
+                               f"or ORION_CLIENT_KEY_FILE)")
+        if need == HOLDER and not who.admin and not who.allocation_secret:
+            raise Unauthorized(f"{method} {self.path} needs the allocation's secret "
+                               f"({auth.ALLOCATION_SECRET_HEADER}) or the API key")
+        return who
+
+    def _portal_login_ok(self) -> bool:
+        if self.keys is None:
+            return True
+        if not self.portal_hash:
+            return False
+        h = self.headers.get("Authorization") or ""
+        if not h.startswith("Basic ") or len(h) > 512:
+            return False
+        try:
+            user, _, pw = base64.b64decode(h[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return user == auth.PORTAL_USER and auth.check_password(pw, self.portal_hash)
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
-    def _send(self, status: int, data: bytes, ctype: str) -> None:
+    def _send(self, status: int, data: bytes, ctype: str,
+              extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
@@ -139,8 +265,15 @@ class ControllerHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def make_server(controller: Controller, host: str, port: int) -> ControllerHTTPServer:
-    """Bind (``OSError`` if the address is in use); call ``serve_forever`` to serve."""
+def make_server(controller: Controller, host: str, port: int,
+                keys: dict[str, bytes] | None = None,
+                portal_hash: str | None = None) -> ControllerHTTPServer:
+    """Bind (``OSError`` if the address is in use); call ``serve_forever`` to serve.
+
+    ``keys``: ``{"node": API key, "client": client key}``, checked on every state change
+    (None checks nothing: for in-process tests). ``portal_hash``: the admin's password hash."""
     handler = type("BoundHandler", (Handler,), {"controller": controller,
-                                                "routes": _routes(controller)})
+                                                "routes": _routes(controller), "keys": keys,
+                                                "portal_hash": portal_hash,
+                                                "replay": auth.ReplayCache()})
     return ControllerHTTPServer((host, port), handler)

@@ -21,24 +21,47 @@ from urllib.parse import quote
 
 # the seeds' lines, kept byte-identical in orion_virt/compat.py; re-exported for the callers here
 from ..compat import MSG_CONNECT, MSG_NO_ALLOCATION, MSG_VERSION
+from . import auth
 from .exceptions import (
     AllocationError,
     BadRequest,
+    Conflict,
     ControllerError,
     ControllerUnreachable,
+    Forbidden,
     NotFound,
+    Unauthorized,
 )
 from .model import AllocationRequest, Summary
 
 __all__ = [
     "Allocation", "AllocationError", "AllocationRequest", "BadRequest", "ControllerError",
     "ControllerUnreachable", "GpuInfo", "MSG_CONNECT", "MSG_NO_ALLOCATION", "MSG_VERSION",
-    "NodeInfo", "NotFound", "PlacedVGpu", "Summary", "VersionInfo", "allocate",
+    "NodeInfo", "NotFound", "PlacedVGpu", "Signer", "Summary", "VersionInfo", "allocate",
     "deregister_node", "get_version", "heartbeat", "nodes", "register_node", "release", "renew",
     "summary", "tasks",
 ]
 
 DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs requests (``X-Orion-Auth``) with a key: role ``node`` (the API key: servers, tools)
+    or ``client`` (the client key: applications)."""
+
+    role: str
+    key: bytes
+
+    def header(self, method: str, path: str, body: bytes) -> str:
+        return auth.sign(self.key, self.role, method, path, body)
+
+
+def load_signer(role: str, path: str) -> Signer:
+    """The key file at ``path`` as a Signer (``ConfigError`` naming the file if unreadable)."""
+    from .token import load_key
+
+    return Signer(role, load_key(path))
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,8 @@ class Allocation:
     expires_at: float
     vgpus: tuple[PlacedVGpu, ...]
     tokens: Mapping[str, str]
+    secret: str = ""
+    """the allocation's secret (answered at allocation only): renewing and releasing need it"""
 
     def token_for(self, node_id: str) -> str:
         return self.tokens[node_id]
@@ -113,7 +138,7 @@ class Allocation:
             return cls(str(d["allocation_id"]), d.get("group_id", ""), d.get("owner", ""),
                        float(d["lease_seconds"]), float(d["expires_at"]),
                        tuple(PlacedVGpu(**{k: v[k] for k in PlacedVGpu.__dataclass_fields__})
-                             for v in d["vgpus"]), dict(d["tokens"]))
+                             for v in d["vgpus"]), dict(d["tokens"]), str(d.get("secret", "")))
         except (KeyError, TypeError, ValueError) as e:
             raise ControllerError(f"malformed allocation from controller: {e}") from None
 
@@ -130,15 +155,19 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def request(addr: str, method: str, path: str, body: Any = None,
-            timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """One JSON exchange; returns the decoded reply or raises (see the module docstring)."""
+            timeout: float = DEFAULT_TIMEOUT, signer: Signer | None = None,
+            headers: Mapping[str, str] | None = None) -> Any:
+    """One JSON exchange; returns the decoded reply or raises (see the module docstring).
+    ``signer`` signs it; ``headers`` adds others (an allocation's or a node's secret)."""
     host, port = _split(addr)
     data = json.dumps(body).encode() if body is not None else b""
-    headers = {"Content-Type": "application/json", "Accept": "application/json",
-               "Content-Length": str(len(data))}
+    hdrs = {"Content-Type": "application/json", "Accept": "application/json",
+            "Content-Length": str(len(data)), **(headers or {})}
+    if signer is not None:
+        hdrs[auth.AUTH_HEADER] = signer.header(method, path, data)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request(method, path, body=data, headers=headers)
+        conn.request(method, path, body=data, headers=hdrs)
         resp = conn.getresponse()
         raw = resp.read()
         status = resp.status
@@ -158,9 +187,15 @@ def request(addr: str, method: str, path: str, body: Any = None,
     msg = reply.get("error", f"HTTP {status}") if isinstance(reply, dict) else f"HTTP {status}"
     if status == 400:
         raise BadRequest(msg, reply.get("field", "") if isinstance(reply, dict) else "")
+    if status == 401:
+        raise Unauthorized(msg)
+    if status == 403:
+        raise Forbidden(msg)
     if status == 404:
         raise NotFound(msg)
     if status == 409:
+        if msg.startswith("node "):
+            raise Conflict(msg)
         raise AllocationError(msg)
     raise ControllerError(f"controller at {addr}: HTTP {status}: {msg}")
 
@@ -173,40 +208,69 @@ def get_version(addr: str, timeout: float = DEFAULT_TIMEOUT) -> VersionInfo:
         raise ControllerError(f"{addr} did not answer version information") from None
 
 
-def allocate(addr: str, req: AllocationRequest, timeout: float = DEFAULT_TIMEOUT) -> Allocation:
-    """Ask for vGPUs; ``AllocationError`` says why none could be granted."""
+def allocate(addr: str, req: AllocationRequest, timeout: float = DEFAULT_TIMEOUT,
+             signer: Signer | None = None) -> Allocation:
+    """Ask for vGPUs (``signer``: the client key); ``AllocationError`` says why none could be
+    granted. The answer's ``secret`` is needed to renew and release."""
     return Allocation.from_json(request(addr, "POST", "/api/v1/allocations", req.to_json(),
-                                        timeout))
+                                        timeout, signer))
 
 
-def renew(addr: str, allocation_id: str, timeout: float = DEFAULT_TIMEOUT) -> Allocation:
-    """Extend the lease (fresh tokens included); ``NotFound`` once it was released/expired."""
+def _holder(secret: str | None) -> dict[str, str]:
+    return {auth.ALLOCATION_SECRET_HEADER: secret} if secret else {}
+
+
+def renew(addr: str, allocation_id: str, timeout: float = DEFAULT_TIMEOUT,
+          secret: str | None = None, signer: Signer | None = None) -> Allocation:
+    """Extend the lease (fresh tokens included); ``NotFound`` once it was released/expired.
+    Needs the allocation's ``secret`` (or an API-key ``signer``)."""
     return Allocation.from_json(request(addr, "POST", f"/api/v1/allocations/{_q(allocation_id)}"
-                                        "/renew", {}, timeout))
+                                        "/renew", {}, timeout, signer, _holder(secret)))
 
 
-def release(addr: str, allocation_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Give the vGPUs back; ``NotFound`` if already released or expired."""
-    request(addr, "DELETE", f"/api/v1/allocations/{_q(allocation_id)}", timeout=timeout)
+def release(addr: str, allocation_id: str, timeout: float = DEFAULT_TIMEOUT,
+            secret: str | None = None, signer: Signer | None = None) -> None:
+    """Give the vGPUs back; ``NotFound`` if already released or expired. Needs the allocation's
+    ``secret`` (or an API-key ``signer``)."""
+    request(addr, "DELETE", f"/api/v1/allocations/{_q(allocation_id)}", timeout=timeout,
+            signer=signer, headers=_holder(secret))
+
+
+def _node_secret(secret: str | None) -> dict[str, str]:
+    return {auth.NODE_SECRET_HEADER: secret} if secret else {}
+
+
+def register(addr: str, node: NodeInfo, gpus: Sequence[GpuInfo], timeout: float = DEFAULT_TIMEOUT,
+             signer: Signer | None = None, node_secret: str | None = None) -> dict[str, Any]:
+    """Register (or refresh) a server and its GPUs; the whole answer (``heartbeat_timeout``,
+    ``node_secret`` when a new one was issued)."""
+    return dict(request(addr, "POST", "/api/v1/nodes",
+                        {"node_id": node.node_id, "address": node.address,
+                         "gpus": [g.to_json() for g in gpus]}, timeout, signer,
+                        _node_secret(node_secret)))
 
 
 def register_node(addr: str, node: NodeInfo, gpus: Sequence[GpuInfo],
-                  timeout: float = DEFAULT_TIMEOUT) -> float:
+                  timeout: float = DEFAULT_TIMEOUT, signer: Signer | None = None) -> float:
     """Register (or refresh) a server and its GPUs. Returns the controller's heartbeat
     timeout in seconds: heartbeat well within it."""
-    d = request(addr, "POST", "/api/v1/nodes", {"node_id": node.node_id, "address": node.address,
-                                                "gpus": [g.to_json() for g in gpus]}, timeout)
-    return float(d.get("heartbeat_timeout", 15.0))
+    return float(register(addr, node, gpus, timeout, signer).get("heartbeat_timeout", 15.0))
 
 
-def heartbeat(addr: str, node_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """``NotFound`` means the controller forgot the node: register again."""
-    request(addr, "POST", f"/api/v1/nodes/{_q(node_id)}/heartbeat", {}, timeout)
+def heartbeat(addr: str, node_id: str, timeout: float = DEFAULT_TIMEOUT,
+              signer: Signer | None = None, node_secret: str | None = None) -> list[str]:
+    """``NotFound`` means the controller forgot the node: register again. Returns the ids of
+    released allocations whose tokens this node must refuse."""
+    d = request(addr, "POST", f"/api/v1/nodes/{_q(node_id)}/heartbeat", {}, timeout, signer,
+                _node_secret(node_secret))
+    revoked = d.get("revoked", []) if isinstance(d, dict) else []
+    return [str(a) for a in revoked] if isinstance(revoked, list) else []
 
 
-def deregister_node(addr: str, node_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+def deregister_node(addr: str, node_id: str, timeout: float = DEFAULT_TIMEOUT,
+                    signer: Signer | None = None) -> None:
     """Remove the node now (clean shutdown); its allocations are released."""
-    request(addr, "DELETE", f"/api/v1/nodes/{_q(node_id)}", timeout=timeout)
+    request(addr, "DELETE", f"/api/v1/nodes/{_q(node_id)}", timeout=timeout, signer=signer)
 
 
 def summary(addr: str, timeout: float = DEFAULT_TIMEOUT) -> Summary:

@@ -9,7 +9,7 @@ from ..errors import AllocationError, ControllerError
 
 __all__ = [
     "AllocationError", "BadRequest", "ControllerError", "ControllerUnreachable", "NotFound",
-    "StoreError", "TokenError", "TokenExpired",
+    "StoreError", "TokenError", "TokenExpired", "Unauthorized", "Forbidden", "Conflict",
 ]
 
 
@@ -41,3 +41,15 @@ class TokenExpired(TokenError):
 
 class StoreError(ControllerError):
     """The backing store (SQLite file, etcd) failed or could not be reached."""
+
+
+class Unauthorized(ControllerError):
+    """The request needs a signature (API or client key) it does not carry, or carries a bad one."""
+
+
+class Forbidden(ControllerError):
+    """Signed, but not allowed: another tenant's allocation, another node's secret."""
+
+
+class Conflict(ControllerError):
+    """The change would take something another party holds (a registered node's address)."""

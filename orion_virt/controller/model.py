@@ -98,6 +98,8 @@ class Node:
     last_heartbeat: float
     up: bool = True
     registered_at: float = 0.0
+    secret_hash: str = ""
+    """SHA-256 of the node secret issued at registration: an address change needs it"""
 
     def gpu(self, index: int) -> Gpu | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -107,12 +109,16 @@ class Node:
                 "gpus": [g.to_json() for g in self.gpus], "last_heartbeat": self.last_heartbeat,
                 "up": self.up, "registered_at": self.registered_at}
 
+    def to_store(self) -> dict[str, Any]:
+        return {**self.to_json(), "secret_hash": self.secret_hash}
+
     @classmethod
     def from_json(cls, d: Any) -> Node:
         d = _obj(d, "")
         return cls(d["node_id"], d["address"],
                    tuple(Gpu.from_json(g, 1) for g in d["gpus"]),
-                   float(d["last_heartbeat"]), bool(d["up"]), float(d.get("registered_at", 0.0)))
+                   float(d["last_heartbeat"]), bool(d["up"]), float(d.get("registered_at", 0.0)),
+                   str(d.get("secret_hash", "")))
 
 
 def parse_registration(d: Any, default_vgpu_count: int, now: float) -> Node:
@@ -209,6 +215,8 @@ class Allocation:
     created_at: float
     expires_at: float
     placements: tuple[Placement, ...]
+    secret_hash: str = ""
+    """SHA-256 of the allocation's secret: renewing and releasing need the secret"""
 
     @property
     def node_ids(self) -> tuple[str, ...]:
@@ -217,13 +225,31 @@ class Allocation:
     def to_json(self) -> dict[str, Any]:
         return {"allocation_id": self.allocation_id, "group_id": self.group_id,
                 "owner": self.owner, "created_at": self.created_at,
-                "expires_at": self.expires_at, "placements": [p.to_json() for p in self.placements]}
+                "expires_at": self.expires_at, "placements": [p.to_json() for p in self.placements],
+                "secret_hash": self.secret_hash}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Allocation:
         return cls(d["allocation_id"], d.get("group_id", ""), d.get("owner", ""),
                    float(d["created_at"]), float(d["expires_at"]),
-                   tuple(Placement.from_json(p) for p in d["placements"]))
+                   tuple(Placement.from_json(p) for p in d["placements"]),
+                   str(d.get("secret_hash", "")))
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A released allocation whose tokens could still be valid (until ``until``) on these nodes;
+    servers pull the list with their heartbeats and refuse those tokens."""
+
+    node_ids: tuple[str, ...]
+    until: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_ids": list(self.node_ids), "until": self.until}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Revocation:
+        return cls(tuple(str(n) for n in d["node_ids"]), float(d["until"]))
 
 
 @dataclass
@@ -232,6 +258,7 @@ class PoolState:
 
     nodes: dict[str, Node] = field(default_factory=dict)
     allocations: dict[str, Allocation] = field(default_factory=dict)
+    revoked: dict[str, Revocation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

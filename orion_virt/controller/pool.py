@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .exceptions import AllocationError, NotFound
-from .model import Allocation, AllocationRequest, Gpu, Node, Placement, PoolState, Summary
+from .model import (
+    Allocation,
+    AllocationRequest,
+    Gpu,
+    Node,
+    Placement,
+    PoolState,
+    Revocation,
+    Summary,
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,20 @@ def register(state: PoolState, node: Node) -> tuple[str, ...]:
     gone = [a.allocation_id for a in state.allocations.values()
             if any(p.node_id == node.node_id and p.gpu_index in bad for p in a.placements)]
     for aid in gone:
-        del state.allocations[aid]
+        _forget(state, aid)
     return tuple(gone)
+
+
+def _forget(state: PoolState, allocation_id: str) -> Allocation:
+    """Remove an allocation and record it as revoked on its nodes until its tokens expire."""
+    a = state.allocations.pop(allocation_id)
+    state.revoked[allocation_id] = Revocation(a.node_ids, a.expires_at)
+    return a
+
+
+def revoked_on(state: PoolState, node_id: str, now: float) -> list[str]:
+    """Ids of released allocations whose tokens for ``node_id`` have not expired yet."""
+    return sorted(aid for aid, r in state.revoked.items() if node_id in r.node_ids and r.until > now)
 
 
 def heartbeat(state: PoolState, node_id: str, now: float) -> Node:
@@ -119,7 +140,7 @@ def _release_on(state: PoolState, node_ids: set[str], limit: int | None) -> tupl
     gone = [a.allocation_id for a in state.allocations.values()
             if any(p.node_id in node_ids for p in a.placements)][:limit]
     for aid in gone:
-        del state.allocations[aid]
+        _forget(state, aid)
     return tuple(gone)
 
 
@@ -138,16 +159,17 @@ def reap(state: PoolState, now: float, policy: Policy) -> ReapResult:
     expired = [a.allocation_id for a in state.allocations.values() if a.expires_at <= now]
     expired = expired[:max(0, budget)]
     for aid in expired:
-        del state.allocations[aid]
+        del state.allocations[aid]  # its tokens have expired: nothing to revoke
+    for aid in [aid for aid, r in state.revoked.items() if r.until <= now][:max(0, budget)]:
+        del state.revoked[aid]
     return ReapResult(tuple(down), tuple(expired), released)
 
 
 def release(state: PoolState, allocation_id: str) -> Allocation:
     """Remove an allocation; ``NotFound`` if it does not exist (already released or expired)."""
-    a = state.allocations.pop(allocation_id, None)
-    if a is None:
+    if allocation_id not in state.allocations:
         raise NotFound(f"allocation {allocation_id!r} does not exist (released or expired)")
-    return a
+    return _forget(state, allocation_id)
 
 
 def renew(state: PoolState, allocation_id: str, now: float, policy: Policy) -> Allocation:

@@ -13,8 +13,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-from . import pool
-from .exceptions import AllocationError, ControllerError, NotFound
+from . import auth, pool
+from .exceptions import AllocationError, Conflict, ControllerError, Forbidden, NotFound
 from .model import (
     API_VERSION,
     DATA_VERSION,
@@ -44,28 +44,60 @@ class Controller:
     def version() -> dict[str, str]:
         return {"data_version": DATA_VERSION, "api_version": API_VERSION}
 
-    def register(self, body: Any) -> dict[str, Any]:
-        """Add or refresh a node from its registration body; ``BadRequest`` on bad fields."""
+    def register(self, body: Any, node_secret: str | None = None,
+                 check: bool = True) -> dict[str, Any]:
+        """Add or refresh a node from its registration body; ``BadRequest`` on bad fields.
+
+        A node's address changes only by that node: re-registering a known node id at another
+        address needs the node secret its first registration answered (``Conflict`` otherwise),
+        unless the node is down. A registration without the secret gets a new one."""
         node = parse_registration(body, self.policy.default_vgpu_count, self.clock())
-        released = self.store.update(lambda s: pool.register(s, node))
+        fresh = auth.new_secret()
+
+        def fn(s: PoolState) -> tuple[tuple[str, ...], bool]:
+            old = s.nodes.get(node.node_id)
+            proven = old is not None and auth.secret_matches(node_secret, old.secret_hash)
+            if check and old is not None and not proven and old.up \
+                    and old.address != node.address \
+                    and old.secret_hash:
+                raise Conflict(f"node {node.node_id!r} is registered at {old.address} by another "
+                               f"server; a node's address changes only by that node (its node "
+                               f"secret) or once it is down")
+            keep = old.secret_hash if proven and old is not None else auth.secret_hash(fresh)
+            return pool.register(s, dataclasses.replace(node, secret_hash=keep)), proven
+
+        released, proven = self.store.update(fn)
         log.info("node %s registered at %s with %d GPU(s)%s", node.node_id, node.address,
                  len(node.gpus), f"; released {len(released)} stale allocation(s)"
                  if released else "")
-        return {"node": node.to_json(), "released": list(released),
-                "heartbeat_timeout": self.policy.heartbeat_timeout}
+        out = {"node": node.to_json(), "released": list(released),
+               "heartbeat_timeout": self.policy.heartbeat_timeout}
+        if not proven:
+            out["node_secret"] = fresh
+        return out
 
-    def heartbeat(self, node_id: str) -> dict[str, Any]:
-        """``NotFound`` when the node is unknown: the server must register again."""
+    def heartbeat(self, node_id: str, node_secret: str | None = None,
+                  check: bool = True) -> dict[str, Any]:
+        """``NotFound`` when the node is unknown: the server must register again; ``Forbidden``
+        without the node's secret. The answer lists the allocations released since whose tokens
+        for this node have not expired (``revoked``): the server refuses them."""
         now = self.clock()
 
-        def fn(s: PoolState) -> bool:
-            was_up = s.nodes[node_id].up if node_id in s.nodes else True
+        def fn(s: PoolState) -> tuple[bool, list[str]]:
+            n = s.nodes.get(node_id)
+            if check and n is not None and n.secret_hash \
+                    and not auth.secret_matches(node_secret, n.secret_hash):
+                raise Forbidden(f"heartbeat for node {node_id!r} without its node secret "
+                                f"(register again)")
+            was_up = n.up if n is not None else True
             pool.heartbeat(s, node_id, now)
-            return was_up
+            return was_up, pool.revoked_on(s, node_id, now)
 
-        if not self.store.update(fn):
+        was_up, revoked = self.store.update(fn)
+        if not was_up:
             log.info("node %s is back up", node_id)
-        return {"node_id": node_id, "up": True, "heartbeat_timeout": self.policy.heartbeat_timeout}
+        return {"node_id": node_id, "up": True, "heartbeat_timeout": self.policy.heartbeat_timeout,
+                "revoked": revoked}
 
     def deregister(self, node_id: str) -> dict[str, Any]:
         released = self.store.update(lambda s: pool.remove_node(s, node_id))
@@ -76,10 +108,13 @@ class Controller:
         """``BadRequest`` on bad fields, ``AllocationError`` when the pool cannot satisfy it."""
         req = AllocationRequest.from_json(body)
         now = self.clock()
+        secret = auth.new_secret()
 
         def fn(s: PoolState) -> tuple[Allocation, dict[str, Node], pool.ReapResult]:
             reaped = pool.reap(s, now, self.policy)
             a = pool.allocate(s, req, now, self.policy, self.new_id)
+            a = s.allocations[a.allocation_id] = dataclasses.replace(
+                a, secret_hash=auth.secret_hash(secret))
             return a, {nid: s.nodes[nid] for nid in a.node_ids}, reaped
 
         try:
@@ -89,19 +124,35 @@ class Controller:
             raise
         self._log_reaped(reaped)
         log.info("allocation %s (%s): %s", a.allocation_id, _who(req), _where(a))
-        return self.grant_view(a, nodes)
+        return {**self.grant_view(a, nodes), "secret": secret}
 
-    def renew(self, allocation_id: str) -> dict[str, Any]:
+    @staticmethod
+    def _holder(s: PoolState, allocation_id: str, secret: str | None, admin: bool) -> None:
+        """``Forbidden`` unless ``secret`` is the allocation's (or the caller is an operator)."""
+        a = s.allocations.get(allocation_id)
+        if a is None or admin or auth.secret_matches(secret, a.secret_hash):
+            return
+        raise Forbidden(f"allocation {allocation_id!r} is not yours: renewing or releasing it "
+                        f"needs the secret its allocation answered ({auth.ALLOCATION_SECRET_HEADER})")
+
+    def renew(self, allocation_id: str, secret: str | None = None,
+              admin: bool = True) -> dict[str, Any]:
         now = self.clock()
 
         def fn(s: PoolState) -> tuple[Allocation, dict[str, Node]]:
+            self._holder(s, allocation_id, secret, admin)
             a = pool.renew(s, allocation_id, now, self.policy)
             return a, {nid: s.nodes[nid] for nid in a.node_ids}
 
         return self.grant_view(*self.store.update(fn))
 
-    def release(self, allocation_id: str) -> dict[str, Any]:
-        a = self.store.update(lambda s: pool.release(s, allocation_id))
+    def release(self, allocation_id: str, secret: str | None = None,
+                admin: bool = True) -> dict[str, Any]:
+        def fn(s: PoolState) -> Allocation:
+            self._holder(s, allocation_id, secret, admin)
+            return pool.release(s, allocation_id)
+
+        a = self.store.update(fn)
         log.info("allocation %s released", allocation_id)
         return {"allocation_id": a.allocation_id, "released": True}
 
@@ -141,7 +192,8 @@ class Controller:
             quotas = tuple(VGpuQuota(p.gpu_index, p.memory_mib, p.ratio)
                            for p in a.placements if p.node_id == nid)
             tokens[nid] = issue_token(self.token_key,
-                                      Grant(a.allocation_id, nid, quotas, a.expires_at))
+                                      Grant(a.allocation_id, nid, quotas, a.expires_at,
+                                            token_id=auth.new_secret(), sessions=1))
         vgpus = []
         for i, p in enumerate(a.placements):
             n = nodes[p.node_id]

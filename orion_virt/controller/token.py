@@ -5,7 +5,9 @@ Stdlib-only (oriond and guests import it). A token is compact ASCII::
     o1.<base64url(JSON payload)>.<base64url(HMAC-SHA256(key, "o1." + payload part))>
 
 The payload names the allocation, the node it is valid on, the ``(gpu_index, memory_mib,
-ratio)`` of each vGPU placed on that node, and an expiry (whole seconds since the epoch). The
+ratio)`` of each vGPU placed on that node, an expiry (whole seconds since the epoch), a unique
+token id and how many sessions it may open (1: oriond admits one session per token and refuses
+it again, see ``orion_virt/server/tokenstate.py``). The
 key is shared by the controller and every server: a hex text file (default
 ``/etc/orion/token.key``), which the controller creates with mode 0600 when absent.
 """
@@ -47,6 +49,9 @@ class Grant:
     node_id: str
     vgpus: tuple[VGpuQuota, ...]
     expires_at: float
+    token_id: str = ""
+    """unique per issued token: oriond admits at most ``sessions`` sessions with one token id"""
+    sessions: int = 1
 
 
 def _b64(data: bytes) -> str:
@@ -68,6 +73,8 @@ def issue_token(key: bytes, grant: Grant) -> str:
         raise TokenError(f"token key too short ({len(key)} bytes, need {_MIN_KEY})")
     payload = {"a": grant.allocation_id, "n": grant.node_id,
                "v": [list(v) for v in grant.vgpus], "e": math.ceil(grant.expires_at)}
+    if grant.token_id:
+        payload.update(j=grant.token_id, s=grant.sessions)
     signed = _PREFIX + _b64(json.dumps(payload, separators=(",", ":")).encode())
     token = f"{signed}.{_sign(key, signed)}"
     if len(token) > MAX_TOKEN_LEN:
@@ -91,8 +98,10 @@ def verify_token(key: bytes, token: str, now: float, node_id: str | None = None)
         p = json.loads(_unb64(signed[len(_PREFIX):]))
         grant = Grant(str(p["a"]), str(p["n"]),
                       tuple(VGpuQuota(int(g), int(m), int(r)) for g, m, r in p["v"]),
-                      float(p["e"]))
-    except (ValueError, KeyError, TypeError, binascii.Error):
+                      float(p["e"]), str(p.get("j", "")), int(p.get("s", 1)))
+        if not 1 <= grant.sessions <= 64 or len(grant.token_id) > 64:
+            raise ValueError("sessions or token id out of range")
+    except (ValueError, KeyError, TypeError, binascii.Error, AttributeError):
         raise TokenError("malformed token payload") from None
     if now >= grant.expires_at:
         raise TokenExpired(f"token for allocation {grant.allocation_id} expired")

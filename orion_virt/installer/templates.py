@@ -42,6 +42,9 @@ CLIENT_CONF = """\
     # The environment variable ORION_CONTROLLER overrides it. While it is not set, applications
     # ask the Orion Server (ORION_SERVER, default 127.0.0.1:9960) directly, without a controller.
     # controller_addr = 127.0.0.1:9123
+    # Key allocations are signed with (the controller's --client-key file, mode 0600; also
+    # ORION_CLIENT_KEY_FILE):
+    # client_key_file = /etc/orion/client.key
 """
 
 PTH = """\

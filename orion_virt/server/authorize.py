@@ -3,8 +3,11 @@
 **Token mode** (``[controller] controller_addr`` set in server.conf): oriond trusts only the
 Orion Controller. A HELLO must carry a token the controller signed with the key shared through
 ``token_key_file``, issued for this server's node id and not expired; the session gets exactly
-the token's vGPUs (physical GPU, memory, compute share) whatever else the HELLO asks for. oriond
-registers its GPUs with the controller and heartbeats (:func:`make_registrar`).
+the token's vGPUs (physical GPU, memory, compute share) whatever else the HELLO asks for. A token
+opens one session (single use, also as a RENEW) and is refused once its allocation is released
+(:mod:`.tokenstate`). oriond registers its GPUs with the controller and heartbeats, signed with
+the controller's API key (``api_key_file``), and pulls the revoked allocations with each heartbeat
+(:func:`make_registrar`).
 
 **Direct mode** (no ``controller_addr``): for a single host before a controller is set up. A
 session gets what its HELLO asks for (``ORION_VGPU``/``ORION_GMEM``/``ORION_RATIO``) within the
@@ -14,6 +17,7 @@ trusted, so use it only where that holds.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -22,14 +26,15 @@ import uuid
 from typing import Any, Callable
 
 from ..config import ServerConfig
-from ..controller.client import GpuInfo, NodeInfo
+from ..controller.client import GpuInfo, NodeInfo, Signer
 from ..controller.exceptions import TokenError, TokenExpired
 from ..controller.registration import Registrar
 from ..controller.token import load_key, verify_token
 from ..errors import ConfigError, OrionError
 from ..wire import Hello
 from .backend import Backend, PhysicalGpu, VGpu
-from .session import Admission, Authorizer, open_authorizer
+from .session import Admission, Authorizer, LeaseExpired, open_authorizer
+from .tokenstate import TokenState, on_revoked_signal
 
 NO_TOKEN = ("this Orion Server accepts only vGPUs allocated by the Orion Controller {ctl} and the "
             "client presented no allocation token: set ORION_CONTROLLER (or [controller] "
@@ -86,19 +91,31 @@ def gpu_infos(backend: Backend, vgpu_count: int) -> list[GpuInfo]:
 
 
 def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], controller: str = "",
-                     clock: Callable[[], float] = time.time) -> Authorizer:
+                     clock: Callable[[], float] = time.time,
+                     state: TokenState | None = None) -> Authorizer:
     """Grants exactly the vGPUs of a valid controller token for ``this_node``; refuses a
-    HELLO without one, with a bad or expired one, or with one issued for another node."""
+    HELLO without one, with a bad or expired one, or with one issued for another node. With
+    ``state``, a token opens as many sessions as it grants (one) and a released allocation's
+    tokens are refused."""
     position = {g.index: i for i, g in enumerate(gpus)}
 
     def check(token: str) -> Any:
         try:
-            return verify_token(key, token, clock(), node_id=this_node)
+            grant = verify_token(key, token, clock(), node_id=this_node)
         except TokenExpired as e:
             raise OrionError(f"allocation token refused: {e} (the client must renew its lease "
                              f"with the Orion Controller)") from None
         except TokenError as e:
             raise OrionError(f"allocation token refused: {e}") from None
+        if state is not None:
+            state.check(grant.allocation_id)
+        return grant
+
+    def take(token: str, grant: Any) -> None:
+        """One use of the token (after every other check passed): single use."""
+        if state is not None:
+            tid = grant.token_id or hashlib.sha256(token.encode()).hexdigest()[:32]
+            state.take(tid, grant.expires_at, grant.sessions)
 
     def authorize(hello: Hello) -> Admission:
         if not hello.token:
@@ -121,11 +138,17 @@ def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], contro
                                  f"at {q.ratio}% does not fit GPU {q.gpu_index}")
             out.append(VGpu(physical=pos, memory=q.memory_mib << 20, ratio=q.ratio))
 
+        take(hello.token, grant)
+        if state is not None:
+            state.live(grant.allocation_id)
+            on_revoked_signal(grant.allocation_id, LeaseExpired)
+
         def renew(token: str) -> float:
             new = check(token)
             if new.allocation_id != grant.allocation_id or new.vgpus != grant.vgpus:
                 raise OrionError(f"renewed token is for allocation {new.allocation_id}, not "
                                  f"{grant.allocation_id} with the same vGPUs")
+            take(token, new)
             return new.expires_at
 
         return Admission(out, grant.expires_at, renew)
@@ -148,7 +171,8 @@ def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -
         me = node_id(cfg)
         log.info("token mode: sessions need an allocation token from the Orion Controller %s "
                  "for node %s (key %s)", cfg.controller_addr, me, cfg.token_key_file)
-        return token_authorizer(key, me, gpus, cfg.controller_addr)
+        return token_authorizer(key, me, gpus, cfg.controller_addr,
+                                state=TokenState(cfg.token_state_dir))
     mem = min(g.total_mem for g in gpus) >> 20 if gpus else 0
     default_gmem = mem // cfg.vgpu_count if mem else 1024
     log.info("direct mode (no controller_addr): sessions get what their HELLO asks for "
@@ -161,5 +185,13 @@ def make_registrar(cfg: ServerConfig, backend: Backend, interval: float = 5.0) -
     ``start()`` it once oriond listens; ``stop(deregister=True)`` on a clean stop."""
     if not cfg.controller_addr:
         return None
+    try:
+        signer = Signer("node", load_key(cfg.api_key_file))
+    except ConfigError as e:
+        raise ConfigError(f"{e} ([controller] api_key_file): oriond signs its registration with "
+                          f"the Orion Controller's API key; copy the file given to "
+                          f"orion-controller --api-key here (mode 0600)") from None
+    state = TokenState(cfg.token_state_dir)
     return Registrar(cfg.controller_addr, NodeInfo(node_id(cfg), advertised_address(cfg)),
-                     gpu_infos(backend, cfg.vgpu_count), interval=interval)
+                     gpu_infos(backend, cfg.vgpu_count), interval=interval, signer=signer,
+                     on_revoked=lambda ids: state.revoke(ids))

@@ -270,7 +270,7 @@ class Session:
             if p.req_blob_idx >= 0:
                 blob.remaining = call_blob(p, args, h[0])
             self.calls += 1
-            if self.lease_end and not p.flags and time.time() > self.lease_end:
+            if self.lease_end and time.time() > self.lease_end:  # NO_REPLY calls too
                 raise LeaseExpired(self._expired_message())
             status = proto.take_deferred(p) if proto.deferred else 0
             result: Any = None
@@ -310,6 +310,8 @@ class Session:
             self.proto.call_blob(p, a, h[0])  # raises the ProtocolError that says which
         params = stream.recv_exact(n) if n else b""
         self.calls += 1
+        if self.lease_end and time.time() > self.lease_end:
+            raise LeaseExpired(self._expired_message())
         try:
             f = self.h_function.items.get(a[0]) or self.h_function.get(a[0])
             st = (self.h_stream.items.get(a[8]) or self.h_stream.get(a[8])) if a[8] else None

@@ -130,9 +130,14 @@ class Stack:
         self.controller = self._spawn(
             [BIN / "orion-controller", "start", "-i", "127.0.0.1", "-p", str(self.port),
              "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(self.key),
+             "--api-key", str(tmp / "controller.key"), "--client-key", str(tmp / "client.key"),
+             "--portal-passwd", str(tmp / "portal.passwd"),
              "--log", str(tmp / "controller.log"), "--vgpu", "4", "--lease", str(lease),
              "--heartbeat-timeout", str(heartbeat_timeout)], tmp / "controller.out")
         wait_for(self._version, 20, "the controller")
+        # what a user configures: applications sign with the client key, tools with the API key
+        self.client = ctl.load_signer("client", str(tmp / "client.key"))
+        self.admin = ctl.load_signer("node", str(tmp / "controller.key"))
         self.servers: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     def _version(self) -> bool:
@@ -163,6 +168,8 @@ class Stack:
 [controller]
     controller_addr = {controller}
     token_key_file = {self.key}
+    api_key_file = {self.tmp}/controller.key
+    token_state_dir = {self.tmp}/tokens
 """)
         return conf
 
@@ -223,7 +230,8 @@ def client_env(tmp: Path, controller: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
     env.update(HOME=str(tmp / "home"), ORION_CONTROLLER=controller,
                ORION_CLIENT_CONF_ETC=str(tmp / "no-client.conf"),
-               ORION_SHM_PATH_BASE=str(tmp / "no-shm"), ORION_VGPU="1")
+               ORION_SHM_PATH_BASE=str(tmp / "no-shm"), ORION_VGPU="1",
+               ORION_CLIENT_KEY_FILE=str(tmp / "client.key"))
     env.update(extra)
     return {k: v for k, v in env.items() if v != ""}
 
@@ -346,13 +354,13 @@ def test_server_refuses_sessions_not_granted_by_the_controller(stack: Stack) -> 
                   stack.env(ORION_CONTROLLER="", ORION_SERVER=addr))
     assert r.returncode != 0 and "presented no allocation token" in r.stderr
     # a real grant opens a session with exactly its vGPUs, whatever the HELLO asks for
-    a = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=2, gmem_mib=1024))
+    a = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=2, gmem_mib=1024), signer=stack.client)
     try:
         assert _hello(addr, a.token_for(me), "someone-else").startswith(
             "oriond refused: allocation token refused: it is for allocation")
         assert _hello(addr, a.token_for(me), a.allocation_id) == "ok"
     finally:
-        ctl.release(stack.addr, a.allocation_id)
+        ctl.release(stack.addr, a.allocation_id, signer=stack.admin)
     sessions = "".join(f.read_text() for f in (stack.tmp / "log-node" / "session").iterdir())
     assert f"allocation '{a.allocation_id}': 2 vGPU(s) 1024 MiB/25% on GPU" in sessions
 
@@ -442,11 +450,11 @@ def test_server_loss_and_clean_stop(tmp_path: Path) -> None:
         su = s.summary()
         assert (su.total_vgpus, su.free_vgpus, su.nodes_down) == (8, 8, 0)
         # clean stop: deregistered at once, allocations released at once
-        a = ctl.allocate(s.addr, ctl.AllocationRequest(vgpu=1))
+        a = ctl.allocate(s.addr, ctl.AllocationRequest(vgpu=1), signer=s.client)
         stop_proc(s.servers["a"][0])
         assert s.summary().total_vgpus == 0 and s.summary().nodes_up == 0
         with pytest.raises(ctl.NotFound):
-            ctl.renew(s.addr, a.allocation_id)
+            ctl.renew(s.addr, a.allocation_id, signer=s.admin)
         assert "deregistered; released 1 allocation(s)" in (tmp_path / "controller.log"
                                                             ).read_text()
     finally:
@@ -675,7 +683,7 @@ def _session_on_lease(stack: Stack) -> tuple[object, object]:
     """A raw session (no renewal thread) on a fresh 1-vGPU allocation: (connection, allocation)."""
     from orion_virt.client.connection import Connection
 
-    alloc = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1))
+    alloc = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1), signer=stack.client)
     v = alloc.vgpus[0]
     conn = Connection(tcp.connect(v.server, timeout=5), "tcp")
     conn.handshake(Hello(pid=os.getpid(), vgpu_count=1, gmem_mib=v.memory_mib, ratio=v.ratio,
@@ -706,14 +714,14 @@ def test_renewed_tokens_keep_a_session_alive_past_its_first_lease(stack: Stack) 
     node = alloc.vgpus[0].node_id
     deadline = time.monotonic() + alloc.lease_seconds * 2 + 2.5
     while time.monotonic() < deadline:
-        conn.renew(ctl.renew(stack.addr, alloc.allocation_id).token_for(node))  # type: ignore[attr-defined]
+        conn.renew(ctl.renew(stack.addr, alloc.allocation_id, signer=stack.admin).token_for(node))  # type: ignore[attr-defined]
         time.sleep(alloc.lease_seconds / 3)
     assert conn.call(Call.cuDeviceGetCount, ())[:2] == (0, (1,))  # type: ignore[attr-defined]
     # a token for another allocation is refused and ends the session
-    other = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1))
+    other = ctl.allocate(stack.addr, ctl.AllocationRequest(vgpu=1), signer=stack.client)
     conn.renew(other.token_for(other.vgpus[0].node_id))  # type: ignore[attr-defined]
     with pytest.raises(Refused, match="renewed token") as e:
         conn.call(Call.cuDeviceGetCount, ())  # type: ignore[attr-defined]
     assert e.value.status == CUresult.CUDA_ERROR_UNKNOWN  # a protocol error: the RENEW was not valid
-    ctl.release(stack.addr, other.allocation_id)
-    ctl.release(stack.addr, alloc.allocation_id)
+    ctl.release(stack.addr, other.allocation_id, signer=stack.admin)
+    ctl.release(stack.addr, alloc.allocation_id, signer=stack.admin)

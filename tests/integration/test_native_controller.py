@@ -140,11 +140,14 @@ class Pool:
         with open(tmp / "controller.out", "w") as f:
             self.controller = subprocess.Popen(
                 [str(BIN / "orion-controller"), "start", "-i", "127.0.0.1", "-p", self.addr.rpartition(":")[2],
-                 "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(self.key), "--log", str(self.log),
+                 "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(self.key),
+             "--api-key", str(tmp / "controller.key"), "--client-key", str(tmp / "client.key"),
+             "--portal-passwd", str(tmp / "portal.passwd"), "--log", str(self.log),
                  "--vgpu", "4", "--lease", str(lease), "--heartbeat-timeout", "5"],
                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         self.oriond: OriondProcess | None = None
         wait_for(self._up, 20, "the controller")
+        self.admin = ctl.load_signer("node", str(tmp / "controller.key"))  # an operator's tool
         port = free_port()
         conf = tmp / "node.conf"
         conf.write_text(f"""
@@ -158,6 +161,8 @@ class Pool:
 [controller]
     controller_addr = {self.addr}
     token_key_file = {self.key}
+    api_key_file = {tmp}/controller.key
+    token_state_dir = {tmp}/tokens
 """)
         self.oriond = OriondProcess(tmp / "log-node", backend=None, config=conf, port=port,
                                     extra=["--sim-gpus", "2"], output=tmp / "node.out", start_new_session=True)
@@ -183,7 +188,8 @@ class Pool:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORION_")}
         env.update(HOME=str(self.tmp / "home"), ORION_CONTROLLER=self.addr, LD_LIBRARY_PATH=str(BUILD),
                    ORION_CLIENT_CONF_ETC=str(self.tmp / "no-client.conf"),
-                   ORION_SHM_PATH_BASE=str(self.tmp / "no-shm"), ORION_VGPU="1")
+                   ORION_SHM_PATH_BASE=str(self.tmp / "no-shm"), ORION_VGPU="1",
+                   ORION_CLIENT_KEY_FILE=str(self.tmp / "client.key"))
         env.update(extra)
         return {k: v for k, v in env.items() if v != ""}
 
@@ -277,7 +283,7 @@ def test_device_query_gets_its_vgpus_from_the_controller(programs: dict[str, Pat
     wait_for(lambda: released_by_client(pool, aid), 3, "the release")
     assert pool.free() == 8
     with pytest.raises(ctl.NotFound):
-        ctl.renew(pool.addr, aid)
+        ctl.renew(pool.addr, aid, signer=pool.admin)
 
 
 def test_the_allocation_is_at_the_controller_while_the_program_runs(programs: dict[str, Path], pool: Pool,
@@ -343,7 +349,7 @@ def test_an_allocation_the_controller_took_back_ends_the_session(programs: dict[
         [task] = ctl.tasks(pool.addr)
         aid = task["allocation_id"]
         t0 = time.monotonic()
-        ctl.release(pool.addr, aid)
+        ctl.release(pool.addr, aid, signer=pool.admin)
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:

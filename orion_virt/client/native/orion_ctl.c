@@ -37,6 +37,140 @@
 #include <time.h>
 #include <unistd.h>
 
+/* ---- request authentication (orion_virt/controller/auth.py) --------------------------------------
+ * The allocation is signed with the client key (X-Orion-Auth, HMAC-SHA256 over method, path, time,
+ * nonce and the body's SHA-256); renewal and release carry the allocation's secret that the
+ * allocation answered (X-Orion-Allocation-Secret). SHA-256 per FIPS 180-4. */
+typedef struct { uint32_t h[8]; uint64_t n; unsigned char buf[64]; size_t bl; } sha256_ctx;
+static const uint32_t K256[64] = {
+    0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,0xd807aa98,0x12835b01,
+    0x243185be,0x550c7dc3,0x72be5d74,0x80deb1fe,0x9bdc06a7,0xc19bf174,0xe49b69c1,0xefbe4786,0x0fc19dc6,0x240ca1cc,
+    0x2de92c6f,0x4a7484aa,0x5cb0a9dc,0x76f988da,0x983e5152,0xa831c66d,0xb00327c8,0xbf597fc7,0xc6e00bf3,0xd5a79147,
+    0x06ca6351,0x14292967,0x27b70a85,0x2e1b2138,0x4d2c6dfc,0x53380d13,0x650a7354,0x766a0abb,0x81c2c92e,0x92722c85,
+    0xa2bfe8a1,0xa81a664b,0xc24b8b70,0xc76c51a3,0xd192e819,0xd6990624,0xf40e3585,0x106aa070,0x19a4c116,0x1e376c08,
+    0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,
+    0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2};
+#define ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+static void sha256_block(sha256_ctx *c, const unsigned char *p)
+{
+    uint32_t w[64], a[8];
+    for (int i = 0; i < 16; i++) w[i] = (uint32_t)p[4*i] << 24 | (uint32_t)p[4*i+1] << 16 | (uint32_t)p[4*i+2] << 8 | p[4*i+3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR32(w[i-15], 7) ^ ROR32(w[i-15], 18) ^ (w[i-15] >> 3);
+        uint32_t s1 = ROR32(w[i-2], 17) ^ ROR32(w[i-2], 19) ^ (w[i-2] >> 10);
+        w[i] = w[i-16] + s0 + w[i-7] + s1;
+    }
+    memcpy(a, c->h, sizeof a);
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = a[7] + (ROR32(a[4], 6) ^ ROR32(a[4], 11) ^ ROR32(a[4], 25)) + ((a[4] & a[5]) ^ (~a[4] & a[6])) + K256[i] + w[i];
+        uint32_t t2 = (ROR32(a[0], 2) ^ ROR32(a[0], 13) ^ ROR32(a[0], 22)) + ((a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]));
+        memmove(a + 1, a, 7 * sizeof a[0]);
+        a[4] += t1;
+        a[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++) c->h[i] += a[i];
+}
+static void sha256_init(sha256_ctx *c)
+{
+    static const uint32_t h0[8] = {0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19};
+    memcpy(c->h, h0, sizeof h0);
+    c->n = 0;
+    c->bl = 0;
+}
+static void sha256_update(sha256_ctx *c, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    c->n += len;
+    while (len) {
+        size_t take = 64 - c->bl < len ? 64 - c->bl : len;
+        memcpy(c->buf + c->bl, p, take);
+        c->bl += take, p += take, len -= take;
+        if (c->bl == 64) sha256_block(c, c->buf), c->bl = 0;
+    }
+}
+static void sha256_final(sha256_ctx *c, unsigned char out[32])
+{
+    uint64_t bits = c->n * 8;
+    unsigned char pad = 0x80, zero = 0, lenb[8];
+    sha256_update(c, &pad, 1);
+    while (c->bl != 56) sha256_update(c, &zero, 1);
+    for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, lenb, 8);
+    for (int i = 0; i < 8; i++) out[4*i] = (unsigned char)(c->h[i] >> 24), out[4*i+1] = (unsigned char)(c->h[i] >> 16),
+                                out[4*i+2] = (unsigned char)(c->h[i] >> 8), out[4*i+3] = (unsigned char)c->h[i];
+}
+static void hex32(const unsigned char d[32], char out[65])
+{
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+static void hmac_sha256(const unsigned char *key, size_t kl, const char *msg, size_t ml, unsigned char out[32])
+{
+    unsigned char k[64] = {0}, ipad[64], opad[64], inner[32];
+    if (kl > 64) {
+        sha256_ctx c;
+        sha256_init(&c), sha256_update(&c, key, kl), sha256_final(&c, k);
+    } else memcpy(k, key, kl);
+    for (int i = 0; i < 64; i++) ipad[i] = k[i] ^ 0x36, opad[i] = k[i] ^ 0x5c;
+    sha256_ctx c;
+    sha256_init(&c), sha256_update(&c, ipad, 64), sha256_update(&c, msg, ml), sha256_final(&c, inner);
+    sha256_init(&c), sha256_update(&c, opad, 64), sha256_update(&c, inner, 32), sha256_final(&c, out);
+}
+
+static unsigned char client_key[256];
+static size_t client_key_len;           /* 0: no client key (the allocation goes unsigned) */
+static char alloc_secret[128];          /* the allocation's secret, once allocated */
+
+/* The client key: ORION_CLIENT_KEY_FILE, else /etc/orion/client.key (hex text, as load_key). */
+static void load_client_key(void)
+{
+    const char *path = getenv("ORION_CLIENT_KEY_FILE");
+    if (!path || !*path) path = "/etc/orion/client.key";
+    FILE *f = fopen(path, "r");
+    client_key_len = 0;
+    if (!f) return;
+    char text[600];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    size_t k = 0;
+    for (size_t i = 0; i + 1 < n && k < sizeof client_key; i += 2) {
+        unsigned v;
+        if (text[i] == '\n' || text[i] == ' ' || sscanf(text + i, "%2x", &v) != 1) break;
+        client_key[k++] = (unsigned char)v;
+    }
+    client_key_len = k >= 16 ? k : 0;
+}
+
+/* The auth headers of one request into out ("" when none apply). */
+static void auth_headers(const char *method, const char *path, const char *body, char *out, size_t ol)
+{
+    out[0] = 0;
+    if (!strcmp(method, "POST") && !strcmp(path, "/api/v1/allocations")) {
+        if (!client_key_len) return;
+        unsigned char d[32], nb[12];
+        char bodyhex[65], nonce[25], mac[65], msg[600];
+        sha256_ctx c;
+        sha256_init(&c), sha256_update(&c, body ? body : "", body ? strlen(body) : 0), sha256_final(&c, d);
+        hex32(d, bodyhex);
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || read(fd, nb, sizeof nb) != (ssize_t)sizeof nb) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            for (size_t i = 0; i < sizeof nb; i++) nb[i] = (unsigned char)((ts.tv_nsec >> (i % 4 * 8)) ^ getpid() ^ i);
+        }
+        if (fd >= 0) close(fd);
+        for (size_t i = 0; i < sizeof nb; i++) snprintf(nonce + 2 * i, 3, "%02x", nb[i]);
+        long t = (long)time(NULL);
+        int ml = snprintf(msg, sizeof msg, "orion-auth-v1\n%s\n%s\n%ld\n%s\n%s", method, path, t, nonce, bodyhex);
+        if (ml < 0 || (size_t)ml >= sizeof msg) return;
+        hmac_sha256(client_key, client_key_len, msg, (size_t)ml, d);
+        hex32(d, mac);
+        snprintf(out, ol, "X-Orion-Auth: client %ld %s %s\r\n", t, nonce, mac);
+    } else if (alloc_secret[0] && !strncmp(path, "/api/v1/allocations/", 20)) {
+        snprintf(out, ol, "X-Orion-Allocation-Secret: %s\r\n", alloc_secret);
+    }
+}
+
 #define HTTP_MAX_HEADER (16u << 10)
 #define HTTP_MAX_BODY (1u << 20)
 #define J_MAX_DEPTH 8
@@ -737,12 +871,13 @@ static int http_exchange(const char *method, const char *path, const char *body,
     int fd = ctl_connect(remember, why, wl);
     if (fd < 0) return -1;
     size_t bl = body ? strlen(body) : 0;
-    char head[1200];
+    char head[1600], authh[300];
+    auth_headers(method, path, body, authh, sizeof authh);
     int hl = snprintf(head, sizeof head,
                       "%s %s HTTP/1.1\r\nHost: %s\r\nAccept-Encoding: identity\r\n"
-                      "Content-Type: application/json\r\nAccept: application/json\r\n"
+                      "Content-Type: application/json\r\nAccept: application/json\r\n%s"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                      method, path, ctl_hosthdr, bl);
+                      method, path, ctl_hosthdr, authh, bl);
     double deadline = mono_s() + 4 * ctl_timeout;  /* and at most the timeout per wait */
     if (hl < 0 || (size_t)hl >= sizeof head) {
         snprintf(why, wl, "request too long");
@@ -1145,6 +1280,7 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     snprintf(body, sizeof body,
              "{\"vgpu\": %ld, \"gmem_mib\": %s, \"ratio\": %s, \"cross_node\": %s, \"group_id\": \"%s\", \"owner\": \"\"}",
              vgpu, gmem, ratio, cross == 1 ? "true" : "false", gesc);
+    load_client_key();
     ctl_request("POST", "/api/v1/allocations", body, 1, &r);
     static orion_grant g;
     int nodes = 0;
@@ -1153,6 +1289,10 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
         if (grant_parse(&r.doc, &g, NULL, &nodes, why, sizeof why)) {
             r.kind = CTL_ERROR;
             snprintf(r.msg, sizeof r.msg, "%s", why);
+        } else {
+            long sl = jstr(&r.doc, jget(&r.doc, 0, "secret"), alloc_secret, sizeof alloc_secret);
+            if (sl < 1 || strspn(alloc_secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != (size_t)sl)
+                alloc_secret[0] = 0;  /* an older controller: renew and release unauthenticated */
         }
     }
     switch (r.kind) {
@@ -1201,7 +1341,8 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     owner_pid = getpid();
     int rl = snprintf(release_req, sizeof release_req,
                       "DELETE /api/v1/allocations/%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
-                      "Connection: close\r\n\r\n", grant.allocation_id, ctl_hosthdr);
+                      "X-Orion-Allocation-Secret: %s\r\nConnection: close\r\n\r\n", grant.allocation_id,
+                      ctl_hosthdr, alloc_secret);
     release_len = rl > 0 && (size_t)rl < sizeof release_req ? (size_t)rl : 0;
     int el = snprintf(exit_line, sizeof exit_line, "[INFO] " ORION_MSG_EXIT_WITH "\n", grant.allocation_id);
     exit_len = el > 0 && (size_t)el < sizeof exit_line ? (size_t)el : 0;

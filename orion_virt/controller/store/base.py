@@ -16,15 +16,18 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping, TypeVar
 
 from ..exceptions import StoreError
-from ..model import Allocation, Node, PoolState
+from ..model import Allocation, Node, PoolState, Revocation
 
 T = TypeVar("T")
 NODE = "node/"
 ALLOC = "alloc/"
+REVOKED = "revoked/"
 
 
 def encode(state: PoolState) -> dict[str, str]:
-    docs = {NODE + k: json.dumps(n.to_json(), sort_keys=True) for k, n in state.nodes.items()}
+    docs = {NODE + k: json.dumps(n.to_store(), sort_keys=True) for k, n in state.nodes.items()}
+    docs.update({REVOKED + k: json.dumps(r.to_json(), sort_keys=True)
+                 for k, r in state.revoked.items()})
     docs.update({ALLOC + k: json.dumps(a.to_json(), sort_keys=True)
                  for k, a in state.allocations.items()})
     return docs
@@ -39,6 +42,8 @@ def decode(docs: Mapping[str, str]) -> PoolState:
                 state.nodes[key[len(NODE):]] = Node.from_json(json.loads(text))
             elif key.startswith(ALLOC):
                 state.allocations[key[len(ALLOC):]] = Allocation.from_json(json.loads(text))
+            elif key.startswith(REVOKED):
+                state.revoked[key[len(REVOKED):]] = Revocation.from_json(json.loads(text))
         except (ValueError, KeyError, TypeError) as e:
             raise StoreError(f"corrupt store document {key!r}: {e}") from None
     return state
