@@ -59,6 +59,8 @@ def _on_term(stop: Any) -> None:
               help="Where the plugin records its devices (not --plugin-dir: the kubelet empties it).")
 @click.option("--client-lib-dir", envvar="ORION_CLIENT_LIB_DIR", default="/usr/lib/orion",
               help="install-client's directory on the host, mounted read-only ('' for none).")
+@click.option("--client-key-file", envvar="ORION_CLIENT_KEY_FILE", default="/etc/orion/client.key",
+              help="The controller's client key, mounted read-only into containers when it exists.")
 @click.option("--gmem", "gmem", type=click.IntRange(1), envvar="ORION_DEFAULT_GMEM",
               help="Default ORION_GMEM in MiB (default: one slot's share of its GPU).")
 @click.option("--ratio", type=click.IntRange(1, 100), envvar="ORION_DEFAULT_RATIO",
@@ -69,7 +71,8 @@ def _on_term(stop: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True)
 def device_plugin(controller: str, client_controller: str | None, plugin_dir: Path, resource: str, endpoint: str,
                   node_id: str | None, interface: str | None, shm_path_base: Path, shm_size: str, shm_mode: str,
-                  shm_first_index: int, state_dir: Path, client_lib_dir: str, gmem: int | None, ratio: int | None,
+                  shm_first_index: int, state_dir: Path, client_lib_dir: str,
+                  client_key_file: str, gmem: int | None, ratio: int | None,
                   health_interval: float, unmounted_grace: float, verbose: bool) -> None:
     """The kubelet device plugin: advertises this node's vGPU slots as RESOURCE and gives each
     container its own shared-memory device, the client library and the ORION_* environment."""
@@ -87,7 +90,8 @@ def device_plugin(controller: str, client_controller: str | None, plugin_dir: Pa
                       grace=unmounted_grace)
     opts = Options(controller=controller, plugin_dir=plugin_dir, resource=resource, endpoint=endpoint,
                    node_id=node_id, hostname=socket.gethostname(), interface=interface,
-                   client_controller=client_controller, client_lib_dir=client_lib_dir or None, gmem_mib=gmem,
+                   client_controller=client_controller, client_lib_dir=client_lib_dir or None,
+                   client_key_file=client_key_file or None, gmem_mib=gmem,
                    ratio=ratio, health_interval=health_interval)
     plugin = DevicePlugin(opts, book)
     _on_term(plugin.stop)

@@ -66,10 +66,14 @@ class Options:
     client_controller: str | None = None
     """ORION_CONTROLLER given to containers (default: ``controller``)."""
     client_lib_dir: str | None = "/usr/lib/orion"
+    client_key_file: str | None = None
+    """The controller's client key (allocations are signed with it): mounted read-only at the same
+    path, named by ORION_CLIENT_KEY_FILE; None or a missing file: not given."""
     gmem_mib: int | None = None
     ratio: int | None = None
     health_interval: float = 2.0
     poll: float = 0.5
+    sweep_interval: float = 10.0
     backoff_initial: float = 2.0
     backoff_max: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -236,6 +240,9 @@ class DevicePlugin:
         if o.client_lib_dir:
             mounts.append(pb.Mount(container_path=o.client_lib_dir, host_path=o.client_lib_dir, read_only=True))
             env["LD_LIBRARY_PATH"] = f"{o.client_lib_dir.rstrip('/')}/lib"
+        if o.client_key_file and Path(o.client_key_file).is_file():
+            mounts.append(pb.Mount(container_path=o.client_key_file, host_path=o.client_key_file, read_only=True))
+            env["ORION_CLIENT_KEY_FILE"] = o.client_key_file
         env.update(o.extra_env)
         log.info("Allocate %s: %s, ORION_VGPU=%s ORION_GMEM=%s ORION_RATIO=%s", ",".join(ids), dev,
                  env["ORION_VGPU"], env["ORION_GMEM"], env["ORION_RATIO"])
@@ -338,7 +345,7 @@ class DevicePlugin:
             self.shutdown()
             return 0
         next_health = time.monotonic() + self.opts.health_interval
-        next_sweep = time.monotonic() + 10.0
+        next_sweep = time.monotonic() + self.opts.sweep_interval
         while self.sleep(self.opts.poll):
             ident = self._kubelet_identity()
             if ident != self._kubelet_id or not self.socket_path.exists():
@@ -357,7 +364,7 @@ class DevicePlugin:
                         self.book.sweep()
                     except OSError as e:
                         log.warning("sweeping shared-memory devices: %s", e)
-                next_sweep = now + 10.0
+                next_sweep = now + self.opts.sweep_interval
         self.shutdown()
         return 0
 
