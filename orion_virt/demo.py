@@ -52,6 +52,8 @@ SERVER_CONF = """[server]
 [controller]
     controller_addr = {controller}
     token_key_file = {key}
+    api_key_file = {tmp}/controller.key
+    token_state_dir = {tmp}/tokens
 """
 
 
@@ -73,15 +75,18 @@ def main() -> int:
             BIN / "orion-controller", "start", "-i", "127.0.0.1", "-p", str(ctl_port),
             "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(key),
             "--log", str(tmp / "controller.log"), "--vgpu", "4", "--lease", "30",
-        ])
+            "--api-key", str(tmp / "controller.key"), "--client-key", str(tmp / "client.key"),
+            "--portal-passwd", str(tmp / "portal.passwd"),
+        ], env=dict(os.environ, ORION_PORTAL_PASSWORD=os.environ.get("ORION_PORTAL_PASSWORD", "demo")))
         stack.callback(stop_process, controller)
         wait_port(ctl_port, what="orion-controller", proc=controller)
-        print(f"listening; token key {key} (shared with oriond)")
+        print(f"listening; token key {key} and API key {tmp / 'controller.key'} (shared with oriond), "
+              f"client key {tmp / 'client.key'} (for applications); portal login admin")
         banner("orion-shm -i 1 (a device for the 'container')")
         subprocess.run([BIN / "orion-shm", "-i", "1", "--size", "64", "--path-base", str(shm)], check=True)
         conf = tmp / "server.conf"
         conf.write_text(SERVER_CONF.format(port=port, shm=shm, controller=controller_addr,
-                                           key=key))
+                                           key=key, tmp=tmp))
         banner(f"oriond --backend sim on 127.0.0.1:{port}, controller_addr = {controller_addr}")
         server = OriondProcess(logs, backend="sim", config=conf, port=port,
                                extra=["--sim-gpus", "1", "--sim-memory", "16384"])
@@ -91,7 +96,8 @@ def main() -> int:
         print(f"oriond registered its GPU with the controller: {total} vGPUs in the pool")
         env = dict(os.environ, ORION_VGPU="2", ORION_GMEM="4096", HOME=str(home),
                    ORION_CONTROLLER=controller_addr, ORION_SHM_PATH_BASE=str(shm),
-                   ORION_CLIENT_CONF_ETC=str(tmp / "no-client.conf"))
+                   ORION_CLIENT_CONF_ETC=str(tmp / "no-client.conf"),
+                   ORION_CLIENT_KEY_FILE=str(tmp / "client.key"))
         env.pop("ORION_SERVER", None)
         failed = 0
         for transport, extra in (("shared memory", {}), ("TCP", {"ORION_ENABLE_NET": "1"})):
