@@ -258,6 +258,8 @@ class Daemon:
                     pass
                 self.workers.pop(pid, None)
                 w.workers.pop(wk.channel, None)
+                if channel is not None:
+                    w.dev.scrub(channel)  # the killed session's bytes are not the next one's
 
     def _start_channel(self, w: Watched, ch: int, gen: int) -> None:
         if ch in w.workers:
@@ -371,6 +373,7 @@ class Daemon:
                     c = wk.watched.dev.ctrl(wk.channel)
                     if c[C_GEN] == wk.gen and c[C_STATE] in (CLAIMED, SERVING):
                         wk.watched.dev.set_dead(wk.channel, "session worker ended unexpectedly")
+                    wk.watched.dev.scrub(wk.channel)  # a crashed worker did not scrub its rings
 
 
 def run_daemon(config: ServerConfig, backend: Backend, authorize: Authorizer, log: logging.Logger,

@@ -87,8 +87,11 @@ class ServerChannel:
             raise StreamBroken(f"client heartbeat stopped for {CLIENT_TIMEOUT_S:.0f} s")
 
     def finish(self, reason: str) -> None:
+        """End the session: the channel is marked dead with ``reason`` (if still this session's)
+        and its rings are zeroed."""
         if self.ctrl[C_GEN] == self.gen and self.ctrl[C_STATE] == SERVING:
             self.dev.set_dead(self.index, reason[:63])
+        self.dev.scrub(self.index)
 
 
 @dataclass
@@ -140,7 +143,11 @@ def tick(w: Watched) -> None:
 
 
 def pending_claims(w: Watched) -> list[tuple[int, int]]:
-    """(channel, generation) pairs claimed by a client and not yet served at that generation."""
+    """(channel, generation) pairs claimed by a client and not yet served at that generation.
+
+    On a host or container device a claim counts only while its claimer holds the channel's
+    lock (it takes the lock before it writes the claim): one without is marked dead with the
+    reason. A VM's claims cannot be checked so (its locks are the guest's)."""
     out = []
     for i in range(w.dev.layout.nchannels):
         c = w.dev.ctrl(i)
@@ -148,6 +155,10 @@ def pending_claims(w: Watched) -> list[tuple[int, int]]:
             gen = c[C_GEN]
             cur = w.workers.get(i)
             if cur is None or cur[1] != gen:
+                if not w.dev.vm and not w.dev.owner_alive(i):
+                    c[C_SERVED_GEN] = gen
+                    w.dev.set_dead(i, "claimed without holding the channel's lock")
+                    continue
                 out.append((i, gen))
     return out
 

@@ -10,6 +10,7 @@ nothing from a peer is trusted beyond its own channel.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -313,6 +314,17 @@ class Device:
         raw = reason.encode("ascii", "replace")[:63]
         self.view[off:off + 64] = raw + bytes(64 - len(raw))
         self.ctrl(i)[C_STATE] = DEAD
+
+    def scrub(self, i: int) -> None:
+        """Zero channel ``i``'s rings, so that no byte of a session is left for the next one."""
+        off, n = self.layout.channel_offset(i) + PAGE, 2 * self.layout.ring_size
+        if self.address:
+            ctypes.memset(self.address + off, 0, n)
+            return
+        zero = bytes(min(n, 1 << 20))
+        for p in range(off, off + n, len(zero)):
+            k = min(len(zero), off + n - p)
+            self.view[p:p + k] = zero[:k]
 
     def populate(self, i: int) -> None:
         """Fault channel ``i``'s pages into this mapping now, before it carries traffic: a copy

@@ -264,3 +264,45 @@ def test_session_workers_die_with_a_killed_oriond(oriond: Oriond, tmp_path: Path
     for p in clients:
         out, _err = p.communicate(timeout=20)
         assert p.returncode == 3 and "error" in out
+
+
+def test_a_channel_is_scrubbed_when_its_session_ends(oriond: Oriond) -> None:
+    """What a session copied through the rings is not left in the device for the next tenant."""
+    from orion_virt.transport.shmdev import PAGE, Device
+
+    path = oriond.device(1)
+    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"))
+    assert r.returncode == 0, r.stderr
+    dev = Device(path)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            off = dev.layout.channel_offset(0) + PAGE
+            rings = bytes(dev.view[off:off + 2 * dev.layout.ring_size])
+            if not any(rings):
+                break
+            assert time.monotonic() < deadline, "the rings still hold the session's bytes"
+            time.sleep(0.05)
+    finally:
+        dev.close()
+
+
+def test_a_claim_without_its_lock_is_refused(oriond: Oriond) -> None:
+    """A channel is served only for a claimer that holds its lock (every client takes it first)."""
+    from orion_virt.transport.shmdev import C_GEN, C_STATE, DEAD, Device
+
+    path = oriond.device(1)
+    dev = Device(path)
+    try:
+        c = dev.ctrl(0)
+        c[C_GEN] = c[C_GEN] + 1
+        c[C_STATE] = 1  # CLAIMED, with no lock held
+        deadline = time.monotonic() + 10
+        while c[C_STATE] != DEAD:
+            assert time.monotonic() < deadline, "the lockless claim was never refused"
+            time.sleep(0.02)
+        assert "without holding the channel's lock" in dev.reason(0)
+    finally:
+        dev.close()
+    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
+    assert r.returncode == 0, r.stderr
