@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..cuda_enums import CUresult
 
@@ -133,6 +133,10 @@ class BackendSession(ABC):
     """Per-session execution state on the backend. Arguments are already validated."""
 
     mem: MemoryTable
+    liveness: Callable[[], None] | None = None
+    """Set by the session: raises TransportError once the client is gone. A backend calls it
+    now and then during a long wait (a long kernel, a long synchronize), so that a client that
+    left does not keep its worker and its GPU memory until the work ends."""
 
     @abstractmethod
     def alloc(self, dev: int, size: int) -> int: ...

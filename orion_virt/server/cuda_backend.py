@@ -23,7 +23,8 @@ import ctypes
 import logging
 import struct
 import threading
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 from ..cuda_enums import CUresult
 from ..errors import BackendError
@@ -41,6 +42,9 @@ _ALREADY_REGISTERED = int(E.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
 CU_STREAM_NON_BLOCKING = 1
 CU_MEMHOSTREGISTER_PORTABLE = 1
 CU_MEMHOSTREGISTER_READ_ONLY = 8
+LONG_WAIT_S = 200e-6
+"""A synchronize that has not finished after this long is waited for in a helper thread while the
+session's thread watches the client (``BackendSession.liveness``)."""
 MAX_KERNEL_PARAMS = 32768
 """A kernel's parameters take at most 32 KiB, so at most this many of them."""
 
@@ -212,6 +216,7 @@ class CudaSession(BackendSession):
         self._current_dev = 0
         self._pending: CudaCallError | None = None
         self._closed = False
+        self._abandoned = False
         d = self.d
         self._ok(d.cuInit(0), "cuInit")
         try:
@@ -424,16 +429,59 @@ class CudaSession(BackendSession):
 
     def synchronize(self, stream: Any = None) -> None:
         self._raise_pending()
+        d = self.d
         if stream is None:
             for ctx in self._ctxs.values():
                 if not ctx.dirty:  # nothing issued since its last synchronize: nothing to wait for
                     continue
                 self._use(ctx)
-                self._ok(self.d.cuCtxSynchronize(), "cuCtxSynchronize")
+                streams = [0, *(s.handle for s in self._streams if s.ctx is ctx)]
+                self._watched(lambda hs=streams: all(self._ready(h) for h in hs),  # type: ignore[misc]
+                              d.cuCtxSynchronize, "cuCtxSynchronize", ctx)
                 ctx.dirty = False
         else:
             self._use(stream.ctx)
-            self._ok(self.d.cuStreamSynchronize(stream.handle), "cuStreamSynchronize")
+            self._watched(lambda: self._ready(stream.handle), lambda: d.cuStreamSynchronize(stream.handle),
+                          "cuStreamSynchronize", stream.ctx)
+
+    def _wait_in_thread(self, wait: Callable[[], Any], what: str, ctx: _Ctx, alive: Callable[[], None]) -> Any:
+        box: list[Any] = []
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                self.d.cuCtxSetCurrent(ctx.handle)  # the driver's current context is per thread
+                box.append(wait())
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name=f"orion {what}", daemon=True).start()
+        while not finished.wait(0.5):
+            try:
+                alive()
+            except BaseException:
+                self._abandoned = True
+                raise
+        if not box:
+            raise CudaCallError(E.CUDA_ERROR_UNKNOWN, f"{what}: the waiting thread failed")
+        return box[0]
+
+    def _ready(self, stream_handle: Any) -> bool:
+        return int(self.d.cuStreamQuery(stream_handle)[0]) != _NOT_READY
+
+    def _watched(self, done: Callable[[], bool], wait: Callable[[], Any], what: str, ctx: _Ctx) -> None:
+        """``wait()`` (a blocking driver call), its result checked. Work that ends within
+        LONG_WAIT_S is polled for (``done``); longer work is waited for in a helper thread while
+        this one asks ``liveness`` every 0.5 s, so that a client gone during a long kernel ends
+        its session now: the worker then leaves the GPU state to the driver's teardown at exit."""
+        alive = self.liveness
+        if alive is not None:
+            end = time.perf_counter() + LONG_WAIT_S
+            while not done():
+                if time.perf_counter() > end:
+                    self._ok(self._wait_in_thread(wait, what, ctx, alive), what)
+                    return
+        self._ok(wait(), what)
 
     def stream_create(self, flags: int, priority: int = 0) -> Any:
         ctx = self._cur_ctx()
@@ -541,7 +589,9 @@ class CudaSession(BackendSession):
     def event_synchronize(self, event: Any) -> None:
         self._raise_pending()
         self._use(event.ctx)
-        self._ok(self.d.cuEventSynchronize(event.handle), "cuEventSynchronize")
+        d = self.d
+        self._watched(lambda: int(d.cuEventQuery(event.handle)[0]) != _NOT_READY,
+                      lambda: d.cuEventSynchronize(event.handle), "cuEventSynchronize", event.ctx)
 
     def event_elapsed(self, start: Any, end: Any) -> float:
         self._use(end.ctx)
@@ -651,6 +701,9 @@ class CudaSession(BackendSession):
         if self._closed:
             return
         self._closed = True
+        if self._abandoned:  # a client gone during a long wait: the driver frees all at exit
+            log.info("close: the client left during a long wait; the GPU state goes with the worker")
+            return
         d = self.d
 
         def quiet(res: Any, what: str) -> None:

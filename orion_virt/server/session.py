@@ -189,6 +189,7 @@ class Session:
         self.vgpus = granted
         self.hello = hello
         self.bs = self._b = self.backend.open_session(self.vgpus)
+        self.bs.liveness = stream.check_peer
         if hasattr(self.stream, "min_chunk"):
             self.stream.min_chunk = getattr(self.backend, "preferred_chunk", 0)
         for view in getattr(self.stream, "host_regions", lambda: [])():

@@ -77,6 +77,10 @@ class Stream(ABC):
         for _ in self.recv_chunks(n):
             pass
 
+    def check_peer(self) -> None:  # noqa: B027 - a stream that cannot tell stays silent
+        """Raise StreamBroken if the peer is known to be gone (its process ended, it closed the
+        connection), without reading anything: for a server busy on a long call."""
+
     @abstractmethod
     def close(self) -> None:
         """Tell the peer, release resources. Idempotent."""

@@ -124,6 +124,10 @@ class RingStream(Stream):
         """Smallest chunk ``recv_chunks``/``send_chunks`` hand out while more is on its way: a
         consumer with a per-chunk cost (a GPU copy per chunk) sets it to get fewer, larger ones."""
 
+    def check_peer(self) -> None:
+        if self.check is not None:
+            self.check()
+
     def host_regions(self) -> list[memoryview]:
         """The memory every chunk view of this stream lies in, e.g. for a backend to page-lock
         once (cuMemHostRegister) so that device copies go straight to and from it: the receive

@@ -11,6 +11,7 @@ of one each. Large payloads bypass it and land straight in the caller's buffer.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from typing import Iterator
@@ -45,6 +46,20 @@ class SocketStream(Stream):
         self.timeout = timeout
         if not self._closed:
             self.sock.settimeout(timeout)
+
+    def check_peer(self) -> None:
+        """A peer that closed its end leaves the socket readable with nothing to read (behind
+        whatever it sent before; what the read-ahead buffer holds is already out of the way)."""
+        if self._closed:
+            return
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+            if r and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                raise StreamBroken(f"{self.name}: peer closed the connection")
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            raise self._fail(e) from None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -306,3 +306,45 @@ def test_a_claim_without_its_lock_is_refused(oriond: Oriond) -> None:
         dev.close()
     r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
     assert r.returncode == 0, r.stderr
+
+
+LONG_KERNEL = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from cuda.bindings import driver as cuda
+    assert int(cuda.cuInit(0)[0]) == 0
+    err, dev = cuda.cuDeviceGet(0)
+    err, ctx = cuda.cuCtxCreate(None, 0, dev)
+    err, mod = cuda.cuModuleLoadData(open(sys.argv[1], "rb").read() + b"\\0")
+    err, fn = cuda.cuModuleGetFunction(mod, b"spin")
+    err, out = cuda.cuMemAlloc(64 << 20)
+    ns = np.array([30_000_000_000], dtype=np.int64)
+    po = np.array([int(out)], dtype=np.uint64)
+    params = np.array([ns.ctypes.data, po.ctypes.data], dtype=np.uint64)
+    assert int(cuda.cuLaunchKernel(fn, 1, 1, 1, 1, 1, 1, 0, 0, params.ctypes.data, 0)[0]) == 0
+    print("launched", flush=True)
+    cuda.cuCtxSynchronize()
+""")
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
+def test_a_client_killed_during_a_long_kernel_ends_its_session_at_once(oriond: Oriond, tmp_path: Path,
+                                                                       tcp: bool) -> None:
+    """A 30 s kernel does not keep a dead client's session (and its memory) for 30 s."""
+    oriond.device(1)
+    prog = tmp_path / "long.py"
+    prog.write_text(LONG_KERNEL)
+    p = oriond.popen("python3", str(prog), str(ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"), tcp=tcp)
+    assert p.stdout is not None and p.stdout.readline().strip() == "launched"
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    deadline = time.monotonic() + 10
+    while True:
+        logs = "".join(f.read_text() for f in (oriond.logs / "session").glob("*.log"))
+        if "freed 1 allocation(s)" in logs:
+            break
+        assert time.monotonic() < deadline, "the dead client's session outlived it: " + logs[-2000:]
+        time.sleep(0.1)
+    assert time.monotonic() - t0 < 5
