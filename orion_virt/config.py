@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -72,10 +73,21 @@ def parse_port(text: str) -> int:
     return n
 
 
+def parse_mib(text: str) -> int:
+    """A size in MiB as ORION_GMEM takes it: ``4096``, ``4096M``, ``4096MiB``, ``4G``, ``4GiB``."""
+    m = re.fullmatch(r"\s*(\d+)\s*(G|GB|GIB|M|MB|MIB)?\s*", text.upper())
+    if not m or int(m.group(1)) < 1:
+        raise ValueError("expected a size in MiB such as 4096, 4096M or 4G")
+    return int(m.group(1)) * (1024 if (m.group(2) or "M").startswith("G") else 1)
+
+
 def parse_positive(text: str) -> int:
-    n = int(text)
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number >= 1") from None
     if n < 1:
-        raise ValueError("must be >= 1")
+        raise ValueError("expected a whole number >= 1")
     return n
 
 
@@ -348,7 +360,7 @@ _LOG_SECTIONS_CLIENT = ("client-log", "log")
 
 CLIENT_KEYS: list[Key] = [
     Key("vgpu", (), "ORION_VGPU", parse_positive, env=("ORION_VGPU",)),
-    Key("gmem_mib", (), "ORION_GMEM", parse_positive, env=("ORION_GMEM",)),
+    Key("gmem_mib", (), "ORION_GMEM", parse_mib, env=("ORION_GMEM",)),
     Key("ratio", (), "ORION_RATIO", lambda t: max(1, _percent(t)), env=("ORION_RATIO",)),
     Key("cross_node", (), "ORION_CROSS_NODE", parse_bool, env=("ORION_CROSS_NODE",)),
     Key("group_id", (), "ORION_GROUP_ID", _str, env=("ORION_GROUP_ID",)),

@@ -178,6 +178,16 @@ def test_memory_quota_follows_orion_gmem(programs: dict[str, Path], oriond: Orio
     assert "mem info: free 512 MiB, total 512 MiB" in r.stdout
 
 
+def test_orion_gmem_takes_the_forms_users_write(programs: dict[str, Path], oriond: Oriond) -> None:
+    """4G is 4096 MiB (as for the Python client and orion-shm); a bad value names itself."""
+    r = run(programs["memory"], env=native_env(oriond, ORION_GMEM="1G"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mem info: free 1024 MiB, total 1024 MiB" in r.stdout
+    r = run(programs["init_only"], env=native_env(oriond, ORION_GMEM="4T"))
+    assert "cuInit: 100 CUDA_ERROR_NO_DEVICE" in r.stdout
+    assert "ORION_GMEM=4T: expected a size in MiB such as 4096, 4096M or 4G" in r.stderr
+
+
 def test_vector_add_module_launch_streams_events(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
     r = run(programs["vectorAdd"], str(PTX), env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr

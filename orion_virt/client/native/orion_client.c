@@ -22,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include "orion_client.h"
+#include "orion_conf.h"
 #include "orion_log.h"
 #include "calls_gen.h"
 #include "orion_shm.h"
@@ -628,8 +629,9 @@ static CUresult open_session(void)
         say("ERROR", "ORION_VGPU=%s: expected a number of vGPUs from 1 to 64", getenv("ORION_VGPU"));
         return CUDA_ERROR_NO_DEVICE;
     }
-    if (env_long("ORION_GMEM", 1, 0xFFFFFFFFL, &gmem) < 0) {
-        say("ERROR", "ORION_GMEM=%s: expected a positive number of MiB", getenv("ORION_GMEM"));
+    const char *gv = getenv("ORION_GMEM");
+    if (gv && *gv && orion_parse_mib(gv, &gmem) < 0) {
+        say("ERROR", "ORION_GMEM=%s: expected a size in MiB such as 4096, 4096M or 4G", gv);
         return CUDA_ERROR_NO_DEVICE;
     }
     if (env_long("ORION_RATIO", 0, 100, &ratio) < 0) {

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "orion_conf.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,4 +76,22 @@ int orion_conf_paths(char paths[2][600])
     paths[1][0] = '\0';
     if (home && *home) snprintf(paths[1], 600, "%s/.orion/client.conf", home);
     return paths[1][0] ? 2 : 1;
+}
+
+int orion_parse_mib(const char *text, long *out)
+{
+    char buf[64];
+    if (!text || strlen(text) >= sizeof buf) return -1;
+    snprintf(buf, sizeof buf, "%s", text);
+    char *t = orion_conf_trim(buf), *end;
+    if (!*t || *t == '-' || *t == '+') return -1;
+    errno = 0;
+    unsigned long long n = strtoull(t, &end, 10);
+    if (errno || end == t) return -1;
+    unsigned long long mult = 1;
+    if (!strcasecmp(end, "G") || !strcasecmp(end, "GB") || !strcasecmp(end, "GiB")) mult = 1024;
+    else if (*end && strcasecmp(end, "M") && strcasecmp(end, "MB") && strcasecmp(end, "MiB")) return -1;
+    if (n < 1 || n > 0xFFFFFFFFull / mult) return -1;
+    *out = (long)(n * mult);
+    return 0;
 }

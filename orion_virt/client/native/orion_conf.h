@@ -13,4 +13,8 @@ int orion_conf_lookup(const char *path, const char *section, const char *key, ch
  * (ORION_CLIENT_CONF_ETC) and ~/.orion/client.conf; returns how many were named. */
 int orion_conf_paths(char paths[2][600]);
 
+/* A size in MiB as ORION_GMEM takes it: 4096, 4096M, 4096MiB, 4G, 4GiB (case-insensitive).
+ * 0 with *out set; -1 for anything else (zero, negative, over 2^32-1 MiB). */
+int orion_parse_mib(const char *text, long *out);
+
 #endif

@@ -1230,7 +1230,8 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     }
     char gmem[24] = "null", ratio[24] = "null";
     const char *gv = getenv("ORION_GMEM"), *rv = getenv("ORION_RATIO");
-    if (gv && *gv) snprintf(gmem, sizeof gmem, "%ld", strtol(gv, NULL, 10));  /* checked by open_session */
+    long gm = 0;
+    if (gv && *gv && orion_parse_mib(gv, &gm) == 0) snprintf(gmem, sizeof gmem, "%ld", gm);  /* refused by open_session otherwise */
     long rn = rv && *rv ? strtol(rv, NULL, 10) : -1;
     if (rn >= 0) snprintf(ratio, sizeof ratio, "%ld", rn < 1 ? 1 : rn);
     if (cross == 1 && rn >= 0 && (rn < 1 ? 1 : rn) != 100) {
