@@ -94,6 +94,8 @@ class Labeller:
         """One attempt: discover, patch when needed. True on success (or nothing to do)."""
         try:
             addr = self.iface_addr(self.opts.interface)
+        except ModuleNotFoundError:
+            raise
         except Exception as e:  # HostError, pyroute2 errors
             log.warning("%s (%s)", MSG_WAIT_IFACE.format(name=self.opts.interface), e)
             return False
@@ -101,6 +103,8 @@ class Labeller:
             return True
         try:
             self.api.patch_node(self.opts.node_name, label_body(self.opts.label, addr))
+        except ModuleNotFoundError:
+            raise
         except Exception as e:  # ApiException, urllib3 errors, config errors
             log.warning("cannot label node %s %s=%s: %s", self.opts.node_name, self.opts.label, addr, explain(e))
             return False
@@ -110,6 +114,8 @@ class Labeller:
         return True
 
     def run(self, once: bool = False) -> int:
+        import kubernetes  # noqa: F401  (the k8s extra: missing, say so at once, not in every retry)
+
         b = Backoff(self.opts.backoff_initial, self.opts.backoff_max)
         while not self.stop_event.is_set():
             if self.once():

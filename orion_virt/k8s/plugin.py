@@ -298,6 +298,8 @@ class DevicePlugin:
                 self.address = self.iface_addr(self.opts.interface)
                 log.info("network interface %s: %s", self.opts.interface, self.address)
                 return True
+            except ModuleNotFoundError:
+                raise
             except Exception as e:  # HostError, or pyroute2's own errors
                 log.warning("%s (%s)", MSG_WAIT_IFACE.format(name=self.opts.interface), e)
             if not self.sleep(b.next()):
