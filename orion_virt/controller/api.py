@@ -80,10 +80,19 @@ def _routes(c: Controller) -> list[Route]:
         ("GET", f"/api/v1/allocations/{_ID}", OPEN, lambda who, body, aid: c.get_allocation(aid)),
         ("DELETE", f"/api/v1/allocations/{_ID}", HOLDER,
          lambda who, body, aid: c.release(aid, who.allocation_secret, who.admin)),
+        ("POST", f"/api/v1/allocations/{_ID}/ended", NODE,
+         lambda who, body, aid: c.session_ended(aid, _node_of(body))),
         ("POST", f"/api/v1/allocations/{_ID}/renew", HOLDER,
          lambda who, body, aid: c.renew(aid, who.allocation_secret, who.admin)),
     ]
     return [(m, re.compile(p + "$"), need, f) for m, p, need, f in r]
+
+
+def _node_of(body: Any) -> str:
+    node = body.get("node") if isinstance(body, dict) else None
+    if not isinstance(node, str) or not node or len(node) > 300:
+        raise BadRequest("body must be {\"node\": \"<node id>\"}", "node")
+    return node
 
 
 def _depth_ok(raw: bytes) -> bool:

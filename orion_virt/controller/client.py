@@ -38,7 +38,7 @@ __all__ = [
     "Allocation", "AllocationError", "AllocationRequest", "BadRequest", "ControllerError",
     "ControllerUnreachable", "GpuInfo", "MSG_CONNECT", "MSG_NO_ALLOCATION", "MSG_VERSION",
     "NodeInfo", "NotFound", "PlacedVGpu", "Signer", "Summary", "VersionInfo", "allocate",
-    "deregister_node", "get_version", "heartbeat", "nodes", "register_node", "release", "renew",
+    "deregister_node", "get_version", "heartbeat", "nodes", "register_node", "release", "renew", "session_ended",
     "summary", "tasks",
 ]
 
@@ -234,6 +234,14 @@ def release(addr: str, allocation_id: str, timeout: float = DEFAULT_TIMEOUT,
     ``secret`` (or an API-key ``signer``)."""
     request(addr, "DELETE", f"/api/v1/allocations/{_q(allocation_id)}", timeout=timeout,
             signer=signer, headers=_holder(secret))
+
+
+def session_ended(addr: str, allocation_id: str, node: str, signer: Signer,
+                  timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Tell the controller that this node's session of the allocation ended (a server's call,
+    signed with the API key); True if that released it. ``NotFound`` if it was gone."""
+    r = request(addr, "POST", f"/api/v1/allocations/{_q(allocation_id)}/ended", {"node": node}, timeout, signer)
+    return bool(r.get("released")) if isinstance(r, dict) else False
 
 
 def _node_secret(secret: str | None) -> dict[str, str]:

@@ -156,6 +156,27 @@ class Controller:
         log.info("allocation %s released", allocation_id)
         return {"allocation_id": a.allocation_id, "released": True}
 
+    def session_ended(self, allocation_id: str, node: str) -> dict[str, Any]:
+        """A server says the session of ``allocation_id`` on ``node`` ended (oriond, signed with
+        the API key). An allocation that lives only on that node is released at once, instead
+        of at its lease's end; one that spans nodes waits for its holder or its lease (its other
+        sessions may still run). ``NotFound`` if it is gone already."""
+        released = False
+
+        def fn(s: PoolState) -> bool:
+            a = s.allocations.get(allocation_id)
+            if a is None:
+                raise NotFound(f"allocation {allocation_id!r} does not exist (released or expired)")
+            if a.node_ids != (node,):
+                return False
+            pool.release(s, allocation_id)
+            return True
+
+        released = self.store.update(fn)
+        if released:
+            log.info("allocation %s released: its session on node %s ended", allocation_id, node)
+        return {"allocation_id": allocation_id, "released": released}
+
     def snapshot(self) -> PoolState:
         """The pool as ``allocate`` would see it now: expired leases and silent nodes are
         already reaped in this copy (the reaper persists that within a second)."""

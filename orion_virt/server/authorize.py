@@ -92,11 +92,13 @@ def gpu_infos(backend: Backend, vgpu_count: int) -> list[GpuInfo]:
 
 def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], controller: str = "",
                      clock: Callable[[], float] = time.time,
-                     state: TokenState | None = None) -> Authorizer:
+                     state: TokenState | None = None,
+                     on_end: Callable[[str], None] | None = None) -> Authorizer:
     """Grants exactly the vGPUs of a valid controller token for ``this_node``; refuses a
     HELLO without one, with a bad or expired one, or with one issued for another node. With
     ``state``, a token opens as many sessions as it grants (one) and a released allocation's
-    tokens are refused."""
+    tokens are refused. ``on_end(allocation_id)`` is called when a session ends (the
+    controller then releases a single-node allocation at once)."""
     position = {g.index: i for i, g in enumerate(gpus)}
 
     def check(token: str) -> Any:
@@ -151,7 +153,8 @@ def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], contro
             take(token, new)
             return new.expires_at
 
-        return Admission(out, grant.expires_at, renew)
+        aid = grant.allocation_id
+        return Admission(out, grant.expires_at, renew, (lambda: on_end(aid)) if on_end else None)
 
     return authorize
 
@@ -172,12 +175,34 @@ def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -
         log.info("token mode: sessions need an allocation token from the Orion Controller %s "
                  "for node %s (key %s)", cfg.controller_addr, me, cfg.token_key_file)
         return token_authorizer(key, me, gpus, cfg.controller_addr,
-                                state=TokenState(cfg.token_state_dir))
+                                state=TokenState(cfg.token_state_dir), on_end=_session_end_notice(cfg, me, log))
     mem = min(g.total_mem for g in gpus) >> 20 if gpus else 0
     default_gmem = mem // cfg.vgpu_count if mem else 1024
     log.info("direct mode (no controller_addr): sessions get what their HELLO asks for "
              "(default %d MiB per vGPU)", default_gmem)
     return open_authorizer(1, default_gmem, max(1, len(gpus)), mem or None)
+
+
+def _session_end_notice(cfg: ServerConfig, me: str, log: logging.Logger) -> Callable[[str], None] | None:
+    """What a session worker calls at its end: tells the controller (signed with the API key,
+    within 2 s), so that the vGPUs of a single-node allocation return at once, not at the lease's
+    end. None (leases only) when the API key cannot be read."""
+    try:
+        signer = Signer("node", load_key(cfg.api_key_file))
+    except ConfigError:
+        return None
+    from ..controller import client as ctl
+
+    def notify(allocation_id: str) -> None:
+        try:
+            if ctl.session_ended(cfg.controller_addr, allocation_id, me, signer, timeout=2.0):
+                log.info("allocation %s: its session ended; the controller released it", allocation_id)
+        except ctl.NotFound:
+            pass  # the application released it first
+        except ctl.ControllerError as e:
+            raise OrionError(str(e)) from None
+
+    return notify
 
 
 def make_registrar(cfg: ServerConfig, backend: Backend, interval: float = 5.0) -> Registrar | None:

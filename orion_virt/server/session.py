@@ -50,6 +50,8 @@ class Admission:
     vgpus: list[VGpu]
     expires_at: float
     renew: Callable[[str], float]
+    ended: Callable[[], None] | None = None
+    """Called once when the session has ended and freed its vGPUs (tells the controller)."""
 
 
 Authorizer = Callable[[Hello], "list[VGpu] | Admission"]
@@ -244,6 +246,12 @@ class Session:
             self.bs = None
             self.log.info("session %d: closed after %d calls; freed %d allocation(s)",
                           self.session_id, self.calls, leaked)
+            ended, self.admission = (self.admission.ended if self.admission else None), None
+            if ended is not None:
+                try:
+                    ended()
+                except OrionError as e:  # the lease ends it anyway
+                    self.log.warning("session %d: could not tell the controller it ended: %s", self.session_id, e)
 
     # -- the call loop ----------------------------------------------------------------------
 

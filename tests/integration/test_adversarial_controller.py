@@ -10,6 +10,7 @@ requests, one controller and one oriond (sim backend), loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -204,9 +205,12 @@ def test_one_token_opens_one_session(stack: Stack) -> None:
         token = a.token_for(me)
         assert _hello(addr, token, a.allocation_id) == "ok"
         for _ in range(3):  # the adversarial run opened three sessions with one token
-            assert "already used" in _hello(addr, token, a.allocation_id)
+            got = _hello(addr, token, a.allocation_id)
+            # refused as used, or as released: the first session's end gave the vGPUs back
+            assert "already used" in got or "was released" in got, got
     finally:
-        ctl.release(stack.addr, a.allocation_id, secret=a.secret)
+        with contextlib.suppress(ctl.NotFound):
+            ctl.release(stack.addr, a.allocation_id, secret=a.secret)
 
 
 def test_token_replayed_after_release_is_refused(stack: Stack) -> None:
