@@ -91,6 +91,20 @@ def parse_positive(text: str) -> int:
     return n
 
 
+def parse_seconds(text: str) -> float:
+    n = float(text)
+    if not 0 <= n < 1e9:
+        raise ValueError("expected seconds >= 0")
+    return n
+
+
+def parse_positive_seconds(text: str) -> float:
+    n = parse_seconds(text)
+    if n <= 0:
+        raise ValueError("expected seconds > 0")
+    return n
+
+
 def _str(text: str) -> str:
     return text.strip()
 
@@ -200,6 +214,18 @@ class ServerConfig:
     log_dir: str = "/var/log/orion"
     log: LogConfig = field(default_factory=LogConfig)
     enable_computation_throttle: bool = True
+    max_pending_connections: int = 64
+    """TCP connections accepted that have not sent their HELLO yet (they cost no worker)"""
+    max_sessions: int = 256
+    """sessions served at once, over TCP and shared memory together"""
+    max_sessions_per_client: int = 32
+    """TCP sessions (and connections waiting for their HELLO) from one client address"""
+    hello_timeout: float = 10.0
+    """seconds a new connection (or a claimed channel) may take to send its HELLO"""
+    idle_timeout: float = 0.0
+    """seconds a session may go without a call before it is closed; 0: never"""
+    direct_accounting: bool = True
+    """direct mode: grants are accounted across sessions against the node's GPUs"""
     source: str = "defaults"
     ignored: tuple[tuple[str, str], ...] = ()
     """(``[section] key``, why) for each key of the file that is accepted but has no effect"""
@@ -258,6 +284,12 @@ SERVER_KEYS: list[Key] = [
     Key("throttle_level", ("throttle",), "throttle_level", _percent),
     Key("enable_computation_throttle", ("throttle",), "enable_computation_throttle", parse_bool),
     Key("computation_throttle_mode2", ("throttle",), "computation_throttle_mode2", parse_bool),
+    Key("max_pending_connections", ("server-limits",), "max_pending_connections", parse_positive),
+    Key("max_sessions", ("server-limits",), "max_sessions", parse_positive),
+    Key("max_sessions_per_client", ("server-limits",), "max_sessions_per_client", parse_positive),
+    Key("hello_timeout", ("server-limits",), "hello_timeout", parse_positive_seconds),
+    Key("idle_timeout", ("server-limits",), "idle_timeout", parse_seconds),
+    Key("direct_accounting", ("server-limits",), "direct_accounting", parse_bool),
 ]
 
 

@@ -43,8 +43,10 @@ class Oriond:
     def start(self) -> Oriond:
         for d in (self.shm, self.logs, self.home):
             d.mkdir(parents=True, exist_ok=True)
-        self.launcher = OriondProcess(self.logs, backend="sim", port=self.port or None,
-                                      shm_path_base=self.shm, extra=["--sim-memory", "8192", *self.extra])
+        # four sim GPUs of 8 GiB: direct mode accounts grants, and tests run several sessions
+        # of ORION_VGPU=2 ORION_GMEM=4096 at once
+        self.launcher = OriondProcess(self.logs, backend="sim", port=self.port or None, shm_path_base=self.shm,
+                                      extra=["--sim-memory", "8192", "--sim-gpus", "4", *self.extra])
         self.port = self.launcher.port
         self.launcher.start(timeout=20)
         self.proc = self.launcher.proc

@@ -10,17 +10,27 @@ the controller's API key (``api_key_file``), and pulls the revoked allocations w
 (:func:`make_registrar`).
 
 **Direct mode** (no ``controller_addr``): for a single host before a controller is set up. A
-session gets what its HELLO asks for (``ORION_VGPU``/``ORION_GMEM``/``ORION_RATIO``) within the
-physical GPUs; nothing is pooled or exclusive. Anyone who can reach the port or a device is
-trusted, so use it only where that holds.
+session gets what its HELLO asks for (``ORION_VGPU``/``ORION_GMEM``/``ORION_RATIO``) if the node
+still has it: every grant is written to a :class:`DirectLedger` that oriond and its session
+workers share (``[server-limits] direct_accounting``, on by default), so the sessions together
+never hold more than ``vgpu_count`` vGPUs per GPU nor more memory than a GPU has; a HELLO asking
+for more than is left is refused with what is left. A grant is released when its session ends
+and, at the latest, when oriond reaps its worker (also one that crashed or was killed).
+Compute shares are not accounted (they are a throttle; an over-subscribed GPU is time-shared).
+Anyone who can reach the port or a device may still open a session, so direct mode is for hosts
+where that holds; a controller gives exclusive, authenticated allocations.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
+import json
 import logging
+import os
 import socket
+import tempfile
 import time
 import uuid
 from typing import Any, Callable
@@ -30,7 +40,8 @@ from ..controller.client import GpuInfo, NodeInfo, Signer
 from ..controller.exceptions import TokenError, TokenExpired
 from ..controller.registration import Registrar
 from ..controller.token import load_key, verify_token
-from ..errors import ConfigError, OrionError
+from ..cuda_enums import CUresult
+from ..errors import ConfigError, OrionError, Refused
 from ..wire import Hello
 from .backend import Backend, PhysicalGpu, VGpu
 from .session import Admission, Authorizer, LeaseExpired, open_authorizer
@@ -159,6 +170,132 @@ def token_authorizer(key: bytes, this_node: str, gpus: list[PhysicalGpu], contro
     return authorize
 
 
+class DirectLedger:
+    """What each live direct-mode session was granted: ``{worker pid: [[gpu, bytes], ...]}`` in
+    an unlinked file that oriond opens before it forks (so its workers share it and nothing is
+    left behind), under a POSIX record lock (``lockf``: per process, so oriond and each worker
+    exclude one another although they share the open file)."""
+
+    def __init__(self, gpus: list[PhysicalGpu], slots_per_gpu: int, directory: str | None = None) -> None:
+        self.total = [g.total_mem for g in gpus]
+        self.slots = slots_per_gpu
+        fd, path = tempfile.mkstemp(prefix="oriond-direct-", dir=directory)
+        os.unlink(path)
+        self.fd = fd
+
+    def _read(self) -> dict[str, list[list[int]]]:
+        raw = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        return json.loads(raw) if raw else {}
+
+    def _write(self, grants: dict[str, list[list[int]]]) -> None:
+        raw = json.dumps(grants).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, raw, 0)
+
+    def _locked(self, fn: Callable[[dict[str, list[list[int]]]], Any]) -> Any:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            return fn(self._read())
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def usage(self, grants: dict[str, list[list[int]]] | None = None) -> tuple[list[int], list[int]]:
+        """(vGPUs held, bytes held) per GPU."""
+        if grants is None:
+            grants = self._locked(lambda g: g)
+        held, mem = [0] * len(self.total), [0] * len(self.total)
+        for vgpus in grants.values():
+            for gpu, size in vgpus:
+                if 0 <= gpu < len(self.total):
+                    held[gpu] += 1
+                    mem[gpu] += size
+        return held, mem
+
+    def grant(self, pid: int, sizes: list[int]) -> list[int] | str:
+        """Place one vGPU of each size (bytes) on the GPUs, each where most memory is left; records
+        and returns their GPUs, or returns why they do not fit (nothing recorded)."""
+
+        def fn(grants: dict[str, list[list[int]]]) -> list[int] | str:
+            held, mem = self.usage(grants)
+            placed: list[list[int]] = []
+            for size in sizes:
+                fits = [i for i in range(len(self.total))
+                        if held[i] < self.slots and mem[i] + size <= self.total[i]]
+                if not fits:
+                    return self._why(len(sizes), sizes[0] if sizes else 0, grants)
+                i = max(fits, key=lambda j: (self.total[j] - mem[j], -j))
+                held[i] += 1
+                mem[i] += size
+                placed.append([i, size])
+            grants[str(pid)] = grants.get(str(pid), []) + placed
+            self._write(grants)
+            return [gpu for gpu, _ in placed]
+
+        result: list[int] | str = self._locked(fn)
+        return result
+
+    def _why(self, n: int, size: int, grants: dict[str, list[list[int]]]) -> str:
+        held, mem = self.usage(grants)
+        left = ", ".join(f"GPU {i}: {self.slots - held[i]} vGPU(s), {(self.total[i] - mem[i]) >> 20} MiB"
+                         for i in range(len(self.total)))
+        return (f"this Orion Server cannot grant {n} vGPU(s) of {size >> 20} MiB: {len(grants)} "
+                f"other session(s) hold the rest of its GPUs (free: {left}; "
+                f"{self.slots} vGPUs per GPU)")
+
+    def release(self, pid: int) -> bool:
+        """Forget what worker ``pid`` was granted; True if it held something."""
+
+        def fn(grants: dict[str, list[list[int]]]) -> bool:
+            if grants.pop(str(pid), None) is None:
+                return False
+            self._write(grants)
+            return True
+
+        done: bool = self._locked(fn)
+        return done
+
+
+class DirectAuthorizer:
+    """Direct mode with accounting: grants what the HELLO asks for if the node still has it
+    (see the module's notes). ``release_worker(pid)`` is oriond's, on reaping a worker."""
+
+    RETRY_S = 1.0
+    """How long a HELLO over what is left waits for sessions that are ending to give theirs back
+    (a client that runs programs one after another may connect before the last one's worker
+    has finished closing)."""
+
+    def __init__(self, ledger: DirectLedger, default_vgpus: int, default_gmem_mib: int,
+                 gpu_mem_mib: int | None) -> None:
+        self.ledger = ledger
+        self.default_vgpus = default_vgpus
+        self.default_gmem_mib = default_gmem_mib
+        self.gpu_mem_mib = gpu_mem_mib
+
+    def __call__(self, hello: Hello) -> list[VGpu]:
+        n = hello.vgpu_count or self.default_vgpus
+        mem = hello.gmem_mib or self.default_gmem_mib
+        if self.gpu_mem_mib is not None and mem > self.gpu_mem_mib:
+            raise Refused(f"ORION_GMEM={mem} MiB exceeds the memory of one GPU ({self.gpu_mem_mib} MiB)",
+                          int(CUresult.CUDA_ERROR_OUT_OF_MEMORY))
+        total_slots = self.ledger.slots * len(self.ledger.total)
+        if n > total_slots:
+            raise Refused(f"ORION_VGPU={n} exceeds the vGPUs of this Orion Server ({total_slots}: "
+                          f"{len(self.ledger.total)} GPU(s) of {self.ledger.slots} vGPUs)",
+                          int(CUresult.CUDA_ERROR_OUT_OF_MEMORY))
+        deadline = time.monotonic() + self.RETRY_S
+        while True:
+            got = self.ledger.grant(os.getpid(), [mem << 20] * n)
+            if not isinstance(got, str):
+                break
+            if time.monotonic() > deadline:
+                raise Refused(got, int(CUresult.CUDA_ERROR_OUT_OF_MEMORY))
+            time.sleep(0.05)
+        return [VGpu(gpu, mem << 20, hello.ratio or 100) for gpu in got]
+
+    def release_worker(self, pid: int) -> bool:
+        return self.ledger.release(pid)
+
+
 def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -> Authorizer:
     """Token mode when ``controller_addr`` is set (reads ``token_key_file``: ConfigError if it
     is missing or malformed), else direct mode."""
@@ -178,9 +315,15 @@ def build_authorizer(cfg: ServerConfig, backend: Backend, log: logging.Logger) -
                                 state=TokenState(cfg.token_state_dir), on_end=_session_end_notice(cfg, me, log))
     mem = min(g.total_mem for g in gpus) >> 20 if gpus else 0
     default_gmem = mem // cfg.vgpu_count if mem else 1024
-    log.info("direct mode (no controller_addr): sessions get what their HELLO asks for "
-             "(default %d MiB per vGPU)", default_gmem)
-    return open_authorizer(1, default_gmem, max(1, len(gpus)), mem or None)
+    if not cfg.direct_accounting or not gpus:
+        log.warning("direct mode (no controller_addr) without accounting ([server-limits] "
+                    "direct_accounting = 0): every session gets what its HELLO asks for within one "
+                    "GPU (default %d MiB per vGPU), however much the others hold", default_gmem)
+        return open_authorizer(1, default_gmem, max(1, len(gpus)), mem or None)
+    log.info("direct mode (no controller_addr): sessions get what their HELLO asks for while the "
+             "node has it (%d GPU(s), %d vGPUs each; default %d MiB per vGPU)", len(gpus),
+             cfg.vgpu_count, default_gmem)
+    return DirectAuthorizer(DirectLedger(gpus, cfg.vgpu_count), 1, default_gmem, mem)
 
 
 def _session_end_notice(cfg: ServerConfig, me: str, log: logging.Logger) -> Callable[[str], None] | None:

@@ -4,6 +4,19 @@ The main process never touches a backend's device state (so a CUDA context is on
 in a worker, after fork). It listens on ``bind_addr:listen_port``, watches ``shm_path_base`` for
 Orion devices (container devices when ``enable_shm``, VM devices when ``enable_kvm``), forks a
 worker per session and reaps it. A crash or bad input in one worker never disturbs another.
+
+Limits (``[server-limits]``): a TCP connection costs no worker until its HELLO has arrived. The
+main loop holds it (a socket and a few bytes, at most ``max_pending_connections`` of them, with
+``max_sessions_per_client`` from one address), peeks at what it sent without consuming it, and
+forks the session's worker only once the whole HELLO frame is there; one that sends none within
+``hello_timeout`` is closed. So a flood of half-open connections costs file descriptors, never
+processes (reading the HELLO here rather than capping pending workers: a cap on workers would let
+a few silent connections lock every client out for the HELLO timeout, and each pending worker is
+a fork of oriond). The worker then reads the HELLO again as before: the session's handshake,
+admission and the protocol's state stay in the worker. Sessions in total (``max_sessions``, TCP
+and shared memory together) are checked before a worker is forked; ``idle_timeout`` closes a
+session that sends no call for that long. Every refusal is an ERROR frame whose text the
+client's application sees (a dead channel's reason on shared memory) and a log line.
 """
 
 from __future__ import annotations
@@ -26,10 +39,12 @@ from ..procs import die_with_parent
 from ..transport import tcp
 from ..transport.doorbell import CLAIM_VECTOR, DEFAULT_RUN_DIR, EventfdBell, channel_vector, socket_path
 from ..transport.shmdev import C_DB_PEER, C_GEN, C_STATE, CLAIMED, SERVING, list_devices
+from ..wire import HEADER_SIZE, ServerProtocol, encode_error
+from ..wire.frames import MAX_CONTROL_BODY
 from .backend import Backend
 from .claim_watch import ClaimBells
 from .logs import session_logger
-from .session import Authorizer, Session
+from .session import PROTOCOL_STATUS, REFUSED_STATUS, Authorizer, Session
 from .shm_serve import (
     ServerChannel,
     Watched,
@@ -48,6 +63,10 @@ IDLE_INTERVAL = 0.1
 """How often the main loop runs when only futex-woken devices are served (heartbeats, new
 devices, removed ones); claims, connections and ended workers wake it at once."""
 RESCAN_DIR_INTERVAL = 0.5
+PEEK = HEADER_SIZE + MAX_CONTROL_BODY
+"""The most a pending connection's HELLO frame can take (its header and bounded body)."""
+LOG_BURST = 20
+"""Refusals of one kind logged one by one per second; more are counted in one line."""
 
 
 @dataclass
@@ -58,6 +77,19 @@ class Worker:
     watched: Watched | None = None
     channel: int = -1
     gen: int = 0
+    client: str = ""
+    """a TCP session's client address (its host)"""
+
+
+@dataclass
+class Pending:
+    """An accepted TCP connection whose HELLO has not fully arrived: no worker yet."""
+
+    conn: socket.socket
+    host: str
+    peer: str
+    sid: int
+    deadline: float
 
 
 class Daemon:
@@ -80,6 +112,13 @@ class Daemon:
         self.bells = ClaimBells()
         self.doorbell_run_dir = DEFAULT_RUN_DIR
         """where the ivshmem server sockets of doorbell VM devices are (``orion-virt attach``'s)"""
+        self.pending: dict[int, Pending] = {}
+        """fd -> a TCP connection waiting for its HELLO (edge-triggered in ``self.ep``)"""
+        self.ep = select.epoll()
+        self._refusals: dict[str, tuple[float, int, int]] = {}
+        """kind of refusal -> (second it counts in, lines logged, lines held back)"""
+        self.release_worker: Callable[[int], object] | None = getattr(authorize, "release_worker", None)
+        """direct mode's accounting: forgets a reaped worker's grants"""
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -103,10 +142,14 @@ class Daemon:
                 self._scan_devices()
                 polled = any(not w.dev.wakes and w.doorbell is None for w in self.devices.values())
                 doorbells = [w.doorbell for w in self.devices.values() if w.doorbell is not None]
-                fds = [self.listener.fileno(), self.bells.fileno()]
+                fds = [self.listener.fileno(), self.bells.fileno(), self.ep.fileno()]
                 for db in doorbells:
                     fds += [db.events_fileno(), db.fileno(CLAIM_VECTOR)]
-                r, _, _ = select.select(fds, [], [], SCAN_INTERVAL if polled else IDLE_INTERVAL)
+                wait = SCAN_INTERVAL if polled else IDLE_INTERVAL
+                if self.pending:
+                    first = min(p.deadline for p in self.pending.values())
+                    wait = max(0.0, min(wait, first - time.monotonic()))
+                r = _wait_readable(fds, wait)
                 if self.bells.fileno() in r:
                     self.bells.drain()
                 for db in doorbells:
@@ -116,6 +159,9 @@ class Daemon:
                         db.drain(CLAIM_VECTOR)  # a guest claimed a channel: the scan below sees it
                 if self.listener.fileno() in r:
                     self._accept()
+                if self.ep.fileno() in r:
+                    self._pending_ready()
+                self._expire_pending()
                 self._reap()
         finally:
             signal.set_wakeup_fd(-1)
@@ -143,6 +189,9 @@ class Daemon:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.workers.pop(pid, None)
+        for p in list(self.pending.values()):
+            self._drop_pending(p)
+        self.ep.close()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -152,16 +201,150 @@ class Daemon:
     # -- TCP ------------------------------------------------------------------------------------
 
     def _accept(self) -> None:
+        """Take every connection waiting in the backlog; each waits for its HELLO here."""
         assert self.listener is not None
+        cfg = self.cfg
+        for _ in range(256):  # then let the loop serve the rest of its work
+            try:
+                conn, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ENFILE, ENOBUFS: out of descriptors or memory
+                self._log_refusal("accept", "cannot accept TCP connections: %s", e.strerror or e)
+                return
+            host, peer = addr[0], f"{addr[0]}:{addr[1]}"
+            if len(self.pending) >= cfg.max_pending_connections:
+                self._refuse(conn, peer, "pending", f"oriond has {len(self.pending)} connections waiting for "
+                             f"their HELLO, its limit ([server-limits] max_pending_connections); try again",
+                             REFUSED_STATUS)
+                continue
+            n = self._sessions_of(host)
+            if n >= cfg.max_sessions_per_client:
+                self._refuse(conn, peer, "per-client", f"client {host} has {n} sessions and connections, "
+                             f"the limit of one address ([server-limits] max_sessions_per_client)",
+                             REFUSED_STATUS)
+                continue
+            conn.setblocking(False)
+            sid = next(self.ids)
+            self.log.info("session %d: TCP connection from %s", sid, peer)
+            p = Pending(conn, host, peer, sid, time.monotonic() + cfg.hello_timeout)
+            self.pending[conn.fileno()] = p
+            self.ep.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+            self._check_hello(p, closed=False)  # a client's HELLO is often there already
+
+    def _sessions_of(self, host: str) -> int:
+        return (sum(1 for p in self.pending.values() if p.host == host)
+                + sum(1 for w in self.workers.values() if w.client == host))
+
+    def _pending_ready(self) -> None:
+        for fd, ev in self.ep.poll(0):
+            p = self.pending.get(fd)
+            if p is not None:
+                self._check_hello(p, closed=bool(ev & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR)))
+
+    def _check_hello(self, p: Pending, closed: bool) -> None:
+        """Start the session's worker once the whole HELLO frame has arrived (peeked, not read:
+        the worker's handshake reads it); refuse a frame that cannot be a HELLO."""
         try:
-            conn, peer = self.listener.accept()
-        except BlockingIOError:
+            data = p.conn.recv(PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
             return
-        sid = next(self.ids)
-        self.log.info("session %d: TCP connection from %s:%d", sid, *peer[:2])
-        pid = self._fork(lambda: self._tcp_worker(conn, sid, f"{peer[0]}:{peer[1]}"))
+        except OSError as e:
+            self.log.info("session %d: %s: connection lost before HELLO (%s)", p.sid, p.peer, e.strerror or e)
+            self._drop_pending(p)
+            return
+        if not data:
+            self.log.info("session %d: %s closed the connection before HELLO", p.sid, p.peer)
+            self._drop_pending(p)
+            return
+        if len(data) >= HEADER_SIZE:
+            try:
+                n = ServerProtocol().hello_header(data[:HEADER_SIZE])
+            except OrionError as e:
+                self._forget_pending(p)
+                self._refuse(p.conn, p.peer, "protocol", f"protocol error: {e}", PROTOCOL_STATUS, sid=p.sid)
+                return
+            if len(data) >= HEADER_SIZE + n:
+                self._forget_pending(p)
+                self._admit(p)
+                return
+        if closed:
+            self.log.info("session %d: %s closed the connection within its HELLO", p.sid, p.peer)
+            self._drop_pending(p)
+
+    def _admit(self, p: Pending) -> None:
+        total = len(self.workers)
+        if total >= self.cfg.max_sessions:
+            self._refuse(p.conn, p.peer, "sessions", f"oriond serves {total} sessions, its limit "
+                         f"([server-limits] max_sessions); try again later", REFUSED_STATUS, sid=p.sid)
+            return
+        conn = p.conn
+        conn.setblocking(True)
+        try:
+            pid = self._fork(lambda: self._tcp_worker(conn, p.sid, p.peer))
+        except OSError as e:  # out of processes or memory: this client is refused, oriond goes on
+            self._refuse(conn, p.peer, "fork", f"oriond cannot start a session worker ({e.strerror or e})",
+                         REFUSED_STATUS, sid=p.sid)
+            return
         conn.close()
-        self.workers[pid] = Worker(pid, "tcp", time.monotonic())
+        self.workers[pid] = Worker(pid, "tcp", time.monotonic(), client=p.host)
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for p in [p for p in self.pending.values() if p.deadline <= now]:
+            self._forget_pending(p)
+            self._refuse(p.conn, p.peer, "hello-timeout", f"no HELLO within {self.cfg.hello_timeout:g} s of "
+                         f"connecting ([server-limits] hello_timeout)", PROTOCOL_STATUS, sid=p.sid)
+
+    def _forget_pending(self, p: Pending) -> None:
+        fd = p.conn.fileno()
+        if self.pending.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def _drop_pending(self, p: Pending) -> None:
+        self._forget_pending(p)
+        p.conn.close()
+
+    def _refuse(self, conn: socket.socket, peer: str, kind: str, reason: str, status: int,
+                sid: int | None = None) -> None:
+        """Tell a TCP client why it is not served (an ERROR frame) and close its connection.
+        What it has sent is read first, so that the close is a FIN and the client reads the
+        frame rather than a reset."""
+        who = f"session {sid}: {peer}" if sid is not None else peer
+        self._log_refusal(kind, "%s refused: %s", who, reason)
+        try:
+            conn.setblocking(False)
+            try:
+                while conn.recv(PEEK):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            conn.send(encode_error(reason, status))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _log_refusal(self, kind: str, fmt: str, *args: object) -> None:
+        """A refusal's log line; past LOG_BURST of one kind in a second, a count instead (a
+        flood of connections must not become a flood of log lines)."""
+        now = int(time.monotonic())
+        second, logged, held = self._refusals.get(kind, (now, 0, 0))
+        if second != now:
+            if held:
+                self.log.warning("%d more refusal(s) of kind %s in the last second(s) not logged one by one",
+                                 held, kind)
+            second, logged, held = now, 0, 0
+        if logged < LOG_BURST:
+            self.log.warning(fmt, *args)
+            logged += 1
+        else:
+            held += 1
+        self._refusals[kind] = (second, logged, held)
 
     def _tcp_worker(self, conn: socket.socket, sid: int, peer: str) -> None:
         conn.setblocking(True)
@@ -257,6 +440,8 @@ class Daemon:
                 except (ProcessLookupError, ChildProcessError):
                     pass
                 self.workers.pop(pid, None)
+                if self.release_worker is not None:
+                    self.release_worker(pid)
                 w.workers.pop(wk.channel, None)
                 if channel is not None:
                     w.dev.scrub(channel)  # the killed session's bytes are not the next one's
@@ -265,6 +450,11 @@ class Daemon:
         if ch in w.workers:
             self.log.info("%s#%d: reclaimed by a new client; ending the previous session", w.path, ch)
             self._kill_workers_of(w, ch)
+        if len(self.workers) >= self.cfg.max_sessions:
+            reason = f"oriond serves its limit of {self.cfg.max_sessions} sessions (max_sessions)"
+            self._log_refusal("sessions", "%s#%d refused: %s", w.path, ch, reason)
+            w.dev.set_dead(ch, reason)
+            return
         sid = next(self.ids)
         self.log.info("session %d: shared-memory channel %s#%d", sid, w.path, ch)
         ring_fd, wait_fd, how = self._doorbell_for(w, ch)
@@ -332,6 +522,9 @@ class Daemon:
                         dw.doorbell.close_in_child(keep)
                 if self.listener is not None:
                     self.listener.close()
+                for p in self.pending.values():
+                    p.conn.close()  # else a pending client's connection outlives oriond's close
+                self.ep.close()
                 body()
             except BaseException:
                 self.log.exception("session worker %d crashed", os.getpid())
@@ -344,9 +537,25 @@ class Daemon:
     def _run_session(self, stream: object, sid: int, where: str) -> str:
         slog = session_logger(self.cfg, sid, self.log)
         slog.info("session %d over %s (worker pid %d)", sid, where, os.getpid())
+        idle = self.cfg.idle_timeout
+        if idle > 0:
+            stream.set_timeout(idle)  # type: ignore[attr-defined]  # the handshake restores it after HELLO
         session = Session(stream, self.backend, self.authorize, sid, slog,  # type: ignore[arg-type]
-                          throttle=self.cfg.enable_computation_throttle)
-        reason = session.run()
+                          throttle=self.cfg.enable_computation_throttle, hello_timeout=self.cfg.hello_timeout)
+        try:
+            reason = session.run()
+        finally:
+            if self.release_worker is not None:
+                self.release_worker(os.getpid())  # at once: the next session may want them
+        if idle > 0 and session.hello is not None and reason.startswith("transport:") and "timed out" in reason:
+            reason = (f"session idle: no call for {idle:g} s ([server-limits] idle_timeout); its "
+                      f"device memory and vGPUs were freed")
+            slog.warning("session %d: %s", sid, reason)
+            try:
+                stream.send(encode_error(reason, REFUSED_STATUS))  # type: ignore[attr-defined]
+                stream.flush()  # type: ignore[attr-defined]
+            except OrionError:
+                pass
         slog.info("session %d ended: %s", sid, reason)
         self.log.info("session %d ended: %s", sid, reason)
         return reason
@@ -363,6 +572,8 @@ class Daemon:
             wk = self.workers.pop(pid, None)
             if wk is None:
                 continue
+            if self.release_worker is not None and self.release_worker(pid):
+                self.log.info("session worker %d ended holding direct-mode vGPUs: released", pid)
             if os.waitstatus_to_exitcode(status) != 0:
                 self.log.warning("session worker %d (%s) exited abnormally (status %d)", pid, wk.kind,
                                  os.waitstatus_to_exitcode(status))
@@ -374,6 +585,17 @@ class Daemon:
                     if c[C_GEN] == wk.gen and c[C_STATE] in (CLAIMED, SERVING):
                         wk.watched.dev.set_dead(wk.channel, "session worker ended unexpectedly")
                     wk.watched.dev.scrub(wk.channel)  # a crashed worker did not scrub its rings
+
+
+def _wait_readable(fds: list[int], timeout: float) -> set[int]:
+    """The fds of ``fds`` readable within ``timeout`` seconds (poll: no FD_SETSIZE limit)."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    try:
+        return {fd for fd, _ in p.poll(timeout * 1000)}
+    except InterruptedError:
+        return set()
 
 
 def run_daemon(config: ServerConfig, backend: Backend, authorize: Authorizer, log: logging.Logger,
