@@ -12,7 +12,8 @@ from typing import Any, Callable
 from .. import __version__
 
 EXTRAS = {"lxml": "host", "libvirt": "host", "pyroute2": "host", "sysv_ipc": "host", "posix_ipc": "host",
-          "matplotlib": "bench", "cuda": "cuda"}
+          "matplotlib": "bench", "cuda": "cuda",
+          "grpc": "k8s", "google": "k8s", "kubernetes": "k8s", "grpc_tools": "k8s"}
 """Third-party module -> the extra of pyproject.toml that installs it."""
 
 
@@ -32,17 +33,20 @@ def missing_module_message(prog: str, e: ModuleNotFoundError) -> str | None:
     return f"{prog}: the Python module {top!r} is not installed: {how} (or: make test-deps)"
 
 
-def entry(module: str, prog: str) -> Callable[[], Any]:
+def entry(module: str, prog: str, func: str = "main") -> Callable[[], Any]:
+    """The console script ``prog``: ``func`` of ``module`` (a command module here, or a dotted
+    module path), with a missing optional dependency said in one line (exit status 2)."""
+    name = module if "." in module else f"{__name__}.{module}"
+
     def run() -> Any:
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
+        try:  # a command may import an optional module only when it runs
+            return getattr(importlib.import_module(name), func)()
         except ModuleNotFoundError as e:
             line = missing_module_message(prog, e)
             if line is None:
                 raise
             sys.stderr.write(line + "\n")
             raise SystemExit(2) from None
-        return mod.main()
 
     run.__name__ = prog.replace("-", "_")
     return run

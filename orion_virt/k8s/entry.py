@@ -1,43 +1,12 @@
-"""Console scripts of the Kubernetes part. A missing optional module is one line naming the extra
-that installs it (as :func:`orion_virt.cli.entry` does for the other commands)."""
+"""Console scripts of the Kubernetes part, through the one entry of every command
+(:func:`orion_virt.cli.entry`): a missing optional module is one line naming the ``k8s`` extra."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from typing import Any, Callable
+from ..cli import entry, missing_module_message
 
-from ..cli import EXTRAS as _CLI_EXTRAS
+__all__ = ["device_plugin_main", "missing_module_message", "node_labeller_main", "scheduler_extender_main"]
 
-EXTRAS = {**_CLI_EXTRAS, "grpc": "k8s", "google": "k8s", "kubernetes": "k8s", "grpc_tools": "k8s"}
-"""Third-party module -> the extra of pyproject.toml that installs it."""
-
-
-def missing_module_message(prog: str, e: ModuleNotFoundError) -> str | None:
-    top = (e.name or "").split(".")[0]
-    if not top or top == "orion_virt":
-        return None
-    extra = EXTRAS.get(top)
-    how = f"pip install 'orion_virt[{extra}]'" if extra else f"pip install {top}"
-    return f"{prog}: the Python module {top!r} is not installed: {how} (or: make test-deps)"
-
-
-def _entry(func: str, prog: str) -> Callable[[], Any]:
-    def run() -> Any:
-        try:
-            mod = importlib.import_module(f"{__package__}.cli")
-            return getattr(mod, func)()
-        except ModuleNotFoundError as e:
-            line = missing_module_message(prog, e)
-            if line is None:
-                raise
-            sys.stderr.write(line + "\n")
-            raise SystemExit(2) from None
-
-    run.__name__ = prog.replace("-", "_")
-    return run
-
-
-device_plugin_main = _entry("device_plugin", "orion-device-plugin")
-node_labeller_main = _entry("node_labeller", "orion-node-labeller")
-scheduler_extender_main = _entry("scheduler_extender", "orion-scheduler-extender")
+device_plugin_main = entry("orion_virt.k8s.cli", "orion-device-plugin", "device_plugin")
+node_labeller_main = entry("orion_virt.k8s.cli", "orion-node-labeller", "node_labeller")
+scheduler_extender_main = entry("orion_virt.k8s.cli", "orion-scheduler-extender", "scheduler_extender")
