@@ -68,19 +68,40 @@ def main() -> None:
               type=click.FloatRange(min=1.0),
               help="Allocation lease in seconds; clients renew it, a dead client's lease "
                    "expires.")
+@click.option("--max-body", default=1 << 20, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request body in bytes; a larger one answers 413 unread.")
+@click.option("--header-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds a client may take to send a request's line and headers (and then "
+                   "its body); a kept-alive connection idle this long is closed.")
+@click.option("--max-connections", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Connections served at once (a thread each); one more answers 503.")
+@click.option("--max-gpus-per-node", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most GPUs one server may register; a larger registration answers 413.")
+@click.option("--max-vgpus-per-gpu", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most vGPUs (vgpu_count) a registered GPU may be split into.")
+@click.option("--max-nodes", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Most servers (nodes) in the pool; registering one more answers 413.")
 def start(ip: str, port: int, kv: str | None, log_level: str, log_file: str | None, vgpu: int,
           token_key: str, api_key: str, client_key: str, portal_passwd: str,
-          heartbeat_timeout: float, lease_seconds: float) -> None:
+          heartbeat_timeout: float, lease_seconds: float, max_body: int, header_timeout: float,
+          max_connections: int, max_gpus_per_node: int, max_vgpus_per_gpu: int,
+          max_nodes: int) -> None:
     """Start the controller and serve until SIGTERM or Ctrl-C.
 
     \b
     Example:
       orion-controller start -i 0.0.0.0 -p 9123 --kv http://127.0.0.1:2379
     """
+    from ..controller.api import Limits
+
+    limits = Limits(max_body=max_body, header_timeout=header_timeout,
+                    max_connections=max_connections, max_gpus_per_node=max_gpus_per_node,
+                    max_vgpus_per_gpu=max_vgpus_per_gpu, max_nodes=max_nodes)
     try:
         _setup_logging(log_level, log_file)
         _serve(ip, port, kv, vgpu, token_key, heartbeat_timeout, lease_seconds,
-               (api_key, client_key, portal_passwd))
+               (api_key, client_key, portal_passwd), limits)
     except OrionError as e:
         click.echo(f"orion-controller: {e}", err=True)
         sys.exit(e.exit_code)
@@ -134,7 +155,7 @@ def _portal_hash(path: str, log: logging.Logger) -> str:
 
 def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
            heartbeat_timeout: float, lease_seconds: float,
-           auth_files: tuple[str, str, str]) -> None:
+           auth_files: tuple[str, str, str], limits: Any = None) -> None:
     from ..controller.api import make_server
     from ..controller.pool import Policy
     from ..controller.service import Controller, Reaper
@@ -152,7 +173,7 @@ def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
                     heartbeat_timeout=heartbeat_timeout)
     controller = Controller(store, policy, key)
     try:
-        server = make_server(controller, ip, port, keys, portal_hash)
+        server = make_server(controller, ip, port, keys, portal_hash, limits)
     except OSError as e:
         raise ConfigError(f"cannot listen on {ip}:{port}: {e.strerror or e}") from None
     reaper = Reaper(controller, interval=min(1.0, heartbeat_timeout / 3))
@@ -169,6 +190,10 @@ def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
     log.info("Orion Controller listening on http://%s:%d (store: %s, vgpu per GPU: %d, "
              "heartbeat timeout %.0fs, lease %.0fs)", ip, port, store.describe(), vgpu,
              heartbeat_timeout, lease_seconds)
+    lim = server.limits
+    log.info("limits: body %d bytes, header timeout %gs, %d connections, %d GPUs per node, "
+             "%d vGPUs per GPU, %d nodes", lim.max_body, lim.header_timeout, lim.max_connections,
+             lim.max_gpus_per_node, lim.max_vgpus_per_gpu, lim.max_nodes)
     while not stop.wait(1.0):
         if not serving.is_alive():
             raise ControllerError("HTTP server stopped unexpectedly")

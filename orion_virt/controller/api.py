@@ -2,8 +2,17 @@
 
 Errors answer ``{"error": message, "field": name?}`` with 400 (bad JSON or field, malformed
 Content-Length), 401 (a signature is needed or wrong), 403 (another tenant's allocation, another
-node's secret), 404 (unknown node/allocation/path), 405, 409 (pool cannot satisfy the request, a
-node's address held by another server), 413, 503 (store unreachable).
+node's secret), 404 (unknown node/allocation/path), 405, 408 (request not sent in time), 409 (pool
+cannot satisfy the request, a node's address held by another server), 413 (body or registration
+over a limit), 503 (store unreachable, or every connection slot taken).
+
+Limits (:class:`Limits`, ``orion-controller start`` flags): a request's line and headers, and then
+its body, must each arrive within ``header_timeout`` seconds, and a kept-alive connection that
+sends no request for that long is closed, so an idle or slow client holds its thread for a
+bounded time; at most ``max_connections`` are served at once (one more is answered 503 and
+closed, costing no thread); bodies over ``max_body`` bytes answer 413 unread; a registration of
+more than ``max_gpus_per_node`` GPUs, of more than ``max_vgpus_per_gpu`` vGPUs on a GPU, or of a
+new node past ``max_nodes``, answers 413.
 
 Who may call what (see :mod:`.auth`): reading (version, summary, nodes, tasks, allocations,
 /metrics) is open; the portal page needs the admin login (HTTP Basic); allocating needs a
@@ -16,11 +25,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import re
+import socket
+import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -50,6 +63,43 @@ allocation's secret or an API-key signature."""
 Route = tuple[str, "re.Pattern[str]", str, Callable[..., Any]]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request or registration may take of the controller (see the module's notes)."""
+
+    max_body: int = MAX_BODY
+    header_timeout: float = 10.0
+    max_connections: int = 256
+    max_gpus_per_node: int = 64
+    max_vgpus_per_gpu: int = 64
+    max_nodes: int = 1024
+
+
+def check_registration(body: Any, limits: Limits, known: Callable[[], set[str]]) -> None:
+    """413 (``_TooLarge``) for a registration over the limits, before it is parsed or stored:
+    its GPU count, each GPU's ``vgpu_count`` and, for a node not yet known, the node count
+    (``known()``: the registered node ids)."""
+    if not isinstance(body, dict):
+        return  # parse_registration says what is wrong
+    gpus = body.get("gpus")
+    if isinstance(gpus, list):
+        if len(gpus) > limits.max_gpus_per_node:
+            raise _TooLarge(f"registration of {len(gpus)} GPUs: a node may register at most "
+                            f"{limits.max_gpus_per_node} (orion-controller --max-gpus-per-node)")
+        for i, g in enumerate(gpus):
+            n = g.get("vgpu_count") if isinstance(g, dict) else None
+            if isinstance(n, int) and not isinstance(n, bool) and n > limits.max_vgpus_per_gpu:
+                raise _TooLarge(f"registration: gpus[{i}].vgpu_count {n} is over the limit of "
+                                f"{limits.max_vgpus_per_gpu} vGPUs per GPU "
+                                f"(orion-controller --max-vgpus-per-gpu)")
+    nid = body.get("node_id")
+    if isinstance(nid, str):
+        nodes = known()
+        if nid.strip() not in nodes and len(nodes) >= limits.max_nodes:
+            raise _TooLarge(f"the pool has {len(nodes)} nodes, its limit (orion-controller "
+                            f"--max-nodes); node {nid[:80]!r} is not registered")
+
+
 class Caller:
     """Who sent a request: the role its signature proves (None: unsigned) and its secrets."""
 
@@ -62,14 +112,19 @@ class Caller:
         self.node_secret = headers.get(auth.NODE_SECRET_HEADER)
 
 
-def _routes(c: Controller) -> list[Route]:
+def _routes(c: Controller, limits: Limits | None = None) -> list[Route]:
+    lim = limits or Limits()
+
+    def register(who: Caller, body: Any) -> Any:
+        check_registration(body, lim, lambda: set(c.snapshot().nodes))
+        return HTTPStatus.CREATED, c.register(body, who.node_secret, who.checked)
+
     r: list[tuple[str, str, str, Callable[..., Any]]] = [
         ("GET", "/version", OPEN, lambda who, body: c.version()),
         ("GET", "/api/v1/version", OPEN, lambda who, body: c.version()),
         ("GET", "/api/v1/summary", OPEN, lambda who, body: c.summary()),
         ("GET", "/api/v1/nodes", OPEN, lambda who, body: {"nodes": c.nodes()}),
-        ("POST", "/api/v1/nodes", NODE,
-         lambda who, body: (HTTPStatus.CREATED, c.register(body, who.node_secret, who.checked))),
+        ("POST", "/api/v1/nodes", NODE, register),
         ("DELETE", f"/api/v1/nodes/{_ID}", NODE, lambda who, body, nid: c.deregister(nid)),
         ("POST", f"/api/v1/nodes/{_ID}/heartbeat", NODE,
          lambda who, body, nid: c.heartbeat(nid, who.node_secret, who.checked)),
@@ -128,6 +183,21 @@ class Handler(BaseHTTPRequestHandler):
     passes the API and client keys)"""
     portal_hash: str | None = None
     replay: auth.ReplayCache
+    limits: Limits = Limits()
+    timeout = Limits.header_timeout
+    """socket timeout of each read and write (``StreamRequestHandler``); the whole of a
+    request's line and headers is bounded too (``handle_one_request``)"""
+
+    def setup(self) -> None:
+        super().setup()
+        self._rx = _DeadlineIO(self.connection)
+        self.rfile = io.BufferedReader(self._rx, 1 << 16)
+
+    def handle_one_request(self) -> None:
+        """One request, its line and headers within ``header_timeout`` in all (a client sending a
+        byte now and then is not let hold its thread; nor is a kept-alive idle one)."""
+        self._rx.deadline = time.monotonic() + self.limits.header_timeout
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -187,8 +257,14 @@ class Handler(BaseHTTPRequestHandler):
             self._json(503, {"error": str(e)})
         except ControllerError as e:
             self._json(500, {"error": str(e)})
-        except _TooLarge:
-            self._json(413, {"error": f"request body over {MAX_BODY} bytes"})
+        except _TooLarge as e:
+            self._json(413, {"error": str(e) or f"request body over {self.limits.max_body} bytes"})
+        except TimeoutError:
+            self.close_connection = True
+            log.info("%s: request body not sent within %g s; closed", self.address_string(),
+                     self.limits.header_timeout)
+            self._try_json(408, {"error": f"request body not sent within "
+                                          f"{self.limits.header_timeout:g} s"})
         except Exception:  # noqa: BLE001 - a handler bug must answer 500, not drop the socket
             log.exception("internal error on %s %s", method, path)
             self._json(500, {"error": "internal error (see controller log)"})
@@ -199,10 +275,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # where the next request starts is unknown
             raise BadRequest(f"malformed Content-Length {text[:40]!r}", "Content-Length")
         length = int(text)
-        if length > MAX_BODY:
+        if length > self.limits.max_body:
             self.close_connection = True
-            raise _TooLarge()
-        return self.rfile.read(length) if length > 0 else b""
+            raise _TooLarge(f"request body of {length} bytes: the limit is {self.limits.max_body} "
+                            f"(orion-controller --max-body)")
+        if length <= 0:
+            return b""
+        self._rx.deadline = time.monotonic() + self.limits.header_timeout  # the body's own
+        return self.rfile.read(length)
 
     @staticmethod
     def _decode(method: str, raw: bytes) -> Any:
@@ -250,11 +330,18 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return user == auth.PORTAL_USER and auth.check_password(pw, self.portal_hash)
 
+    def _try_json(self, status: int, obj: Any) -> None:
+        try:
+            self._json(status, obj)
+        except OSError:
+            pass
+
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _send(self, status: int, data: bytes, ctype: str,
               extra: dict[str, str] | None = None) -> None:
+        self.connection.settimeout(self.limits.header_timeout)  # not what a read's deadline left
         self.send_response(status)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
@@ -269,20 +356,99 @@ class _TooLarge(Exception):
     pass
 
 
+class _DeadlineIO(io.RawIOBase):
+    """A connection's read side whose every ``recv`` waits at most what is left until
+    ``deadline`` (a socket timeout bounds one ``recv``; this bounds a request that dribbles in a
+    byte at a time)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = time.monotonic() + Limits.header_timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(b)
+
+
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
 class ControllerHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
+    """listen backlog (socketserver's default is 5: a burst of connections waited for SYN retries)"""
+    limits = Limits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._active = 0
+        self._lock = threading.Lock()
+        self._busy_logged = 0.0
+        super().__init__(*args, **kwargs)
+
+    @property
+    def active(self) -> int:
+        """Connections being served now (each holds a thread)."""
+        return self._active
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            full = self._active >= self.limits.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            self._busy(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self._lock:
+                self._active -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _busy(self, request: socket.socket, client_address: Any) -> None:
+        msg = (f"the controller serves {self.limits.max_connections} connections, its limit "
+               f"(orion-controller --max-connections); try again")
+        now = time.monotonic()
+        if now - self._busy_logged > 1.0:
+            self._busy_logged = now
+            log.warning("%s refused: %s", client_address[0], msg)
+        body = json.dumps({"error": msg}).encode()
+        try:
+            request.settimeout(0.5)
+            request.sendall(BUSY % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 def make_server(controller: Controller, host: str, port: int,
                 keys: dict[str, bytes] | None = None,
-                portal_hash: str | None = None) -> ControllerHTTPServer:
+                portal_hash: str | None = None, limits: Limits | None = None) -> ControllerHTTPServer:
     """Bind (``OSError`` if the address is in use); call ``serve_forever`` to serve.
 
     ``keys``: ``{"node": API key, "client": client key}``, checked on every state change
-    (None checks nothing: for in-process tests). ``portal_hash``: the admin's password hash."""
+    (None checks nothing: for in-process tests). ``portal_hash``: the admin's password hash.
+    ``limits``: see :class:`Limits` (default: its defaults)."""
+    lim = limits or Limits()
     handler = type("BoundHandler", (Handler,), {"controller": controller,
-                                                "routes": _routes(controller), "keys": keys,
+                                                "routes": _routes(controller, lim), "keys": keys,
                                                 "portal_hash": portal_hash,
-                                                "replay": auth.ReplayCache()})
-    return ControllerHTTPServer((host, port), handler)
+                                                "replay": auth.ReplayCache(), "limits": lim,
+                                                "timeout": lim.header_timeout})
+    server = type("BoundServer", (ControllerHTTPServer,), {"limits": lim})
+    return server((host, port), handler)
