@@ -65,6 +65,8 @@ devices, removed ones); claims, connections and ended workers wake it at once.""
 RESCAN_DIR_INTERVAL = 0.5
 PEEK = HEADER_SIZE + MAX_CONTROL_BODY
 """The most a pending connection's HELLO frame can take (its header and bounded body)."""
+LISTEN_BACKLOG = 1024
+"""(capped by net.core.somaxconn) connections the kernel completes before oriond accepts them"""
 LOG_BURST = 20
 """Refusals of one kind logged one by one per second; more are counted in one line."""
 
@@ -125,6 +127,7 @@ class Daemon:
     def run(self) -> None:
         cfg = self.cfg
         self.listener = tcp.listen(cfg.bind_addr, cfg.listen_port)
+        self.listener.listen(LISTEN_BACKLOG)  # a burst is taken into pending at once, not left to SYN retries
         self.listener.setblocking(False)
         self.log.info("oriond %d listening on %s:%d; backend %s", os.getpid(), cfg.bind_addr,
                       cfg.listen_port, self.backend.describe())
@@ -162,6 +165,8 @@ class Daemon:
                 if self.ep.fileno() in r:
                     self._pending_ready()
                 self._expire_pending()
+                if self._refusals:
+                    self._flush_refusals()
                 self._reap()
         finally:
             signal.set_wakeup_fd(-1)
@@ -329,16 +334,23 @@ class Daemon:
         finally:
             conn.close()
 
+    def _flush_refusals(self) -> None:
+        """The count of refusals held back in a second that is over."""
+        now = int(time.monotonic())
+        for kind, (second, _logged, held) in list(self._refusals.items()):
+            if second != now:
+                if held:
+                    self.log.warning("%d more refusal(s) of kind %s in the last second not logged one by one",
+                                     held, kind)
+                del self._refusals[kind]
+
     def _log_refusal(self, kind: str, fmt: str, *args: object) -> None:
         """A refusal's log line; past LOG_BURST of one kind in a second, a count instead (a
         flood of connections must not become a flood of log lines)."""
         now = int(time.monotonic())
+        if self._refusals.get(kind, (now,))[0] != now:
+            self._flush_refusals()
         second, logged, held = self._refusals.get(kind, (now, 0, 0))
-        if second != now:
-            if held:
-                self.log.warning("%d more refusal(s) of kind %s in the last second(s) not logged one by one",
-                                 held, kind)
-            second, logged, held = now, 0, 0
         if logged < LOG_BURST:
             self.log.warning(fmt, *args)
             logged += 1
