@@ -127,18 +127,24 @@ class Stack:
         for d in (self.home, self.no_shm):
             d.mkdir(exist_ok=True)
         self.procs: list[subprocess.Popen] = []
-        self.controller = self._spawn(
+        self._controller_argv = (
             [BIN / "orion-controller", "start", "-i", "127.0.0.1", "-p", str(self.port),
              "--kv", f"sqlite://{tmp}/controller.db", "--token-key", str(self.key),
              "--api-key", str(tmp / "controller.key"), "--client-key", str(tmp / "client.key"),
              "--portal-passwd", str(tmp / "portal.passwd"),
              "--log", str(tmp / "controller.log"), "--vgpu", "4", "--lease", str(lease),
-             "--heartbeat-timeout", str(heartbeat_timeout)], tmp / "controller.out")
+             "--heartbeat-timeout", str(heartbeat_timeout)])
+        self.controller = self._spawn(self._controller_argv, tmp / "controller.out")
         wait_for(self._version, 20, "the controller")
         # what a user configures: applications sign with the client key, tools with the API key
         self.client = ctl.load_signer("client", str(tmp / "client.key"))
         self.admin = ctl.load_signer("node", str(tmp / "controller.key"))
         self.servers: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def restart_controller(self) -> None:
+        """Start the controller again on the same port, store and keys (after it was killed)."""
+        self.controller = self._spawn(self._controller_argv, self.tmp / "controller-2.out")
+        wait_for(self._version, 20, "the restarted controller")
 
     def _version(self) -> bool:
         try:
@@ -388,6 +394,30 @@ def test_kill_9_client_is_released_when_its_session_ends(tmp_path: Path) -> None
         assert line in (tmp_path / "controller.log").read_text()
         print(f"a kill -9'd client's vGPUs returned after {took:.2f} s (lease 60 s)")
         assert took < 5
+    finally:
+        s.close()
+
+
+def test_a_controller_killed_mid_lease_loses_no_allocation(tmp_path: Path) -> None:
+    """kill -9 of the controller while an application runs: the application goes on (its
+    session is with oriond; renewals are retried), and the restarted controller has the
+    allocation still, from its store; the application's release at exit then works."""
+    s = Stack(tmp_path, lease=6)
+    try:
+        s.start_oriond()
+        go = tmp_path / "go"
+        p = s.spawn([sys.executable, s.script("hold.py", HOLD), go], s.env(ORION_VGPU="2"))
+        assert p.stdout.readline().split() == ["ready", "2"]
+        [task] = ctl.tasks(s.addr)
+        s.controller.send_signal(signal.SIGKILL)
+        s.controller.wait(10)
+        time.sleep(1.0)  # a renewal (every lease/3) fails meanwhile
+        s.restart_controller()
+        assert [t["allocation_id"] for t in ctl.tasks(s.addr)] == [task["allocation_id"]]
+        go.touch()
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0 and out.split()[:3] == ["after", "0", "2"], out + err
+        wait_for(lambda: ctl.tasks(s.addr) == [], 10, "the allocation to be released at exit")
     finally:
         s.close()
 
