@@ -147,6 +147,8 @@ class Hello:
             raise ProtocolError(f"HELLO asks for {vgpu} vGPUs (at most 64)")
         if ratio > 100:
             raise ProtocolError(f"HELLO ratio {ratio} is over 100")
+        if flags:
+            raise ProtocolError(f"HELLO flags 0x{flags:04x}: this protocol version defines none")
         return cls(pid, vgpu, gmem, ratio, tok, prog, alloc, major, minor, flags)
 
 

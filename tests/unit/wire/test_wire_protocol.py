@@ -234,7 +234,8 @@ def test_calls_before_welcome_are_refused() -> None:
 def test_hello_rejects_bad_magic_and_absurd_requests() -> None:
     good = Hello(pid=1, vgpu_count=1, gmem_mib=1, ratio=100).encode()
     for raw, match in ((good[:HEADER_SIZE] + b"XXXX" + good[HEADER_SIZE + 4:], "magic"),
-                       (Hello(pid=1, vgpu_count=65, gmem_mib=1, ratio=100).encode(), "vGPUs")):
+                       (Hello(pid=1, vgpu_count=65, gmem_mib=1, ratio=100).encode(), "vGPUs"),
+                       (Hello(pid=1, vgpu_count=1, gmem_mib=1, ratio=100, flags=4).encode(), "flags")):
         s = ServerProtocol()
         s.receive_data(raw)
         with pytest.raises(ProtocolError, match=match):
