@@ -9,8 +9,9 @@ over a limit), 503 (store unreachable, or every connection slot taken).
 Limits (:class:`Limits`, ``orion-controller start`` flags): a request's line and headers, and then
 its body, must each arrive within ``header_timeout`` seconds, and a kept-alive connection that
 sends no request for that long is closed, so an idle or slow client holds its thread for a
-bounded time; at most ``max_connections`` are served at once (one more is answered 503 and
-closed, costing no thread); bodies over ``max_body`` bytes answer 413 unread; a registration of
+bounded time; the listen backlog takes a burst of connections at once; at most
+``max_connections`` are served at once (one more is answered 503 and closed, costing no
+thread); bodies over ``max_body`` bytes answer 413 unread; a registration of
 more than ``max_gpus_per_node`` GPUs, of more than ``max_vgpus_per_gpu`` vGPUs on a GPU, or of a
 new node past ``max_nodes``, answers 413.
 
@@ -383,8 +384,9 @@ BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n
 class ControllerHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
-    """listen backlog (socketserver's default is 5: a burst of connections waited for SYN retries)"""
+    request_queue_size = 1024
+    """listen backlog, capped by net.core.somaxconn (socketserver's default is 5: a burst of
+    connections waited for SYN retries, about one accepted a second)"""
     limits = Limits()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
