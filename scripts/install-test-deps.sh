@@ -5,13 +5,17 @@
 #
 #   scripts/install-test-deps.sh [VENV]      (VENV defaults to ./.venv when it exists)
 #
+# prometheus is there for promtool (tests/unit/controller/test_metrics.py runs `promtool check
+# metrics` on the controller's /metrics); like etcd-server, on a host run by systemd the package
+# also enables its own service (systemctl disable --now prometheus if it is not wanted).
+#
 # libvirt-daemon-system is deliberately NOT installed: it pulls in the 'default' NAT network.
 # We create the libvirt-qemu user/group ourselves instead (see docs/testing-vms.md).
 set -eu
 
 PKGS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
 busybox-static cpio libvirt-dev pkg-config debootstrap \
-etcd-server iproute2 util-linux python3-venv python3-dev gcc procps"
+etcd-server iproute2 util-linux python3-venv python3-dev gcc procps prometheus"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: must run as root" >&2

@@ -447,6 +447,7 @@ def make_server(controller: Controller, host: str, port: int,
     (None checks nothing: for in-process tests). ``portal_hash``: the admin's password hash.
     ``limits``: see :class:`Limits` (default: its defaults)."""
     lim = limits or Limits()
+    metrics.of(controller)  # its registry and counters, from now on
     handler = type("BoundHandler", (Handler,), {"controller": controller,
                                                 "routes": _routes(controller, lim), "keys": keys,
                                                 "portal_hash": portal_hash,
