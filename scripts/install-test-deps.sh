@@ -33,6 +33,13 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 
+# kubectl renders deploy/k8s/ (kubectl kustomize) for tests/integration/test_k8s_manifests.py:
+# Debian's kubernetes-client, unless a kubectl is installed already (it would conflict with it)
+if ! command -v kubectl >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client \
+        || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client; }
+fi
+
 getent group libvirt-qemu >/dev/null || addgroup --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || adduser --system --ingroup libvirt-qemu \
     --home /var/lib/libvirt --no-create-home --disabled-password libvirt-qemu
