@@ -24,6 +24,7 @@
 #include "orion_client.h"
 #include "orion_conf.h"
 #include "orion_log.h"
+#include "orion_ptx.h"
 #include "calls_gen.h"
 #include "orion_shm.h"
 #include "orion_procaddr.h"
@@ -1085,16 +1086,71 @@ static size_t image_length(const void **image)
     return strnlen((const char *)p, (size_t)ORION_MAX_IMAGE + 1);
 }
 
+/* The PTX text of each module loaded from PTX, so that the parameter layout oriond answers for
+ * one of its kernels is checked against what the module itself declares (a hostile or broken
+ * oriond must not make cuLaunchKernel read past the caller's arguments). Cubins and fatbins are
+ * not read here: their layouts are oriond's word. */
+typedef struct ptx_module {
+    uint64_t handle;
+    char *text;
+    size_t len;
+    struct ptx_module *next;
+} ptx_module;
+static ptx_module *ptx_modules;
+static pthread_mutex_t ptx_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void remember_ptx(CUmodule mod, const void *image, size_t n)
+{
+    if (!mod || !orion_ptx_is_text(image, n)) return;
+    ptx_module *m = malloc(sizeof *m);
+    char *t = malloc(n ? n : 1);
+    if (!m || !t) {
+        free(m);
+        free(t);
+        return;
+    }
+    memcpy(t, image, n);
+    *m = (ptx_module){(uint64_t)(uintptr_t)mod, t, n, NULL};
+    pthread_mutex_lock(&ptx_lock);
+    m->next = ptx_modules;
+    ptx_modules = m;
+    pthread_mutex_unlock(&ptx_lock);
+}
+
+/* The parameter sizes module `mod` declares for kernel `name`: the count, or -1 (not PTX, or
+ * not understood: nothing to check). */
+static int ptx_param_sizes(CUmodule mod, const char *name, uint32_t *sizes, int cap)
+{
+    int r = -1;
+    pthread_mutex_lock(&ptx_lock);
+    for (ptx_module *m = ptx_modules; m; m = m->next)
+        if (m->handle == (uint64_t)(uintptr_t)mod) {
+            r = orion_ptx_param_sizes(m->text, m->len, name, sizes, cap);
+            break;
+        }
+    pthread_mutex_unlock(&ptx_lock);
+    return r;
+}
+
+static CUresult load_module(CUmodule *module, const void *image, size_t n)
+{
+    CUresult st = orion_wire_cuModuleLoadData(module, image, (uint32_t)n);
+    if (st == CUDA_SUCCESS) remember_ptx(*module, image, n);
+    return st;
+}
+
 CUresult orion_custom_cuModuleLoadData(CUmodule *module, const void *image)
 {
     if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
     size_t n = image_length(&image);
     if (!n) return CUDA_ERROR_INVALID_IMAGE;
     if (n > ORION_MAX_IMAGE) return CUDA_ERROR_INVALID_VALUE;
-    return orion_wire_cuModuleLoadData(module, image, (uint32_t)n);
+    return load_module(module, image, n);
 }
 
 /* ---- functions: parameter layouts --------------------------------------------------------- */
+
+#define ORION_PTX_CHECK_MAX 4096  /* parameters of a PTX kernel checked against oriond's layout */
 
 typedef struct {
     uint64_t handle;   /* 0: empty slot */
@@ -1191,6 +1247,18 @@ CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, cons
         if (off + size > k.total) k.total = off + size;
     }
     free(raw);
+    uint32_t declared[ORION_PTX_CHECK_MAX];
+    int nd = ptx_param_sizes(hmod, name, declared, ORION_PTX_CHECK_MAX);
+    if (nd >= 0) {
+        int same = (uint32_t)nd == k.count && nd <= ORION_PTX_CHECK_MAX;
+        for (uint32_t i = 0; same && i < k.count; i++) same = declared[i] == k.layout[2 * i + 1];
+        if (!same) {
+            free(k.layout);
+            return protocol_error_public("cuModuleGetFunction(%s): oriond's parameter layout (%u parameters, %u bytes) "
+                                         "is not the one the module's PTX declares (%d parameters)",
+                                         name, k.count, k.total, nd);
+        }
+    }
     pthread_mutex_lock(&fn_lock);
     int bad = kernels_put(k);
     pthread_mutex_unlock(&fn_lock);
@@ -1328,7 +1396,7 @@ static CUresult library_module(orion_library *lib, CUmodule *mod)
     CUcontext ctx = tl_current();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
     if ((*mod = per_ctx_get(lib->mods, ctx))) return CUDA_SUCCESS;
-    CUresult st = orion_wire_cuModuleLoadData(mod, lib->image, (uint32_t)lib->len);
+    CUresult st = load_module(mod, lib->image, lib->len);
     if (st == CUDA_SUCCESS) per_ctx_put(lib->mods, ctx, *mod);
     return st;
 }
