@@ -48,3 +48,31 @@ def make_domain(name: str, *, network: bool = False, extra: str = "") -> str:
              if network else "")
     return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
             f"<os><type arch='x86_64'>hvm</type></os><devices>{iface}{extra}</devices></domain>")
+
+
+def cli_env(tmp_path: Any) -> dict[str, Any]:
+    """A libvirt test-driver connection with domain vm1 and a server.conf for ``orion-virt``
+    (skips where libvirt-python is not installed)."""
+    import pytest
+
+    libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+    node = tmp_path / "node.xml"
+    node.write_text(NODE_XML)
+    conn = libvirt.open(f"test://{node}")
+    conn.defineXML(make_domain("vm1"))
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"[server]\nenable_kvm = true\n[server-shm]\nshm_path_base = {shm}\n"
+                    "shm_buffer_size = 32M\n")
+    return {"conn": conn, "conf": str(conf), "tmp": tmp_path}
+
+
+def run_cli(env: dict[str, Any], *args: str) -> Any:
+    """``orion-virt --config <env's conf> ARGS`` on env's connection (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from orion_virt.cli.orion_virt_cmd import _Ctx, main
+
+    ctx = _Ctx("test:///x", None, connect=lambda uri: env["conn"])
+    return CliRunner().invoke(main, ["--config", env["conf"], *args], obj=ctx)

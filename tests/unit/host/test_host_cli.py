@@ -8,29 +8,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from host_fakes import NODE_XML, make_domain
+from host_fakes import cli_env, run_cli
 
 from orion_virt.cli.orion_virt_cmd import _Ctx, main
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
-    libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
-    node = tmp_path / "node.xml"
-    node.write_text(NODE_XML)
-    conn = libvirt.open(f"test://{node}")
-    conn.defineXML(make_domain("vm1"))
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    conf = tmp_path / "server.conf"
-    conf.write_text(f"[server]\nenable_kvm = true\n[server-shm]\nshm_path_base = {shm}\n"
-                    "shm_buffer_size = 32M\n")
-    return {"conn": conn, "conf": str(conf), "tmp": tmp_path}
+    return cli_env(tmp_path)
 
 
-def run(env: dict[str, Any], *args: str) -> Any:
-    ctx = _Ctx("test:///x", None, connect=lambda uri: env["conn"])
-    return CliRunner().invoke(main, ["--config", env["conf"], *args], obj=ctx)
+run = run_cli
 
 
 def test_attach_status_list_detach(env: dict[str, Any]) -> None:
