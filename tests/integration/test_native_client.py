@@ -612,3 +612,50 @@ def test_client_log_section_drives_screen_lines_and_the_log_file(programs: dict[
     conf.write_text(f"[client-log]\nlog_to_file = false\nlog_dir = {logs}\nlog_with_time = false\n")
     r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf)))
     assert "VirtaiTech Resource. Build-cuda-" in r.stderr and len(list(logs.glob("client-*.log"))) == 1
+
+
+PTX_FUZZ = r"""
+#include "orion_ptx.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+    FILE *f = fopen(argv[1], "rb");
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof text, f);
+    fclose(f);
+    uint32_t sizes[8];
+    int base = orion_ptx_param_sizes(text, n, "fill_u32", sizes, 8);
+    printf("fill_u32: %d parameters (%u %u %u)\n", base, sizes[0], sizes[1], sizes[2]);
+    srand(7);
+    char *m = malloc(n);
+    for (int round = 0; round < atoi(argv[2]); round++) {
+        size_t len = (size_t)rand() % (n + 1);
+        memcpy(m, text, len);
+        for (int k = rand() % 8; k >= 0 && len; k--) m[(size_t)rand() % len] = (char)(rand() % 256);
+        orion_ptx_param_sizes(m, len, "fill_u32", sizes, 8);  /* exactly len bytes: ASan sees any over-read */
+        orion_ptx_param_sizes(m, len, "vectorAdd", sizes, 1);
+        orion_ptx_is_text(m, len);
+    }
+    printf("mutations: done\n");
+    free(m);
+    return 0;
+}
+"""
+
+
+def test_the_ptx_reader_is_total_on_mutated_text(tmp_path: Path) -> None:
+    """The client reads an application's PTX to check oriond's parameter layouts: any bytes give
+    a count or -1, never a read past them (address and UB sanitizers, 20,000 mutations)."""
+    src = tmp_path / "ptx_fuzz.c"
+    src.write_text(PTX_FUZZ)
+    exe = tmp_path / "ptx_fuzz"
+    native = ROOT / "orion_virt" / "client" / "native"
+    c = subprocess.run(["gcc", "-std=c11", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                        f"-I{native}", str(src), str(native / "orion_ptx.c"), "-o", str(exe)],
+                       capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    r = subprocess.run([str(exe), str(PTX), "20000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fill_u32: 3 parameters (8 4 4)" in r.stdout and "mutations: done" in r.stdout
