@@ -241,7 +241,10 @@ def run(exe: Path, *args: str, env: dict[str, str], timeout: float = 60) -> subp
 
 
 def released_by_client(p: Pool, aid: str) -> bool:
-    return re.search(rf"allocation {aid} released$", p.controller_log(), re.M) is not None
+    """Released at the program's exit: by its own DELETE, or by oriond's end-of-session notice
+    when that reaches the controller first (the program's DELETE then finds it gone)."""
+    return re.search(rf"allocation {aid} released(: its session on node \S+ ended)?$", p.controller_log(),
+                     re.M) is not None
 
 
 def exit_id(stderr: str) -> str | None:
