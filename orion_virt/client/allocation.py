@@ -170,7 +170,8 @@ def _release(addr: str, allocation_id: str, log: logging.Logger, secret: str = "
         log.info("allocation %s released", allocation_id)
         return True
     except NotFound:
-        log.warning("allocation %s was already gone (lease expired or node down)", allocation_id)
+        log.info("allocation %s was already released (its session ended at the server, its lease "
+                 "expired or its node went down)", allocation_id)
     except ControllerError as e:
         log.warning("could not release allocation %s (its lease will expire): %s", allocation_id, e)
     return False

@@ -1160,7 +1160,9 @@ static void release_id(const char *id)
     ctl_result r;
     ctl_request("DELETE", path, NULL, 0, &r);
     if (r.kind == CTL_OK) orion_log("DEBUG", "allocation %s released", id);
-    else if (r.kind == CTL_NOT_FOUND) orion_log("DEBUG", "allocation %s was already gone (lease expired or node down)", id);
+    else if (r.kind == CTL_NOT_FOUND)
+        orion_log("DEBUG", "allocation %s was already released (its session ended at the server, its lease expired "
+                           "or its node went down)", id);
     else orion_log("DEBUG", "could not release allocation %s (its lease will expire): %s", id, r.msg);
     ctl_result_free(&r);
 }
