@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,7 +11,6 @@ from typing import Any, Iterator
 import pytest
 
 from orion_virt.controller import client
-from orion_virt.controller.api import make_server
 from orion_virt.controller.client import AllocationRequest, GpuInfo, NodeInfo
 from orion_virt.controller.exceptions import (
     AllocationError,
@@ -20,38 +18,20 @@ from orion_virt.controller.exceptions import (
     ControllerUnreachable,
     NotFound,
 )
-from orion_virt.controller.pool import Policy
 from orion_virt.controller.registration import Registrar
 from orion_virt.controller.service import Controller
-from orion_virt.controller.store import SqliteStore
 from orion_virt.controller.token import verify_token
 from orion_virt.errors import ControllerError
 from orion_virt.launch import free_port
+from tests.unit.controller.ctl_server import KEY, Clock, serve
 
-KEY = b"k" * 32
 GPUS = [GpuInfo(0, "GPU-0", "Tesla V100-PCIE-16GB", 16384),
         GpuInfo(1, "GPU-1", "Tesla V100-PCIE-16GB", 16384)]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def ctl(tmp_path: Path) -> Iterator[tuple[str, Controller, Clock]]:
-    clock = Clock()
-    c = Controller(SqliteStore(tmp_path / "c.db"), Policy(lease_seconds=30, heartbeat_timeout=15),
-                   KEY, clock=clock)
-    srv = make_server(c, "127.0.0.1", 0)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}", c, clock
-    srv.shutdown()
-    srv.server_close()
+    yield from serve(tmp_path)
 
 
 def raw(addr: str, method: str, path: str, body: bytes = b"") -> tuple[int, str, Any]:

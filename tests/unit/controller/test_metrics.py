@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,29 +17,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import orion_virt
 from orion_virt.controller import client, metrics
-from orion_virt.controller.api import make_server
 from orion_virt.controller.client import AllocationRequest, GpuInfo, NodeInfo
 from orion_virt.controller.exceptions import AllocationError, BadRequest, NotFound
 from orion_virt.controller.pool import Policy
 from orion_virt.controller.service import Controller
 from orion_virt.controller.store import SqliteStore
+from tests.unit.controller.ctl_server import KEY, Clock, serve
 
 MIB = 1 << 20
 GPUS = [GpuInfo(0, "GPU-A0", "Tesla V100-PCIE-16GB", 16384),
         GpuInfo(1, "GPU-A1", "Tesla V100-PCIE-16GB", 16384)]
 DASHBOARD = Path(__file__).resolve().parents[3] / "server" / "grafana-orion.json"
 
-KEY = b"k" * 32
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def raw(addr: str, method: str, path: str) -> tuple[int, str, str]:
@@ -55,15 +45,7 @@ def raw(addr: str, method: str, path: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Iterator[tuple[str, Controller, Clock]]:
-    clock = Clock()
-    c = Controller(SqliteStore(tmp_path / "c.db"), Policy(lease_seconds=30, heartbeat_timeout=15),
-                   KEY, clock=clock)
-    srv = make_server(c, "127.0.0.1", 0)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}", c, clock
-    srv.shutdown()
-    srv.server_close()
+    yield from serve(tmp_path)
 
 
 def scrape_text(addr: str) -> str:
