@@ -324,18 +324,9 @@ class Session:
         try:
             f = self.h_function.items.get(a[0]) or self.h_function.get(a[0])
             st = (self.h_stream.items.get(a[8]) or self.h_stream.get(a[8])) if a[8] else None
-            if n != f.total:
-                raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
-                                    f"{f.name}: {n} bytes of parameters, the kernel takes {f.total}")
             _, gx, gy, gz, bx, by, bz, shared = a[:8]
-            if not (gx and gy and gz and bx and by and bz) or bx * by * bz > 1024:
-                raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
-            throttle = self.throttles[f.dev]
-            if throttle.ratio < 100:
-                throttle.before_launch()
-                throttle.account(self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, st, params))
-            else:
-                self._b.launch(f.func, (gx, gy, gz), (bx, by, bz), shared, st, params)
+            _check_launch(f, n, gx, gy, gz, bx, by, bz)
+            self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, params)
         except CudaCallError as e:
             self.log.info("session %d: %s failed: %s (%s)", self.session_id, p.name, _name(e.code), e.message)
             self.proto.finished(p, e.code)
@@ -709,11 +700,7 @@ class Session:
 
     def x_cuLaunchKernel(self, f: _Function, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
                          shared: int, stream: Any, params: Blob) -> None:
-        if params.remaining != f.total:
-            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
-                                f"{f.name}: {params.remaining} bytes of parameters, the kernel takes {f.total}")
-        if min(gx, gy, gz, bx, by, bz) == 0 or bx * by * bz > 1024:
-            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
+        _check_launch(f, params.remaining, gx, gy, gz, bx, by, bz)
         raw = params.read_all()
         self._on_stream(stream, lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw))
 
@@ -723,6 +710,16 @@ class Session:
         throttle.before_launch()
         seconds = self._b.launch(f.func, grid, block, shared, stream, raw)
         throttle.account(seconds)
+
+
+def _check_launch(f: _Function, nparams: int, gx: int, gy: int, gz: int, bx: int, by: int, bz: int) -> None:
+    """CudaCallError (INVALID_VALUE) unless the parameter bytes are the kernel's and the grid and
+    block are non-empty with at most 1024 threads a block."""
+    if nparams != f.total:
+        raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                            f"{f.name}: {nparams} bytes of parameters, the kernel takes {f.total}")
+    if not (gx and gy and gz and bx and by and bz) or bx * by * bz > 1024:
+        raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
 
 
 def _name(code: int) -> str:
