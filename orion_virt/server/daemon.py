@@ -586,9 +586,9 @@ class Daemon:
                 continue
             if self.release_worker is not None and self.release_worker(pid):
                 self.log.info("session worker %d ended holding direct-mode vGPUs: released", pid)
-            if os.waitstatus_to_exitcode(status) != 0:
-                self.log.warning("session worker %d (%s) exited abnormally (status %d)", pid, wk.kind,
-                                 os.waitstatus_to_exitcode(status))
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                self.log.warning("session worker %d (%s) exited abnormally (status %d)", pid, wk.kind, code)
             if wk.watched is not None:
                 cur = wk.watched.workers.get(wk.channel)
                 if cur is not None and cur[0] == pid:
@@ -596,7 +596,8 @@ class Daemon:
                     c = wk.watched.dev.ctrl(wk.channel)
                     if c[C_GEN] == wk.gen and c[C_STATE] in (CLAIMED, SERVING):
                         wk.watched.dev.set_dead(wk.channel, "session worker ended unexpectedly")
-                    wk.watched.dev.scrub(wk.channel)  # a crashed worker did not scrub its rings
+                    if code != 0:  # a worker that ended normally scrubbed its rings (ServerChannel.finish)
+                        wk.watched.dev.scrub(wk.channel)
 
 
 def _wait_readable(fds: list[int], timeout: float) -> set[int]:
