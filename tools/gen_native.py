@@ -65,9 +65,11 @@ names and spellings, and a stub for every other function of the driver."""
 
 C_CUSTOM = ("cuInit", "cuDriverGetVersion", "cuCtxCreate", "cuCtxDestroy", "cuCtxSetCurrent",
             "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRelease", "cuModuleGetGlobal", "cuMemFree",
-            "cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel")
+            "cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel", "cuMemcpyHtoD", "cuMemcpyDtoH",
+            "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync")
 """Exported to hand-written code in orion_client.c (connect, client-side state, image lengths,
-kernel parameter packing); their wire marshalling is still generated here."""
+kernel parameter packing, copies from host memory shared with oriond); their wire marshalling is
+still generated here."""
 
 HANDLE_TYPES = {"CUcontext", "CUstream", "CUevent", "CUmodule", "CUfunction", "CUgraph", "CUgraphExec"}
 V1_TYPES = {"size_t": "unsigned int", "CUdeviceptr": "CUdeviceptr_v1"}
@@ -263,7 +265,8 @@ def _needs_v1(fn: S.Fn) -> bool:
     return f"{fn.name}_v2" in fn.spellings and c_params(fn, legacy=True) != c_params(fn)
 
 
-C_WIRE_ONLY = ("cuGraphGetNodeCount",)
+C_WIRE_ONLY = ("cuGraphGetNodeCount", "orionHostShare", "orionHostUnshare", "orionMemcpyHtoDShared",
+               "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync")
 """Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
 hand-written export that uses it has another name)."""
 

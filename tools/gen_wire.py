@@ -100,6 +100,8 @@ def gen_dispatch() -> str:
             elif a.role is S.Role.DPTR_FREE:
                 body.append(f"    s._base({v})")
                 params.append(v)
+            elif a.role is S.Role.SHARED:
+                params.append(f"s._shared({v}, a[{idx[a.extent]}])")
             else:
                 params.append(v)
         outs = _outs(fn)
@@ -215,7 +217,7 @@ def gen_client() -> str:
         if len(head) > 120:
             head = f"def {fn.name}(\n    {sig},\n) -> tuple[{ret}]:"
         out += ["", "", head, doc, *body]
-    remoted = textwrap.wrap(" ".join(f'"{fn.name}",' for fn in S.CALLS), 96)
+    remoted = textwrap.wrap(" ".join(f'"{fn.name}",' for fn in S.CALLS if fn.client != "native"), 96)
     out += ["", ""] + aliases + ["", "", "REMOTED = (", *("    " + r for r in remoted), ")",
                                  '"""Every call this module sends to oriond, in code order."""', END.rstrip("\n")]
     return "\n".join(out) + "\n"
@@ -242,6 +244,8 @@ def gen_doc_table() -> str:
                 role = f"{a.kind} {a.op.value}" + (", 0 allowed" if a.null_ok else "")
             elif a.role is S.Role.DPTR and a.dir is S.Dir.IN:
                 role = f"dptr, {a.extent}{' x ' + str(a.scale) if a.scale != 1 else ''} bytes owned"
+            elif a.role is S.Role.SHARED:
+                role = f"shared host memory, {a.extent} bytes"
             elif a.role in (S.Role.HOST_IN, S.Role.HOST_OUT) and a.length:
                 role = f"{role}, {a.length} bytes"
             elif a.role is S.Role.HOST_IN:

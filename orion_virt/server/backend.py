@@ -249,6 +249,9 @@ class BackendSession(ABC):
         """A host region that the transport's chunk views lie in (a shared-memory ring) for the
         session's lifetime; a backend may pin it (cuMemHostRegister). Best effort, never raises."""
 
+    def unregister_host(self, view: memoryview) -> None:
+        """Undo :meth:`register_host` for ``view`` before its memory is unmapped. Never raises."""
+
     def before_read(self, ptr: int, n: int) -> None:
         """Called before a device-to-host reply starts (range validated): a backend whose copies
         can fail asynchronously raises here, while the failure can still be the call's status."""

@@ -324,6 +324,20 @@ class CudaSession(BackendSession):
                         "tmpfs, e.g. /dev/shm, can be pinned)", view.nbytes, addr,
                         self._error(int(err), "cuMemHostRegister").message)
 
+    def unregister_host(self, view: memoryview) -> None:
+        addr = buffer_address(view)
+        if addr not in self._registered or self._closed:
+            return
+        self._registered.remove(addr)
+        try:
+            self._use(next(iter(self._ctxs.values())))
+            err, = self.d.cuMemHostUnregister(addr)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cuMemHostUnregister at 0x%x failed: %s", addr, e)
+            return
+        if int(err) != _SUCCESS:
+            log.warning("cuMemHostUnregister at 0x%x: %s", addr, self._error(int(err), "cuMemHostUnregister").message)
+
     def before_read(self, ptr: int, n: int) -> None:
         """Called before a device-to-host reply is started: wait for the work the read depends on
         here, so a kernel's failure is this call's status and not a half-sent reply."""

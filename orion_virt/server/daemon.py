@@ -507,7 +507,8 @@ class Daemon:
         if how:
             self.log.info("session %d: %s", sid, how)
         stream = chan.start(bells)
-        reason = self._run_session(stream, sid, f"shm {w.path}#{ch}")
+        reason = self._run_session(stream, sid, f"shm {w.path}#{ch}",
+                                   peer_pid=None if w.dev.vm else (lambda: w.dev.owner_pid(ch)))
         if bells is not None:
             self.log.info("session %d: doorbell: slept %d times waiting for requests, rang the guest %d times",
                           sid, bells[0].sleeps, bells[1].wakes)
@@ -546,14 +547,16 @@ class Daemon:
                 os._exit(code)
         return pid
 
-    def _run_session(self, stream: object, sid: int, where: str) -> str:
+    def _run_session(self, stream: object, sid: int, where: str,
+                     peer_pid: Callable[[], int | None] | None = None) -> str:
         slog = session_logger(self.cfg, sid, self.log)
         slog.info("session %d over %s (worker pid %d)", sid, where, os.getpid())
         idle = self.cfg.idle_timeout
         if idle > 0:
             stream.set_timeout(idle)  # type: ignore[attr-defined]  # the handshake restores it after HELLO
         session = Session(stream, self.backend, self.authorize, sid, slog,  # type: ignore[arg-type]
-                          throttle=self.cfg.enable_computation_throttle, hello_timeout=self.cfg.hello_timeout)
+                          throttle=self.cfg.enable_computation_throttle, hello_timeout=self.cfg.hello_timeout,
+                          peer_pid=peer_pid)
         try:
             reason = session.run()
         finally:

@@ -351,6 +351,50 @@ def cuGraphGetNodeCount(s: Session, a: tuple, b: Blob) -> Any:
     return (r,)
 
 
+def orionHostShare(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_orionHostShare(a[0], a[1], a[2])
+    return ()
+
+
+def orionHostUnshare(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_orionHostUnshare(a[0])
+    return ()
+
+
+def orionMemcpyHtoDShared(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[0], a[2])
+    s.x_orionMemcpyHtoDShared(a[0], s._shared(a[1], a[2]), a[2])
+    return ()
+
+
+def orionMemcpyDtoHShared(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[1], a[2])
+    s.x_orionMemcpyDtoHShared(s._shared(a[0], a[2]), a[1], a[2])
+    return ()
+
+
+def orionMemcpyHtoDSharedAsync(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[0], a[2])
+    s.x_orionMemcpyHtoDSharedAsync(
+        a[0],
+        s._shared(a[1], a[2]),
+        a[2],
+        s.h_stream.get(a[3]) if a[3] else None,
+    )
+    return ()
+
+
+def orionMemcpyDtoHSharedAsync(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[1], a[2])
+    s.x_orionMemcpyDtoHSharedAsync(
+        s._shared(a[0], a[2]),
+        a[1],
+        a[2],
+        s.h_stream.get(a[3]) if a[3] else None,
+    )
+    return ()
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -413,4 +457,10 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     60: cuGraphExecDestroy,
     61: cuGraphDestroy,
     62: cuGraphGetNodeCount,
+    63: orionHostShare,
+    64: orionHostUnshare,
+    65: orionMemcpyHtoDShared,
+    66: orionMemcpyDtoHShared,
+    67: orionMemcpyHtoDSharedAsync,
+    68: orionMemcpyDtoHSharedAsync,
 }

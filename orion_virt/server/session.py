@@ -27,6 +27,7 @@ from ..wire.protocol import PLANS
 from .backend import Backend, BackendSession, CudaCallError, VGpu
 from .blobs import Blob, Fill
 from .dispatch_gen import DISPATCH
+from .hostshare import SharedHost
 from .throttle import Throttle
 
 E = CUresult
@@ -129,7 +130,8 @@ class Session:
     """
 
     def __init__(self, stream: Stream, backend: Backend, authorize: Authorizer, session_id: int,
-                 log: logging.Logger, throttle: bool = True, hello_timeout: float | None = HELLO_TIMEOUT_S) -> None:
+                 log: logging.Logger, throttle: bool = True, hello_timeout: float | None = HELLO_TIMEOUT_S,
+                 peer_pid: Callable[[], int | None] | None = None) -> None:
         self.stream = stream
         self.backend = backend
         self.authorize = authorize
@@ -160,6 +162,8 @@ class Session:
         self.hello: Hello | None = None
         self.admission: Admission | None = None
         self.lease_end = 0.0
+        self.shared = SharedHost(peer_pid)
+        """Host memory the client shares (orionHostShare): only where ``peer_pid`` finds its process."""
 
     @property
     def current_dev(self) -> int | None:
@@ -244,6 +248,7 @@ class Session:
             leaked = sum(1 for _ in self.bs.mem.items())
             self.bs.close()
             self.bs = None
+            self.shared.close()
             self.log.info("session %d: closed after %d calls; freed %d allocation(s)",
                           self.session_id, self.calls, leaked)
             ended, self.admission = (self.admission.ended if self.admission else None), None
@@ -367,6 +372,9 @@ class Session:
     def _base(self, ptr: int) -> None:
         self._b.mem.check_base(ptr)
 
+    def _shared(self, addr: int, n: int) -> memoryview:
+        return self.shared.view(addr, n)
+
     def _gpu(self, d: int) -> Any:
         return self.backend.gpus()[self.vgpus[d].physical]
 
@@ -482,6 +490,31 @@ class Session:
     def x_cuMemcpyDtoHAsync(self, src: int, n: int, stream: Any) -> Fill:
         self._no_host_copy_in_capture(stream)
         return self.x_cuMemcpyDtoH(src, n)
+
+    # Shared host memory (hostshare.py): a copy is one backend copy from or to the block, no blob.
+    # The asynchronous ones run at once too (as every copy of this session layer): their
+    # stream's order holds, since the session executes calls in order.
+
+    def x_orionHostShare(self, fd: int, addr: int, size: int) -> None:
+        b = self.shared.share(fd, addr, size, self._b)
+        self.log.info("session %d: %d KiB of host memory at %#x shared by the client (%d KiB in all)",
+                      self.session_id, b.size >> 10, addr, self.shared.bytes >> 10)
+
+    def x_orionHostUnshare(self, addr: int) -> None:
+        self.shared.unshare(addr, self._b)
+
+    def x_orionMemcpyHtoDShared(self, dst: int, src: memoryview, n: int) -> None:
+        self._b.write(dst, (src,))
+
+    def x_orionMemcpyDtoHShared(self, dst: memoryview, src: int, n: int) -> None:
+        self._b.before_read(src, n)
+        self._b.read(src, (dst,))
+
+    def x_orionMemcpyHtoDSharedAsync(self, dst: int, src: memoryview, n: int, stream: Any) -> None:
+        self._on_stream(stream, lambda st: self._b.write(dst, (src,)))
+
+    def x_orionMemcpyDtoHSharedAsync(self, dst: memoryview, src: int, n: int, stream: Any) -> None:
+        self._on_stream(stream, lambda st: self._b.read(src, (dst,)))
 
     def x_cuMemcpyDtoD(self, dst: int, src: int, n: int) -> None:
         self._b.copy(dst, src, n)

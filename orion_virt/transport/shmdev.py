@@ -353,6 +353,16 @@ class Device:
     def unlock(self, i: int) -> None:
         fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, self.lock_offset(i))
 
+    def owner_pid(self, i: int) -> int | None:
+        """The pid (in this process's pid namespace) of the process holding channel ``i``'s claim
+        lock, None if none does. Host-visible locks only: a VM's guest locks its own file."""
+        if self.lock_fd != self.fd:
+            return None
+        want = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, self.lock_offset(i), 1, 0)
+        got = fcntl.fcntl(self.lock_fd, fcntl.F_GETLK, want)
+        kind, _whence, _start, _len, pid = struct.unpack("hhqqi4x", got)
+        return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+
     def owner_alive(self, i: int) -> bool:
         """True if some process holds channel ``i``'s claim lock (host-visible locks only)."""
         if self.try_lock(i):

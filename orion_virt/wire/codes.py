@@ -67,3 +67,9 @@ class Call(IntEnum):
     cuGraphExecDestroy = 60
     cuGraphDestroy = 61
     cuGraphGetNodeCount = 62
+    orionHostShare = 63
+    orionHostUnshare = 64
+    orionMemcpyHtoDShared = 65
+    orionMemcpyDtoHShared = 66
+    orionMemcpyHtoDSharedAsync = 67
+    orionMemcpyDtoHSharedAsync = 68

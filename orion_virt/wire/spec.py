@@ -47,6 +47,9 @@ class Role(StrEnum):
     """A host buffer the client sends (the request blob); ``length`` names its byte count."""
     HOST_OUT = "host_out"
     """A host buffer the server fills (the reply blob); ``length`` names its capacity."""
+    SHARED = "shared"
+    """A host address in memory the client shared with the session (``orionHostShare``);
+    ``extent`` bytes from it must lie in one shared block. The execution gets the block's view."""
     NULL = "null"
     """Must be NULL (not remoted: e.g. cuLaunchKernel's ``extra``); not on the wire."""
 
@@ -96,7 +99,8 @@ class Fn:
     """Cross-node: "" the server of the device, handle or current context; "all:sum",
     "all:min", "all:first" every server, merging the first reply value so."""
     client: str = "gen"
-    """"gen": the Python binding is generated; "custom": written by hand in client/driver.py."""
+    """"gen": the Python binding is generated; "custom": written by hand in client/driver.py;
+    "native": sent by the native client only (what it does with memory the Python client has not)."""
     doc: str = ""
 
 
@@ -130,6 +134,10 @@ def _out(name: str, ctype: str, role: Role = Role.VALUE) -> Arg:
 
 def _dptr(name: str, extent: str, scale: int = 1) -> Arg:
     return _a(name, "CUdeviceptr", Role.DPTR, extent=extent, scale=scale)
+
+
+def _shared(name: str, extent: str) -> Arg:
+    return _a(name, "cuuint64_t", Role.SHARED, extent=extent)
 
 
 def _stream(name: str = "hStream") -> Arg:
@@ -254,6 +262,24 @@ CALLS: tuple[Fn, ...] = (
     Fn("cuGraphDestroy", 61, (_h("hGraph", "graph", Op.DESTROY),), no_reply=True),
     Fn("cuGraphGetNodeCount", 62, (_h("hGraph", "graph"), _out("numNodes", _sz)), client="custom",
        doc="cuGraphGetNodes with nodes NULL: the client's cuGraphGetNodes"),
+    Fn("orionHostShare", 63, (_a("fd", _i), _a("addr", "cuuint64_t"), _a("bytesize", _sz)), client="native",
+       doc="page-locked host memory of the client (a sealed memfd, descriptor fd of the process holding the "
+           "channel) mapped by oriond and registered with the GPU: copies from or to it are one DMA. "
+           "Shared-memory channels of the host and of containers only"),
+    Fn("orionHostUnshare", 64, (_a("addr", "cuuint64_t"),), client="native",
+       doc="after the context's work is done, oriond unmaps the block that orionHostShare mapped at addr"),
+    Fn("orionMemcpyHtoDShared", 65, (_dptr("dstDevice", "ByteCount"), _shared("srcHost", "ByteCount"),
+                                     _a("ByteCount", _sz)), sync=True, client="native",
+       doc="cuMemcpyHtoD from shared host memory: no blob"),
+    Fn("orionMemcpyDtoHShared", 66, (_shared("dstHost", "ByteCount"), _dptr("srcDevice", "ByteCount"),
+                                     _a("ByteCount", _sz)), sync=True, client="native",
+       doc="cuMemcpyDtoH into shared host memory: no blob"),
+    Fn("orionMemcpyHtoDSharedAsync", 67, (_dptr("dstDevice", "ByteCount"), _shared("srcHost", "ByteCount"),
+                                          _a("ByteCount", _sz), _stream()), no_reply=True, client="native",
+       doc="cuMemcpyHtoDAsync from shared host memory"),
+    Fn("orionMemcpyDtoHSharedAsync", 68, (_shared("dstHost", "ByteCount"), _dptr("srcDevice", "ByteCount"),
+                                          _a("ByteCount", _sz), _stream()), no_reply=True, client="native",
+       doc="cuMemcpyDtoHAsync into shared host memory: sent without waiting, done when the stream is"),
 )
 """Every remoted call, in code order."""
 

@@ -420,6 +420,36 @@ def test_page_locked_host_memory_and_stream_ordered_pools(programs: dict[str, Pa
     assert "cuMemAllocAsync(&big, tot, s) -> CUDA_ERROR_OUT_OF_MEMORY" in r.stdout
 
 
+def test_page_locked_buffers_are_shared_with_oriond_over_shm_and_copied_over_tcp(
+        programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    """Over a shared-memory device the buffers are oriond's too (its session log says so and the
+    client's debug line names the channel); over TCP the same program runs with copies."""
+    before = {p: p.stat().st_size for p in (oriond.logs / "session").glob("*.log")}
+    r = run(programs["pinned"], str(3 << 20), env=native_env(oriond, transport, ORION_LOG_LEVEL="DEBUG"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 page-locked buffers of 3145728 bytes: round trip ok" in r.stdout
+    assert "partial copies: ok" in r.stdout and "freed and allocated again: ok" in r.stdout
+    shared_line = "page-locked memory is shared with oriond over shm"
+    new_logs = "".join(p.read_text()[before.get(p, 0):] for p in (oriond.logs / "session").glob("*.log"))
+    if transport == "shm":
+        assert shared_line in r.stderr, r.stderr
+        assert new_logs.count("KiB of host memory at") >= 7, new_logs
+    else:
+        assert shared_line not in r.stderr
+        assert "host memory at" not in new_logs
+
+
+def test_oriond_refuses_to_share_memory_that_is_not_a_sealed_memfd_and_the_program_still_runs(
+        programs: dict[str, Path], oriond: Oriond) -> None:
+    """ORION_SHARE_HOST=0 keeps buffers in the program (the ring carries the bytes); the checks
+    oriond makes on a descriptor it is given are tested in tests/unit/server/test_hostshare.py."""
+    r = run(programs["pinned"], str(1 << 20), env=native_env(oriond, "shm", ORION_SHARE_HOST="0",
+                                                             ORION_LOG_LEVEL="DEBUG"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Result = PASS" in r.stdout
+    assert "shared with oriond" not in r.stderr
+
+
 # -- how NVIDIA's libraries reach the driver: cuGetProcAddress, export tables, stubs -------------
 
 

@@ -855,6 +855,78 @@ CUresult orion_wire_cuGraphGetNodeCount(CUgraph hGraph, size_t *numNodes)
     return CUDA_SUCCESS;
 }
 
+/* orionHostShare: call 63. */
+CUresult orion_wire_orionHostShare(int fd, cuuint64_t addr, size_t bytesize)
+{
+    unsigned char req[20];
+    orion_put_i32(req + 0, (int32_t)fd);
+    orion_put_u64(req + 4, (uint64_t)addr);
+    orion_put_u64(req + 12, (uint64_t)bytesize);
+    orion_msg m = {63, 0, "orionHostShare", req, 20, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* orionHostUnshare: call 64. */
+CUresult orion_wire_orionHostUnshare(cuuint64_t addr)
+{
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)addr);
+    orion_msg m = {64, 0, "orionHostUnshare", req, 8, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* orionMemcpyHtoDShared: call 65, sync. */
+CUresult orion_wire_orionMemcpyHtoDShared(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount)
+{
+    unsigned char req[24];
+    orion_put_u64(req + 0, (uint64_t)dstDevice);
+    orion_put_u64(req + 8, (uint64_t)srcHost);
+    orion_put_u64(req + 16, (uint64_t)ByteCount);
+    orion_msg m = {65, 0, "orionMemcpyHtoDShared", req, 24, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* orionMemcpyDtoHShared: call 66, sync. */
+CUresult orion_wire_orionMemcpyDtoHShared(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount)
+{
+    unsigned char req[24];
+    orion_put_u64(req + 0, (uint64_t)dstHost);
+    orion_put_u64(req + 8, (uint64_t)srcDevice);
+    orion_put_u64(req + 16, (uint64_t)ByteCount);
+    orion_msg m = {66, 0, "orionMemcpyDtoHShared", req, 24, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* orionMemcpyHtoDSharedAsync: call 67, NO_REPLY. */
+CUresult orion_wire_orionMemcpyHtoDSharedAsync(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount, CUstream hStream)
+{
+    unsigned char req[32];
+    orion_put_u64(req + 0, (uint64_t)dstDevice);
+    orion_put_u64(req + 8, (uint64_t)srcHost);
+    orion_put_u64(req + 16, (uint64_t)ByteCount);
+    orion_put_u64(req + 24, (uint64_t)(uintptr_t)hStream);
+    orion_msg m = {67, ORION_NO_REPLY, "orionMemcpyHtoDSharedAsync", req, 32, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* orionMemcpyDtoHSharedAsync: call 68, NO_REPLY. */
+CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
+{
+    unsigned char req[32];
+    orion_put_u64(req + 0, (uint64_t)dstHost);
+    orion_put_u64(req + 8, (uint64_t)srcDevice);
+    orion_put_u64(req + 16, (uint64_t)ByteCount);
+    orion_put_u64(req + 24, (uint64_t)(uintptr_t)hStream);
+    orion_msg m = {68, ORION_NO_REPLY, "orionMemcpyDtoHSharedAsync", req, 32, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1012,35 +1084,35 @@ ORION_API CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
 /* cuMemcpyHtoD: the legacy 32-bit signature of cuMemcpyHtoD_v2. */
 ORION_API CUresult cuMemcpyHtoD(CUdeviceptr_v1 dstDevice, const void *srcHost, unsigned int ByteCount)
 {
-    CUresult st = orion_wire_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
+    CUresult st = orion_custom_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
     return st;
 }
 
 ORION_API CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
 {
-    return orion_wire_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
+    return orion_custom_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
 }
 
 ORION_API CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
 {
-    return orion_wire_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
+    return orion_custom_cuMemcpyHtoD(dstDevice, srcHost, ByteCount);
 }
 
 /* cuMemcpyDtoH: the legacy 32-bit signature of cuMemcpyDtoH_v2. */
 ORION_API CUresult cuMemcpyDtoH(void *dstHost, CUdeviceptr_v1 srcDevice, unsigned int ByteCount)
 {
-    CUresult st = orion_wire_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
+    CUresult st = orion_custom_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
     return st;
 }
 
 ORION_API CUresult cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
 {
-    return orion_wire_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
+    return orion_custom_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
 }
 
 ORION_API CUresult cuMemcpyDtoH_v2_ptds(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
 {
-    return orion_wire_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
+    return orion_custom_cuMemcpyDtoH(dstHost, srcDevice, ByteCount);
 }
 
 /* cuMemcpyDtoD: the legacy 32-bit signature of cuMemcpyDtoD_v2. */
@@ -1063,35 +1135,35 @@ ORION_API CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dstDevice, CUdeviceptr srcDe
 /* cuMemcpyHtoDAsync: the legacy 32-bit signature of cuMemcpyHtoDAsync_v2. */
 ORION_API CUresult cuMemcpyHtoDAsync(CUdeviceptr_v1 dstDevice, const void *srcHost, unsigned int ByteCount, CUstream hStream)
 {
-    CUresult st = orion_wire_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
+    CUresult st = orion_custom_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
     return st;
 }
 
 ORION_API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream)
 {
-    return orion_wire_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
+    return orion_custom_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
 }
 
 ORION_API CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream)
 {
-    return orion_wire_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
+    return orion_custom_cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream);
 }
 
 /* cuMemcpyDtoHAsync: the legacy 32-bit signature of cuMemcpyDtoHAsync_v2. */
 ORION_API CUresult cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr_v1 srcDevice, unsigned int ByteCount, CUstream hStream)
 {
-    CUresult st = orion_wire_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
+    CUresult st = orion_custom_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
     return st;
 }
 
 ORION_API CUresult cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
 {
-    return orion_wire_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
+    return orion_custom_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
 }
 
 ORION_API CUresult cuMemcpyDtoHAsync_v2_ptsz(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
 {
-    return orion_wire_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
+    return orion_custom_cuMemcpyDtoHAsync(dstHost, srcDevice, ByteCount, hStream);
 }
 
 /* cuMemcpyDtoDAsync: the legacy 32-bit signature of cuMemcpyDtoDAsync_v2. */

@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 61
+#define ORION_CALL_COUNT 67
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -82,6 +82,12 @@
 #define ORION_CODE_cuGraphExecDestroy 60
 #define ORION_CODE_cuGraphDestroy 61
 #define ORION_CODE_cuGraphGetNodeCount 62
+#define ORION_CODE_orionHostShare 63
+#define ORION_CODE_orionHostUnshare 64
+#define ORION_CODE_orionMemcpyHtoDShared 65
+#define ORION_CODE_orionMemcpyDtoHShared 66
+#define ORION_CODE_orionMemcpyHtoDSharedAsync 67
+#define ORION_CODE_orionMemcpyDtoHSharedAsync 68
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -145,6 +151,12 @@ CUresult orion_wire_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream);
 CUresult orion_wire_cuGraphExecDestroy(CUgraphExec hGraphExec);
 CUresult orion_wire_cuGraphDestroy(CUgraph hGraph);
 CUresult orion_wire_cuGraphGetNodeCount(CUgraph hGraph, size_t *numNodes);
+CUresult orion_wire_orionHostShare(int fd, cuuint64_t addr, size_t bytesize);
+CUresult orion_wire_orionHostUnshare(cuuint64_t addr);
+CUresult orion_wire_orionMemcpyHtoDShared(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount);
+CUresult orion_wire_orionMemcpyDtoHShared(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount);
+CUresult orion_wire_orionMemcpyHtoDSharedAsync(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount, CUstream hStream);
+CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
@@ -155,6 +167,10 @@ CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice 
 CUresult orion_custom_cuCtxDestroy(CUcontext ctx);
 CUresult orion_custom_cuCtxSetCurrent(CUcontext ctx);
 CUresult orion_custom_cuMemFree(CUdeviceptr dptr);
+CUresult orion_custom_cuMemcpyHtoD(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount);
+CUresult orion_custom_cuMemcpyDtoH(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount);
+CUresult orion_custom_cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream);
+CUresult orion_custom_cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream);
 CUresult orion_custom_cuModuleLoadData(CUmodule *module, const void *image);
 CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name);
 CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);

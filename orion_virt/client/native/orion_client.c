@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -1728,13 +1729,19 @@ CUresult orion_custom_cuMemFree(CUdeviceptr dptr)
 }
 
 /* ---- host memory -------------------------------------------------------------------------------
- * Page-locked host memory is the client's own: page-aligned memory copies go from (over shm, one
- * copy into the ring). Mapping it into the device address space (DEVICEMAP,
- * cuMemHostGetDevicePointer) is not remoted. */
+ * Page-locked host memory is the client's own. Over a shared-memory channel of this host or of a
+ * container it is shared with oriond: each block is a memfd sealed against shrinking, mapped here
+ * and by oriond (orionHostShare, which takes the descriptor from this process), and registered
+ * with the GPU there, so a copy from or to it is one DMA and its bytes never cross the ring; an
+ * asynchronous copy is sent without waiting. Elsewhere (TCP, a VM, ORION_SHARE_HOST=0, or oriond
+ * refused: said once) it is page-aligned memory here and copies go through the transport.
+ * Mapping it into the device address space (DEVICEMAP, cuMemHostGetDevicePointer) is not remoted. */
 
 #define MAX_HOST 4096
-static struct { void *p; size_t n; unsigned flags; } host_allocs[MAX_HOST];
+static struct { void *p; size_t n; size_t mapped; unsigned flags; } host_allocs[MAX_HOST];
 static pthread_mutex_t host_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile int shared_count;    /* host_allocs entries shared with oriond (mapped != 0) */
+static int share_off;                /* set once sharing is known not to work for this session */
 
 static int host_find(const void *p, size_t *n, unsigned *flags)
 {
@@ -1751,19 +1758,92 @@ static int host_find(const void *p, size_t *n, unsigned *flags)
     return found;
 }
 
+/* 1 when [p, p + n) lies in one block shared with oriond. */
+static int host_shared(const void *p, size_t n)
+{
+    if (!shared_count || !n) return 0;
+    int found = 0;
+    const char *c = p;
+    pthread_mutex_lock(&host_lock);
+    for (int i = 0, seen = 0; i < MAX_HOST && seen < shared_count && !found; i++) {
+        if (!host_allocs[i].mapped) continue;
+        seen++;
+        const char *b = host_allocs[i].p;
+        found = c >= b && n <= host_allocs[i].n && (size_t)(c - b) <= host_allocs[i].n - n;
+    }
+    pthread_mutex_unlock(&host_lock);
+    return found;
+}
+
+static int share_wanted(void)
+{
+    const char *v = getenv("ORION_SHARE_HOST");
+    return !share_off && shm && !orion_shm_is_vm(shm) && !(v && !strcmp(v, "0"));
+}
+
+/* A block of n bytes (whole pages) shared with oriond, or NULL (the reason said once). */
+static void *share_block(size_t n)
+{
+    int fd = memfd_create("orion-pinned", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        orion_log("INFO", "page-locked memory stays in this process (memfd_create: %s)", strerror(errno));
+        share_off = 1;
+        return NULL;
+    }
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)n) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+        p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        close(fd);
+        return NULL;  /* out of memory: the caller's fallback fails the same way or not */
+    }
+    CUresult st = orion_wire_orionHostShare(fd, (cuuint64_t)(uintptr_t)p, n);
+    close(fd);
+    if (st != CUDA_SUCCESS) {
+        munmap(p, n);
+        const char *name = "?";
+        cuGetErrorName(st, &name);
+        orion_log("INFO", "page-locked memory stays in this process, copies go through %s (oriond refused "
+                          "to share it: %s; see its session log)", link_name, name);
+        if (st != CUDA_ERROR_OUT_OF_MEMORY) share_off = 1;
+        return NULL;
+    }
+    static int said;
+    if (!said++) orion_log("DEBUG", "page-locked memory is shared with oriond over %s: copies from and to it "
+                                    "are one DMA", link_name);
+    return p;
+}
+
 ORION_API CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags)
 {
     if (!pp || !bytesize) return CUDA_ERROR_INVALID_VALUE;
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    void *p = NULL;
-    if (posix_memalign(&p, 4096, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
+    size_t pages = (bytesize + 4095) & ~(size_t)4095;
+    if (pages < bytesize) return CUDA_ERROR_OUT_OF_MEMORY;
+    void *p = share_wanted() ? share_block(pages) : NULL;
+    size_t mapped = p ? pages : 0;
+    if (!p && posix_memalign(&p, 4096, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
     pthread_mutex_lock(&host_lock);
     int slot = -1;
     for (int i = 0; i < MAX_HOST && slot < 0; i++)
         if (!host_allocs[i].p) slot = i;
-    if (slot >= 0) { host_allocs[slot].p = p; host_allocs[slot].n = bytesize; host_allocs[slot].flags = Flags; }
+    if (slot >= 0) {
+        host_allocs[slot].p = p;
+        host_allocs[slot].n = bytesize;
+        host_allocs[slot].mapped = mapped;
+        host_allocs[slot].flags = Flags;
+        if (mapped) shared_count++;
+    }
     pthread_mutex_unlock(&host_lock);
-    if (slot < 0) { free(p); return CUDA_ERROR_OUT_OF_MEMORY; }
+    if (slot < 0) {
+        if (mapped) {
+            (void)orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)p);
+            munmap(p, mapped);
+        } else {
+            free(p);
+        }
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     *pp = p;
     return CUDA_SUCCESS;
 }
@@ -1777,12 +1857,49 @@ ORION_API CUresult cuMemFreeHost(void *p)
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     pthread_mutex_lock(&host_lock);
     int found = 0;
+    size_t mapped = 0;
     for (int i = 0; i < MAX_HOST && !found; i++)
-        if (p && host_allocs[i].p == p) { host_allocs[i].p = NULL; found = 1; }
+        if (p && host_allocs[i].p == p) {
+            mapped = host_allocs[i].mapped;
+            if (mapped) shared_count--;
+            host_allocs[i].p = NULL;
+            host_allocs[i].mapped = 0;
+            found = 1;
+        }
     pthread_mutex_unlock(&host_lock);
     if (!found) return CUDA_ERROR_INVALID_VALUE;
-    free(p);
-    return CUDA_SUCCESS;
+    if (!mapped) {
+        free(p);
+        return CUDA_SUCCESS;
+    }
+    /* oriond lets go of its mapping first (its copies are done: calls run in order) */
+    CUresult st = orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)p);
+    munmap(p, mapped);
+    return st == CUDA_ERROR_DEVICE_UNAVAILABLE || st == CUDA_ERROR_DEINITIALIZED ? CUDA_SUCCESS : st;
+}
+
+CUresult orion_custom_cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t n)
+{
+    if (host_shared(src, n)) return orion_wire_orionMemcpyHtoDShared(dst, (cuuint64_t)(uintptr_t)src, n);
+    return orion_wire_cuMemcpyHtoD(dst, src, n);
+}
+
+CUresult orion_custom_cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t n)
+{
+    if (host_shared(dst, n)) return orion_wire_orionMemcpyDtoHShared((cuuint64_t)(uintptr_t)dst, src, n);
+    return orion_wire_cuMemcpyDtoH(dst, src, n);
+}
+
+CUresult orion_custom_cuMemcpyHtoDAsync(CUdeviceptr dst, const void *src, size_t n, CUstream s)
+{
+    if (host_shared(src, n)) return orion_wire_orionMemcpyHtoDSharedAsync(dst, (cuuint64_t)(uintptr_t)src, n, s);
+    return orion_wire_cuMemcpyHtoDAsync(dst, src, n, s);
+}
+
+CUresult orion_custom_cuMemcpyDtoHAsync(void *dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    if (host_shared(dst, n)) return orion_wire_orionMemcpyDtoHSharedAsync((cuuint64_t)(uintptr_t)dst, src, n, s);
+    return orion_wire_cuMemcpyDtoHAsync(dst, src, n, s);
 }
 
 ORION_API CUresult cuMemHostGetFlags(unsigned int *pFlags, void *p)

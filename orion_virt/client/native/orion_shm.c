@@ -720,6 +720,11 @@ void orion_shm_close(orion_shm *s)
     unmap(s);
 }
 
+int orion_shm_is_vm(const orion_shm *s)
+{
+    return s && s->vm;
+}
+
 void orion_shm_forget(orion_shm *s)
 {
     /* a forked child: the claim (lock, heartbeat thread) belongs to the parent */

@@ -22,6 +22,8 @@ int orion_shm_send(orion_shm *s, const struct iovec *iov, int n, char *why, size
 int orion_shm_recv(orion_shm *s, void *buf, size_t n, double deadline, char *why, size_t wl);
 /* Release the claim (state closed, lock dropped) and unmap. */
 void orion_shm_close(orion_shm *s);
+/* 1 when the channel is an ivshmem device of a VM (its memory is not this kernel's). */
+int orion_shm_is_vm(const orion_shm *s);
 /* In a forked child: unmap without touching the parent's claim. */
 void orion_shm_forget(orion_shm *s);
 

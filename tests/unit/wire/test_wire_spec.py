@@ -35,7 +35,7 @@ def test_every_reference_in_the_spec_names_an_argument() -> None:
         for a in fn.args:
             if a.role is Role.HANDLE:
                 assert a.kind in HANDLE_KINDS, (fn.name, a.name)
-            if a.role is Role.DPTR and a.dir is Dir.IN:
+            if a.role is Role.DPTR and a.dir is Dir.IN or a.role is Role.SHARED:
                 assert a.extent in names, (fn.name, a.name)
             if a.role in (Role.HOST_IN, Role.HOST_OUT) and a.length:
                 assert a.length in names, (fn.name, a.name)
@@ -47,6 +47,9 @@ def test_every_call_is_executed_dispatched_and_bound() -> None:
     for fn in CALLS:
         assert callable(getattr(Session, "x_" + fn.name, None)), f"the server does not execute {fn.name}"
         assert fn.code in DISPATCH
+        if fn.client == "native":
+            assert getattr(driver, fn.name, None) is None, f"{fn.name} is the native client's"
+            continue
         assert callable(getattr(driver, fn.name, None)), f"the client does not bind {fn.name}"
         for s in fn.spellings:
             if not s.endswith(("_ptds", "_ptsz")):
