@@ -12,6 +12,7 @@ trips of cuCtxSynchronize), ``pipelined`` (async calls counted until a final cuC
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -143,12 +144,26 @@ class Agent:
             self.host = np.empty(size, dtype=np.uint8)
             self.host.fill(1)  # pre-faulted, as the floors' buffers are
 
-    def copy(self, size: int, reps: int, direction: str) -> dict:
+    def _pinned(self, size: int) -> int:
+        """A page-locked host buffer of ``size`` bytes (cuMemAllocHost), pre-faulted; one kept."""
+        cuda = self.cuda
+        held = getattr(self, "pinned_buf", None)
+        if held is not None and held[1] >= size:
+            return int(held[0])
+        if held is not None:
+            self.check(cuda.cuMemFreeHost(held[0]), "cuMemFreeHost")
+        addr = int(self.check(cuda.cuMemAllocHost(size), f"cuMemAllocHost({size})"))
+        ctypes.memset(addr, 1, size)
+        self.pinned_buf = (addr, size)
+        return addr
+
+    def copy(self, size: int, reps: int, direction: str, pinned: bool = False) -> dict:
+        """``reps`` timed copies of ``size`` bytes between the device and pageable memory (a NumPy
+        array, as cuda-python programs pass it) or, ``pinned``, page-locked memory (cuMemAllocHost)."""
         cuda = self.cuda
         self._buffers(size)
         assert self.host is not None
-        # A host address, as cuda-python programs pass it (numpy's .ctypes.data).
-        host = self.host.ctypes.data
+        host = self._pinned(size) if pinned else self.host.ctypes.data
         if direction == "htod":
             fn, args = cuda.cuMemcpyHtoD, (self.dptr, host, size)
         else:

@@ -30,12 +30,17 @@ class CompareSettings:
     launches: int = 20000
     sizes: tuple[int, ...] = tuple(4 << (2 * i) for i in range(5, 15))  # 4 KiB .. 256 MiB
     copy_reps: int = 5
+    pinned_sizes: tuple[int, ...] = (1 << 20, 16 << 20, 256 << 20, 1 << 30)
     matmul_n: int = 1024
     matmul_iters: int = 40
 
     @classmethod
     def quick(cls, backend: str) -> CompareSettings:
-        return cls(backend, 500, 2000, (4096, 1 << 20, 16 << 20), 2, 128, 4)
+        return cls(backend, 500, 2000, (4096, 1 << 20, 16 << 20), 2, (1 << 20, 16 << 20), 128, 4)
+
+
+PINNED_MODES = ("native", "c-shm", "c-tcp")
+"""The modes whose client has page-locked host memory of its own (cuMemAllocHost)."""
 
 
 def native_client_dir() -> Path | None:
@@ -62,6 +67,13 @@ def _measure(agent: AgentProcess, s: CompareSettings) -> dict[str, Any]:
             best = sorted(secs)[len(secs) // 2]
             rows.append({"size": size, "gbps": size / best / 1e9})
         out["copy"][direction] = rows
+    if agent.name in PINNED_MODES:  # the Python client keeps no page-locked memory of its own
+        for direction in ("htod", "dtoh"):
+            rows = []
+            for size in s.pinned_sizes:
+                secs = agent.call("copy", size=size, reps=s.copy_reps, direction=direction, pinned=True)["seconds"]
+                rows.append({"size": size, "gbps": size / sorted(secs)[len(secs) // 2] / 1e9})
+            out["copy"][f"{direction}-pinned"] = rows
     out["matmul"] = agent.call("matmul", n=s.matmul_n, iters=s.matmul_iters)
     return out
 
@@ -116,6 +128,16 @@ def text_compare(res: dict[str, Any]) -> str:
             amount = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
             label = f"{direction.upper()} {amount}"
             lines.append(row(label + " (GB/s)", [f"{m[k]['copy'][direction][i]['gbps']:.2f}" for k in modes]))
+    pm = [k for k in modes if "htod-pinned" in m[k]["copy"]]
+    for direction in ("htod-pinned", "dtoh-pinned"):
+        for i, r in enumerate(m[pm[0]]["copy"][direction] if pm else []):
+            size = r["size"]
+            label = f"{direction.split('-')[0].upper()} {size >> 20} MiB page-locked (GB/s)"
+            lines.append(row(label, [f"{m[k]['copy'][direction][i]['gbps']:.2f}" if k in pm else "-" for k in modes]))
+            if "native" in pm:
+                nat = m["native"]["copy"][direction][i]["gbps"]
+                lines.append(row("  / native page-locked", [f"{m[k]['copy'][direction][i]['gbps'] / nat:.2f}x"
+                                                            if k in pm else "-" for k in modes]))
     mm = {k: m[k]["matmul"] for k in modes}
     first = mm[modes[0]]
     lines.append(row(f"matmul {first['n']}^2 x{first['iters']} (s)", [f"{mm[k]['seconds']:.3f}" for k in modes]))
