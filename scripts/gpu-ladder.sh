@@ -16,7 +16,7 @@ rm -rf "$O"; mkdir -p "$O/bin" "$O/shm" "$O/log" "$O/out"
 CUDA=${CUDA_HOME:-/usr/local/cuda}
 export CUDA_INCLUDE=${CUDA_INCLUDE:-$CUDA/include}
 make -s -C orion_virt/client/native OUT="$O/lib" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
-for p in deviceQuery memory vectorAdd errors threads procaddr; do
+for p in deviceQuery memory vectorAdd errors threads procaddr pinned; do
     gcc -std=c11 -O1 -pthread -I"$CUDA_INCLUDE" -Itests/native tests/native/$p.c -L"$O/lib" -lcuda -lm -ldl -o "$O/bin/$p" || exit 1
 done
 gcc -std=c11 -O1 -I"$CUDA_INCLUDE" tests/native/runtime/runtime_api.c -L"$CUDA/lib64" -lcudart -Wl,-rpath,"$CUDA/lib64" -o "$O/bin/runtime_api"
@@ -46,6 +46,7 @@ step() {
 }
 for mode in shm tcp; do
     for p in deviceQuery memory errors threads procaddr; do step $mode $p "$O/bin/$p"; done
+    step $mode pinned "$O/bin/pinned" 268435456
     step $mode vectorAdd "$O/bin/vectorAdd" orion_virt/kernels/test_kernels.ptx
     step $mode runtime_api "$O/bin/runtime_api" 2 4096
     for p in rt_deviceQuery rt_vectorAdd rt_vectorAdd_shared cublas_sgemm; do step $mode $p "$O/bin/$p"; done
@@ -55,5 +56,27 @@ for mode in shm tcp; do
     step $mode torch_tour "$PY" $P/torch_tour.py 100
     step $mode cupy_tour "$PY" $P/cupy_tour.py
     step $mode cuda_core_tour "$PY" $P/cuda_core_tour.py
+    step $mode torch_train_step "$PY" $P/torch_train_step.py
 done
+# the same training steps and page-locked copies on the real driver, and the ratios
+timeout 240 "$PY" $P/torch_train_step.py > "$O/out/torch_train_step.native.txt" 2>&1 || echo "FAIL torch_train_step natively"
+"$PY" - "$O/out" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def result(mode):
+    for line in (out / f"torch_train_step.{mode}.txt").read_text().splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return None
+nat = result("native")
+for mode in ("shm", "tcp"):
+    r = result(mode)
+    if nat and r:
+        print(f"RATIO {mode}: CNN step native/remoted {nat['cnn_step_ms'] / r['cnn_step_ms']:.3f} "
+              f"({nat['cnn_step_ms']:.2f} vs {r['cnn_step_ms']:.2f} ms); MLP step {nat['mlp_step_ms'] / r['mlp_step_ms']:.3f} "
+              f"({nat['mlp_step_ms']:.3f} vs {r['mlp_step_ms']:.3f} ms); 1 GiB pinned HtoD remoted/native "
+              f"{r['pinned_htod_gbps'] / nat['pinned_htod_gbps']:.3f} ({r['pinned_htod_gbps']} vs {nat['pinned_htod_gbps']} GB/s), "
+              f"DtoH {r['pinned_dtoh_gbps'] / nat['pinned_dtoh_gbps']:.3f} ({r['pinned_dtoh_gbps']} vs {nat['pinned_dtoh_gbps']} GB/s)")
+PYEOF
 tail -5 "$O/log/oriond.out" > /dev/null
