@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..cuda_enums import CUmemorytype, CUresult
+from ..cuda_enums import CUdevice_attribute, CUmemorytype, CUresult
 from ..cuda_enums import CUpointer_attribute as P
 from ..errors import OrionError, ProtocolError, Refused, TransportError
 from ..transport.base import Stream
@@ -119,6 +119,28 @@ REFUSED_STATUS = int(E.CUDA_ERROR_NOT_PERMITTED)
 """The status of an ERROR frame for a refused token or an expired lease."""
 PROTOCOL_STATUS = int(E.CUDA_ERROR_UNKNOWN)
 """The status of an ERROR frame that ends a session for a protocol violation."""
+
+
+_A = CUdevice_attribute
+FEATURES_NOT_REMOTED = frozenset(int(a) for a in (
+    _A.CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, _A.CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS,
+    _A.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, _A.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
+    _A.CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST,
+    _A.CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, _A.CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM, _A.CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, _A.CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, _A.CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES,
+    _A.CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_HOST_NUMA_MEMORY_POOLS_SUPPORTED, _A.CU_DEVICE_ATTRIBUTE_HOST_MEMORY_POOLS_SUPPORTED,
+    _A.CU_DEVICE_ATTRIBUTE_HOST_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+))
+"""Device features whose functions are not remoted (managed memory, virtual memory management,
+host registration, IPC and export handles): reported absent, so that a framework that asks takes
+its ordinary path instead of calling a function that is refused with CUDA_ERROR_NOT_SUPPORTED."""
 
 
 class Session:
@@ -402,6 +424,8 @@ class Session:
         return self.vgpus[d].memory
 
     def x_cuDeviceGetAttribute(self, attrib: int, d: int) -> int:
+        if attrib in FEATURES_NOT_REMOTED:
+            return 0
         attributes = self._gpu(d).attributes
         if attrib not in attributes:
             if not 0 < attrib < 1000:

@@ -439,6 +439,25 @@ def test_page_locked_buffers_are_shared_with_oriond_over_shm_and_copied_over_tcp
         assert "host memory at" not in new_logs
 
 
+def test_managed_memory_and_virtual_memory_management_are_absent_and_refused_by_name(
+        programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    """The device says these features are absent; a program that calls them anyway gets
+    CUDA_ERROR_NOT_SUPPORTED (801), each function named once on stderr, and nothing is counted."""
+    r = run(programs["memory_kinds"], env=native_env(oriond, transport, ORION_GMEM="512"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("managed memory 0, concurrent managed access 0, virtual memory management 0, host register 0"
+            in r.stdout)
+    assert "unified addressing 1," in r.stdout
+    for fn in ("cuMemAllocManaged", "cuMemGetAllocationGranularity", "cuMemAddressReserve", "cuMemCreate",
+               "cuMemHostRegister"):
+        assert f"{fn} -> 801" in r.stdout
+        said = [ln for ln in r.stderr.splitlines() if ln.startswith((f"[WARN] {fn} ", f"[WARN] {fn}_v2 "))]
+        assert len(said) == 1 and said[0].endswith(" is not supported by the orion_virt client: "
+                                                   "CUDA_ERROR_NOT_SUPPORTED"), r.stderr
+    assert "free unchanged after the refusals: yes" in r.stdout
+    assert "an ordinary allocation of 8 MiB counts: yes" in r.stdout
+
+
 def test_oriond_refuses_to_share_memory_that_is_not_a_sealed_memfd_and_the_program_still_runs(
         programs: dict[str, Path], oriond: Oriond) -> None:
     """ORION_SHARE_HOST=0 keeps buffers in the program (the ring carries the bytes); the checks
