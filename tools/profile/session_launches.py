@@ -31,7 +31,11 @@ def main() -> None:
     ap.add_argument("--backend", default="sim", choices=["sim", "cuda"])
     ap.add_argument("--launches", type=int, default=50000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--direct", action="store_true",
+                    help="also time the backend's launch alone (no ring, no session) in this process")
     a = ap.parse_args()
+    if a.direct:
+        direct(a.backend, a.launches)
     inc = os.environ.get("CUDA_INCLUDE") or next(
         str(p) for d in __import__("nvidia").__path__ for p in Path(d).glob("cu*/include") if (p / "cuda.h").exists())
     work = Path(tempfile.mkdtemp(prefix="orion-prof-", dir="/dev/shm"))
@@ -68,6 +72,35 @@ def main() -> None:
           f"{getattr(stream, 'sleeps', '?')}")
     proc.wait()
     stop.set()
+
+
+def direct(backend_name: str, n: int) -> None:
+    """The backend session's own launch cost: fill_u32 (n=0) issued ``n`` times by
+    ``BackendSession.launch`` as the session calls it, then one synchronize."""
+    import struct
+
+    from orion_virt.server.backend import VGpu
+
+    if backend_name == "cuda":
+        from orion_virt.server.cuda_backend import CudaBackend
+        backend = CudaBackend()
+    else:
+        from orion_virt.server.sim import SimBackend
+        backend = SimBackend()  # type: ignore[assignment]
+    bs = backend.open_session([VGpu(0, 1024 << 20, 100)])
+    bs.use_device(0)
+    mod = bs.module_load((ROOT / "orion_virt/kernels/test_kernels.ptx").read_bytes() + b"\0")
+    func, slots = bs.get_function(mod, "fill_u32")
+    size = max((sl.offset + sl.size for sl in slots), default=0)
+    params = struct.pack(f"{size}x")
+    for label in ("warm-up", "timed"):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            bs.launch(func, (1, 1, 1), (1, 1, 1), 0, None, params)
+        bs.synchronize(None)
+        dt = time.perf_counter() - t0
+        print(f"backend {backend_name} launch alone ({label}): {n / dt:.0f}/s")
+    bs.close()
 
 
 if __name__ == "__main__":
