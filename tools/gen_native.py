@@ -57,7 +57,7 @@ HAND_EXPORTS = (
     "cuMemHostGetFlags", "cuDeviceGetDefaultMemPool", "cuDeviceGetMemPool", "cuMemAllocAsync",
     "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemFreeAsync",
     "cuMemFreeAsync_ptsz", "cuMemPoolSetAttribute", "cuMemPoolGetAttribute", "cuMemPoolTrimTo",
-    "cuGraphGetNodes",
+    "cuGraphGetNodes", "cuMemHostGetDevicePointer", "cuMemHostGetDevicePointer_v2",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
@@ -266,7 +266,8 @@ def _needs_v1(fn: S.Fn) -> bool:
 
 
 C_WIRE_ONLY = ("cuGraphGetNodeCount", "orionHostShare", "orionHostUnshare", "orionMemcpyHtoDShared",
-               "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync")
+               "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync",
+               "orionHostDevicePointer")
 """Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
 hand-written export that uses it has another name)."""
 

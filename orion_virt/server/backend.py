@@ -249,6 +249,12 @@ class BackendSession(ABC):
         """A host region that the transport's chunk views lie in (a shared-memory ring) for the
         session's lifetime; a backend may pin it (cuMemHostRegister). Best effort, never raises."""
 
+    def host_device_pointer(self, view: memoryview) -> int:
+        """The device address of registered host memory (``register_host``), for kernels to read
+        and write it. Raises CudaCallError (CUDA_ERROR_NOT_SUPPORTED) where there is none."""
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED,
+                            f"the {type(self).__name__} backend maps no host memory into a device's address space")
+
     def unregister_host(self, view: memoryview) -> None:
         """Undo :meth:`register_host` for ``view`` before its memory is unmapped. Never raises."""
 

@@ -41,6 +41,7 @@ _INVALID_VALUE = int(E.CUDA_ERROR_INVALID_VALUE)
 _ALREADY_REGISTERED = int(E.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
 CU_STREAM_NON_BLOCKING = 1
 CU_MEMHOSTREGISTER_PORTABLE = 1
+CU_MEMHOSTREGISTER_DEVICEMAP = 2
 CU_MEMHOSTREGISTER_READ_ONLY = 8
 LONG_WAIT_S = 200e-6
 """A synchronize that has not finished after this long is waited for in a helper thread while the
@@ -303,7 +304,7 @@ class CudaSession(BackendSession):
         if self._closed or not self._ctxs or view.nbytes == 0:
             return
         addr = buffer_address(view)
-        tries = [CU_MEMHOSTREGISTER_PORTABLE]
+        tries = [CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP, CU_MEMHOSTREGISTER_PORTABLE]
         if view.readonly:  # a plain pin first (tmpfs allows it); READ_ONLY where only that is granted
             tries.append(CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_READ_ONLY)
         try:
@@ -323,6 +324,14 @@ class CudaSession(BackendSession):
             log.warning("cuMemHostRegister of %d bytes at 0x%x: %s; copies stay pageable (a device file on "
                         "tmpfs, e.g. /dev/shm, can be pinned)", view.nbytes, addr,
                         self._error(int(err), "cuMemHostRegister").message)
+
+    def host_device_pointer(self, view: memoryview) -> int:
+        addr = buffer_address(view)
+        if addr not in self._registered:
+            raise CudaCallError(E.CUDA_ERROR_NOT_SUPPORTED, f"host memory at {addr:#x} could not be registered with "
+                                "CUDA (see the session log): it has no device address")
+        self._use(next(iter(self._ctxs.values())))
+        return int(self._ok(self.d.cuMemHostGetDevicePointer(addr, 0), "cuMemHostGetDevicePointer"))
 
     def unregister_host(self, view: memoryview) -> None:
         addr = buffer_address(view)

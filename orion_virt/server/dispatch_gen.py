@@ -395,6 +395,11 @@ def orionMemcpyDtoHSharedAsync(s: Session, a: tuple, b: Blob) -> Any:
     return ()
 
 
+def orionHostDevicePointer(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_orionHostDevicePointer(a[0])
+    return (r,)
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -463,4 +468,5 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     66: orionMemcpyDtoHShared,
     67: orionMemcpyHtoDSharedAsync,
     68: orionMemcpyDtoHSharedAsync,
+    69: orionHostDevicePointer,
 }

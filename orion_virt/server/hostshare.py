@@ -41,6 +41,28 @@ _F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
 _F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FIXED_NOREPLACE = 0x100000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_at(fd: int, size: int, addr: int) -> int:
+    """Map ``size`` bytes of ``fd`` shared and writable, at ``addr`` if that range is free in this
+    process (then a host pointer means the same here as in the client: UVA), else anywhere.
+    Returns the address; raises OSError."""
+    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
+    r = _libc.mmap(addr, size, prot, flags | MAP_FIXED_NOREPLACE, fd, 0)
+    if r not in (None, _MAP_FAILED) and r != addr:  # a kernel that takes the flag as a hint
+        _libc.munmap(r, size)
+        r = None
+    if r in (None, _MAP_FAILED):
+        r = _libc.mmap(None, size, prot, flags, fd, 0)
+        if r in (None, _MAP_FAILED):
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    return int(r)
 
 
 def default_limit() -> int:
@@ -67,9 +89,15 @@ def take_fd(pid: int, fd: int) -> int:
 @dataclass
 class Block:
     addr: int
+    """The client's address of the block."""
     size: int
-    mm: mmap.mmap
+    local: int
+    """Where oriond mapped it: ``addr`` itself unless that range was taken in the worker."""
     view: memoryview
+
+    @property
+    def same_address(self) -> bool:
+        return self.local == self.addr
 
 
 def _refuse(why: str) -> CudaCallError:
@@ -123,10 +151,13 @@ class SharedHost:
                 raise _refuse(f"descriptor {fd} is not sealed against shrinking (F_SEAL_SHRINK)")
             if st.st_size != size:
                 raise _refuse(f"descriptor {fd} holds {st.st_size} bytes, not {size}")
-            mm = mmap.mmap(own, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                local = map_at(own, size, addr)
+            except OSError as e:
+                raise CudaCallError(E.CUDA_ERROR_OUT_OF_MEMORY, f"orionHostShare: mmap: {e.strerror}") from None
         finally:
             os.close(own)
-        b = Block(addr, size, mm, memoryview(mm))
+        b = Block(addr, size, local, memoryview((ctypes.c_char * size).from_address(local)).cast("B"))
         backend.register_host(b.view)
         bisect.insort(self._starts, addr)
         self._blocks[addr] = b
@@ -161,10 +192,19 @@ class SharedHost:
         self._starts.clear()
         self.bytes = 0
 
+    def block(self, addr: int) -> Block:
+        """The block that holds client address ``addr``; CUDA_ERROR_INVALID_VALUE if none."""
+        i = bisect.bisect_right(self._starts, addr)
+        if i:
+            b = self._blocks[self._starts[i - 1]]
+            if addr - b.addr < b.size:
+                return b
+        raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                            f"host address {addr:#x} is not in memory shared with the session")
+
     @staticmethod
     def _release(b: Block) -> None:
+        """Unmap. A graph captured with a copy to or from the block and replayed later would touch
+        unmapped memory, as natively after cuMemFreeHost: only this session's worker can suffer."""
         b.view.release()
-        try:
-            b.mm.close()
-        except BufferError:  # a view still exported (a copy in flight cannot be: calls are serial)
-            pass
+        _libc.munmap(b.local, b.size)

@@ -527,6 +527,10 @@ class Session:
     def x_orionHostUnshare(self, addr: int) -> None:
         self.shared.unshare(addr, self._b)
 
+    def x_orionHostDevicePointer(self, addr: int) -> int:
+        b = self.shared.block(addr)
+        return self._b.host_device_pointer(b.view) + (addr - b.addr)
+
     def x_orionMemcpyHtoDShared(self, dst: int, src: memoryview, n: int) -> None:
         self._b.write(dst, (src,))
 

@@ -73,3 +73,4 @@ class Call(IntEnum):
     orionMemcpyDtoHShared = 66
     orionMemcpyHtoDSharedAsync = 67
     orionMemcpyDtoHSharedAsync = 68
+    orionHostDevicePointer = 69

@@ -280,6 +280,9 @@ CALLS: tuple[Fn, ...] = (
     Fn("orionMemcpyDtoHSharedAsync", 68, (_shared("dstHost", "ByteCount"), _dptr("srcDevice", "ByteCount"),
                                           _a("ByteCount", _sz), _stream()), no_reply=True, client="native",
        doc="cuMemcpyDtoHAsync into shared host memory: sent without waiting, done when the stream is"),
+    Fn("orionHostDevicePointer", 69, (_out("pdptr", "CUdeviceptr"), _a("p", "cuuint64_t")), client="native",
+       doc="cuMemHostGetDevicePointer of shared host memory: the device's address of the client's p (p "
+           "itself when oriond mapped the block at the client's address, as UVA has it)"),
 )
 """Every remoted call, in code order."""
 

@@ -458,6 +458,21 @@ def test_managed_memory_and_virtual_memory_management_are_absent_and_refused_by_
     assert "an ordinary allocation of 8 MiB counts: yes" in r.stdout
 
 
+def test_zero_copy_asks_oriond_for_the_device_address_of_shared_memory(programs: dict[str, Path], oriond: Oriond,
+                                                                        transport: str) -> None:
+    """NVIDIA's simpleZeroCopy pattern. The sim backend has no device address space for host
+    memory, so oriond refuses by name there (the kernel writing it runs in the GPU ladder,
+    scripts/gpu-ladder.sh); over TCP the memory is not shared, and the client says why."""
+    r = run(programs["zero_copy"], str(PTX), "unsupported-ok", env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "zero-copy: CUDA_ERROR_NOT_SUPPORTED" in r.stdout
+    if transport == "tcp":
+        assert "page-locked memory has a device address only when it is shared with oriond" in r.stderr
+    else:
+        logs = "".join(p.read_text() for p in (oriond.logs / "session").glob("*.log"))
+        assert "maps no host memory into a device's address space" in logs
+
+
 def test_oriond_refuses_to_share_memory_that_is_not_a_sealed_memfd_and_the_program_still_runs(
         programs: dict[str, Path], oriond: Oriond) -> None:
     """ORION_SHARE_HOST=0 keeps buffers in the program (the ring carries the bytes); the checks

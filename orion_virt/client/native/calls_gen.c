@@ -927,6 +927,20 @@ CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr s
     return st;
 }
 
+/* orionHostDevicePointer: call 69. */
+CUresult orion_wire_orionHostDevicePointer(CUdeviceptr *pdptr, cuuint64_t p)
+{
+    if (!pdptr) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)p);
+    unsigned char resp[8];
+    orion_msg m = {69, 0, "orionHostDevicePointer", req, 8, NULL, 0, resp, 8, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *pdptr = (CUdeviceptr)orion_get_u64(resp + 0);
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)

@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 67
+#define ORION_CALL_COUNT 68
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -88,6 +88,7 @@
 #define ORION_CODE_orionMemcpyDtoHShared 66
 #define ORION_CODE_orionMemcpyHtoDSharedAsync 67
 #define ORION_CODE_orionMemcpyDtoHSharedAsync 68
+#define ORION_CODE_orionHostDevicePointer 69
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -157,6 +158,7 @@ CUresult orion_wire_orionMemcpyHtoDShared(CUdeviceptr dstDevice, cuuint64_t srcH
 CUresult orion_wire_orionMemcpyDtoHShared(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount);
 CUresult orion_wire_orionMemcpyHtoDSharedAsync(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount, CUstream hStream);
 CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream);
+CUresult orion_wire_orionHostDevicePointer(CUdeviceptr *pdptr, cuuint64_t p);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);

@@ -1735,7 +1735,7 @@ CUresult orion_custom_cuMemFree(CUdeviceptr dptr)
  * with the GPU there, so a copy from or to it is one DMA and its bytes never cross the ring; an
  * asynchronous copy is sent without waiting. Elsewhere (TCP, a VM, ORION_SHARE_HOST=0, or oriond
  * refused: said once) it is page-aligned memory here and copies go through the transport.
- * Mapping it into the device address space (DEVICEMAP, cuMemHostGetDevicePointer) is not remoted. */
+ * Shared memory is also mapped into the device address space (cuMemHostGetDevicePointer). */
 
 #define MAX_HOST 4096
 static struct { void *p; size_t n; size_t mapped; unsigned flags; } host_allocs[MAX_HOST];
@@ -1876,6 +1876,34 @@ ORION_API CUresult cuMemFreeHost(void *p)
     CUresult st = orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)p);
     munmap(p, mapped);
     return st == CUDA_ERROR_DEVICE_UNAVAILABLE || st == CUDA_ERROR_DEINITIALIZED ? CUDA_SUCCESS : st;
+}
+
+/* The device's address of page-locked memory: only for memory shared with oriond, which mapped it
+ * at the same address where it could (then, as under UVA natively, it is p itself). */
+ORION_API CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int Flags)
+{
+    if (!pdptr || !p || Flags) return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!host_shared(p, 1)) {
+        static int said;
+        if (host_find(p, NULL, NULL) && !said++)
+            orion_log("WARN", "cuMemHostGetDevicePointer: page-locked memory has a device address only when it is "
+                              "shared with oriond (a shared-memory device of this host or of a container): "
+                              "CUDA_ERROR_NOT_SUPPORTED");
+        return host_find(p, NULL, NULL) ? CUDA_ERROR_NOT_SUPPORTED : CUDA_ERROR_INVALID_VALUE;
+    }
+    return orion_wire_orionHostDevicePointer(pdptr, (cuuint64_t)(uintptr_t)p);
+}
+
+ORION_API CUresult cuMemHostGetDevicePointer(CUdeviceptr_v1 *pdptr, void *p, unsigned int Flags)
+{
+    if (!pdptr) return CUDA_ERROR_INVALID_VALUE;
+    CUdeviceptr wide = 0;
+    CUresult st = cuMemHostGetDevicePointer_v2(&wide, p, Flags);
+    if (st != CUDA_SUCCESS) return st;
+    if (wide > 0xFFFFFFFFu) return CUDA_ERROR_OUT_OF_MEMORY;  /* the 32-bit API cannot address it */
+    *pdptr = (CUdeviceptr_v1)wide;
+    return CUDA_SUCCESS;
 }
 
 CUresult orion_custom_cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t n)

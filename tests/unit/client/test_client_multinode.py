@@ -166,7 +166,8 @@ def test_every_call_has_a_route() -> None:
                C.cuMemcpyDtoH, C.cuMemcpyDtoD, C.cuMemsetD8, C.cuMemsetD32, C.cuStreamCreate,
                C.cuEventCreate, C.cuModuleLoadData, C.cuStreamCreateWithPriority,
                C.cuCtxGetStreamPriorityRange, C.cuCtxGetLimit, C.cuCtxSetLimit, C.cuPointerGetAttribute,
-               C.orionHostShare, C.orionHostUnshare, C.orionMemcpyHtoDShared, C.orionMemcpyDtoHShared}
+               C.orionHostShare, C.orionHostUnshare, C.orionMemcpyHtoDShared, C.orionMemcpyDtoHShared,
+               C.orionHostDevicePointer}
     assert set(SPECS) == routed | current
     # the tables come from the call spec's roles: spot-check what they must say
     assert mn.DEVICE_ARG[C.cuDeviceGetAttribute] == 1 and mn.DEVICE_ARG[C.cuCtxCreate] == 1
