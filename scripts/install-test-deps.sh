@@ -40,6 +40,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
         || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client; }
 fi
 
+# systemd-analyze (package systemd) verifies install-server's units, logrotate -d its logrotate file
+# (tests/integration/test_install_server.py); neither starts a service in a container
+for p in systemd logrotate; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$p" || \
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$p"; }
+done
+
 getent group libvirt-qemu >/dev/null || addgroup --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || adduser --system --ingroup libvirt-qemu \
     --home /var/lib/libvirt --no-create-home --disabled-password libvirt-qemu

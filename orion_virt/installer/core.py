@@ -51,8 +51,9 @@ PTH_NAME = "orion-client.pth"
 MANIFEST_NAME = ".orion-client-manifest.json"
 MIN_PYTHON = (3, 11)
 PACKAGE = "orion_virt"
-ROOT_MODULES = ("client", "installer", "check/client.py")
-"""Where the client closure starts (directories are taken whole)."""
+ROOT_MODULES = ("client", "installer/__main__.py", "check/client.py")
+"""Where the client closure starts (directories are taken whole). Not the whole installer: its
+``server*`` modules are install-server's, for the host only."""
 
 LDCONF_PATH = "/etc/ld.so.conf.d/orion.conf"
 
@@ -321,7 +322,8 @@ class _Writer:
         self.t = t
         self.m = m
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        """``mkdir -p``; the directories it creates get ``mode`` (whatever the umask) and are recorded."""
         missing: list[str] = []
         p = PurePosixPath(path)
         while not self.t(str(p)).is_dir():
@@ -330,7 +332,8 @@ class _Writer:
             missing.append(str(p))
             p = p.parent
         for d in reversed(missing):
-            self.t(d).mkdir(mode=0o755)
+            self.t(d).mkdir(mode=mode)
+            os.chmod(self.t(d), mode)
             self.m.dirs.append(d)
 
     def write(self, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -344,8 +347,22 @@ class _Writer:
         if path not in self.m.files:
             self.m.files.append(path)
 
+    def link(self, path: str, target: str) -> None:
+        """A symbolic link ``path`` -> ``target`` (a path of the target system), replacing one."""
+        self.mkdir(str(PurePosixPath(path).parent))
+        real = self.t(path)
+        tmp = real.with_name(real.name + ".orion-tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, real)
+        if path not in self.m.files:
+            self.m.files.append(path)
 
-def _remove_files(t: Target, m: Manifest, out: Out | None) -> None:
+
+def _remove_files(t: Target, m: Manifest, out: Out | None, who: str = "install-client",
+                  quiet_dirs: tuple[str, ...] = (os.path.dirname(CONF_PATH),)) -> None:
+    """Remove ``m``'s files, then its directories that are empty (``out`` names each one kept,
+    except ``quiet_dirs``, which are expected to keep a user's files)."""
     for f in m.files:
         try:
             t(f).unlink()
@@ -363,8 +380,8 @@ def _remove_files(t: Target, m: Manifest, out: Out | None) -> None:
         except FileNotFoundError:
             pass
         except OSError:
-            if out and d != os.path.dirname(CONF_PATH):
-                out(f"Left {d} in place: it holds files install-client did not install")
+            if out and d not in quiet_dirs:
+                out(f"Left {d} in place: it holds files {who} did not install")
 
 
 def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None = None,
