@@ -1,7 +1,9 @@
 """Typed configuration, built once at an entry point and passed down.
 
 Server: flags > ``/etc/orion/server.conf`` (or ``--config``) > defaults.
-Client: environment > ``~/.orion/client.conf`` > ``/etc/orion/client.conf`` > defaults.
+Client: environment > ``~/.orion/client.conf`` > ``/etc/orion/client.conf`` > defaults; for
+``controller_addr`` and ``server_addr``, the host agent's fw_cfg entry in a VM
+(``hostagent_addrs``) comes between the files and the defaults.
 
 The files use the seeds' INI layout (``[server]``, ``[server-log]``, ``[server-shm]``,
 ``[controller]``, ``[client]``, ``[client-shm]``, ...); ``;`` starts a comment, values may be
@@ -383,6 +385,8 @@ class ClientConfig:
     connect_timeout: float = 5.0
     source: str = "defaults"
     sources: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+    """why the host agent's addresses could not be read (the runtime logs them as warnings)"""
 
     def origin(self, attr: str) -> str:
         return dict(self.sources).get(attr, "default")
@@ -420,10 +424,15 @@ def client_config_paths(env: Mapping[str, str]) -> list[Path]:
 
 
 def load_client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
-    """Environment > ~/.orion/client.conf > /etc/orion/client.conf > defaults."""
+    """Environment > ~/.orion/client.conf > /etc/orion/client.conf > (controller_addr and
+    server_addr only) the host agent's fw_cfg entry > defaults. Raises ConfigError for a bad
+    file or variable, and for a malformed fw_cfg address that nothing above overrides."""
+    from .hostagent_addrs import ORIGIN, read_fwcfg
+
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    origins: dict[str, str] = {}
+    agent = read_fwcfg(env, parse_addr)
+    values: dict[str, Any] = dict(agent.values)
+    origins: dict[str, str] = {k: ORIGIN for k in agent.values}
     source = "defaults"
     for p in client_config_paths(env):
         if p.is_file():
@@ -436,7 +445,11 @@ def load_client_config(env: Mapping[str, str] | None = None) -> ClientConfig:
     for k in got:
         var = next(v for key in CLIENT_KEYS if key.attr == k for v in key.env if v in env)
         origins[k] = f"environment {var}"
+    for attr, why in agent.problems.items():
+        if attr not in origins:
+            raise ConfigError(f"{why} (set {attr} in client.conf or the environment to override it)")
     if not values.get("log_dir"):
         values["log_dir"] = str(Path(env.get("HOME", "/tmp")) / ".orion" / "log")
     cfg = _build(ClientConfig, values, source)
-    return dataclasses.replace(cfg, sources=tuple(sorted(origins.items())))
+    return dataclasses.replace(cfg, sources=tuple(sorted(origins.items())),
+                               notes=(agent.note,) if agent.note else ())

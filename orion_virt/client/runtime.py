@@ -126,6 +126,10 @@ class Runtime:
         if on_screen("INFO"):
             print(BANNER, file=sys.stderr, flush=True)
         self.log.info("%s starting; config from %s", BANNER, cfg.source)
+        for note in cfg.notes:
+            self.log.warning("%s", note)
+        if cfg.server_addr:
+            self.log.info("server %s (from %s)", cfg.server_addr, cfg.origin("server_addr"))
         if not self._atexit:
             atexit.register(self.shutdown)
             self._atexit = True

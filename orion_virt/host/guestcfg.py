@@ -3,8 +3,10 @@ data plane, HOST:PORT) and ``controller_addr`` (HOST:PORT).
 
 Host part of ``server_addr``: the address of ``bind_net`` if set; else ``bind_addr`` if it is
 reachable from a guest (not loopback, not 0.0.0.0); else the gateway of the domain's network.
-``controller_addr``: the configured one, with a loopback/unspecified host replaced by the
-server host (the seeds' controller listens on 0.0.0.0:9123 and guests use the gateway).
+``controller_addr``: the configured one (server.conf ``[controller] controller_addr``), with a
+loopback/unspecified host replaced by the server host (the seeds' controller listens on
+0.0.0.0:9123 and guests use the gateway); absent when none is configured, so the guest's client
+runs in direct mode unless its own client.conf or environment names a controller.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from typing import Any, Callable, Mapping
 from ..config import ServerConfig
 from ..errors import HostError
 from .netaddr import addr_of_interface, gateway_for_domain
-
-DEFAULT_CONTROLLER_PORT = 9123
 
 
 def _local_only(host: str) -> bool:
@@ -45,7 +45,8 @@ def server_host(cfg: ServerConfig, domain_xml: str, ipr: Any,
 def guest_config(cfg: ServerConfig, domain_xml: str, ipr: Any,
                  network_bridges: Mapping[str, str] | None = None,
                  warn: Callable[[str], None] | None = None) -> dict[str, str]:
-    """``{"server_addr": ..., "controller_addr": ...}`` for the guest of ``domain_xml``.
+    """``{"server_addr": ...}`` plus ``controller_addr`` when one is configured, for the guest
+    of ``domain_xml``.
 
     When no guest-reachable host can be found (a domain without network, as for shm-only
     guests) the configured addresses are used as they are and ``warn`` is told why; the
@@ -66,6 +67,4 @@ def guest_config(cfg: ServerConfig, domain_xml: str, ipr: Any,
         if _local_only(chost) and not _local_only(host):
             chost = host
         out["controller_addr"] = _hostport(chost.strip("[]"), cport)
-    else:
-        out["controller_addr"] = _hostport(host, DEFAULT_CONTROLLER_PORT)
     return out

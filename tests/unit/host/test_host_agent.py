@@ -151,8 +151,7 @@ def test_guest_config_rules(fake_ipr: FakeIPRoute) -> None:
     assert guest_config(fixed, net, fake_ipr, bridges) == {
         "server_addr": "33.31.0.1:9961", "controller_addr": "33.31.0.2:9123"}
     by_net = dataclasses.replace(base, bind_addr="", bind_net="eth9", controller_addr="")
-    assert guest_config(by_net, net, fake_ipr) == {
-        "server_addr": "10.5.0.7:9960", "controller_addr": "10.5.0.7:9123"}
+    assert guest_config(by_net, net, fake_ipr) == {"server_addr": "10.5.0.7:9960"}  # none configured
     with pytest.raises(HostError, match="'nope' does not exist"):
         guest_config(dataclasses.replace(by_net, bind_net="nope"), net, fake_ipr)
     warnings: list[str] = []
