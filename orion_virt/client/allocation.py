@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ClientConfig
+from ..controller.model import CMDLINE_MAX, OWNER_MAX
 from ..errors import AllocationError, ConfigError, ControllerError
 
 
@@ -97,6 +100,30 @@ def signer(cfg: ClientConfig, log: logging.Logger | None = None) -> Any:
     return ctl.load_signer("client", path)
 
 
+def owner() -> str:
+    """``user@host`` of this process, as the portal's owner column shows it."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return _bounded(f"{user}@{socket.gethostname()}", OWNER_MAX)
+
+
+def cmdline() -> str:
+    """This process's command line (``/proc/self/cmdline``, arguments joined by spaces, control
+    characters as ``?``), cut to the controller's bound."""
+    raw = Path("/proc/self/cmdline").read_bytes().rstrip(b"\0")
+    return _bounded(raw.replace(b"\0", b" ").decode(errors="replace"), CMDLINE_MAX)
+
+
+def _bounded(text: str, limit: int) -> str:
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
     """Raises ConfigError without ORION_VGPU, ControllerError/AllocationError from the controller."""
     if not cfg.vgpu:
@@ -124,7 +151,8 @@ def obtain(cfg: ClientConfig, log: logging.Logger) -> Grant:
         raise ControllerError(f"{ctl.MSG_VERSION}\n{where}: {e}") from None
     log.info("%s: %s", where, version)
     req = ctl.AllocationRequest(vgpu=cfg.vgpu, gmem_mib=cfg.gmem_mib, ratio=cfg.ratio,
-                                cross_node=cfg.cross_node, group_id=cfg.group_id)
+                                cross_node=cfg.cross_node, group_id=cfg.group_id,
+                                owner=owner(), cmdline=cmdline())
     try:
         alloc = ctl.allocate(addr, req, signer=signer(cfg, log))
     except AllocationError as e:

@@ -93,10 +93,12 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A server: its stable id (e.g. hostname) and data-plane address ``HOST:PORT``."""
+    """A server: its stable id (e.g. hostname), data-plane address ``HOST:PORT`` and what it runs
+    on (``model.NODE_KINDS``)."""
 
     node_id: str
     address: str
+    kind: str = "host"
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def register(addr: str, node: NodeInfo, gpus: Sequence[GpuInfo], timeout: float 
     """Register (or refresh) a server and its GPUs; the whole answer (``heartbeat_timeout``,
     ``node_secret`` when a new one was issued)."""
     return dict(request(addr, "POST", "/api/v1/nodes",
-                        {"node_id": node.node_id, "address": node.address,
+                        {"node_id": node.node_id, "address": node.address, "kind": node.kind,
                          "gpus": [g.to_json() for g in gpus]}, timeout, signer,
                         _node_secret(node_secret)))
 

@@ -17,6 +17,12 @@ from .exceptions import BadRequest
 DATA_VERSION = "0.1"
 API_VERSION = "0.1"
 
+NODE_KINDS = ("host", "vm", "container")
+"""what a registering server runs on: a plain host, a virtual machine, or a container"""
+OWNER_MAX = 200
+CMDLINE_MAX = 1000
+"""bounds of the client-asserted ``owner`` and ``cmdline`` (untrusted text shown in the portal)"""
+
 
 def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], prefix: str,
          default: Any = ..., minimum: int | None = None, maximum: int | None = None) -> Any:
@@ -100,6 +106,8 @@ class Node:
     registered_at: float = 0.0
     secret_hash: str = ""
     """SHA-256 of the node secret issued at registration: an address change needs it"""
+    kind: str = "host"
+    """one of ``NODE_KINDS``, as the server detected it"""
 
     def gpu(self, index: int) -> Gpu | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -107,7 +115,7 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address,
                 "gpus": [g.to_json() for g in self.gpus], "last_heartbeat": self.last_heartbeat,
-                "up": self.up, "registered_at": self.registered_at}
+                "up": self.up, "registered_at": self.registered_at, "kind": self.kind}
 
     def to_store(self) -> dict[str, Any]:
         return {**self.to_json(), "secret_hash": self.secret_hash}
@@ -118,13 +126,14 @@ class Node:
         return cls(d["node_id"], d["address"],
                    tuple(Gpu.from_json(g, 1) for g in d["gpus"]),
                    float(d["last_heartbeat"]), bool(d["up"]), float(d.get("registered_at", 0.0)),
-                   str(d.get("secret_hash", "")))
+                   str(d.get("secret_hash", "")), str(d.get("kind", "host")))
 
 
 def parse_registration(d: Any, default_vgpu_count: int, now: float) -> Node:
     """A node registration body ``{"node_id", "address", "gpus": [...]}`` as an up ``Node``.
 
-    GPU indexes must be unique; a GPU without ``vgpu_count`` gets the controller's default.
+    GPU indexes must be unique; a GPU without ``vgpu_count`` gets the controller's default;
+    ``kind`` (one of ``NODE_KINDS``) defaults to ``host``.
     """
     d = _obj(d, "")
     node_id = _get(d, "node_id", str, "")
@@ -135,7 +144,21 @@ def parse_registration(d: Any, default_vgpu_count: int, now: float) -> Node:
     gpus = tuple(Gpu.from_json(g, default_vgpu_count, f"gpus[{i}].") for i, g in enumerate(raw))
     if len({g.index for g in gpus}) != len(gpus):
         raise BadRequest("field 'gpus' has duplicate GPU indexes", "gpus")
-    return Node(node_id.strip(), address, gpus, now, True, now)
+    kind = _get(d, "kind", str, "", default="host")
+    if kind not in NODE_KINDS:
+        raise BadRequest(f"field 'kind' must be one of {', '.join(NODE_KINDS)}, got {kind!r}",
+                         "kind")
+    return Node(node_id.strip(), address, gpus, now, True, now, kind=kind)
+
+
+def _text(d: Mapping[str, Any], key: str, limit: int) -> str:
+    """An optional printable string field of at most ``limit`` characters, else ``BadRequest``."""
+    v = _get(d, key, str, "", default="")
+    if len(v) > limit:
+        raise BadRequest(f"field {key!r} must be at most {limit} characters, got {len(v)}", key)
+    if not v.isprintable():
+        raise BadRequest(f"field {key!r} must be printable text (no control characters)", key)
+    return str(v)
 
 
 @dataclass(frozen=True)
@@ -152,6 +175,8 @@ class AllocationRequest:
     cross_node: bool = False
     group_id: str = ""
     owner: str = ""
+    cmdline: str = ""
+    """the application's command line as its client reports it (at most ``CMDLINE_MAX``)"""
 
     def validate(self) -> AllocationRequest:
         """Return self, or raise ``BadRequest`` naming the bad field."""
@@ -170,7 +195,8 @@ class AllocationRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {"vgpu": self.vgpu, "gmem_mib": self.gmem_mib, "ratio": self.ratio,
-                "cross_node": self.cross_node, "group_id": self.group_id, "owner": self.owner}
+                "cross_node": self.cross_node, "group_id": self.group_id, "owner": self.owner,
+                "cmdline": self.cmdline}
 
     @classmethod
     def from_json(cls, d: Any) -> AllocationRequest:
@@ -181,7 +207,8 @@ class AllocationRequest:
             ratio=_get(d, "ratio", int, "", default=None),
             cross_node=_get(d, "cross_node", bool, "", default=False),
             group_id=_get(d, "group_id", str, "", default=""),
-            owner=_get(d, "owner", str, "", default=""),
+            owner=_text(d, "owner", OWNER_MAX),
+            cmdline=_text(d, "cmdline", CMDLINE_MAX),
         ).validate()
 
 
@@ -217,6 +244,7 @@ class Allocation:
     placements: tuple[Placement, ...]
     secret_hash: str = ""
     """SHA-256 of the allocation's secret: renewing and releasing need the secret"""
+    cmdline: str = ""
 
     @property
     def node_ids(self) -> tuple[str, ...]:
@@ -226,14 +254,14 @@ class Allocation:
         return {"allocation_id": self.allocation_id, "group_id": self.group_id,
                 "owner": self.owner, "created_at": self.created_at,
                 "expires_at": self.expires_at, "placements": [p.to_json() for p in self.placements],
-                "secret_hash": self.secret_hash}
+                "secret_hash": self.secret_hash, "cmdline": self.cmdline}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Allocation:
         return cls(d["allocation_id"], d.get("group_id", ""), d.get("owner", ""),
                    float(d["created_at"]), float(d["expires_at"]),
                    tuple(Placement.from_json(p) for p in d["placements"]),
-                   str(d.get("secret_hash", "")))
+                   str(d.get("secret_hash", "")), str(d.get("cmdline", "")))
 
 
 @dataclass(frozen=True)

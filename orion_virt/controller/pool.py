@@ -285,7 +285,7 @@ def allocate(state: PoolState, req: AllocationRequest, now: float, policy: Polic
         slots = [s for s in range(c.gpu.vgpu_count) if s not in taken][:take]
         placements += [Placement(c.node_id, c.gpu.index, s, c.memory_mib, c.ratio) for s in slots]
     a = Allocation(new_id(), req.group_id, req.owner, now, now + policy.lease_seconds,
-                   tuple(placements))
+                   tuple(placements), cmdline=req.cmdline)
     state.allocations[a.allocation_id] = a
     return a
 

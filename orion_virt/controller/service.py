@@ -20,10 +20,12 @@ from .model import (
     DATA_VERSION,
     Allocation,
     AllocationRequest,
+    Gpu,
     Node,
     PoolState,
     parse_registration,
 )
+from .samples import Samples, sample_of
 from .store import Store
 from .token import Grant, VGpuQuota, issue_token
 
@@ -33,12 +35,14 @@ log = logging.getLogger("orion_virt.controller")
 class Controller:
     def __init__(self, store: Store, policy: pool.Policy, token_key: bytes,
                  clock: Callable[[], float] = time.time,
-                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 samples: Samples | None = None) -> None:
         self.store = store
         self.policy = policy
         self.token_key = token_key
         self.clock = clock
         self.new_id = new_id
+        self.samples = samples or Samples()
 
     @staticmethod
     def version() -> dict[str, str]:
@@ -192,9 +196,11 @@ class Controller:
         return self.task_view(a, s)
 
     def reap(self) -> pool.ReapResult:
+        """Reap, then take a utilisation sample when one is due (``self.samples``)."""
         now = self.clock()
         r = self.store.update(lambda s: pool.reap(s, now, self.policy))
         self._log_reaped(r)
+        self.samples.record(now, self.store.read())
         return r
 
     def _log_reaped(self, r: pool.ReapResult) -> None:
@@ -231,7 +237,7 @@ class Controller:
     @staticmethod
     def task_view(a: Allocation, s: PoolState) -> dict[str, Any]:
         return {"allocation_id": a.allocation_id, "group_id": a.group_id, "owner": a.owner,
-                "created_at": a.created_at, "expires_at": a.expires_at,
+                "cmdline": a.cmdline, "created_at": a.created_at, "expires_at": a.expires_at,
                 "vgpus": [{**p.to_json(), "server": s.nodes[p.node_id].address
                            if p.node_id in s.nodes else ""} for p in a.placements]}
 
@@ -244,8 +250,11 @@ class Controller:
                 for a in sorted(s.allocations.values(), key=lambda a: a.created_at)]
 
     def nodes(self, state: PoolState | None = None) -> list[dict[str, Any]]:
-        """Nodes with per-GPU partitioning: each slot's holder, memory and ratio use."""
+        """Nodes with per-GPU partitioning: each slot's holder, memory and ratio use and its
+        ``state`` (see ``slot_states``), and the GPU's utilisation samples of the last hour,
+        the last one taken now."""
         s = state or self.snapshot()
+        now = self.clock()
         use = pool.usage(s)
         holders = {(p.node_id, p.gpu_index, p.slot): (a.allocation_id, p)
                    for a in s.allocations.values() for p in a.placements}
@@ -254,21 +263,50 @@ class Controller:
             gpus = []
             for g in n.gpus:
                 u = use.get((n.node_id, g.index), pool.Usage())
+                states = slot_states(g, u, n.up)
                 slots = []
                 for slot in range(g.vgpu_count):
                     h = holders.get((n.node_id, g.index, slot))
                     slots.append({"slot": slot, "allocation_id": h[0] if h else None,
+                                  "state": states[slot],
                                   "memory_mib": h[1].memory_mib if h else 0,
                                   "ratio": h[1].ratio if h else 0})
                 gpus.append({**g.to_json(), "used_vgpus": len(u.slots),
                              "free_vgpus": pool.free_vgpus(g, u) if n.up else 0,
                              "used_memory_mib": u.memory_mib, "used_ratio": u.ratio,
-                             "vgpus": slots})
+                             "vgpus": slots,
+                             "utilisation": [
+                                 {"t": x.t, "memory": x.memory, "compute": x.compute}
+                                 for x in self.samples.series(n.node_id, g.index, now)
+                                 + [sample_of(g, u, n.up, now)]]})
             out.append({"node_id": n.node_id, "address": n.address, "up": n.up,
-                        "last_heartbeat": n.last_heartbeat, "registered_at": n.registered_at,
-                        "gpus": gpus})
+                        "kind": n.kind, "last_heartbeat": n.last_heartbeat,
+                        "registered_at": n.registered_at, "gpus": gpus})
         return out
 
+
+SLOT_USED, SLOT_FREE, SLOT_UNAVAILABLE, SLOT_DOWN = "used", "free", "unavailable", "down"
+
+
+def slot_states(gpu: Gpu, u: pool.Usage, up: bool) -> list[str]:
+    """Each slot of ``gpu`` as a user should read it: ``used`` (held by an allocation; on a down
+    node too, until the reaper releases it), ``down`` (its node is down: nothing can be placed),
+    ``free`` (a default-sized vGPU fits there now) or ``unavailable`` (not held, but the memory or
+    compute share left on the GPU does not fit a default-sized vGPU). Exactly
+    ``pool.free_vgpus`` slots are ``free`` on an up node, the lowest-numbered unheld ones."""
+    fits = pool.free_vgpus(gpu, u) if up else 0
+    out = []
+    for slot in range(gpu.vgpu_count):
+        if slot in u.slots:
+            out.append(SLOT_USED)
+        elif not up:
+            out.append(SLOT_DOWN)
+        elif fits > 0:
+            fits -= 1
+            out.append(SLOT_FREE)
+        else:
+            out.append(SLOT_UNAVAILABLE)
+    return out
 
 def _who(req: AllocationRequest) -> str:
     parts = [f"vgpu={req.vgpu}", f"gmem={req.gmem_mib}", f"ratio={req.ratio}"]

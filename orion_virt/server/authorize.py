@@ -360,6 +360,9 @@ def make_registrar(cfg: ServerConfig, backend: Backend, interval: float = 5.0) -
                           f"the Orion Controller's API key; copy the file given to "
                           f"orion-controller --api-key here (mode 0600)") from None
     state = TokenState(cfg.token_state_dir)
-    return Registrar(cfg.controller_addr, NodeInfo(node_id(cfg), advertised_address(cfg)),
+    from .node_kind import detect
+
+    return Registrar(cfg.controller_addr,
+                     NodeInfo(node_id(cfg), advertised_address(cfg), detect()),
                      gpu_infos(backend, cfg.vgpu_count), interval=interval, signer=signer,
                      on_revoked=lambda ids: state.revoke(ids))
