@@ -5,10 +5,12 @@
 #include "orion_conf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define ORION_CONF_MAX_LINE 4096
 
@@ -93,5 +95,56 @@ int orion_parse_mib(const char *text, long *out)
     else if (*end && strcasecmp(end, "M") && strcasecmp(end, "MB") && strcasecmp(end, "MiB")) return -1;
     if (n < 1 || n > 0xFFFFFFFFull / mult) return -1;
     *out = (long)(n * mult);
+    return 0;
+}
+
+int orion_conf_fwcfg(const char *key, char *out, size_t cap, char *why, size_t wcap)
+{
+    const char *path = getenv("ORION_FWCFG_PATH");
+    if (!path || !*path) path = ORION_FWCFG_DEFAULT;
+    why[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return 0;
+        snprintf(why, wcap, "%s: cannot read the host agent's addresses: %s%s", path, strerror(errno),
+                 errno == EACCES ? " (fw_cfg is readable by root only)" : "");
+        return -2;
+    }
+    char buf[ORION_FWCFG_MAX + 2];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) != 0) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            snprintf(why, wcap, "%s: cannot read the host agent's addresses: %s", path, strerror(errno));
+            close(fd);
+            return -2;
+        }
+        len += (size_t)r;
+    }
+    close(fd);
+    if (len > ORION_FWCFG_MAX) {
+        snprintf(why, wcap, "%s: more than %d bytes, not an entry orion-virt attach wrote", path, ORION_FWCFG_MAX);
+        return -1;
+    }
+    buf[len] = '\0';
+    size_t klen = strlen(key);
+    for (char *line = buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        char *eq = strchr(line, '=');
+        if (!eq) continue;
+        *eq = '\0';
+        char *k = orion_conf_trim(line);
+        if (strlen(k) != klen || strcmp(k, key)) continue;
+        char *v = orion_conf_trim(eq + 1);
+        if (strlen(v) >= cap) {
+            snprintf(why, wcap, "%s (" ORION_FWCFG_ORIGIN "): %s is longer than %zu characters", path, key, cap - 1);
+            return -1;
+        }
+        snprintf(out, cap, "%s", v);
+        snprintf(why, wcap, "%s", path);
+        return 1;
+    }
     return 0;
 }

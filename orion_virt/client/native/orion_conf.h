@@ -17,4 +17,13 @@ int orion_conf_paths(char paths[2][600]);
  * 0 with *out set; -1 for anything else (zero, negative, over 2^32-1 MiB). */
 int orion_parse_mib(const char *text, long *out);
 
+/* The host agent's fw_cfg entry in a VM (orion_virt/hostagent_addrs.py): the value of `key`
+ * in its key=value lines, not validated. Path: ORION_FWCFG_PATH, else ORION_FWCFG_DEFAULT.
+ * 1 found (out; the path in why), 0 no entry or no such key, -1 unusable (longer than
+ * ORION_FWCFG_MAX bytes, or the value than cap; why says so), -2 unreadable (why says so). */
+#define ORION_FWCFG_DEFAULT "/sys/firmware/qemu_fw_cfg/by_name/opt/org.orion/config/raw"
+#define ORION_FWCFG_ORIGIN "fw_cfg opt/org.orion/config"
+#define ORION_FWCFG_MAX 4096
+int orion_conf_fwcfg(const char *key, char *out, size_t cap, char *why, size_t wcap);
+
 #endif
