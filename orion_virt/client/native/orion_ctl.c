@@ -3,7 +3,7 @@
  * The same exchanges and messages as the Python client (orion_virt/client/allocation.py,
  * orion_virt/controller/client.py; API in docs/controller-api.md):
  *   GET /version                              the seeds' two lines when it cannot be reached
- *   POST /api/v1/allocations                  {"vgpu", "gmem_mib", "ratio", "cross_node", "group_id", "owner"}
+ *   POST /api/v1/allocations                  {"vgpu", "gmem_mib", "ratio", "cross_node", "group_id", "owner", "cmdline"}
  *   POST /api/v1/allocations/<id>/renew       every lease/3; the new token goes to oriond (RENEW)
  *   DELETE /api/v1/allocations/<id>           at exit, and on SIGTERM/SIGINT
  * What the Python client writes only to its log file goes to ORION_LOG_LEVEL=DEBUG here; what it
@@ -26,6 +26,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -1236,6 +1237,42 @@ static int json_escape(const char *s, char *out, size_t cap)
     return 0;
 }
 
+/* ``n`` bytes of ``src`` as printable ASCII (anything else becomes '?'), cut to ``limit``
+ * characters with "..." as the Python client does (orion_virt/client/allocation.py _bounded);
+ * out must hold limit + 1. The controller refuses control characters in owner and cmdline. */
+static void printable_copy(const char *src, size_t n, char *out, size_t limit)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o < limit; i++) {
+        unsigned char c = (unsigned char)src[i];
+        out[o++] = c == 0 ? ' ' : (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    if (n > limit) memcpy(out + limit - 3, "...", 3);
+    out[o] = '\0';
+}
+
+/* The owner (user@host) and command line (/proc/self/cmdline) as JSON string bodies, bounded
+ * as the controller requires (model.OWNER_MAX 200, model.CMDLINE_MAX 1000). */
+static void who_and_what(char *oesc, size_t ocap, char *cesc, size_t ccap)
+{
+    char raw[1100], host[256] = "", text[1001];
+    struct passwd *pw = getpwuid(geteuid());
+    gethostname(host, sizeof host - 1);
+    int n = snprintf(raw, sizeof raw, "%s@%s", pw ? pw->pw_name : "?", host);
+    printable_copy(raw, n < 0 ? 0 : (size_t)n < sizeof raw ? (size_t)n : sizeof raw - 1, text, 200);
+    if (json_escape(text, oesc, ocap)) oesc[0] = 0;
+    size_t len = 0;
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t r;
+        while (len < sizeof raw && (r = read(fd, raw + len, sizeof raw - len)) > 0) len += (size_t)r;
+        close(fd);
+    }
+    while (len && raw[len - 1] == 0) len--;
+    printable_copy(raw, len, text, 1000);
+    if (json_escape(text, cesc, ccap)) cesc[0] = 0;
+}
+
 const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
 {
     ctl_timeout = timeout > 0 ? timeout : 5.0;
@@ -1298,10 +1335,12 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     ctl_result_free(&r);
 
     /* 2. the allocation */
-    char body[6400];
+    char body[6400 + 1500 + 7000], oesc[1500], cesc[7000];
+    who_and_what(oesc, sizeof oesc, cesc, sizeof cesc);
     snprintf(body, sizeof body,
-             "{\"vgpu\": %ld, \"gmem_mib\": %s, \"ratio\": %s, \"cross_node\": %s, \"group_id\": \"%s\", \"owner\": \"\"}",
-             vgpu, gmem, ratio, cross == 1 ? "true" : "false", gesc);
+             "{\"vgpu\": %ld, \"gmem_mib\": %s, \"ratio\": %s, \"cross_node\": %s, \"group_id\": \"%s\", "
+             "\"owner\": \"%s\", \"cmdline\": \"%s\"}",
+             vgpu, gmem, ratio, cross == 1 ? "true" : "false", gesc, oesc, cesc);
     load_client_key();
     ctl_request("POST", "/api/v1/allocations", body, 1, &r);
     static orion_grant g;
