@@ -7,7 +7,9 @@ upgrade from a release that wrote world-readable logs fixes them at the next sta
 
 from __future__ import annotations
 
+import io
 import logging
+import logging.handlers
 import os
 import stat
 from pathlib import Path
@@ -56,7 +58,22 @@ def make_dir(path: str | os.PathLike[str], mode: int = DIR_MODE) -> Path:
     return p
 
 
+class _WatchedFile(logging.handlers.WatchedFileHandler):
+    """Reopens its file when it was moved or removed (logrotate), creating it with ``perm``."""
+
+    def __init__(self, path: str | os.PathLike[str], perm: int) -> None:
+        self.perm = perm
+        super().__init__(path)
+
+    def _open(self) -> io.TextIOWrapper:
+        create(self.baseFilename, self.perm)
+        return super()._open()
+
+
 def file_handler(path: str | os.PathLike[str], mode: int = LOG_MODE) -> logging.FileHandler:
-    """A ``logging.FileHandler`` appending to ``path``, created with ``mode``. Raises OSError."""
+    """A handler appending to ``path``, created with ``mode``; when the file is moved away or
+    removed (logrotate), the next line goes to a new one of that name (``WatchedFileHandler``: no
+    signal needed, and it works in every process writing a log, session workers included).
+    Raises OSError."""
     create(path, mode)
-    return logging.FileHandler(path)
+    return _WatchedFile(path, mode)

@@ -184,6 +184,10 @@ def _serve(ip: str, port: int, kv: str | None, vgpu: int, token_key: str,
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # systemctl reload orion-controller: its settings are flags, there is nothing to re-read (its
+    # log file is reopened by itself after logrotate); without this, SIGHUP would end it
+    signal.signal(signal.SIGHUP, lambda *_: log.info(
+        "SIGHUP: nothing to reload (the settings are command-line flags: change them and restart)"))
     serving = threading.Thread(target=server.serve_forever, name="orion-http", daemon=True)
     serving.start()
     reaper.start()

@@ -38,6 +38,8 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
     Clients reach it over shared-memory devices under shm_path_base (create them with
     orion-shm; the libvirt hook prepares them for VMs) or over TCP on bind_addr:listen_port.
     Logs go to /var/log/orion/server.log and /var/log/orion/session/<id>.log.
+    SIGHUP (systemctl reload oriond) re-reads the configuration: logging and [server-limits]
+    apply at once, sessions keep running, keys that need a restart are logged.
     With [controller] controller_addr set, only sessions with an allocation token of that
     Orion Controller are accepted, and this server's GPUs are registered there (heartbeats;
     deregistered on a clean stop). Without it, sessions get what they ask for (direct mode).
@@ -50,12 +52,11 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
     from ..server.select_backend import select_backend
 
     registrar = None
+    flags = {"backend": backend, "bind_addr": bind_addr, "listen_port": listen_port,
+             "shm_path_base": shm_path_base, "enable_shm": enable_shm, "enable_kvm": enable_kvm,
+             "log_dir": log_dir, "vgpu_count": vgpu_count}
     try:
-        cfg = load_server_config(config_path, {
-            "backend": backend, "bind_addr": bind_addr, "listen_port": listen_port,
-            "shm_path_base": shm_path_base, "enable_shm": enable_shm, "enable_kvm": enable_kvm,
-            "log_dir": log_dir, "vgpu_count": vgpu_count,
-        })
+        cfg = load_server_config(config_path, flags)
         log = setup_server_logging(cfg)
         log.info("configuration from %s", cfg.source)
         warn_ignored_keys(cfg, log)  # the seeds' keys without effect here, each once with why
@@ -77,7 +78,8 @@ def main(config_path: Path | None, backend: str | None, bind_addr: str | None, l
                          cfg.controller_addr)
                 registrar.start()
 
-        run_daemon(cfg, be, authorize, log, ready)
+        # SIGHUP (systemctl reload oriond): the same file, the same flags over it
+        run_daemon(cfg, be, authorize, log, ready, lambda: load_server_config(config_path, flags))
     except OrionError as e:
         click.echo(f"oriond: {e}", err=True)
         sys.exit(e.exit_code)

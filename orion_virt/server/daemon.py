@@ -96,8 +96,12 @@ class Pending:
 
 class Daemon:
     def __init__(self, config: ServerConfig, backend: Backend, authorize: Authorizer,
-                 log: logging.Logger, on_ready: Callable[[], None] | None = None) -> None:
+                 log: logging.Logger, on_ready: Callable[[], None] | None = None,
+                 reload_config: Callable[[], ServerConfig] | None = None) -> None:
         self.cfg = config
+        self.reload_config = reload_config
+        """SIGHUP (systemctl reload oriond): the configuration to reload (see server/reload.py)"""
+        self._reload_wanted = False
         self.backend = backend
         self.authorize = authorize
         self.log = log
@@ -136,6 +140,7 @@ class Daemon:
                           cfg.shm_path_base, "yes" if cfg.enable_shm else "no", "yes" if cfg.enable_kvm else "no")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # an ended worker wakes the loop (wakeup fd)
         signal.set_wakeup_fd(self.bells.w, warn_on_full_buffer=False)
         if self.on_ready:
@@ -168,12 +173,46 @@ class Daemon:
                 if self._refusals:
                     self._flush_refusals()
                 self._reap()
+                if self._reload_wanted:
+                    self._reload()
         finally:
             signal.set_wakeup_fd(-1)
             self.shutdown()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self._reload_wanted = True
+
+    def _reload(self) -> None:
+        """Re-read the configuration; apply what can change live, keep every session (workers
+        keep the settings they started with). A bad file is logged and changes nothing."""
+        from .logs import setup_server_logging
+        from .reload import plan
+
+        self._reload_wanted = False
+        if self.reload_config is None:
+            self.log.warning("SIGHUP: this oriond has no configuration to reload (nothing changed)")
+            return
+        try:
+            r = plan(self.cfg, self.reload_config())
+            if r.logging_changed:
+                setup_server_logging(r.config)
+        except OrionError as e:
+            self.log.error("reload: %s; the running configuration is kept", e)
+            return
+        self.cfg = r.config
+        applied = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in r.applied) or "nothing changed that applies live"
+        self.log.info("reloaded %s: %d sessions kept; applied: %s", r.config.source, len(self.workers), applied)
+        self.log.debug("reload: live settings now log=%s log_dir=%s max_pending_connections=%d max_sessions=%d "
+                       "max_sessions_per_client=%d hello_timeout=%g idle_timeout=%g throttle=%s", r.config.log,
+                       r.config.log_dir, r.config.max_pending_connections, r.config.max_sessions,
+                       r.config.max_sessions_per_client, r.config.hello_timeout, r.config.idle_timeout,
+                       r.config.enable_computation_throttle)
+        for key, old, new in r.need_restart:
+            self.log.warning("reload: %s %r -> %r needs a restart (systemctl restart oriond); still %r",
+                             key, old, new, old)
 
     def shutdown(self) -> None:
         for w in list(self.devices.values()):
@@ -529,6 +568,7 @@ class Daemon:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is oriond's, never a session's end
                 self.bells.close_in_child()
                 for dw in self.devices.values():
                     if dw.doorbell is not None:
@@ -615,9 +655,11 @@ def _wait_readable(fds: list[int], timeout: float) -> set[int]:
 
 
 def run_daemon(config: ServerConfig, backend: Backend, authorize: Authorizer, log: logging.Logger,
-               on_ready: Callable[[], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT. Raises OrionError if the listener cannot start."""
+               on_ready: Callable[[], None] | None = None,
+               reload_config: Callable[[], ServerConfig] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads ``reload_config()``. Raises OrionError if the
+    listener cannot start."""
     try:
-        Daemon(config, backend, authorize, log, on_ready).run()
+        Daemon(config, backend, authorize, log, on_ready, reload_config).run()
     except OrionError:
         raise

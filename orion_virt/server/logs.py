@@ -1,6 +1,8 @@
 """oriond's logs: /var/log/orion/server.log and one file per session in /var/log/orion/session/.
 
 Paths come from ServerConfig.log_dir; levels and switches from the seeds' [server-log] keys.
+Files are reopened when logrotate moves them away (:func:`fileperm.file_handler`), so the
+logrotate file sends no signal; session logs are removed by its postrotate after 14 days.
 """
 
 from __future__ import annotations
@@ -19,18 +21,38 @@ def _formatter(with_time: bool) -> logging.Formatter:
     return logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S")
 
 
+FOLLOWERS = ("orion_virt.controller.registration",)
+"""Loggers that write through the server logger's handlers once given them (oriond does): a
+reload hands them the new ones."""
+
+
 def setup_server_logging(cfg: ServerConfig) -> logging.Logger:
-    """The server logger. Raises ConfigError when the log directory cannot be written."""
+    """The server logger (again, on a reload: the previous handlers are closed only once the new
+    ones are open). Raises ConfigError when the log directory cannot be written, leaving the
+    logger as it was."""
     log = logging.getLogger("orion.server")
-    log.handlers.clear()
+    handlers = _server_handlers(cfg)
+    old = list(log.handlers)
+    log.handlers[:] = handlers
+    for name in FOLLOWERS:
+        follower = logging.getLogger(name)
+        if follower.handlers and all(h in old for h in follower.handlers):
+            follower.handlers[:] = handlers
+    for h in old:
+        h.close()
     log.setLevel(logging.DEBUG)
     log.propagate = False
+    return log
+
+
+def _server_handlers(cfg: ServerConfig) -> list[logging.Handler]:
+    out: list[logging.Handler] = []
     lc = cfg.log
     if lc.log_to_screen:
         h = logging.StreamHandler(sys.stderr)
         h.setLevel(lc.log_level)
         h.setFormatter(_formatter(lc.log_with_time))
-        log.addHandler(h)
+        out.append(h)
     if lc.log_to_file:
         try:
             fileperm.make_dir(cfg.session_log_dir)
@@ -40,8 +62,8 @@ def setup_server_logging(cfg: ServerConfig) -> logging.Logger:
                               f"({e.strerror}); set log_dir or run as root") from None
         fh.setLevel(lc.file_log_level)
         fh.setFormatter(_formatter(True))
-        log.addHandler(fh)
-    return log
+        out.append(fh)
+    return out
 
 
 def session_logger(cfg: ServerConfig, sid: int, parent: logging.Logger) -> logging.Logger:
