@@ -16,6 +16,9 @@ set -eu
 PKGS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
 busybox-static cpio libvirt-dev pkg-config debootstrap \
 etcd-server iproute2 util-linux python3-venv python3-dev gcc procps prometheus"
+# the portal's browser test (tests/integration/test_portal_browser.py): Debian's chromium, headless
+# (run as root here, so the test passes --no-sandbox), and a font for it to lay text out with
+PKGS="$PKGS chromium fonts-dejavu-core"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: must run as root" >&2
