@@ -667,7 +667,11 @@ def test_a_chunked_answer_is_read_and_names_the_server(programs: dict[str, Path]
     assert f"cannot connect to oriond at 10.0.0.1:{dead}" in r.stderr, r.stderr
     assert exit_id(r.stderr) == "fda38164-711b-4809-9984-2759a3a2165b"
     body = json.loads(fake.requests[1][2])
-    assert body == {"vgpu": 1, "gmem_mib": None, "ratio": None, "cross_node": False, "group_id": "", "owner": ""}
+    import pwd
+
+    who = f"{pwd.getpwuid(os.geteuid()).pw_name}@{socket.gethostname()}"
+    assert body == {"vgpu": 1, "gmem_mib": None, "ratio": None, "cross_node": False, "group_id": "",
+                    "owner": who, "cmdline": str(programs["init_only"])}
     assert fake.requests[-1][:2] == ("DELETE", "/api/v1/allocations/fda38164-711b-4809-9984-2759a3a2165b")
 
 
