@@ -18,7 +18,7 @@ import click
 from ..config import ServerConfig, load_server_config
 from ..errors import HostError, OrionError
 from ..host.agent import COLD_BOOT_NOTE, HostAgent
-from ..host.hookinstall import DEFAULT_HOOKS_DIR, install_hook, uninstall_hook
+from ..host.hookinstall import DEFAULT_HOOKS_DIR, install_hook, reload_libvirt, uninstall_hook
 from . import version_option
 
 DEFAULT_URI = "qemu:///system"
@@ -186,16 +186,25 @@ def watch(obj: _Ctx, interval: float) -> None:
               default=DEFAULT_HOOKS_DIR, show_default=True, help="libvirt's hooks directory.")
 @click.option("--python", "python", metavar="PATH", default=None,
               help="Interpreter the hook runs with [default: this one].")
+@click.option("--no-reload", is_flag=True,
+              help="Do not send the running libvirtd SIGHUP; print the command instead.")
 @click.pass_obj
-def install_hook_cmd(obj: _Ctx, hooks_dir: Path, python: str | None) -> None:
-    """Install the libvirt qemu hook as <hooks-dir>/qemu.d/orion-virt.
+def install_hook_cmd(obj: _Ctx, hooks_dir: Path, python: str | None, no_reload: bool) -> None:
+    """Install the libvirt qemu hook as <hooks-dir>/qemu.d/orion-virt and make libvirtd take it.
 
     An existing <hooks-dir>/qemu of yours is left in place: libvirt (>= 6.5) runs it and then
-    every executable in qemu.d/. With --config, the hook reads that server.conf.
+    every executable in qemu.d/. With --config, the hook reads that server.conf. A running
+    libvirtd in this mount namespace gets SIGHUP (it rescans its hooks; domains keep running);
+    otherwise the command to run is printed.
     """
     def go() -> None:
         for line in install_hook(hooks_dir, python, obj.config_path).actions:
             click.echo(line)
+        if no_reload:
+            click.echo("libvirtd takes the hook at its next start or SIGHUP: run `systemctl reload libvirtd` "
+                       "(or `kill -HUP $(cat /run/libvirtd.pid)`)")
+        else:
+            click.echo(reload_libvirt(hooks_dir))
     _run(go)
 
 

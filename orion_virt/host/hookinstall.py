@@ -6,12 +6,16 @@ on ``prepare`` aborts the start; and it registers the qemu hook when only ``qemu
 executable. So Orion installs itself as ``qemu.d/orion-virt`` and leaves ``qemu`` alone: a
 user's hook keeps its path (its package or config management keeps working) and runs before
 ours. A ``qemu`` that is Orion's own shim (from a manual copy) is removed so the hook does not
-run twice. libvirtd looks for hooks when it starts: restart it or send it SIGHUP afterwards.
+run twice. libvirtd looks for hooks when it starts and on SIGHUP (its reload handler rescans the
+hooks directory and reloads driver state; running domains keep running), so ``reload_libvirt``
+sends a running libvirtd (or virtqemud) in this mount namespace SIGHUP, or says what to run.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from ..errors import HostError
 
 DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks")
 HOOK_NAME = "orion-virt"
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
 MARKER = "orion-virt libvirt qemu hook"
 
 SHIM_BODY = f'''# {MARKER}: a thin shim; the logic is orion_virt.host.hook.
@@ -106,8 +111,53 @@ def install_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR, python: str | None = None,
             report.actions.append(f"kept your hook {legacy}; libvirt runs it before Orion's")
     except OSError as e:
         raise HostError(f"cannot install the hook in {hooks_dir}: {e}") from None
-    report.actions.append("restart libvirtd (or send it SIGHUP) so it picks up the hook")
     return report
+
+
+def _daemons(names: tuple[str, ...], proc: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(pid, name) of live processes called one of ``names``: (in our mount namespace, elsewhere)."""
+    own_ns = os.readlink("/proc/self/ns/mnt")
+    here, other = [], []
+    for p in proc.iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+            if comm not in names or (p / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            (here if os.readlink(p / "ns" / "mnt") == own_ns else other).append((int(p.name), comm))
+        except (OSError, IndexError):
+            continue
+    return sorted(here), sorted(other)
+
+
+def reload_libvirt(hooks_dir: Path = DEFAULT_HOOKS_DIR, names: tuple[str, ...] = LIBVIRT_DAEMONS,
+                   proc: Path = Path("/proc")) -> str:
+    """Make a running libvirtd take the hook: SIGHUP to every daemon called one of ``names`` in
+    this mount namespace (the one that reads this /etc/libvirt). Returns the line to show: what
+    was done, or the exact command to run (daemon not running, in another mount namespace, not
+    ours to signal, or a hooks directory other than the system one). Never raises."""
+    if hooks_dir.resolve() != DEFAULT_HOOKS_DIR and names == LIBVIRT_DAEMONS:
+        return (f"libvirtd reads its hooks from {DEFAULT_HOOKS_DIR}; for the libvirtd that uses {hooks_dir}, "
+                "run `kill -HUP <its pid>` so it takes the hook")
+    here, other = _daemons(names, proc)
+    if not here:
+        if other:
+            pids = " ".join(str(p) for p, _ in other)
+            return (f"{other[0][1]} runs in another mount namespace (pid {pids}, a container?): install the "
+                    f"hook where it runs, then `kill -HUP {other[0][0]}` there")
+        return (f"{' / '.join(names)} is not running: it takes the hook when it starts "
+                "(systemctl start libvirtd)")
+    done, failed = [], []
+    for pid, name in here:
+        try:
+            os.kill(pid, signal.SIGHUP)
+            done.append(f"{name} (pid {pid})")
+        except OSError as e:
+            failed.append(f"cannot signal {name} (pid {pid}): {e.strerror}"
+                          + (f"; run `sudo kill -HUP {pid}`" if e.errno in (errno.EPERM, errno.EACCES) else ""))
+    lines = [f"sent SIGHUP to {', '.join(done)}: it rescans its hooks, running domains keep running"] if done else []
+    return "; ".join(lines + failed)
 
 
 def uninstall_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR) -> list[str]:
