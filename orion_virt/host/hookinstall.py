@@ -117,7 +117,8 @@ def install_hook(hooks_dir: Path = DEFAULT_HOOKS_DIR, python: str | None = None,
 def _daemons(names: tuple[str, ...], proc: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """(pid, name) of live processes called one of ``names``: (in our mount namespace, elsewhere)."""
     own_ns = os.readlink("/proc/self/ns/mnt")
-    here, other = [], []
+    here: list[tuple[int, str]] = []
+    other: list[tuple[int, str]] = []
     for p in proc.iterdir():
         if not p.name.isdigit():
             continue
