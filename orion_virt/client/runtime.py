@@ -23,6 +23,7 @@ from .. import __version__, compat, fileperm
 from ..config import ClientConfig, LogConfig, load_client_config
 from ..errors import OrionError, TransportError
 from ..wire import Hello, Welcome
+from . import logfiles
 from .connection import Connection
 from .select import Chosen, Heartbeat, choose
 
@@ -99,6 +100,7 @@ class Runtime:
         try:
             d = fileperm.make_dir(self.config.log_dir)
             fh = fileperm.file_handler(d / f"client-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+            logfiles.prune(d)  # one file per run: the newest logfiles.KEEP stay
             fh.setLevel(lc.file_log_level)
             fh.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s" if lc.log_with_time
                                               else "[%(levelname)s] %(message)s"))

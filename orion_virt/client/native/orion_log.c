@@ -7,6 +7,7 @@
 
 #include "orion_conf.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -94,6 +95,38 @@ static int make_dirs(const char *path)
     return mkdir(p, 0700) && errno != EEXIST ? -1 : 0;
 }
 
+/* Per-run files kept in the log directory, the newest (orion_virt/client/logfiles.py: KEEP). */
+#define ORION_LOG_KEEP 100
+
+/* client-YYYYmmdd-HHMMSS-PID.log, the name open_file gives (and the Python client's) */
+static int is_run_log(const struct dirent *e)
+{
+    const char *n = e->d_name;
+    size_t len = strlen(n);
+    if (len < 28 || strncmp(n, "client-", 7) != 0 || strcmp(n + len - 4, ".log") != 0) return 0;
+    for (size_t i = 7; i < len - 4; i++)
+        if (i == 15 || i == 22 ? n[i] != '-' : (n[i] < '0' || n[i] > '9')) return 0;
+    return 1;
+}
+
+/* Remove the oldest run logs beyond ORION_LOG_KEEP (the names sort by time); errors are ignored
+ * (another run may be pruning the same files). */
+static void prune_old(void)
+{
+    struct dirent **list;
+    int n = scandir(cfg.dir, &list, is_run_log, alphasort);
+    if (n < 0) return;
+    for (int i = 0; i < n; i++) {
+        if (i < n - ORION_LOG_KEEP) {
+            char p[sizeof cfg.dir + sizeof list[i]->d_name + 2];
+            snprintf(p, sizeof p, "%s/%s", cfg.dir, list[i]->d_name);
+            unlink(p);
+        }
+        free(list[i]);
+    }
+    free(list);
+}
+
 static void open_file(void)
 {
     char when[32];
@@ -112,7 +145,9 @@ static void open_file(void)
             fprintf(stderr, "[WARN] client log file %s: %s (set log_dir in [client-log] or ORION_LOG_DIR)\n",
                     file_path, strerror(errno));
         file_path[0] = '\0';
+        return;
     }
+    prune_old();
 }
 
 int orion_log_on_screen(const char *level)
