@@ -131,8 +131,10 @@ def _token_key(report: Report, cfg: ServerConfig) -> None:
 def runtime_server(config_path: Path | None = None, out: TextIO | None = None,
                    env: Mapping[str, str] | None = None,
                    probe: Callable[[], GpuProbe] = probe_gpus,
-                   proc_root: Path = Path("/proc"), timeout: float = 3.0) -> int:
-    """Diagnose the running Orion Server; returns the exit code (1 when a check failed)."""
+                   proc_root: Path = Path("/proc"), timeout: float = 3.0,
+                   libvirt_etc: Path = Path("/etc/libvirt")) -> int:
+    """Diagnose the running Orion Server; returns the exit code (1 when a check failed).
+    With enable_kvm, also the libvirt hook and QEMU's user/group (``vmhost``)."""
     env = os.environ if env is None else env
     r = Report(out)
     procs = find_processes("oriond", proc_root)
@@ -181,6 +183,10 @@ def runtime_server(config_path: Path | None = None, out: TextIO | None = None,
         r.line(compat.SERVER_REACHED.format(addr=addr))
     else:
         r.error(f"Orion Server cannot be reached through {addr}: {why}")
+    if cfg.enable_kvm:
+        from .vmhost import check_vm_host
+
+        check_vm_host(r, cfg, libvirt_etc)
 
     controller_intro(r)
     from_env = controller_from_env(env)

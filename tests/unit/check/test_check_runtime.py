@@ -28,6 +28,7 @@ from orion_virt.controller.api import make_server
 from orion_virt.controller.pool import Policy
 from orion_virt.controller.service import Controller
 from orion_virt.controller.store import SqliteStore
+from orion_virt.host.hookinstall import install_hook
 from orion_virt.launch import free_port
 from orion_virt.server.authorize import node_id
 
@@ -128,8 +129,11 @@ def test_runtime_server_output(controller: str, listener: int, tmp_path: Path) -
     cfg_port_node = node_id(load_server_config(conf, {"listen_port": listener}))
     ctl.register_node(controller, ctl.NodeInfo(cfg_port_node, f"127.0.0.1:{listener}"),
                       [ctl.GpuInfo(0, "GPU-9", "Tesla V100-PCIE-16GB", 16384, 4)])
+    libvirt = tmp_path / "libvirt"
+    hook = install_hook(libvirt / "hooks", sys.executable, str(conf)).installed
+    (libvirt / "qemu.conf").write_text('user = "root"\ngroup = "root"\n')
     out = io.StringIO()
-    rc = runtime_server(conf, out, env={}, probe=lambda: V100, proc_root=proc)
+    rc = runtime_server(conf, out, env={}, probe=lambda: V100, proc_root=proc, libvirt_etc=libvirt)
     text = out.getvalue()
     assert rc == 0, text
     assert text == f"""Searching NVIDIA GPU ...
@@ -155,6 +159,10 @@ Configuration :                         {conf}
 Testing the Orion Server network ...
 Orion Server can be reached through 127.0.0.1:{listener}
 
+Checking the VM host (enable_kvm) ...
+libvirt hook {hook} installed (python {sys.executable})
+QEMU (root:root) can open the VM device files
+
 Checking Orion Controller status ...
 [Info] Orion Controller setting may be different in different SHELL.
 [Info] Environment variable ORION_CONTROLLER has the first priority.
@@ -175,7 +183,7 @@ def test_runtime_server_failures(controller: str, tmp_path: Path) -> None:
     make_proc(proc, 9, ["/usr/bin/oriond", "--config", "/elsewhere.conf", "--listen-port", "1"])
     out = io.StringIO()
     rc = runtime_server(conf, out, env={"ORION_CONTROLLER": "10.0.0.1:9123"},
-                        probe=lambda: GpuProbe(0, "no driver"), proc_root=proc)
+                        probe=lambda: GpuProbe(0, "no driver"), proc_root=proc, libvirt_etc=tmp_path)
     text = out.getvalue()
     assert rc == 1
     assert f"[Error] Orion Server (oriond) is not running with {conf}" in text
