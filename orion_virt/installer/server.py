@@ -133,14 +133,27 @@ class _Progress:
         self.out(f"[{self.n}/{self.total}] {what}")
 
 
-def _run(argv: list[str], what: str) -> None:
+_PIP_PROGRESS = ("Collecting ", "Building wheel", "Installing collected", "Successfully installed")
+"""pip's lines worth showing while it runs (a dependency being fetched or built can take minutes)"""
+
+
+def _run(argv: list[str], what: str, out: Out | None = None) -> None:
+    """Run ``argv``; with ``out``, its progress lines (:data:`_PIP_PROGRESS`) are shown as they come.
+    InstallError with the end of its output when it fails."""
+    lines: list[str] = []
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+            assert p.stdout is not None
+            for line in p.stdout:
+                lines.append(line.rstrip("\n"))
+                if out is not None and line.startswith(_PIP_PROGRESS):
+                    out("      " + line.rstrip("\n"))
+            code = p.wait()
     except OSError as e:
         raise InstallError(f"{what}: cannot run {argv[0]}: {e.strerror}") from None
-    if p.returncode:
-        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
-        raise InstallError(f"{what} failed (exit status {p.returncode}): {' '.join(argv)}\n{tail}")
+    if code:
+        tail = "\n".join(lines[-15:])
+        raise InstallError(f"{what} failed (exit status {code}): {' '.join(argv)}\n{tail}")
 
 
 def _build_wheel(source: str, into: Path) -> Path:
@@ -170,6 +183,14 @@ def find_manifest(t: Target, prefix: str) -> Manifest | None:
         raise InstallError(f"{m}: unreadable manifest ({e}); remove the installation by hand") from None
 
 
+def find_manifest_quietly(o: Options) -> bool:
+    """Whether an installation (even a partial one) is recorded at ``o.prefix``."""
+    try:
+        return find_manifest(Target(o.root), check_prefix(o.prefix)) is not None
+    except InstallError:
+        return False
+
+
 def install(o: Options, out: Out = print) -> Manifest:
     """Install (or reinstall over install-server's previous installation at ``o.prefix``)."""
     prefix = check_prefix(o.prefix)
@@ -197,8 +218,9 @@ def install(o: Options, out: Out = print) -> Manifest:
     w = _Writer(t, m)
     w.mkdir(str(Path(prefix).parent))
     step(f"Creating the environment {prefix} ({m.python} -m venv)")
+    created = not venv.exists()
     _run(venv_argv(o, venv), f"creating the environment {venv}")
-    if prefix not in m.dirs:
+    if created and prefix not in m.dirs:
         m.dirs.append(prefix)
     (venv / MANIFEST_NAME).write_text(m.to_json())  # from here on, --uninstall finds what is done
     with tempfile.TemporaryDirectory(prefix="install-server-") as tmp:
@@ -209,7 +231,7 @@ def install(o: Options, out: Out = print) -> Manifest:
                 f"with [{','.join(o.extras)}] from " + (o.wheel_dir or "the index") +
                 (" only" if o.no_index else ""))
         step(f"Installing {wheel.name} into {prefix}, {deps} (pip; this can take minutes)")
-        _run(pip_argv(o, venv, wheel), f"installing {wheel.name} into {venv}")
+        _run(pip_argv(o, venv, wheel), f"installing {wheel.name} into {venv}", out)
     step(f"Linking the commands into {BIN_DIR}: {' '.join(COMMANDS)}")
     for path, target in links(prefix):
         real = t(path)
@@ -254,6 +276,10 @@ def uninstall(*, prefix: str = DEFAULT_PREFIX, root: str = "/", out: Out = print
         raise InstallError(f"no Orion Server installation found in {prefix} (no {MANIFEST_NAME}); "
                            "name its path with -d PATH")
     step = _Progress(out, 3)
+    if systemd_running(t):  # a unit removed under a running service would leave it running
+        for unit in UNITS:
+            out(f"  systemctl disable --now {unit}")
+            subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True, timeout=120)
     conf = t(CONF_PATH)
     conf_kept = False
     if m.conf_created and conf.is_file():
@@ -262,7 +288,14 @@ def uninstall(*, prefix: str = DEFAULT_PREFIX, root: str = "/", out: Out = print
         else:
             conf_kept = True
     step(f"Removing the environment {prefix}")
-    shutil.rmtree(t(prefix), ignore_errors=False)
+    if prefix in m.dirs:
+        shutil.rmtree(t(prefix))
+    else:  # the directory was there before (empty): only its contents are ours
+        for child in t(prefix).iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     step("Removing the commands, units, logrotate file and the directories install-server created")
     _remove_files(t, m, out, "install-server", (os.path.dirname(CONF_PATH),))
     if systemd_running(t):
@@ -296,6 +329,8 @@ def run(o: Options, *, do_uninstall: bool, ask: Callable[[str], str] | None = No
         return 0
     except InstallError as e:
         out(f"install-server: {e}")
+        if not do_uninstall and find_manifest_quietly(o):
+            out(f"(what was done is recorded: install-server --uninstall -d {o.prefix} removes it)")
         return 2
     except PermissionError as e:
         out(f"install-server: {e.filename}: permission denied (run it as root: sudo install-server)")
