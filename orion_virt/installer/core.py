@@ -28,6 +28,7 @@ the user's settings (controller address) that a reinstall should find again.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -527,6 +528,12 @@ def run(*, prefix: str | None, quiet: bool, do_uninstall: bool, root: str, pytho
         out(f"install-client: {e.filename}: permission denied (run it as root: sudo install-client)")
         return 2
     except OSError as e:
+        if e.errno == errno.EROFS:
+            out(f"install-client: {e.filename}: read-only file system. install-client writes "
+                f"{prefix or DEFAULT_PREFIX} (-d PATH), the system Python's site-packages, /usr/local/bin "
+                "and /etc/orion: on a read-only root, give -d a writable directory if only that is "
+                "read-only, or make the root writable (an overlay) and run it again")
+            return 2
         out(f"install-client: {e}")
         return 2
 
