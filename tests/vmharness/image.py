@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -224,6 +225,33 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _log(msg: str) -> None:
     print(f"[vmharness.image] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _step(n: int, total: int, what: str, timings: dict[str, float], key: str,
+          every: float = 15.0) -> Iterator[None]:
+    """One line as step ``n``/``total`` starts, one every ``every`` s while it runs, one with its
+    elapsed time when it ends (or fails); the time also goes into ``timings[key]``."""
+    t0 = time.monotonic()
+    _log(f"step {n}/{total}: {what} ...")
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            _log(f"step {n}/{total}: {what}: {time.monotonic() - t0:.0f} s so far")
+
+    th = threading.Thread(target=tick, name="image-progress", daemon=True)
+    th.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        th.join()
+        el = round(time.monotonic() - t0, 1)
+        timings[key] = el
+        _log(f"step {n}/{total}: {what}: {'done' if ok else 'FAILED'} in {el} s")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,32 +450,39 @@ def ensure_guest_image(cache: Path | None = None, rebuild: bool = False) -> Gues
         rdir = cache / f"rootfs-{rootfs_key()}"
         if rebuild and rdir.exists():
             shutil.rmtree(rdir)
-        if not (rdir / "usr/bin/python3").exists():
+        need_rootfs = not (rdir / "usr/bin/python3").exists()
+        total = 4 if need_rootfs else 3
+        n = 0
+        if need_rootfs:
             shutil.rmtree(rdir, ignore_errors=True)
-            t = time.monotonic()
-            build_rootfs(rdir)
-            timings["rootfs_s"] = round(time.monotonic() - t, 1)
+            n += 1
+            with _step(n, total, f"debootstrap {SUITE} minbase + {', '.join(ROOTFS_PACKAGES)} into {rdir}",
+                       timings, "rootfs_s"):
+                build_rootfs(rdir)
         tmpg = cache / f"guest-{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmpg, ignore_errors=True)
         tmpg.mkdir(parents=True)
-        t = time.monotonic()
-        pkg = resolve_kernel_package()
         with tempfile.TemporaryDirectory(prefix="orion-kernel-", dir=cache) as kt:
             kt_p = Path(kt)
-            deb = _apt_download(pkg, kt_p)
-            _log(f"extracting {deb.name}")
+            n += 1
+            with _step(n, total, "download the kernel package", timings, "kernel_download_s"):
+                pkg = resolve_kernel_package()
+                deb = _apt_download(pkg, kt_p)
+            n += 1
             ex = kt_p / "x"
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(ex)], check=True)
+            with _step(n, total, f"extract {deb.name}", timings, "kernel_extract_s"):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(ex)], check=True)
             vmlinuz = sorted((ex / "boot").glob("vmlinuz-*"))
             if len(vmlinuz) != 1:
                 raise RuntimeError(f"expected one vmlinuz in {deb}: {vmlinuz}")
             kver = vmlinuz[0].name[len("vmlinuz-"):]
             shutil.copy2(vmlinuz[0], tmpg / "vmlinuz")
             moddir = next(p for p in (ex / "lib/modules", ex / "usr/lib/modules") if p.exists()) / kver
-            order, built_in = _module_load_order(moddir, GUEST_MODULES)
-            build_initramfs(order, tmpg / "initrd.img")
+            n += 1
+            with _step(n, total, f"initramfs (busybox, {len(GUEST_MODULES)} modules)", timings, "initramfs_s"):
+                order, built_in = _module_load_order(moddir, GUEST_MODULES)
+                build_initramfs(order, tmpg / "initrd.img")
             deb_name = deb.name
-        timings["kernel_initramfs_s"] = round(time.monotonic() - t, 1)
         timings["total_s"] = round(time.monotonic() - t_all, 1)
         man = {"key": key, "rootfs_key": rootfs_key(), "rootfs": str(rdir), "kernel_package": pkg,
                "kernel_deb": deb_name, "kernel_version": kver, "modules": [n for n, _ in order],
