@@ -8,7 +8,8 @@ Hardening of the units, and what each directive left out would break:
 
 - kept: NoNewPrivileges (oriond runs as root and execs nothing setuid it needs), ProtectSystem=full
   (/usr, /boot, /etc read-only; oriond writes only /var/log/orion, /run/orion and shm_path_base),
-  ProtectHome (nothing of oriond is in /home), PrivateTmp (oriond's sockets and devices are in
+  ProtectHome (nothing of oriond is in /home or /root; the CUDA driver's JIT cache, ~/.nv by
+  default, is put in /var/cache/orion with CUDA_CACHE_PATH), PrivateTmp (oriond's sockets and devices are in
   /run/orion and /dev/shm, never /tmp), ProtectControlGroups, ProtectKernelTunables,
   RestrictRealtime, LockPersonality, RestrictSUIDSGID.
 - left out for oriond: ProtectSystem=strict (a shm_path_base outside /dev/shm, or a token_state_dir
@@ -156,6 +157,10 @@ Type=simple
 # Where CUDA lives (the cuda backend loads libcuda through cuda-python); edit for your host.
 Environment=PATH=@CUDA_HOME@/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 Environment=LD_LIBRARY_PATH=@CUDA_HOME@/lib64
+# the driver's cache of JIT-compiled kernels (~/.nv is hidden by ProtectHome)
+Environment=CUDA_CACHE_PATH=/var/cache/orion/ComputeCache
+CacheDirectory=orion
+CacheDirectoryMode=0750
 # Reads /etc/orion/server.conf (defaults when it is absent); logs to /var/log/orion/server.log
 # and /var/log/orion/session/, and to the journal.
 ExecStart=@PREFIX@/bin/oriond
