@@ -68,6 +68,11 @@ def parse_addr(text: str) -> str:
     return f"{host}:{port}"
 
 
+def _optional_addr(text: str) -> str:
+    """``HOST:PORT``, or empty (the feature is off)."""
+    return parse_addr(text) if text.strip() else ""
+
+
 def parse_port(text: str) -> int:
     n = int(text)
     if not 0 < n < 65536:
@@ -228,6 +233,8 @@ class ServerConfig:
     """seconds a session may go without a call before it is closed; 0: never"""
     direct_accounting: bool = True
     """direct mode: grants are accounted across sessions against the node's GPUs"""
+    metrics_addr: str = ""
+    """``HOST:PORT`` oriond serves its Prometheus figures on (``/metrics``); empty: none"""
     source: str = "defaults"
     ignored: tuple[tuple[str, str], ...] = ()
     """(``[section] key``, why) for each key of the file that is accepted but has no effect"""
@@ -270,6 +277,7 @@ SERVER_KEYS: list[Key] = [
     Key("enable_rdma", ("server",), "enable_rdma", parse_bool),
     Key("hook_strict", ("server-kvm",), "hook_strict", parse_bool),
     Key("vgpu_count", ("server",), "vgpu_count", parse_positive),
+    Key("metrics_addr", ("server",), "metrics_addr", _optional_addr),
     Key("backend", ("server",), "backend", _backend),
     Key("ibverbs_device", ("server",), "ibverbs_device", _str),
     Key("log_dir", _LOG_SECTIONS_SERVER, "log_dir", _str),
