@@ -156,17 +156,42 @@ def _run(argv: list[str], what: str, out: Out | None = None) -> None:
         raise InstallError(f"{what} failed (exit status {code}): {' '.join(argv)}\n{tail}")
 
 
-def _build_wheel(source: str, into: Path) -> Path:
-    """``source`` itself when it is a wheel, else the wheel built from that checkout (offline:
-    this environment's setuptools, no build isolation)."""
+SETUPTOOLS_NEEDED = (77,)
+"""pyproject.toml's build requirement (setuptools>=77: PEP 639 license strings)"""
+
+
+def _local_setuptools_will_do() -> bool:
+    from importlib import metadata
+
+    try:
+        major = int(metadata.version("setuptools").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major,) >= SETUPTOOLS_NEEDED
+
+
+def wheel_argv(o: Options, source: str, into: Path, local_setuptools: bool) -> list[str]:
+    """pip building the checkout's wheel: with this environment's setuptools when it is new enough
+    (no build isolation: offline, seconds), else in pip's isolated build environment (setuptools
+    from the index, or from ``o.wheel_dir`` with ``o.no_index``)."""
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(into)]
+    if local_setuptools:
+        argv.append("--no-build-isolation")
+    else:
+        argv += ["--no-index"] if o.no_index else []
+        argv += ["--find-links", o.wheel_dir] if o.wheel_dir else []
+    return [*argv, source]
+
+
+def _build_wheel(o: Options, source: str, into: Path) -> Path:
+    """``source`` itself when it is a wheel, else the wheel built from that checkout."""
     if source.endswith(".whl"):
         if not os.path.isfile(source):
             raise InstallError(f"--from {source}: no such wheel")
         return Path(source).resolve()
     if not (Path(source) / "pyproject.toml").is_file():
         raise InstallError(f"--from {source}: neither a wheel nor a checkout (no pyproject.toml)")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
-          "-q", "-w", str(into), source], f"building the wheel of {source}")
+    _run(wheel_argv(o, source, into, _local_setuptools_will_do()), f"building the wheel of {source}")
     wheels = sorted(into.glob("orion_virt-*.whl"))
     if not wheels:
         raise InstallError(f"building the wheel of {source} left no orion_virt-*.whl in {into}")
@@ -226,7 +251,7 @@ def install(o: Options, out: Out = print) -> Manifest:
     with tempfile.TemporaryDirectory(prefix="install-server-") as tmp:
         source = o.source or default_source()
         step(f"Building {PROJECT} from {source}" if not source.endswith(".whl") else f"Using the wheel {source}")
-        wheel = _build_wheel(source, Path(tmp))
+        wheel = _build_wheel(o, source, Path(tmp))
         deps = ("no dependencies (--no-deps)" if o.no_deps else
                 f"with [{','.join(o.extras)}] from " + (o.wheel_dir or "the index") +
                 (" only" if o.no_index else ""))

@@ -70,3 +70,12 @@ def test_a_foreign_prefix_is_refused(tmp_path: Path) -> None:
     assert rc == 2 and "is not an install-server installation" in lines[-1]
     assert server.run(server.Options(root=str(tmp_path)), do_uninstall=True, out=lines.append) == 2
     assert "no Orion Server installation found in /opt/orion" in lines[-1]
+
+
+def test_wheel_build_uses_local_setuptools_or_an_isolated_build(tmp_path: Path) -> None:
+    o = server.Options(wheel_dir="/srv/wheels", no_index=True)
+    local = server.wheel_argv(o, "/src", tmp_path, local_setuptools=True)
+    assert "--no-build-isolation" in local and "--no-index" not in local and local[-1] == "/src"
+    isolated = server.wheel_argv(o, "/src", tmp_path, local_setuptools=False)
+    assert "--no-build-isolation" not in isolated and "--no-index" in isolated
+    assert isolated[isolated.index("--find-links") + 1] == "/srv/wheels"
