@@ -90,7 +90,8 @@ def gateway_for_domain(domain_xml: str, ipr: Any,
     """The host's IPv4 address on the first of the domain's bridges that has one.
 
     That address is the gateway of the VM's network and what the guest reaches oriond and the
-    controller at. Raises HostError (naming the domain and each bridge tried) if none has one.
+    controller at. Without one, a user-mode ``<interface type='user'>`` gives ``user_net_host``.
+    Raises HostError (naming the domain and each bridge tried) if none has one.
     """
     root = parse_domain(domain_xml)
     name = (root.findtext("name") or "?").strip()
@@ -100,9 +101,32 @@ def gateway_for_domain(domain_xml: str, ipr: Any,
             return addr_of_interface(br, ipr)
         except HostError as e:
             tried.append(str(e))
+    user = user_net_host(domain_xml)
+    if user is not None:
+        return user
     if not tried:
         raise HostError(
             f"domain {name!r}: no <interface> on a host bridge or libvirt network, so there is no "
             "gateway address; set bind_addr or bind_net in server.conf"
         )
     raise HostError(f"domain {name!r}: no gateway address found: {'; '.join(tried)}")
+
+
+SLIRP_HOST = "10.0.2.2"
+
+
+def user_net_host(domain_xml: str) -> str | None:
+    """For a domain with a user-mode (QEMU slirp) ``<interface type='user'>``: the address at which
+    the guest reaches the host, whose loopback services included (host .2 of the interface's
+    ``<ip family='ipv4' address=... prefix=...>``, default 10.0.2.2); None without one."""
+    import ipaddress
+
+    for iface in parse_domain(domain_xml).findall("devices/interface"):
+        if iface.get("type") != "user":
+            continue
+        for ip in iface.findall("ip"):
+            if ip.get("family", "ipv4") == "ipv4" and ip.get("address"):
+                net = ipaddress.ip_network(f"{ip.get('address')}/{ip.get('prefix', '24')}", strict=False)
+                return str(net.network_address + 2)
+        return SLIRP_HOST
+    return None
