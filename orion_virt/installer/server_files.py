@@ -1,7 +1,8 @@
 """What install-server writes besides the environment: server.conf, the systemd units, the logrotate
 file. Standard library only. ``server/`` holds the same files rendered for the default prefix
-(``server.conf``, ``oriond.service``, ``orion-controller.service``, ``orion.logrotate``); a unit
-test keeps them identical to these strings. ``@PREFIX@`` (the environment, /opt/orion) and
+(``oriond.service``, ``orion-controller.service``, ``orion.logrotate``); a unit test keeps them
+identical to these strings. ``server/server.conf`` is read as it is (one copy: the package's
+``installer/server.conf`` is a link to it). ``@PREFIX@`` (the environment, /opt/orion) and
 ``@CUDA_HOME@`` (/usr/local/cuda, or install-server's CUDA_HOME) are substituted.
 
 Hardening of the units, and what each directive left out would break:
@@ -24,106 +25,13 @@ Hardening of the units, and what each directive left out would break:
 
 from __future__ import annotations
 
+from importlib import resources
+
 DEFAULT_CUDA_HOME = "/usr/local/cuda"
 
-SERVER_CONF = """\
-# /etc/orion/server.conf: configuration of the Orion Server (oriond).
-# Every value below is the default; change what your deployment needs, then
-# sudo systemctl reload oriond: sessions keep running, [server-log] and [server-limits] apply at
-# once, and oriond logs each changed key that needs sudo systemctl restart oriond instead.
-# Lines starting with '#' or ';' are comments. An unknown section or key is an error, so a typo
-# is reported instead of being ignored (on reload: the old settings are kept).
-# Command-line flags of oriond override this file.
-
-[server]
-    # First TCP port oriond listens on (clients connect here over TCP).
-    listen_port = 9960
-    # Data-plane address oriond binds, which clients must reach:
-    #   local GPU virtualisation with Docker containers: the docker0 gateway, e.g. 172.17.0.1
-    #   local GPU virtualisation with KVM VMs: the VMs' virtual gateway, e.g. 33.31.0.1
-    #   a GPU pool over the network: this host's Ethernet (or RDMA NIC) address
-    bind_addr = 127.0.0.1
-    # Instead of bind_addr: bind the address of this interface (e.g. bind_net = virbr0).
-    # Set only one of bind_addr and bind_net.
-    # bind_net = virbr0
-    # Shared-memory acceleration for clients in containers or on this host (same machine only).
-    enable_shm = "true"
-    # Shared-memory acceleration for clients in QEMU-KVM VMs (ivshmem devices; same machine only).
-    enable_kvm = "false"
-    # RDMA is not supported by this implementation; keep it false.
-    enable_rdma = "false"
-    # vGPUs per physical GPU this server offers (also set by the controller's --vgpu).
-    vgpu_count = 4
-    # Execution backend: auto (cuda when an NVIDIA driver and GPU are present, else sim),
-    # cuda, or sim (no GPU: device memory in host RAM, NumPy reference kernels; for tests only).
-    backend = auto
-
-[server-log]
-    # Directory of server.log and of session/<id>.log (one per application run).
-    log_dir = /var/log/orion
-    # Write a timestamp with every log line. 0: no, 1: yes.
-    log_with_time = 1
-    # Print log lines on the screen (the journal under systemd). 0: no, 1: yes.
-    log_to_screen = 1
-    # Write log lines to files under log_dir. 0: no, 1: yes.
-    log_to_file = 1
-    # Level of the lines printed on screen: ERROR, WARNING, INFO or DEBUG.
-    log_level = INFO
-    # Level of the lines written to the files: ERROR, WARNING, INFO or DEBUG.
-    file_log_level = INFO
-
-[server-shm]
-    # Only used when enable_shm or enable_kvm is true.
-    # Where the shared-memory devices (orionsock<N>) live. Clients must use the same path
-    # (shm_path_base in client.conf; containers mount their device at the same path).
-    shm_path_base = /dev/shm
-    # With KVM: the Linux user and group QEMU runs VMs as (owner of the VMs' devices), e.g.
-    # shm_user_name = libvirt-qemu
-    # shm_group_name = kvm
-    # Size of each shared-memory device: 128 MiB by default (e.g. 128, 256M, 1G).
-    shm_buffer_size = 128
-
-[controller]
-    # Address (HOST:PORT) of the Orion Controller this server registers its GPUs with, e.g.
-    # controller_addr = 127.0.0.1:9123
-    # While it is not set, oriond runs without a controller (direct mode: clients name it
-    # with ORION_SERVER and get what they ask for within this host's GPUs).
-    # Key the controller signs allocation tokens with (shared by controller and servers).
-    token_key_file = /etc/orion/token.key
-    # Key this server signs its registration and heartbeats with (orion-controller --api-key;
-    # copy it here with mode 0600).
-    api_key_file = /etc/orion/controller.key
-    # Where oriond and its session workers record used tokens and revoked allocations.
-    token_state_dir = /run/orion/tokens
-
-[server-limits]
-    # What one client, or many, may hold of oriond. A client over a limit is refused with an
-    # error its application sees (the text names the limit) and oriond logs a line.
-    # TCP connections accepted that have not sent their HELLO yet. They are held by oriond
-    # itself (no session worker is started before the HELLO has arrived); more are refused.
-    max_pending_connections = 64
-    # Sessions served at once, over TCP and shared memory together.
-    max_sessions = 256
-    # TCP sessions, and connections waiting for their HELLO, from one client address.
-    max_sessions_per_client = 32
-    # Seconds a new connection (or a claimed shared-memory channel) may take to send its HELLO.
-    hello_timeout = 10
-    # Seconds a session may go without a call before oriond closes it (its device memory and
-    # vGPUs are freed). 0: never.
-    idle_timeout = 0
-    # Direct mode (no controller_addr): count what every session was granted, so that the sum
-    # of the sessions' vGPUs never exceeds vgpu_count per GPU nor their memory the GPU's
-    # memory; a HELLO asking for more than is left is refused. 0: grant every HELLO what it
-    # asks for within one GPU (only where every client is trusted).
-    direct_accounting = 1
-
-[throttle]
-    # Enforce each vGPU's compute share (ORION_RATIO). 0: no, 1: yes.
-    enable_computation_throttle = 1
-    # throttle_level (and computation_throttle_mode2) of the Orion documentation's file are
-    # accepted so that file loads, but have no effect here: oriond logs once that they are ignored.
-    # throttle_level = 100
-"""
+SERVER_CONF = resources.files("orion_virt.installer").joinpath("server.conf").read_text()
+"""/etc/orion/server.conf as installed: server/server.conf (installer/server.conf links to it in a
+checkout; a wheel holds a copy)"""
 
 _HARDENING = """\
 # Hardening: what is left out, and why, is in orion_virt/installer/server_files.py.
@@ -238,7 +146,7 @@ LOGROTATE = """\
 }
 """
 
-CHECKED_IN = {"server.conf": "SERVER_CONF", "oriond.service": "ORIOND_UNIT",
+CHECKED_IN = {"oriond.service": "ORIOND_UNIT",
               "orion-controller.service": "CONTROLLER_UNIT", "orion.logrotate": "LOGROTATE"}
 """server/<name> -> the template it is rendered from (for the default prefix)."""
 

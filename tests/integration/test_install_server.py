@@ -24,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["-q", "--no-deps", "--system-site-packages", "--no-index"]
 UNITS = ("/etc/systemd/system/oriond.service", "/etc/systemd/system/orion-controller.service")
 
@@ -90,6 +91,10 @@ def test_install_verify_run_uninstall(root: Path, tmp_path: Path) -> None:
     where = subprocess.run([str(root / "opt/orion/bin/python"), "-c", "import orion_virt; print(orion_virt.__file__)"],
                            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert where.stdout.startswith(str(root / "opt/orion/lib")), where.stdout + where.stderr
+    # the wheel holds server.conf (a link in the checkout), which is what was written
+    packaged = Path(where.stdout.strip()).parent / "installer" / "server.conf"
+    assert not packaged.is_symlink() and packaged.read_text() == (REPO / "server/server.conf").read_text()
+    assert (root / "etc/orion/server.conf").read_text() == packaged.read_text()
 
     # systemd accepts the units (their ExecStart and ExecReload binaries exist in the root)
     analyze = shutil.which("systemd-analyze")

@@ -16,6 +16,10 @@ def test_checked_in_server_files_are_what_install_server_writes() -> None:
         assert (REPO / "server" / name).read_text() == text, f"server/{name} differs from installer/server_files.py"
 
 
+def test_server_conf_written_is_the_checked_in_one() -> None:
+    assert server_files.SERVER_CONF == (REPO / "server" / "server.conf").read_text()
+
+
 def test_units_reload_restart_and_start_the_environments_commands() -> None:
     o = server.Options(prefix="/srv/orion", cuda_home="/opt/cuda-13")
     written = {p: (data.decode(), mode) for p, data, mode in server.files(o)}
