@@ -41,6 +41,7 @@ from ..transport.doorbell import CLAIM_VECTOR, DEFAULT_RUN_DIR, EventfdBell, cha
 from ..transport.shmdev import C_DB_PEER, C_GEN, C_STATE, CLAIMED, SERVING, list_devices
 from ..wire import HEADER_SIZE, ServerProtocol, encode_error
 from ..wire.frames import MAX_CONTROL_BODY
+from . import metrics
 from .backend import Backend
 from .claim_watch import ClaimBells
 from .logs import session_logger
@@ -125,6 +126,8 @@ class Daemon:
         """kind of refusal -> (second it counts in, lines logged, lines held back)"""
         self.release_worker: Callable[[int], object] | None = getattr(authorize, "release_worker", None)
         """direct mode's accounting: forgets a reaped worker's grants"""
+        self.metrics: metrics.Exporter | None = None
+        """``[server] metrics_addr``'s endpoint (server/metrics.py), once ``run`` started it"""
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -135,6 +138,7 @@ class Daemon:
         self.listener.setblocking(False)
         self.log.info("oriond %d listening on %s:%d; backend %s", os.getpid(), cfg.bind_addr,
                       cfg.listen_port, self.backend.describe())
+        self.metrics = metrics.start(cfg.metrics_addr, self.log)
         if cfg.enable_shm or cfg.enable_kvm:
             self.log.info("serving shared-memory devices under %s (containers: %s, VMs: %s)",
                           cfg.shm_path_base, "yes" if cfg.enable_shm else "no", "yes" if cfg.enable_kvm else "no")
@@ -178,6 +182,8 @@ class Daemon:
         finally:
             signal.set_wakeup_fd(-1)
             self.shutdown()
+            if self.metrics is not None:
+                self.metrics.stop()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -547,7 +553,7 @@ class Daemon:
             self.log.info("session %d: %s", sid, how)
         stream = chan.start(bells)
         reason = self._run_session(stream, sid, f"shm {w.path}#{ch}",
-                                   peer_pid=None if w.dev.vm else (lambda: w.dev.owner_pid(ch)))
+                                   peer_pid=None if w.dev.vm else (lambda: w.dev.owner_pid(ch)), vm=w.dev.vm)
         if bells is not None:
             self.log.info("session %d: doorbell: slept %d times waiting for requests, rang the guest %d times",
                           sid, bells[0].sleeps, bells[1].wakes)
@@ -578,6 +584,7 @@ class Daemon:
                 for p in self.pending.values():
                     p.conn.close()  # else a pending client's connection outlives oriond's close
                 self.ep.close()
+                metrics.close_in_child()
                 body()
             except BaseException:
                 self.log.exception("session worker %d crashed", os.getpid())
@@ -588,7 +595,7 @@ class Daemon:
         return pid
 
     def _run_session(self, stream: object, sid: int, where: str,
-                     peer_pid: Callable[[], int | None] | None = None) -> str:
+                     peer_pid: Callable[[], int | None] | None = None, vm: bool = False) -> str:
         slog = session_logger(self.cfg, sid, self.log)
         slog.info("session %d over %s (worker pid %d)", sid, where, os.getpid())
         idle = self.cfg.idle_timeout
@@ -597,9 +604,13 @@ class Daemon:
         session = Session(stream, self.backend, self.authorize, sid, slog,  # type: ignore[arg-type]
                           throttle=self.cfg.enable_computation_throttle, hello_timeout=self.cfg.hello_timeout,
                           peer_pid=peer_pid)
+        figures = metrics.session_figures(session, metrics.transport_of(where, vm))
+        reason = "crashed"
         try:
             reason = session.run()
         finally:
+            if figures is not None:
+                figures.end(reason)
             if self.release_worker is not None:
                 self.release_worker(os.getpid())  # at once: the next session may want them
         if idle > 0 and session.hello is not None and reason.startswith("transport:") and "timed out" in reason:
@@ -630,6 +641,8 @@ class Daemon:
             if self.release_worker is not None and self.release_worker(pid):
                 self.log.info("session worker %d ended holding direct-mode vGPUs: released", pid)
             code = os.waitstatus_to_exitcode(status)
+            if self.metrics is not None:
+                self.metrics.worker_ended(pid, code, "vm" if wk.watched is not None and wk.watched.dev.vm else wk.kind)
             if code != 0:
                 self.log.warning("session worker %d (%s) exited abnormally (status %d)", pid, wk.kind, code)
             if wk.watched is not None:

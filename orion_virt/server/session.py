@@ -181,6 +181,10 @@ class Session:
         self._capture_ids = itertools.count(1)
         self.throttles: list[Throttle] = []
         self.calls = 0
+        self.htod_bytes = 0
+        self.dtoh_bytes = 0
+        self.errors: dict[int, int] = {}
+        """CUresult -> calls that failed with it (read by server/metrics.py, never on the hot path)"""
         self.hello: Hello | None = None
         self.admission: Admission | None = None
         self.lease_end = 0.0
@@ -315,6 +319,7 @@ class Session:
                     result = dispatch[p.code](self, args, blob)
                 except CudaCallError as e:
                     status = e.code
+                    self.errors[e.code] = self.errors.get(e.code, 0) + 1
                     self.log.info("session %d: %s failed: %s (%s)", self.session_id, p.name,
                                   _name(e.code), e.message)
             if blob.remaining:
@@ -355,6 +360,7 @@ class Session:
             _check_launch(f, n, gx, gy, gz, bx, by, bz)
             self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, params)
         except CudaCallError as e:
+            self.errors[e.code] = self.errors.get(e.code, 0) + 1
             self.log.info("session %d: %s failed: %s (%s)", self.session_id, p.name, _name(e.code), e.message)
             self.proto.finished(p, e.code)
 
@@ -482,6 +488,7 @@ class Session:
 
     def x_cuMemcpyHtoD(self, dst: int, src: Blob, n: int) -> None:
         self._b.write(dst, src.chunks())
+        self.htod_bytes += n
 
     def _recording(self, stream: Any) -> _Graph | None:
         return self._captures.get(id(stream)) if stream is not None and self._captures else None
@@ -505,10 +512,12 @@ class Session:
                 pass
             self._no_host_copy_in_capture(stream)
         self._b.write(dst, src.chunks())
+        self.htod_bytes += n
 
     def x_cuMemcpyDtoH(self, src: int, n: int) -> Fill:
         bs = self._b
         bs.before_read(src, n)  # asynchronous failures become this call's status
+        self.dtoh_bytes += n
         return Fill(n, lambda sinks: bs.read(src, sinks))
 
     def x_cuMemcpyDtoHAsync(self, src: int, n: int, stream: Any) -> Fill:
@@ -533,16 +542,20 @@ class Session:
 
     def x_orionMemcpyHtoDShared(self, dst: int, src: memoryview, n: int) -> None:
         self._b.write(dst, (src,))
+        self.htod_bytes += n
 
     def x_orionMemcpyDtoHShared(self, dst: memoryview, src: int, n: int) -> None:
         self._b.before_read(src, n)
         self._b.read(src, (dst,))
+        self.dtoh_bytes += n
 
     def x_orionMemcpyHtoDSharedAsync(self, dst: int, src: memoryview, n: int, stream: Any) -> None:
         self._on_stream(stream, lambda st: self._b.write(dst, (src,)))
+        self.htod_bytes += n
 
     def x_orionMemcpyDtoHSharedAsync(self, dst: memoryview, src: int, n: int, stream: Any) -> None:
         self._on_stream(stream, lambda st: self._b.read(src, (dst,)))
+        self.dtoh_bytes += n
 
     def x_cuMemcpyDtoD(self, dst: int, src: int, n: int) -> None:
         self._b.copy(dst, src, n)
