@@ -142,7 +142,9 @@ def _run(argv: list[str], what: str, out: Out | None = None) -> None:
     InstallError with the end of its output when it fails."""
     lines: list[str] = []
     try:
-        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        # PYTHONPATH would make the new environment see another orion_virt (pip: "already satisfied")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as p:
             assert p.stdout is not None
             for line in p.stdout:
                 lines.append(line.rstrip("\n"))
