@@ -7,6 +7,8 @@ clean stop), the main process serves the sum. It was chosen over reports from th
 the main process because a worker's figures survive its crash (they are in the files already),
 it needs no channel or protocol between the processes, and a gauge of a live worker
 (``livesum``) disappears by itself when the main process reaps it (``mark_process_dead``).
+A reaped worker's counter file is folded into one file of the main process (``counter_retired``)
+and removed, so the directory holds a file per live worker, not one per session ever served.
 
 Cost on the hot path: none per call. A session already counts its calls and copied bytes in
 plain integers (``Session.calls``, ``htod_bytes``, ``dtoh_bytes``, ``errors``); a thread of the
@@ -108,6 +110,9 @@ class Exporter:
         self.log = log
         self.dir = ""
         self._server: Any = None
+        self._lock = threading.Lock()
+        """held by a scrape and by folding a reaped worker's counters (never both half-done)"""
+        self._retired: Any = None
 
     def start(self) -> None:
         """Make the directory, set ``PROMETHEUS_MULTIPROC_DIR`` for this process and its workers,
@@ -121,12 +126,14 @@ class Exporter:
             from prometheus_client import values
 
             values.ValueClass = values.MultiProcessValue()
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.mmap_dict import MmapedDict
 
         _families = _define()
         _zeros(_families)
+        self._retired = MmapedDict(os.path.join(self.dir, "counter_retired.db"))
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_Locked(self.dir, self._lock))
         host, _, port = self.addr.rpartition(":")
         try:
             self._server, _ = start_http_server(int(port), host.strip("[]"), registry)
@@ -141,8 +148,16 @@ class Exporter:
         """A reaped worker: its live gauges go; one killed by a signal (``code`` < 0: it could not
         count its own end) counts as a session ended for reason ``killed``."""
         from prometheus_client import multiprocess
+        from prometheus_client.mmap_dict import MmapedDict
 
         multiprocess.mark_process_dead(pid, self.dir)
+        done = os.path.join(self.dir, f"counter_{pid}.db")
+        if os.path.exists(done):
+            with self._lock:
+                for key, value, ts, _ in MmapedDict.read_all_values_from_file(done):
+                    old, _ts = self._retired.read_value(key)
+                    self._retired.write_value(key, old + value, ts)
+                os.remove(done)
         if code < 0 and transport in TRANSPORTS and _families is not None:
             _families.ended.labels(transport, "killed").inc()
 
@@ -156,8 +171,25 @@ class Exporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._retired is not None:
+            self._retired.close()
+            self._retired = None
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Locked:
+    """prometheus-client's multiprocess collector, reading under the exporter's lock."""
+
+    def __init__(self, path: str, lock: threading.Lock) -> None:
+        from prometheus_client import multiprocess
+
+        self.inner = multiprocess.MultiProcessCollector(None, path)
+        self.lock = lock
+
+    def collect(self) -> list[Any]:
+        with self.lock:
+            return list(self.inner.collect())
 
 
 def start(addr: str, log: logging.Logger) -> Exporter | None:

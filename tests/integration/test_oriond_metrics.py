@@ -6,8 +6,11 @@ only names oriond exports."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -111,6 +114,10 @@ def test_figures_move_by_what_the_programs_did(oriond: tuple[Oriond, str]) -> No
     o, maddr = oriond
     o.device(1)
     exported = run_session(o, maddr, tcp=False) | run_session(o, maddr, tcp=True)
+    [gathered] = Path(tempfile.gettempdir()).glob(f"oriond-metrics-{o.launcher.pid}-*")
+    # the ended workers' counters were folded into oriond's own file: no file per session
+    assert sorted(f.name for f in gathered.iterdir()) == sorted(
+        [f"counter_{o.launcher.pid}.db", f"gauge_livesum_{o.launcher.pid}.db", "counter_retired.db"])
     s = parse(scrape(maddr))
     for t in ("shm", "tcp"):  # each session counted once, on its own transport
         assert value(s, "orion_server_sessions_started_total", transport=t) == 1
@@ -123,15 +130,6 @@ def test_figures_move_by_what_the_programs_did(oriond: tuple[Oriond, str]) -> No
                  == 1, "the refused session")
     assert value(s, "orion_server_sessions_started_total", transport="tcp") == 1
 
-    text = scrape(maddr)
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package 'prometheus'; "
-                    "scripts/install-test-deps.sh installs it)")
-    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
-
     used: set[str] = set()
     for e in _exprs(json.loads(DASHBOARD.read_text())):
         names = {n for n in metric_names(e) if n.startswith("orion_server_")}
@@ -142,6 +140,17 @@ def test_figures_move_by_what_the_programs_did(oriond: tuple[Oriond, str]) -> No
                  "orion_server_call_errors_total", "orion_server_sessions_ended_total"):
         assert name in used, f"the dashboard has no panel for {name}"
 
+    text = scrape(maddr)
+    o.stop()
+    assert not gathered.exists(), "a clean stop removes the directory"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package 'prometheus'; "
+                    "scripts/install-test-deps.sh installs it)")
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
 
 def test_metrics_off_by_default_and_a_bad_address_is_named(tmp_path: Path) -> None:
     conf = tmp_path / "server.conf"
@@ -151,3 +160,24 @@ def test_metrics_off_by_default_and_a_bad_address_is_named(tmp_path: Path) -> No
     assert r.returncode != 0
     assert "metrics_addr" in r.stderr and "nowhere" in r.stderr and "HOST:PORT" in r.stderr, r.stderr
     assert ROOT.joinpath("server", "server.conf").read_text().count("# metrics_addr =") == 1
+
+
+def test_a_killed_worker_leaves_no_live_gauge(oriond: tuple[Oriond, str]) -> None:
+    o, maddr = oriond
+    o.device(1)
+    p = subprocess.Popen([str(BIN / "orion-run"), "python3", str(PROGRAM)], env=o.env(),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "open"
+        wait_for(maddr, lambda s: len(memory_gauges(s)) == 1, "the open session's gauge")
+        pid = o.launcher.pid
+        [worker] = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        os.kill(worker, signal.SIGKILL)  # the session's worker, by its pid (a child of this oriond)
+        s = wait_for(maddr, lambda s: not memory_gauges(s), "the killed session's gauge gone")
+        assert value(s, "orion_server_sessions_ended_total", transport="shm", reason="killed") == 1
+        assert value(s, "orion_server_sessions_active", transport="shm") == 0
+    finally:
+        p.kill()
+        p.wait()
