@@ -200,12 +200,16 @@ class Guest:
 def define_guest(conn: Any, name: str, script: str, *, img: GuestImage | None = None,
                  shmem: tuple[str, int] | None = None, source_dir: Path = REPO_ROOT,
                  memory_mib: int = 512, vcpus: int = 1, workdir: Path | None = None,
-                 debug: bool = False, extra_devices: str = "") -> Guest:
+                 debug: bool = False, extra_devices: str = "", writable_root: bool = False,
+                 user_net: bool = False, run_files: dict[str, Path] | None = None) -> Guest:
     """Define (not start) a persistent domain *name* that runs *script* with /bin/sh in the guest.
 
     A domain of the same name is destroyed and undefined first. *workdir* (default: a new
     temp dir, removed by cleanup()) holds console.log and, for long scripts, the run share.
-    *debug* drops ``quiet`` so kernel messages reach the console.
+    *debug* drops ``quiet`` so kernel messages reach the console. *writable_root*: the root is a
+    tmpfs overlay over the read-only image (``orion.rw=1``); *user_net*: a virtio NIC on QEMU
+    user-mode networking (the guest reaches the host's loopback at 10.0.2.2); *run_files*:
+    files copied into the run share, at /run/orion/in/<name> in the guest.
     """
     img = img or _image.ensure_guest_image()
     _undefine(conn, name)
@@ -215,13 +219,19 @@ def define_guest(conn: Any, name: str, script: str, *, img: GuestImage | None = 
     console = wd / "console.log"
     b64 = base64.b64encode(script.encode()).decode()
     cmdline = BASE_CMDLINE.replace(" quiet loglevel=1", " loglevel=7") if debug else BASE_CMDLINE
+    if writable_root:
+        cmdline += " orion.rw=1"
+    if user_net:
+        extra_devices += "    <interface type='user'><model type='virtio'/></interface>\n"
     run_dir = None
-    if len(b64) <= MAX_CMDLINE_SCRIPT:
+    if len(b64) <= MAX_CMDLINE_SCRIPT and not run_files:
         cmdline += f" orion.cmd={b64}"
     else:
         run_dir = wd / "run"
         run_dir.mkdir(exist_ok=True)
         (run_dir / "cmd.sh").write_text(script)
+        for fname, src in (run_files or {}).items():
+            shutil.copy2(src, run_dir / fname)
     xml = domain_xml(name, img, console, cmdline=cmdline, source_dir=source_dir, run_dir=run_dir,
                      memory_mib=memory_mib, vcpus=vcpus, shmem=shmem, extra_devices=extra_devices)
     dom = conn.defineXML(xml)

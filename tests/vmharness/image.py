@@ -6,8 +6,10 @@ The guest is three pieces, all cached under ``$ORION_TEST_GUEST_CACHE`` (default
 * ``vmlinuz``: the Debian 12 kernel, taken from ``apt-get download linux-image-6.1.0-N-amd64``
   (nothing is installed on the host);
 * ``initrd.img``: a gzip'd newc cpio with busybox-static, the virtio/9p modules and ``/init``
-  (``INIT_SCRIPT``); it mounts the 9p root, the 9p ``orion`` share at ``/opt/orion``, runs the
-  command from the kernel command line and powers off;
+  (``INIT_SCRIPT``); it mounts the 9p root (read-only; with ``orion.rw=1`` on the command line,
+  under a tmpfs overlay, writable), the 9p ``orion`` share at ``/opt/orion``, configures eth0
+  for user-mode networking if there is one (10.0.2.15, host 10.0.2.2), runs the command from
+  the kernel command line and powers off;
 * ``rootfs-<key>/``: a ``debootstrap --variant=minbase`` tree with python3 + numpy, shared
   read-only over 9p.
 
@@ -44,6 +46,7 @@ ROOTFS_PACKAGES: tuple[str, ...] = ("python3", "python3-numpy")
 GUEST_MODULES: tuple[str, ...] = (
     "virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
     "netfs", "fscache", "9pnet", "9pnet_virtio", "9p",
+    "overlay", "virtio_net", "qemu_fw_cfg",  # orion.rw=1, <interface type='user'>, fw_cfg in sysfs
 )
 DEFAULT_CACHE = "/var/cache/orion-test-guest"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -99,7 +102,20 @@ done
 
 NR=/newroot
 P9="trans=virtio,version=9p2000.L,ro,msize=262144"
-retry_mount -t 9p -o "$P9,cache=loose" rootfs "$NR" || fail "mount 9p rootfs"
+rw=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in orion.rw=1) rw=1 ;; esac
+done
+if [ -n "$rw" ]; then
+    mkdir -p /lower /rw
+    retry_mount -t 9p -o "$P9,cache=loose" rootfs /lower || fail "mount 9p rootfs"
+    mount -t tmpfs -o mode=0755 tmpfs /rw || fail "mount tmpfs for the writable root"
+    mkdir -p /rw/upper /rw/work
+    mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay "$NR" \
+        || fail "mount the overlay root (orion.rw=1)"
+else
+    retry_mount -t 9p -o "$P9,cache=loose" rootfs "$NR" || fail "mount 9p rootfs"
+fi
 retry_mount -t 9p -o "$P9,cache=loose" orion "$NR/opt/orion" || fail "mount 9p orion at /opt/orion"
 mount -t proc proc "$NR/proc" || fail "mount proc"
 mount -t sysfs sysfs "$NR/sys" || fail "mount sysfs"
@@ -109,6 +125,13 @@ mount -t tmpfs -o mode=1777 tmpfs "$NR/dev/shm"
 mount -t devpts devpts "$NR/dev/pts"
 mount -t tmpfs -o mode=1777 tmpfs "$NR/tmp" || fail "mount /tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$NR/run" || fail "mount /run"
+
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    # user-mode networking (QEMU slirp): the host, its loopback services too, is 10.0.2.2
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
+        || fail "configure eth0"
+fi
 
 R="$NR/run/orion"
 mkdir -p "$R"

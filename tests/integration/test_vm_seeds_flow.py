@@ -1,0 +1,205 @@
+"""The seeds' VM flow with no hand steps after ``orion-virt attach`` and ``install-client``: a
+real controller (SQLite) and ``oriond`` (sim, token mode, ``--enable-kvm``) on the host, the
+product's hook (``orion-virt install-hook``), a guest defined by the harness on user-mode
+networking with a writable (overlay) root, ``orion-virt attach`` (which writes the fw_cfg entry
+with the server and controller addresses), then in the guest the documented
+``install-client -q`` from the bundle and a cuda-python program that prints its vGPUs with only
+``ORION_VGPU=1`` set: no ORION_CONTROLLER, no client.conf edit, the repository share off the
+path. The client finds the controller from fw_cfg; the allocation is listed by the controller
+while the program runs and released at its exit.
+
+The one file copied in besides the bundle is the controller's client key (/etc/orion/client.key,
+which install-client does not write: the controller refuses unsigned allocations).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from orion_virt.controller import client as ctl
+from orion_virt.controller.exceptions import ControllerUnreachable
+from orion_virt.installer.core import build_bundle
+from orion_virt.launch import OriondProcess, free_port
+from tests.oriond_fixture import BIN
+from tests.vmharness import LibvirtDaemon, define_guest
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.timeout(900)]
+
+if os.geteuid() != 0:
+    pytest.skip("VM tests need root", allow_module_level=True)
+if shutil.which("qemu-system-x86_64") is None:
+    pytest.skip("qemu-system-x86_64 is missing (scripts/install-test-deps.sh)", allow_module_level=True)
+
+URI = "qemu:///system"
+SHM_MIB = 16
+HOLD_S = 15
+
+PROGRAM = r"""
+import sys, time
+from cuda.bindings import driver as cuda
+def ok(r):
+    assert r[0] == cuda.CUresult.CUDA_SUCCESS, r
+    return r[1] if len(r) > 1 else None
+ok(cuda.cuInit(0))
+n = ok(cuda.cuDeviceGetCount())
+print(f"VGPUS {n}", flush=True)
+for i in range(n):
+    d = ok(cuda.cuDeviceGet(i))
+    name = ok(cuda.cuDeviceGetName(64, d)).split(b"\0")[0].decode()
+    print(f"VGPU {i} {name} {ok(cuda.cuDeviceTotalMem(d)) >> 20} MiB", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+SCRIPT = r"""
+unset PYTHONPATH
+echo "==== fwcfg"
+cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.orion/config/raw; echo
+mkdir -p /etc/orion && cp /run/orion/in/client.key /etc/orion/client.key && chmod 600 /etc/orion/client.key
+echo "==== install"
+python3 /run/orion/in/install-client -q 2>&1; echo "rc=$?"
+echo "==== program"
+cd /tmp && ORION_VGPU=1 HOME=/root python3 /run/orion/in/vgpus.py @HOLD@ 2>/tmp/prog.err; echo "rc=$?"
+echo "==== stderr"
+cat /tmp/prog.err
+echo "==== log"
+cat /root/.orion/log/client-*.log
+"""
+
+
+def _orion_virt(*args: str, conf: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "orion-virt"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "orion_virt.cli.orion_virt_cmd"]
+    return subprocess.run([*cmd, "--connect", URI, "--config", str(conf), *args],
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.fullmatch(r"==== (\w+)", line)
+        if m:
+            cur = m.group(1)
+            out[cur] = ""
+        elif cur is not None:
+            out[cur] += line + "\n"
+    return out
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``orion-controller start`` (SQLite) on loopback; stopped by pid."""
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    log = tmp_path / "controller.log"
+    with open(tmp_path / "controller.out", "w") as out:
+        p = subprocess.Popen(
+            [str(BIN / "orion-controller"), "start", "-i", "127.0.0.1", "-p", str(port),
+             "--kv", f"sqlite://{tmp_path}/controller.db", "--token-key", str(tmp_path / "token.key"),
+             "--api-key", str(tmp_path / "controller.key"), "--client-key", str(tmp_path / "client.key"),
+             "--portal-passwd", str(tmp_path / "portal.passwd"), "--log", str(log), "--vgpu", "4"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def up() -> bool:
+        assert p.poll() is None, (tmp_path / "controller.out").read_text()
+        try:
+            ctl.get_version(addr, timeout=1)
+            return True
+        except ControllerUnreachable:
+            return False
+    try:
+        _wait(up, 20, "the controller")
+        yield addr, log
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)
+            p.wait(10)
+
+
+def _server_conf(tmp: Path, ctl_addr: str) -> Path:
+    conf = tmp / "server.conf"
+    conf.write_text(
+        f"[server]\nenable_kvm = true\nenable_shm = false\nbackend = sim\nbind_addr = 127.0.0.1\n"
+        f"listen_port = {free_port()}\nvgpu_count = 4\n"
+        f"[server-log]\nlog_dir = {tmp / 'log'}\n"
+        f"[server-shm]\nshm_path_base = /dev/shm\nshm_user_name = root\nshm_group_name = root\n"
+        f"shm_buffer_size = {SHM_MIB}\n[server-kvm]\nhook_strict = true\n"
+        f"[controller]\ncontroller_addr = {ctl_addr}\ntoken_key_file = {tmp / 'token.key'}\n"
+        f"api_key_file = {tmp / 'controller.key'}\ntoken_state_dir = {tmp / 'tokens'}\n")
+    return conf
+
+
+def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, guest_image: Any,
+                           controller: tuple[str, Path], tmp_path: Path) -> None:
+    addr, ctl_log = controller
+    ctl_port = addr.rpartition(":")[2]
+    conf = _server_conf(tmp_path, addr)
+    hooks = tmp_path / "hooks"
+    r = _orion_virt("install-hook", "--hooks-dir", str(hooks), "--python", sys.executable, conf=conf)
+    assert r.returncode == 0, r.stderr + r.stdout
+    libvirt_daemon.install_hook(
+        "#!/bin/sh\n# test_vm_seeds_flow: the product's hook with the test's server.conf\n"
+        f"ORION_SERVER_CONF='{conf}' exec '{hooks / 'qemu.d' / 'orion-virt'}' \"$@\"\n")
+    oriond = OriondProcess(tmp_path / "oriond", backend="sim", config=conf, output=tmp_path / "oriond.out",
+                           extra=["--enable-kvm"], start_new_session=True)
+    try:
+        oriond.start(timeout=20)
+        _wait(lambda: any(n["up"] for n in ctl.nodes(addr)), 20, "oriond to register")
+        bundle = tmp_path / "install-client"
+        build_bundle(bundle)
+        program = tmp_path / "vgpus.py"
+        program.write_text(PROGRAM)
+        g = define_guest(libvirt_conn, "orion-test-seeds-flow", SCRIPT.replace("@HOLD@", str(HOLD_S)),
+                         img=guest_image, writable_root=True, user_net=True,
+                         run_files={"install-client": bundle, "client.key": tmp_path / "client.key",
+                                    "vgpus.py": program})
+        try:
+            a = _orion_virt("attach", g.name, conf=conf)
+            assert a.returncode == 0, a.stderr + a.stdout
+            st = _orion_virt("status", g.name, conf=conf).stdout
+            assert f"controller_addr = 10.0.2.2:{ctl_port}" in st, st
+            g.start()
+            t0 = time.monotonic()
+            tasks = _wait(lambda: ctl.tasks(addr), 600, "the guest's allocation at the controller")
+            listed_s = time.monotonic() - t0
+            res = g.wait(600)
+        finally:
+            g.cleanup()
+        out = res.stdout
+        sec = _sections(out)
+        assert res.exit_code == 0, out
+        assert f"controller_addr=10.0.2.2:{ctl_port}" in sec["fwcfg"], out
+        assert sec["install"].rstrip().endswith("rc=0"), out
+        prog = sec["program"]
+        assert prog.rstrip().endswith("rc=0") and "VGPUS 1\n" in prog, out
+        assert re.search(r"^VGPU 0 \S.* \d+ MiB$", prog, re.M), out
+        assert f"Orion Controller 10.0.2.2:{ctl_port} (from fw_cfg opt/org.orion/config)" in sec["log"], out
+        assert len(tasks) == 1, tasks
+        aid = tasks[0]["allocation_id"]
+        assert aid in sec["stderr"] + sec["log"], out
+        _wait(lambda: re.search(rf"allocation {aid} released", ctl_log.read_text()), 30, "the release")
+        assert ctl.tasks(addr) == []
+        print(f"[vm] allocation {aid} listed {listed_s:.0f} s after the guest started, released at exit")
+    finally:
+        oriond.stop()
+        libvirt_daemon.restore_hook()
