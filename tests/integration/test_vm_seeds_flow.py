@@ -6,7 +6,8 @@ with the server and controller addresses), then in the guest the documented
 ``install-client -q`` from the bundle and a cuda-python program that prints its vGPUs with only
 ``ORION_VGPU=1`` set: no ORION_CONTROLLER, no client.conf edit, the repository share off the
 path. The client finds the controller from fw_cfg; the allocation is listed by the controller
-while the program runs and released at its exit.
+while the program runs and released at its exit. Then a C program (deviceQuery) on the native
+client install-client put in as the guest's libcuda.so.1: the same, from fw_cfg too.
 
 The one file copied in besides the bundle is the controller's client key (/etc/orion/client.key,
 which install-client does not write: the controller refuses unsigned allocations).
@@ -72,6 +73,8 @@ echo "==== stderr"
 cat /tmp/prog.err
 echo "==== log"
 cat /root/.orion/log/client-*.log
+echo "==== native"
+ORION_VGPU=1 ORION_LOG_LEVEL=DEBUG /run/orion/in/deviceQuery 2>&1; echo "rc=$?"
 """
 
 
@@ -149,8 +152,24 @@ def _server_conf(tmp: Path, ctl_addr: str) -> Path:
     return conf
 
 
+@pytest.fixture(scope="module")
+def native_query(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The native client (make native, so the bundle carries it) and deviceQuery linked to it."""
+    from tests.integration.test_native_client import BUILD, SOURCES, cudart_paths
+
+    root = Path(__file__).resolve().parents[2]
+    b = subprocess.run(["make", "-C", str(root), "native"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    inc, _ = cudart_paths()
+    exe = tmp_path_factory.mktemp("vm-native") / "deviceQuery"
+    c = subprocess.run(["gcc", "-std=c11", "-O1", f"-I{inc}", f"-I{SOURCES}", str(SOURCES / "deviceQuery.c"),
+                        f"-L{BUILD}", "-lcuda", "-o", str(exe)], capture_output=True, text=True, timeout=120)
+    assert c.returncode == 0, c.stderr
+    return exe
+
+
 def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, guest_image: Any,
-                           controller: tuple[str, Path], tmp_path: Path) -> None:
+                           controller: tuple[str, Path], native_query: Path, tmp_path: Path) -> None:
     addr, ctl_log = controller
     ctl_port = addr.rpartition(":")[2]
     conf = _server_conf(tmp_path, addr)
@@ -166,13 +185,13 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
         oriond.start(timeout=20)
         _wait(lambda: any(n["up"] for n in ctl.nodes(addr)), 20, "oriond to register")
         bundle = tmp_path / "install-client"
-        build_bundle(bundle)
+        build_bundle(bundle)  # with the native client (build/native/libcuda.so.1, made by native_query)
         program = tmp_path / "vgpus.py"
         program.write_text(PROGRAM)
         g = define_guest(libvirt_conn, "orion-test-seeds-flow", SCRIPT.replace("@HOLD@", str(HOLD_S)),
                          img=guest_image, writable_root=True, user_net=True,
                          run_files={"install-client": bundle, "client.key": tmp_path / "client.key",
-                                    "vgpus.py": program})
+                                    "vgpus.py": program, "deviceQuery": native_query})
         try:
             a = _orion_virt("attach", g.name, conf=conf)
             assert a.returncode == 0, a.stderr + a.stdout
@@ -198,8 +217,15 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
         aid = tasks[0]["allocation_id"]
         assert aid in sec["stderr"] + sec["log"], out
         _wait(lambda: re.search(rf"allocation {aid} released", ctl_log.read_text()), 30, "the release")
+        native = sec["native"]
+        assert native.rstrip().endswith("rc=0") and "Detected 1 CUDA Capable device(s)" in native, out
+        assert f"controller 10.0.2.2:{ctl_port} (from fw_cfg opt/org.orion/config)" in native, out
+        m = re.search(r"Client exits with allocation ID (\S+)", native)
+        assert m and m.group(1) != aid, out
+        _wait(lambda: re.search(rf"allocation {m.group(1)} released", ctl_log.read_text()), 30, "the release")
         assert ctl.tasks(addr) == []
-        print(f"[vm] allocation {aid} listed {listed_s:.0f} s after the guest started, released at exit")
+        print(f"[vm] allocation {aid} listed {listed_s:.0f} s after the guest started, released at exit; "
+              f"the native client's {m.group(1)} too")
     finally:
         oriond.stop()
         libvirt_daemon.restore_hook()
