@@ -1,6 +1,7 @@
 """The seeds' VM flow with no hand steps after ``orion-virt attach`` and ``install-client``: a
 real controller (SQLite) and ``oriond`` (sim, token mode, ``--enable-kvm``) on the host, the
-product's hook (``orion-virt install-hook``), a guest defined by the harness on user-mode
+product's hook (``orion-virt install-hook`` into /etc/libvirt/hooks, which the running libvirtd
+takes on the SIGHUP install-hook sends it; removed again at the end), a guest defined by the harness on user-mode
 networking with a writable (overlay) root, ``orion-virt attach`` (which writes the fw_cfg entry
 with the server and controller addresses), then in the guest the documented
 ``install-client -q`` from the bundle and a cuda-python program that prints its vGPUs with only
@@ -28,6 +29,8 @@ import pytest
 
 from orion_virt.controller import client as ctl
 from orion_virt.controller.exceptions import ControllerUnreachable
+from orion_virt.host.hookinstall import DEFAULT_HOOKS_DIR as HOOKS
+from orion_virt.host.hookinstall import reload_libvirt
 from orion_virt.installer.core import build_bundle
 from orion_virt.launch import OriondProcess, free_port
 from tests.oriond_fixture import BIN
@@ -173,12 +176,12 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
     addr, ctl_log = controller
     ctl_port = addr.rpartition(":")[2]
     conf = _server_conf(tmp_path, addr)
-    hooks = tmp_path / "hooks"
-    r = _orion_virt("install-hook", "--hooks-dir", str(hooks), "--python", sys.executable, conf=conf)
+    # the product's hook where libvirtd looks (/etc/libvirt/hooks/qemu.d/orion-virt, our server.conf
+    # pinned in it), taken by the running libvirtd through install-hook's SIGHUP: no restart
+    assert not (HOOKS / "qemu.d" / "orion-virt").exists(), "an orion-virt hook is installed on this host"
+    r = _orion_virt("install-hook", conf=conf)
     assert r.returncode == 0, r.stderr + r.stdout
-    libvirt_daemon.install_hook(
-        "#!/bin/sh\n# test_vm_seeds_flow: the product's hook with the test's server.conf\n"
-        f"ORION_SERVER_CONF='{conf}' exec '{hooks / 'qemu.d' / 'orion-virt'}' \"$@\"\n")
+    assert f"sent SIGHUP to libvirtd (pid {libvirt_daemon.libvirtd_pid})" in r.stdout, r.stdout
     oriond = OriondProcess(tmp_path / "oriond", backend="sim", config=conf, output=tmp_path / "oriond.out",
                            extra=["--enable-kvm"], start_new_session=True)
     try:
@@ -228,4 +231,5 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
               f"the native client's {m.group(1)} too")
     finally:
         oriond.stop()
-        libvirt_daemon.restore_hook()
+        _orion_virt("uninstall-hook", conf=conf)
+        reload_libvirt()
