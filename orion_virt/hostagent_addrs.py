@@ -30,6 +30,8 @@ class HostAgentAddrs:
     values: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    client_key: bytes | None = None
+    """The controller's client key ``orion-virt attach`` gave the guest (``client_key=<hex>``)."""
 
 
 def fwcfg_path(env: Mapping[str, str]) -> str:
@@ -64,13 +66,23 @@ def read_fwcfg(env: Mapping[str, str], parse_addr: Callable[[str], str]) -> Host
         return HostAgentAddrs(path, problems={k: bad for k in KEYS})
     values: dict[str, str] = {}
     problems: dict[str, str] = {}
+    key: bytes | None = None
     for line in text.splitlines():
         k, sep, v = line.partition("=")
         k, v = k.strip(), v.strip()
+        if sep and k == "client_key":
+            try:
+                key = bytes.fromhex(v)
+            except ValueError:
+                key = None
+            if key is None or not 16 <= len(key) <= 256:
+                problems[k] = f"{path} ({ORIGIN}): client_key is not 16 to 256 bytes of hex"
+                key = None
+            continue
         if not sep or k not in KEYS:
             continue
         try:
             values[k] = parse_addr(v)
         except ValueError as e:
             problems[k] = f"{path} ({ORIGIN}): {k}={v[:80]!r}: {e}"
-    return HostAgentAddrs(path, values, problems)
+    return HostAgentAddrs(path, values, problems, client_key=key)

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 host error (domain missing, libvirt refused, netlink, f
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from ..config import ServerConfig, load_server_config
+from ..controller.auth import DEFAULT_CLIENT_KEY_FILE as DEFAULT_CLIENT_KEY
 from ..errors import HostError, OrionError
 from ..host.agent import COLD_BOOT_NOTE, HostAgent
 from ..host.hookinstall import DEFAULT_HOOKS_DIR, install_hook, reload_libvirt, uninstall_hook
@@ -100,18 +102,25 @@ def main(ctx: click.Context, uri: str, config_path: str | None) -> None:
               help="Use the interrupt-capable ivshmem-doorbell model (oriond's ivshmem server at "
                    "/run/orion/ivshmem-orionsock<N>.sock must listen when the VM starts; the guest "
                    "needs a vIOMMU and vfio-pci to sleep on it) instead of ivshmem-plain.")
+@click.option("--client-key", "client_key", metavar="PATH", default=DEFAULT_CLIENT_KEY, show_default=True,
+              help="The controller's client key, given to the guest's clients in its fw_cfg entry "
+                   "(readable by the guest's root only) so they sign allocations with no copy step; "
+                   "used when the file exists.")
+@click.option("--no-client-key", is_flag=True, help="Give the guest no client key.")
 @click.pass_obj
-def attach(obj: _Ctx, domain: str, index: int | None, doorbell: bool) -> None:
+def attach(obj: _Ctx, domain: str, index: int | None, doorbell: bool, client_key: str,
+           no_client_key: bool) -> None:
     """Attach an Orion device to DOMAIN (idempotent)."""
     def go() -> None:
-        r = obj.agent().attach(domain, index, doorbell=doorbell)
+        key = None if no_client_key or not os.path.exists(client_key) else client_key
+        r = obj.agent().attach(domain, index, doorbell=doorbell, client_key=key)
         verb = "attached" if r.changed else "already attached"
         click.echo(f"{domain}: {verb} as orionsock{r.index} ({r.size_bytes >> 20} MiB, "
                    f"{r.shm_path})")
         if r.doorbell:
             click.echo(f"  ivshmem-doorbell, server {r.doorbell}")
         for k, v in r.config.items():
-            click.echo(f"  {k} = {v}")
+            click.echo(f"  client key from {key}" if k == "client_key" else f"  {k} = {v}")
         if r.pending:
             click.echo(f"  {domain} is running: {COLD_BOOT_NOTE}")
     _run(go)

@@ -94,6 +94,13 @@ def signer(cfg: ClientConfig, log: logging.Logger | None = None) -> Any:
 
     path = cfg.client_key_file
     if not path or not os.path.exists(path):
+        from ..hostagent_addrs import ORIGIN, read_fwcfg
+
+        agent = read_fwcfg(os.environ, lambda v: v)
+        if agent.client_key is not None:
+            if log is not None:
+                log.info("client key from %s (no %s)", ORIGIN, path)
+            return ctl.Signer("client", agent.client_key)
         if log is not None:
             log.info("no client key at %s: the allocation request is not signed", path)
         return None

@@ -210,11 +210,13 @@ class HostAgent:
     # --- operations ----------------------------------------------------------------------------
 
     def attach(self, name: str, index: int | None = None, *, doorbell: bool = False,
-               run_dir: str = _doorbell.DEFAULT_RUN_DIR) -> AttachResult:
+               run_dir: str = _doorbell.DEFAULT_RUN_DIR, client_key: str | None = None) -> AttachResult:
         """Attach ``name``'s persistent definition (idempotent). ``index`` None keeps the current
         index or picks the lowest one no other domain (and no container device file) uses.
         ``doorbell``: the ``ivshmem-doorbell`` model, served by oriond's ivshmem server at
         ``<run_dir>/ivshmem-orionsock<N>.sock`` (which must listen when the domain starts).
+        ``client_key``: a controller's client key file whose key goes into the guest's fw_cfg entry
+        (readable by the guest's root only), so its clients sign allocations with no copy step.
 
         Raises HostError if the domain is missing or transient, the index is taken, or libvirt
         rejects the new definition; ConfigError for a bad shm_buffer_size.
@@ -239,6 +241,10 @@ class HostAgent:
         with self._ipr_factory() as ipr:
             cfg = guest_config(self.config, net_xml, ipr, self._network_bridges(net_xml),
                                warn=lambda m: self._log(f"warning: {m}"))
+        if client_key is not None:
+            from ..controller.token import load_key
+
+            cfg["client_key"] = load_key(client_key).hex()
         size = self.config.shm_buffer_size
         try:
             sock = str(_doorbell.socket_path(idx, run_dir)) if doorbell else None

@@ -289,6 +289,23 @@ def test_device_query_gets_its_vgpus_from_the_controller(programs: dict[str, Pat
         ctl.renew(pool.addr, aid, signer=pool.admin)
 
 
+def test_in_a_vm_the_client_key_comes_from_the_host_agents_fwcfg_entry(programs: dict[str, Path], pool: Pool,
+                                                                         tmp_path: Path) -> None:
+    """No key file in the guest: the key `orion-virt attach --client-key` wrote into the fw_cfg
+    entry signs the allocation; without either, the controller refuses it, saying which key."""
+    fw = tmp_path / "fwcfg"
+    fw.write_text(f"client_key={(pool.tmp / 'client.key').read_text().strip()}")
+    env = pool.env(ORION_CLIENT_KEY_FILE=str(tmp_path / "absent.key"), ORION_FWCFG_PATH=str(fw),
+                   ORION_LOG_LEVEL="DEBUG")
+    r = run(programs["deviceQuery"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "client key from fw_cfg opt/org.orion/config (no " in r.stderr
+    assert "Result = PASS" in r.stdout
+    fw.write_text("server_addr=10.0.2.2:9960")
+    r = run(programs["deviceQuery"], env=env)
+    assert r.returncode != 0 and "client key" in r.stderr, r.stderr
+
+
 def test_the_allocation_is_at_the_controller_while_the_program_runs(programs: dict[str, Path], pool: Pool,
                                                                     tmp_path: Path) -> None:
     go = tmp_path / "go"

@@ -121,18 +121,9 @@ static unsigned char client_key[256];
 static size_t client_key_len;           /* 0: no client key (the allocation goes unsigned) */
 static char alloc_secret[128];          /* the allocation's secret, once allocated */
 
-/* The client key: ORION_CLIENT_KEY_FILE, else /etc/orion/client.key (hex text, as load_key). */
-static void load_client_key(void)
+/* Hex text into client_key (at most its size, stopping at the first non-hex pair). */
+static void parse_client_key(const char *text, size_t n)
 {
-    const char *path = getenv("ORION_CLIENT_KEY_FILE");
-    if (!path || !*path) path = "/etc/orion/client.key";
-    FILE *f = fopen(path, "r");
-    client_key_len = 0;
-    if (!f) return;
-    char text[600];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = 0;
     size_t k = 0;
     for (size_t i = 0; i + 1 < n && k < sizeof client_key; i += 2) {
         unsigned v;
@@ -140,6 +131,29 @@ static void load_client_key(void)
         client_key[k++] = (unsigned char)v;
     }
     client_key_len = k >= 16 ? k : 0;
+}
+
+/* The client key: ORION_CLIENT_KEY_FILE, else /etc/orion/client.key (hex text, as load_key); in a
+ * VM without that file, the key orion-virt attach put in the fw_cfg entry (client_key=<hex>). */
+static void load_client_key(void)
+{
+    const char *path = getenv("ORION_CLIENT_KEY_FILE");
+    if (!path || !*path) path = "/etc/orion/client.key";
+    FILE *f = fopen(path, "r");
+    client_key_len = 0;
+    char text[600];
+    if (!f) {
+        char why[300] = "";
+        if (orion_conf_fwcfg("client_key", text, sizeof text, why, sizeof why) == 1) {
+            parse_client_key(text, strlen(text));
+            if (client_key_len) orion_log("DEBUG", "client key from " ORION_FWCFG_ORIGIN " (no %s)", path);
+        }
+        return;
+    }
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    parse_client_key(text, n);
 }
 
 /* The auth headers of one request into out ("" when none apply). */
