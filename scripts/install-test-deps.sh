@@ -19,6 +19,9 @@ etcd-server iproute2 util-linux python3-venv python3-dev gcc procps prometheus"
 # the portal's browser test (tests/integration/test_portal_browser.py): Debian's chromium, headless
 # (run as root here, so the test passes --no-sandbox), and a font for it to lay text out with
 PKGS="$PKGS chromium fonts-dejavu-core"
+# the container images (scripts/build-images.sh, tests/integration/test_container_images.py):
+# podman/buildah from Debian, fuse-overlayfs for overlay storage where the kernel lacks it
+PKGS="$PKGS podman buildah fuse-overlayfs uidmap"
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps.sh: must run as root" >&2
