@@ -192,7 +192,7 @@ class FakeDriver:
         self._memset(p, v, 4, n)
 
     def _cuMemHostRegister(self, p: int, n: int, flags: int) -> None:
-        assert isinstance(p, int) and flags in (1, 9)  # PORTABLE, optionally READ_ONLY
+        assert isinstance(p, int) and flags in (1, 3, 9)  # PORTABLE, with DEVICEMAP or READ_ONLY
         if p in self.registered:
             raise _Err(CUresult.CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED)
         self.registered[p] = n
