@@ -10,8 +10,9 @@ path. The client finds the controller from fw_cfg; the allocation is listed by t
 while the program runs and released at its exit. Then a C program (deviceQuery) on the native
 client install-client put in as the guest's libcuda.so.1: the same, from fw_cfg too.
 
-The one file copied in besides the bundle is the controller's client key (/etc/orion/client.key,
-which install-client does not write: the controller refuses unsigned allocations).
+Nothing is copied in besides the bundle: the controller's client key (the controller refuses
+unsigned allocations) reaches the guest's clients in the same fw_cfg entry (``attach
+--client-key``), readable by the guest's root only.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ time.sleep(float(sys.argv[1]))
 SCRIPT = r"""
 unset PYTHONPATH
 echo "==== fwcfg"
-cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.orion/config/raw; echo
-mkdir -p /etc/orion && cp /run/orion/in/client.key /etc/orion/client.key && chmod 600 /etc/orion/client.key
+sed 's/^client_key=.*/client_key=<given>/' /sys/firmware/qemu_fw_cfg/by_name/opt/org.orion/config/raw; echo
+test -e /etc/orion/client.key && echo "a client key file is in the guest"
 echo "==== install"
 python3 /run/orion/in/install-client -q 2>&1; echo "rc=$?"
 echo "==== program"
@@ -193,11 +194,12 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
         program.write_text(PROGRAM)
         g = define_guest(libvirt_conn, "orion-test-seeds-flow", SCRIPT.replace("@HOLD@", str(HOLD_S)),
                          img=guest_image, writable_root=True, user_net=True,
-                         run_files={"install-client": bundle, "client.key": tmp_path / "client.key",
-                                    "vgpus.py": program, "deviceQuery": native_query})
+                         run_files={"install-client": bundle, "vgpus.py": program, "deviceQuery": native_query})
         try:
-            a = _orion_virt("attach", g.name, conf=conf)
+            a = _orion_virt("attach", g.name, "--client-key", str(tmp_path / "client.key"), conf=conf)
             assert a.returncode == 0, a.stderr + a.stdout
+            assert f"client key from {tmp_path / 'client.key'}" in a.stdout and (
+                tmp_path / "client.key").read_text().strip() not in a.stdout + a.stderr
             st = _orion_virt("status", g.name, conf=conf).stdout
             assert f"controller_addr = 10.0.2.2:{ctl_port}" in st, st
             g.start()
@@ -211,6 +213,7 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
         sec = _sections(out)
         assert res.exit_code == 0, out
         assert f"controller_addr=10.0.2.2:{ctl_port}" in sec["fwcfg"], out
+        assert "client_key=<given>" in sec["fwcfg"] and "a client key file" not in sec["fwcfg"], out
         assert sec["install"].rstrip().endswith("rc=0"), out
         prog = sec["program"]
         assert prog.rstrip().endswith("rc=0") and "VGPUS 1\n" in prog, out
