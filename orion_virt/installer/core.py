@@ -360,6 +360,18 @@ class _Writer:
             self.m.files.append(path)
 
 
+def remove_unedited_conf(t: Target, m: Manifest, path: str) -> bool:
+    """Remove the config file at ``path`` if this installation created it and it is unchanged;
+    True when it was kept because it was edited (it holds the user's settings)."""
+    conf = t(path)
+    if not (m.conf_created and conf.is_file()):
+        return False
+    if _sha(conf.read_bytes()) == m.conf_sha256:
+        conf.unlink()
+        return False
+    return True
+
+
 def _remove_files(t: Target, m: Manifest, out: Out | None, who: str = "install-client",
                   quiet_dirs: tuple[str, ...] = (os.path.dirname(CONF_PATH),)) -> None:
     """Remove ``m``'s files, then its directories that are empty (``out`` names each one kept,
@@ -480,13 +492,7 @@ def uninstall(*, prefix: str | None = None, root: str = "/", python: str | None 
         where = prefix or DEFAULT_PREFIX
         raise InstallError(f"no Orion client installation found in {where} (no {MANIFEST_NAME}); "
                            "name its path with -d PATH")
-    conf = t(CONF_PATH)
-    conf_kept = False
-    if m.conf_created and conf.is_file():
-        if _sha(conf.read_bytes()) == m.conf_sha256:
-            conf.unlink()
-        else:
-            conf_kept = True
+    conf_kept = remove_unedited_conf(t, m, CONF_PATH)
     (t(m.prefix) / MANIFEST_NAME).unlink(missing_ok=True)
     had_ld_conf = LDCONF_PATH in m.files
     _remove_files(t, m, out)

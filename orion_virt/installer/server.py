@@ -31,7 +31,7 @@ from typing import Callable
 
 from .. import compat
 from . import server_files
-from .core import InstallError, Manifest, Out, Target, _remove_files, _sha, _Writer, check_prefix
+from .core import InstallError, Manifest, Out, Target, _remove_files, _sha, _Writer, check_prefix, remove_unedited_conf
 
 DEFAULT_PREFIX = "/opt/orion"
 MANIFEST_NAME = ".orion-server-manifest.json"
@@ -307,13 +307,7 @@ def uninstall(*, prefix: str = DEFAULT_PREFIX, root: str = "/", out: Out = print
         for unit in UNITS:
             out(f"  systemctl disable --now {unit}")
             subprocess.run(["systemctl", "disable", "--now", unit], capture_output=True, timeout=120)
-    conf = t(CONF_PATH)
-    conf_kept = False
-    if m.conf_created and conf.is_file():
-        if _sha(conf.read_bytes()) == m.conf_sha256:
-            conf.unlink()
-        else:
-            conf_kept = True
+    conf_kept = remove_unedited_conf(t, m, CONF_PATH)
     step(f"Removing the environment {prefix}")
     if prefix in m.dirs:
         shutil.rmtree(t(prefix))
