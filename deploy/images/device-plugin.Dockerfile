@@ -15,6 +15,7 @@ RUN python3 -m venv /build-venv && /build-venv/bin/pip install --no-cache-dir nv
 FROM debian:12
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         python3 python3-venv iproute2 ca-certificates \
+        gcc pkg-config libvirt-dev python3-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY orion_virt /src/orion_virt
