@@ -175,14 +175,15 @@ class SharedHost:
 
     def view(self, addr: int, n: int) -> memoryview:
         """The ``n`` bytes at client address ``addr``; CUDA_ERROR_INVALID_VALUE unless they lie in one block."""
-        i = bisect.bisect_right(self._starts, addr)
-        if i:
-            b = self._blocks[self._starts[i - 1]]
-            off = addr - b.addr
-            if 0 <= n <= b.size - off:
-                return b.view[off:off + n]
-        raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
-                            f"{n} bytes at host address {addr:#x} are not in memory shared with the session")
+        try:
+            b = self.block(addr)
+        except CudaCallError:
+            b = None
+        off = addr - b.addr if b is not None else 0
+        if b is None or not 0 <= n <= b.size - off:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                                f"{n} bytes at host address {addr:#x} are not in memory shared with the session")
+        return b.view[off:off + n]
 
     def close(self) -> None:
         """Unmap every block (after the backend has unregistered them). Idempotent."""
