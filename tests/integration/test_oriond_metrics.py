@@ -175,7 +175,10 @@ def test_a_killed_worker_leaves_no_live_gauge(oriond: tuple[Oriond, str]) -> Non
         pid = o.launcher.pid
         [worker] = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         os.kill(worker, signal.SIGKILL)  # the session's worker, by its pid (a child of this oriond)
-        s = wait_for(maddr, lambda s: not memory_gauges(s), "the killed session's gauge gone")
+        # the reaper drops the gauge, then counts the end: wait for both, not only the first
+        s = wait_for(maddr, lambda s: not memory_gauges(s) and value(
+            s, "orion_server_sessions_ended_total", transport="shm", reason="killed") == 1,
+            "the killed session's gauge gone and its end counted")
         assert value(s, "orion_server_sessions_ended_total", transport="shm", reason="killed") == 1
         assert value(s, "orion_server_sessions_active", transport="shm") == 0
     finally:
