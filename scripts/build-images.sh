@@ -10,6 +10,8 @@
 #   ORION_IMAGE_CACHE   the debootstrap tarball's directory (default /var/cache/orion-images)
 #   ORION_IMAGE_TAG     the images' tag (default 0.1.0): localhost/orion-virt/IMAGE:TAG
 #   DEBIAN_MIRROR       debootstrap's mirror (default http://deb.debian.org/debian)
+#   ORION_IMAGE_CONTEXT the tree the images are built from (default: this checkout, as it is on
+#                       disk); e.g. a clean export: git archive HEAD | tar -x -C DIR
 #   ORION_BUILD_CA      a CA bundle pip in the build trusts (default: $PIP_CERT when set), for an
 #                       egress proxy that re-signs TLS; mounted into RUN steps only, not in the image
 #
@@ -22,6 +24,7 @@ say() { echo "build-images.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CONTEXT=$(cd "${ORION_IMAGE_CONTEXT:-$ROOT}" && pwd) || die "ORION_IMAGE_CONTEXT=${ORION_IMAGE_CONTEXT:-}: no such directory"
 CACHE="${ORION_IMAGE_CACHE:-/var/cache/orion-images}"
 TAG="${ORION_IMAGE_TAG:-0.1.0}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -65,12 +68,21 @@ base_image() {
         sh -c "buildah import '$tarball' '$BASE' >/dev/null 2>&1 || podman import '$tarball' '$BASE' >/dev/null"
 }
 
-# the files an image is built from: its Dockerfile and the context the build sees
+# the files an image is built from: its Dockerfile and the context the build sees (git's list in a
+# checkout, else every file but caches)
+INPUTS="pyproject.toml README.md orion_virt server examples deploy/images tools Makefile"
+context_files() {
+    # shellcheck disable=SC2086
+    if git -C "$CONTEXT" rev-parse --show-toplevel 2>/dev/null | grep -qx "$CONTEXT"; then
+        git -C "$CONTEXT" ls-files -co --exclude-standard -- $INPUTS
+    else
+        (cd "$CONTEXT" && find $INPUTS -type f ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null)
+    fi
+}
 inputs_hash() {
     (
-        cd "$ROOT"
-        git ls-files -co --exclude-standard -- pyproject.toml README.md orion_virt server examples \
-            deploy/images tools Makefile 2>/dev/null | LC_ALL=C sort | while read -r f; do
+        cd "$CONTEXT"
+        context_files | LC_ALL=C sort | while read -r f; do
             [ -f "$f" ] && sha256sum "$f"
         done
         sha256sum "deploy/images/$1.Dockerfile"
@@ -79,7 +91,7 @@ inputs_hash() {
 
 build_one() {
     name=$1
-    file="$ROOT/deploy/images/$name.Dockerfile"
+    file="$CONTEXT/deploy/images/$name.Dockerfile"
     [ -f "$file" ] || die "$file: no such Dockerfile (images: oriond controller device-plugin client)"
     ref="localhost/orion-virt/$name:$TAG"
     want=$(inputs_hash "$name")
@@ -97,9 +109,9 @@ build_one() {
         set -- -v "$ca:/etc/orion-build-ca.crt:ro" -v "$conf:/etc/pip.conf:ro"
     fi
     run_step "$name: buildah bud -f deploy/images/$name.Dockerfile -t $ref (inputs $want)" \
-        buildah bud --pull-never --isolation chroot --network host --layers "$@" \
-            --ignorefile "$ROOT/deploy/images/images.dockerignore" \
-            --label "$LABEL=$want" -f "$file" -t "$ref" "$ROOT"
+        buildah bud --pull-never --isolation chroot --network host --layers --force-rm "$@" \
+            --ignorefile "$CONTEXT/deploy/images/images.dockerignore" \
+            --label "$LABEL=$want" -f "$file" -t "$ref" "$CONTEXT"
 }
 
 base_image
