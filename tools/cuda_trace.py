@@ -80,9 +80,28 @@ static void words(u p, u w[2], int ok[2])
 {
     for (int k = 0; k < 2; k++) ok[k] = peek(p + 8 * (u)k, &w[k]);
 }
+/* ORION_TRACE_ARGS: comma-separated driver function names (or "*") whose calls are logged like
+   slots; ORION_TRACE_MAX: calls logged per function or slot (default 8) */
+static signed char tr[NSLOTS];  /* 0 not yet known, 1 traced, -1 not */
+static int traced(int i)
+{
+    if (tr[i]) return tr[i] > 0;
+    const char *w = getenv("ORION_TRACE_ARGS");
+    int yes = w && !strcmp(w, "*");
+    size_t n = strlen(E[i].name);
+    for (const char *p = w; w && !yes && n && (p = strstr(p, E[i].name)); p += n)
+        yes = (p == w || p[-1] == ',') && (p[n] == ',' || !p[n]);
+    tr[i] = yes ? 1 : -1;
+    return yes;
+}
+static unsigned long trace_max(void)
+{
+    const char *m = getenv("ORION_TRACE_MAX");
+    return m && *m ? strtoul(m, NULL, 10) : 8;
+}
 static void slot_log(int i, u r, const u *a, u before[4][2], int bok[4][2])
 {
-    if (!req_log || E[i].calls > 8) return;
+    if (!req_log || E[i].calls > trace_max()) return;
     char d[4][120];
     for (int k = 0; k < 4; k++) {
         u after[2];
@@ -100,7 +119,8 @@ static void slot_log(int i, u r, const u *a, u before[4][2], int bok[4][2])
         }
     }
     pthread_mutex_lock(&mu);
-    fprintf(req_log, "slot\t%s\tret %llx\targs %llx%s %llx%s %llx%s %llx%s\n", E[i].name, (unsigned long long)r,
+    fprintf(req_log, "%s\t%s\tret %llx\targs %llx%s %llx%s %llx%s %llx%s\n", E[i].name[0] == '{' ? "slot" : "call",
+            E[i].name, (unsigned long long)r,
             (unsigned long long)a[0], d[0], (unsigned long long)a[1], d[1], (unsigned long long)a[2], d[2],
             (unsigned long long)a[3], d[3]);
     fflush(req_log);
@@ -111,7 +131,7 @@ static u fwd(int i, ARGS)
     __atomic_fetch_add(&E[i].calls, 1, __ATOMIC_RELAXED);
     u a[4] = {a0, a1, a2, a3}, before[4][2] = {{0}};
     int bok[4][2] = {{0}};
-    int slot = E[i].name[0] == '{';
+    int slot = E[i].name[0] == '{' || traced(i);
     if (slot)
         for (int k = 0; k < 4; k++) words(a[k], before[k], bok[k]);
     u r = E[i].real(PASS);

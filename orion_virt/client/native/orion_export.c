@@ -7,12 +7,14 @@
  * with tools/cuda_trace.py under the real driver; what a slot does follows the public write-ups
  * (ZLUDA's dark_api). A table or slot not implemented here is refused with a log line naming it.
  */
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "calls_gen.h"
 #include "orion_client.h"
 #include "orion_procaddr.h"
 
@@ -78,17 +80,19 @@ typedef struct {
     void **slots;
 } export_table;
 
+/* Said once per table and slot (16 tables of up to 128 slots). */
 static void slot_refused(const char *table, int slot)
 {
-    static atomic_uint said[8];
-    static const char *names[8];
+    static atomic_uint said[16][4];
+    static const char *names[16];
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&mu);
     int k = 0;
-    while (k < 8 && names[k] && names[k] != table) k++;
-    if (k < 8 && !names[k]) names[k] = table;
+    while (k < 16 && names[k] && names[k] != table) k++;
+    if (k < 16 && !names[k]) names[k] = table;
     pthread_mutex_unlock(&mu);
-    if (k < 8 && slot < 32 && !(atomic_fetch_or(&said[k], 1u << slot) & (1u << slot)))
+    unsigned bit = 1u << (slot & 31);
+    if (k < 16 && slot >= 0 && slot < 128 && !(atomic_fetch_or(&said[k][slot >> 5], bit) & bit))
         orion_log("WARN", "export table %s: slot %d is not supported by the orion_virt client", table, slot);
 }
 
@@ -310,6 +314,103 @@ static void *t21318c60[93] = {
     (void *)T21318C60_91, (void *)T21318C60_92,
 };
 
+/* TOOLS_MODULE {6e163fbe-b958-444d-835c-e182aff1991e} (CU_ETID_ToolsModule in NVIDIA's libcuxtra):
+ * asked for by cuFFT 12 (CUDA 13) in cufftCreate, which fails without it. Slot 7 hands each kernel of
+ * a module to a callback: count = slot7(ctx, module, cb, user) calls cb(user, function, 0) once per
+ * kernel. cuFFT loads each kernel it plans with as a module of one kernel, keeps the function its
+ * callback is given, and fails the plan (CUFFT_INTERNAL_ERROR) unless the count is exactly 1.
+ * Measured with cuFFT 12.5 over this client (what it passes, what it accepts); the real table's
+ * size and what the real callback's third argument is were not (cuFFT's callback ignores it).
+ * The names come from oriond (orionModuleFunctionNames), the functions from cuModuleGetFunction, so
+ * they are the handles a program gets by name, with their parameter layouts. Every other slot is
+ * refused and logged. */
+#define MODULE_NAMES_CAP (1u << 20)
+
+CUresult orion_wire_orionModuleFunctionNames(CUmodule hmod, unsigned int *count, char *names, unsigned int len)
+    __attribute__((weak, visibility("hidden")));
+
+typedef void (*module_function_cb)(void *user, CUfunction function, uint64_t unknown);
+
+static CUresult module_kernels(CUmodule mod, CUfunction **out, unsigned *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!orion_wire_orionModuleFunctionNames) return CUDA_ERROR_NOT_SUPPORTED;
+    char *names = calloc(1, MODULE_NAMES_CAP);
+    if (!names) return CUDA_ERROR_OUT_OF_MEMORY;
+    unsigned count = 0;
+    CUresult st = orion_wire_orionModuleFunctionNames(mod, &count, names, MODULE_NAMES_CAP - 1);
+    CUfunction *fns = st == CUDA_SUCCESS && count ? calloc(count, sizeof *fns) : NULL;
+    if (st == CUDA_SUCCESS && count && !fns) st = CUDA_ERROR_OUT_OF_MEMORY;
+    const char *p = names, *end = names + MODULE_NAMES_CAP - 1;
+    for (unsigned i = 0; st == CUDA_SUCCESS && i < count; i++) {
+        size_t len = strnlen(p, (size_t)(end - p));
+        if (!len || p + len >= end) {
+            orion_log("WARN", "orionModuleFunctionNames: %u names said, name %u is empty or missing", count, i);
+            st = CUDA_ERROR_INVALID_VALUE;
+        } else {
+            st = cuModuleGetFunction(&fns[i], mod, p);
+            p += len + 1;
+        }
+    }
+    free(names);
+    if (st != CUDA_SUCCESS) { free(fns); return st; }
+    *out = fns;
+    *n = count;
+    return CUDA_SUCCESS;
+}
+
+static uint64_t module_functions(CUcontext ctx, CUmodule mod, module_function_cb cb, void *user)
+{
+    (void)ctx;
+    if (!mod || !cb) return 0;
+    CUfunction *fns;
+    unsigned n;
+    CUresult st = module_kernels(mod, &fns, &n);
+    if (st == CUDA_ERROR_NOT_SUPPORTED && !orion_wire_orionModuleFunctionNames) {
+        static atomic_flag said = ATOMIC_FLAG_INIT;
+        if (!atomic_flag_test_and_set(&said))
+            orion_log("WARN", "export table TOOLS_MODULE: slot 7 (the kernels of a module) needs the call "
+                      "orionModuleFunctionNames, which this build of the orion_virt client lacks");
+        return 0;
+    }
+    if (st != CUDA_SUCCESS) {
+        const char *name = "?";
+        cuGetErrorName(st, &name);
+        orion_log("WARN", "export table TOOLS_MODULE: slot 7: the kernels of module %p: %s", (void *)mod, name);
+        return 0;
+    }
+    orion_log("DEBUG", "export table TOOLS_MODULE: slot 7: module %p has %u kernels", (void *)mod, n);
+    for (unsigned i = 0; i < n; i++) cb(user, fns[i], 0);
+    free(fns);
+    return n;
+}
+
+SLOT(TOOLS_MODULE, 1) SLOT(TOOLS_MODULE, 2) SLOT(TOOLS_MODULE, 3) SLOT(TOOLS_MODULE, 4) SLOT(TOOLS_MODULE, 5) SLOT(TOOLS_MODULE, 6)
+SLOT(TOOLS_MODULE, 8) SLOT(TOOLS_MODULE, 9) SLOT(TOOLS_MODULE, 10) SLOT(TOOLS_MODULE, 11) SLOT(TOOLS_MODULE, 12) SLOT(TOOLS_MODULE, 13)
+SLOT(TOOLS_MODULE, 14) SLOT(TOOLS_MODULE, 15) SLOT(TOOLS_MODULE, 16) SLOT(TOOLS_MODULE, 17) SLOT(TOOLS_MODULE, 18) SLOT(TOOLS_MODULE, 19)
+SLOT(TOOLS_MODULE, 20) SLOT(TOOLS_MODULE, 21) SLOT(TOOLS_MODULE, 22) SLOT(TOOLS_MODULE, 23) SLOT(TOOLS_MODULE, 24) SLOT(TOOLS_MODULE, 25)
+SLOT(TOOLS_MODULE, 26) SLOT(TOOLS_MODULE, 27) SLOT(TOOLS_MODULE, 28) SLOT(TOOLS_MODULE, 29) SLOT(TOOLS_MODULE, 30) SLOT(TOOLS_MODULE, 31)
+SLOT(TOOLS_MODULE, 32) SLOT(TOOLS_MODULE, 33) SLOT(TOOLS_MODULE, 34) SLOT(TOOLS_MODULE, 35) SLOT(TOOLS_MODULE, 36) SLOT(TOOLS_MODULE, 37)
+SLOT(TOOLS_MODULE, 38) SLOT(TOOLS_MODULE, 39) SLOT(TOOLS_MODULE, 40) SLOT(TOOLS_MODULE, 41) SLOT(TOOLS_MODULE, 42) SLOT(TOOLS_MODULE, 43)
+SLOT(TOOLS_MODULE, 44) SLOT(TOOLS_MODULE, 45) SLOT(TOOLS_MODULE, 46) SLOT(TOOLS_MODULE, 47) SLOT(TOOLS_MODULE, 48) SLOT(TOOLS_MODULE, 49)
+SLOT(TOOLS_MODULE, 50) SLOT(TOOLS_MODULE, 51) SLOT(TOOLS_MODULE, 52) SLOT(TOOLS_MODULE, 53) SLOT(TOOLS_MODULE, 54) SLOT(TOOLS_MODULE, 55)
+SLOT(TOOLS_MODULE, 56) SLOT(TOOLS_MODULE, 57) SLOT(TOOLS_MODULE, 58) SLOT(TOOLS_MODULE, 59) SLOT(TOOLS_MODULE, 60) SLOT(TOOLS_MODULE, 61)
+SLOT(TOOLS_MODULE, 62) SLOT(TOOLS_MODULE, 63)
+static void *tools_module[64] = {
+    (void *)(64 * sizeof(void *)), (void *)TOOLS_MODULE_1, (void *)TOOLS_MODULE_2, (void *)TOOLS_MODULE_3, (void *)TOOLS_MODULE_4, (void *)TOOLS_MODULE_5,
+    (void *)TOOLS_MODULE_6, (void *)module_functions, (void *)TOOLS_MODULE_8, (void *)TOOLS_MODULE_9, (void *)TOOLS_MODULE_10, (void *)TOOLS_MODULE_11,
+    (void *)TOOLS_MODULE_12, (void *)TOOLS_MODULE_13, (void *)TOOLS_MODULE_14, (void *)TOOLS_MODULE_15, (void *)TOOLS_MODULE_16, (void *)TOOLS_MODULE_17,
+    (void *)TOOLS_MODULE_18, (void *)TOOLS_MODULE_19, (void *)TOOLS_MODULE_20, (void *)TOOLS_MODULE_21, (void *)TOOLS_MODULE_22, (void *)TOOLS_MODULE_23,
+    (void *)TOOLS_MODULE_24, (void *)TOOLS_MODULE_25, (void *)TOOLS_MODULE_26, (void *)TOOLS_MODULE_27, (void *)TOOLS_MODULE_28, (void *)TOOLS_MODULE_29,
+    (void *)TOOLS_MODULE_30, (void *)TOOLS_MODULE_31, (void *)TOOLS_MODULE_32, (void *)TOOLS_MODULE_33, (void *)TOOLS_MODULE_34, (void *)TOOLS_MODULE_35,
+    (void *)TOOLS_MODULE_36, (void *)TOOLS_MODULE_37, (void *)TOOLS_MODULE_38, (void *)TOOLS_MODULE_39, (void *)TOOLS_MODULE_40, (void *)TOOLS_MODULE_41,
+    (void *)TOOLS_MODULE_42, (void *)TOOLS_MODULE_43, (void *)TOOLS_MODULE_44, (void *)TOOLS_MODULE_45, (void *)TOOLS_MODULE_46, (void *)TOOLS_MODULE_47,
+    (void *)TOOLS_MODULE_48, (void *)TOOLS_MODULE_49, (void *)TOOLS_MODULE_50, (void *)TOOLS_MODULE_51, (void *)TOOLS_MODULE_52, (void *)TOOLS_MODULE_53,
+    (void *)TOOLS_MODULE_54, (void *)TOOLS_MODULE_55, (void *)TOOLS_MODULE_56, (void *)TOOLS_MODULE_57, (void *)TOOLS_MODULE_58, (void *)TOOLS_MODULE_59,
+    (void *)TOOLS_MODULE_60, (void *)TOOLS_MODULE_61, (void *)TOOLS_MODULE_62, (void *)TOOLS_MODULE_63,
+};
+
 /* INTEGRITY_CHECK {d4082055-...}: libcudart 13 refuses to start without it. Slot 1 answers an
  * HMAC over MD2 (RFC 1319; block and key are 16 bytes) keyed with a fixed 16-byte key, of: the
  * driver version, the caller's version, pid, thread, the addresses of the cudart table, of this
@@ -433,6 +534,7 @@ static const export_table tables[] = {
     {"CONTEXT_CHECKS", UUID(26, 3e, 88, 60, 7c, d2, 61, 43, 92, f6, bb, d5, 00, 6d, fa, 7e), context_checks},
     {"T21318C60", UUID(21, 31, 8c, 60, 97, 14, 32, 48, 8c, a6, 41, ff, 73, 24, c8, f2), t21318c60},
     {"INTEGRITY_CHECK", UUID(d4, 08, 20, 55, bd, e6, 70, 4b, 8d, 34, ba, 12, 3c, 66, e1, f2), integrity_table},
+    {"TOOLS_MODULE", UUID(6e, 16, 3f, be, b9, 58, 44, 4d, 83, 5c, e1, 82, af, f1, 99, 1e), tools_module},
     {"RUNTIME_F8CFF951", UUID(f8, cf, f9, 51, 21, 46, 8b, 4e, b9, e2, fb, 46, 9e, 7c, 0d, d9), runtime_f8cff951},
 };
 
