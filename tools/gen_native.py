@@ -36,6 +36,7 @@ from orion_virt.wire import calls as wire_calls  # noqa: E402
 from orion_virt.wire import frames  # noqa: E402
 from orion_virt.wire import spec as S  # noqa: E402
 from orion_virt.wire.calls import SPECS, CallSpec, WireField  # noqa: E402
+from orion_virt.wire.routes import ROUTES  # noqa: E402
 
 OUT_C = ROOT / "orion_virt/client/native/calls_gen.c"
 OUT_H = ROOT / "orion_virt/client/native/calls_gen.h"
@@ -350,6 +351,34 @@ def gen_errors() -> list[str]:
     return L
 
 
+MERGES = {"": 0, "first": 1, "min": 2, "sum": 3}
+
+
+def gen_routes() -> list[str]:
+    """The cross-node routing table (wire/routes.py) as byte offsets into each call's packed
+    request; -1: no such field. Codes are dense from 1, so the table is indexed by code."""
+    top = max(SPECS)
+    L = ["/* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */", "",
+         f"const orion_route orion_routes[{top + 1}] = {{"]
+    for code in range(top + 1):
+        sp = SPECS.get(code)
+        if sp is None:
+            L.append("    {-1, -1, {-1, -1, -1}, 0, 0, 0},")
+            continue
+        r = ROUTES[code]
+        offs = _offsets(sp.req_fields)
+        same = [offs[i] for i in r.same]
+        if len(same) > 3:
+            raise ValueError(f"{sp.fn.name}: more than 3 further handles")
+        same += [-1] * (3 - len(same))
+        dev = offs[r.device] if r.device is not None else -1
+        own = offs[r.owner] if r.owner is not None else -1
+        L.append(f"    {{{dev}, {own}, {{{same[0]}, {same[1]}, {same[2]}}}, {int(r.reply_handle)}, "
+                 f"{int(r.context_call)}, {MERGES[r.merge]}}},  /* {sp.fn.name} */")
+    L += ["};", ""]
+    return L
+
+
 def gen_c() -> str:
     L = [BANNER, "#include \"orion_client.h\"", "#include \"calls_gen.h\"", "",
          "/* --- wire marshalling, one per call ---------------------------------------------- */", ""]
@@ -358,6 +387,7 @@ def gen_c() -> str:
     L += ["/* --- exported API: every name and spelling ----------------------------------------- */", ""]
     for code in sorted(SPECS):
         L += gen_exports(SPECS[code])
+    L += gen_routes()
     L += ["/* --- CUresult names and messages ----------------------------------------------------- */", ""]
     L += gen_errors()
     return "\n".join(L).rstrip("\n") + "\n"
@@ -390,7 +420,15 @@ def gen_h() -> str:
         fn = SPECS[code].fn
         if fn.name in C_CUSTOM:
             L.append(f"CUresult orion_custom_{fn.name}({_plist(c_params(fn))});")
-    L += ["", "const char *orion_error_name(CUresult r);", "const char *orion_error_string(CUresult r);", "",
+    L += ["", "/* How a call is routed across the servers of a cross-node session: byte offsets into its",
+          " * packed request (-1: none) of the device ordinal, the owning handle and further handles of",
+          " * the same server; whether the reply's first value is a new handle; whether the owner is a",
+          " * context; the broadcast merge (ORION_MERGE_*). */",
+          "enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };",
+          "typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;",
+          f"#define ORION_ROUTE_COUNT {max(SPECS) + 1}",
+          "extern const orion_route orion_routes[ORION_ROUTE_COUNT];",
+          "", "const char *orion_error_name(CUresult r);", "const char *orion_error_string(CUresult r);", "",
           "#endif"]
     return "\n".join(L) + "\n"
 

@@ -31,8 +31,8 @@ from typing import Any, Callable, Sequence
 
 from ..cuda_enums import CUresult
 from ..errors import OrionError, Refused, TransportError, UsageError
-from ..wire import SPECS, Call
-from ..wire.spec import Role
+from ..wire import Call
+from ..wire.routes import ROUTES
 
 TAG_SHIFT = 56
 VALUE_MASK = (1 << TAG_SHIFT) - 1
@@ -47,40 +47,18 @@ Reply = tuple[int, tuple, bytes]
 _NO_REPLY: Reply = (0, (), b"")
 
 
-def _tables() -> tuple[dict[int, int], dict[int, tuple[int, tuple[int, ...]]], frozenset[int],
-                       frozenset[int], dict[int, str]]:
-    """The routing tables, from the roles of the call spec (see the module docstring)."""
-    device_arg: dict[int, int] = {}
-    owned_by: dict[int, tuple[int, tuple[int, ...]]] = {}
-    reply_handle: set[int] = set()
-    context_calls: set[int] = set()
-    broadcast: dict[int, str] = {}
-    for code, sp in SPECS.items():
-        fn = sp.fn
-        if fn.route.startswith("all:"):
-            broadcast[code] = fn.route[4:]
-            continue
-        handles = [i for i, f in enumerate(sp.req_fields) if f.arg is not None and f.arg.role is Role.HANDLE]
-        devices = [i for i, f in enumerate(sp.req_fields) if f.arg is not None and f.arg.role is Role.DEVICE]
-        if devices:
-            device_arg[code] = devices[0]
-        elif handles:
-            owned_by[code] = (handles[0], tuple(handles[1:]))
-            first = sp.req_fields[handles[0]].arg
-            if first is not None and first.kind == "context":
-                context_calls.add(code)
-        outs = [f for f in sp.resp_fields if f.arg is not None]
-        if outs and outs[0].arg is not None and outs[0].arg.role is Role.HANDLE and sp.resp_fields[0] is outs[0]:
-            reply_handle.add(code)
-    return device_arg, owned_by, frozenset(reply_handle), frozenset(context_calls), broadcast
-
-
-DEVICE_ARG, OWNED_BY, REPLY_HANDLE, _CONTEXT_CALLS, BROADCAST = _tables()
-"""DEVICE_ARG: code -> position of the device argument (routed by device ordinal). OWNED_BY:
-code -> (position of the routing handle, positions of further handles that must come from the
-same server); a 0 routing handle (the default stream, no context) goes to the current server.
-REPLY_HANDLE: calls whose first reply value is a new handle (tagged before the application sees
-it). BROADCAST: code -> how the replies of every server merge ("sum", "min", "first")."""
+DEVICE_ARG: dict[int, int] = {c: r.device for c, r in ROUTES.items() if r.device is not None}
+OWNED_BY: dict[int, tuple[int, tuple[int, ...]]] = {c: (r.owner, r.same) for c, r in ROUTES.items()
+                                                    if r.owner is not None}
+REPLY_HANDLE = frozenset(c for c, r in ROUTES.items() if r.reply_handle and not r.merge)
+_CONTEXT_CALLS = frozenset(c for c, r in ROUTES.items() if r.context_call)
+BROADCAST: dict[int, str] = {c: r.merge for c, r in ROUTES.items() if r.merge}
+"""The routing tables of ``wire.routes``, indexed as the router uses them. DEVICE_ARG: code ->
+position of the device argument (routed by device ordinal). OWNED_BY: code -> (position of the
+routing handle, positions of further handles that must come from the same server); a 0 routing
+handle (the default stream, no context) goes to the current server. REPLY_HANDLE: calls whose
+first reply value is a new handle (tagged before the application sees it). BROADCAST: code ->
+how the replies of every server merge ("sum", "min", "first")."""
 C = Call
 
 

@@ -196,6 +196,14 @@ def test_vector_add_module_launch_streams_events(programs: dict[str, Path], orio
     assert "Test PASSED" in r.stdout
 
 
+def test_two_devices_in_one_program(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    """Both vGPUs of one server: a context each, data handed between them through the host
+    (the cross-node form of this program is in test_controller_e2e)."""
+    r = run(programs["two_devices"], str(PTX), env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "two-device chain: PASSED" in r.stdout and "Test PASSED" in r.stdout, r.stdout
+
+
 def test_error_codes(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
     r = run(programs["errors"], str(PTX), env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr

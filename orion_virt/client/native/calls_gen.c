@@ -1480,6 +1480,81 @@ ORION_API CUresult cuGraphDestroy(CUgraph hGraph)
     return orion_wire_cuGraphDestroy(hGraph);
 }
 
+/* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */
+
+const orion_route orion_routes[70] = {
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},
+    {-1, -1, {-1, -1, -1}, 0, 0, 1},  /* cuInit */
+    {-1, -1, {-1, -1, -1}, 0, 0, 2},  /* cuDriverGetVersion */
+    {-1, -1, {-1, -1, -1}, 0, 0, 3},  /* cuDeviceGetCount */
+    {0, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceGet */
+    {4, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceGetName */
+    {0, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceTotalMem */
+    {4, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceGetAttribute */
+    {0, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceGetUuid */
+    {0, -1, {-1, -1, -1}, 1, 0, 0},  /* cuDevicePrimaryCtxRetain */
+    {0, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDevicePrimaryCtxRelease */
+    {4, -1, {-1, -1, -1}, 1, 0, 0},  /* cuCtxCreate */
+    {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxDestroy */
+    {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxSetCurrent */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuCtxSynchronize */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemAlloc */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemFree */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemGetInfo */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyHtoD */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyDtoH */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyDtoD */
+    {-1, 16, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyHtoDAsync */
+    {-1, 16, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyDtoHAsync */
+    {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* cuMemcpyDtoDAsync */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemsetD8 */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuMemsetD32 */
+    {-1, 17, {-1, -1, -1}, 0, 0, 0},  /* cuMemsetD8Async */
+    {-1, 20, {-1, -1, -1}, 0, 0, 0},  /* cuMemsetD32Async */
+    {-1, -1, {-1, -1, -1}, 1, 0, 0},  /* cuStreamCreate */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuStreamSynchronize */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuStreamDestroy */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuStreamQuery */
+    {-1, -1, {-1, -1, -1}, 1, 0, 0},  /* cuEventCreate */
+    {-1, 0, {8, -1, -1}, 0, 0, 0},  /* cuEventRecord */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuEventSynchronize */
+    {-1, 0, {8, -1, -1}, 0, 0, 0},  /* cuEventElapsedTime */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuEventDestroy */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuEventQuery */
+    {-1, -1, {-1, -1, -1}, 1, 0, 0},  /* cuModuleLoadData */
+    {-1, 0, {-1, -1, -1}, 1, 0, 0},  /* cuModuleGetFunction */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuModuleUnload */
+    {-1, 0, {36, -1, -1}, 0, 0, 0},  /* cuLaunchKernel */
+    {-1, -1, {-1, -1, -1}, 1, 0, 0},  /* cuStreamCreateWithPriority */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuCtxGetStreamPriorityRange */
+    {-1, 0, {8, -1, -1}, 0, 0, 0},  /* cuStreamWaitEvent */
+    {-1, 4, {-1, -1, -1}, 0, 0, 0},  /* cuFuncGetAttribute */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuFuncSetAttribute */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuOccupancyAvailableDynamicSMemPerBlock */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuCtxGetLimit */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuCtxSetLimit */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuModuleGetGlobal */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* cuPointerGetAttribute */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuOccupancyMaxActiveClusters */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuStreamBeginCapture_v2 */
+    {-1, 0, {-1, -1, -1}, 1, 0, 0},  /* cuStreamEndCapture */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuStreamGetCaptureInfo */
+    {-1, 0, {-1, -1, -1}, 1, 0, 0},  /* cuGraphInstantiateWithFlags */
+    {-1, 0, {8, -1, -1}, 0, 0, 0},  /* cuGraphLaunch */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuGraphExecDestroy */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuGraphDestroy */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* cuGraphGetNodeCount */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionHostShare */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionHostUnshare */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyHtoDShared */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyDtoHShared */
+    {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyHtoDSharedAsync */
+    {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyDtoHSharedAsync */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionHostDevicePointer */
+};
+
 /* --- CUresult names and messages ----------------------------------------------------- */
 
 const char *orion_error_name(CUresult r)

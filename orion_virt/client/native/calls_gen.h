@@ -178,6 +178,15 @@ CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, cons
 CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);
 CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name);
 
+/* How a call is routed across the servers of a cross-node session: byte offsets into its
+ * packed request (-1: none) of the device ordinal, the owning handle and further handles of
+ * the same server; whether the reply's first value is a new handle; whether the owner is a
+ * context; the broadcast merge (ORION_MERGE_*). */
+enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };
+typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;
+#define ORION_ROUTE_COUNT 70
+extern const orion_route orion_routes[ORION_ROUTE_COUNT];
+
 const char *orion_error_name(CUresult r);
 const char *orion_error_string(CUresult r);
 

@@ -55,17 +55,28 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;  /* taken before c
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t fn_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int sock_fd = -1;
-static orion_shm *shm;                /* the shared-memory channel, when the session uses one */
-static char link_name[600];           /* "TCP to HOST:PORT" or "shm PATH#N" */
-static char link_why[600];            /* why the shared-memory link broke */
+/* One session with one oriond. A cross-node allocation (ORION_CROSS_NODE=1, vGPUs on several
+ * nodes) has one per node; every other session has links[0] only. */
+typedef struct {
+    int fd;                           /* the TCP socket, or -1 */
+    orion_shm *shm;                   /* the shared-memory channel, when the session uses one */
+    char name[600];                   /* "TCP to HOST:PORT" or "shm PATH#N" */
+    char why[600];                    /* why the shared-memory link broke */
+    char addr[300];                   /* the server's HOST:PORT */
+    uint32_t seq;
+    CUcontext ctx;                    /* the server's current context, as this client names it */
+    int ctx_known;
+} orion_link;
+
+#define MAX_LINKS ORION_CTL_MAX_NODES
+static orion_link links[MAX_LINKS] = {[0 ... MAX_LINKS - 1] = {.fd = -1, .ctx_known = 1}};
+static int nlinks = 1;
+static orion_link *lk = links;        /* the link of the call in progress (call_lock) */
 static volatile int initialized;      /* the session is open (set once, under both locks) */
 static int init_tried;                /* cuInit ran (its outcome is init_status) */
 static CUresult init_status;
 static CUresult ended;                /* non-zero: the session is over, every call returns this */
 static int said_failure;
-static uint32_t seq;
-static char server_addr[300];
 static char allocation_id[40];
 static int exit_hooked;
 static int forked_child;              /* this process is a fork of the one that opened the session */
@@ -166,17 +177,17 @@ static int recv_all(int fd, void *buf, size_t n, double deadline)
 }
 
 /* The session's carrier: the shared-memory channel or the TCP socket. Same results as
- * send_all/recv_all, plus -4 for a shared-memory peer that is gone (link_why says how). */
+ * send_all/recv_all, plus -4 for a shared-memory peer that is gone (lk->why says how). */
 static int link_send(struct iovec *iov, int n)
 {
-    if (shm) return orion_shm_send(shm, iov, n, link_why, sizeof link_why);
-    return send_all(sock_fd, iov, n);
+    if (lk->shm) return orion_shm_send(lk->shm, iov, n, lk->why, sizeof lk->why);
+    return send_all(lk->fd, iov, n);
 }
 
 static int link_recv(void *buf, size_t n, double deadline)
 {
-    if (shm) return orion_shm_recv(shm, buf, n, deadline, link_why, sizeof link_why);
-    return recv_all(sock_fd, buf, n, deadline);
+    if (lk->shm) return orion_shm_recv(lk->shm, buf, n, deadline, lk->why, sizeof lk->why);
+    return recv_all(lk->fd, buf, n, deadline);
 }
 
 static int link_skip(uint64_t n)
@@ -193,20 +204,26 @@ static int link_skip(uint64_t n)
 
 static void close_link(void)
 {
-    if (shm) {
-        orion_shm_close(shm);
-        shm = NULL;
+    if (lk->shm) {
+        orion_shm_close(lk->shm);
+        lk->shm = NULL;
     }
-    if (sock_fd >= 0) {
-        shutdown(sock_fd, SHUT_RDWR);
-        close(sock_fd);
-        sock_fd = -1;
+    if (lk->fd >= 0) {
+        shutdown(lk->fd, SHUT_RDWR);
+        close(lk->fd);
+        lk->fd = -1;
     }
 }
 
+/* Every link closes: a server lost mid-session ends the whole session, as with one server. */
 static void close_session(CUresult why)
 {
-    close_link();
+    orion_link *was = lk;
+    for (int i = 0; i < nlinks; i++) {
+        lk = &links[i];
+        close_link();
+    }
+    lk = was;
     ended = why;
 }
 
@@ -284,8 +301,8 @@ static CUresult transport_error(const char *what, int r)
 {
     if (!said_failure) {
         said_failure = 1;
-        say("ERROR", "lost the connection to oriond (%s) during %s: %s", link_name, what,
-            r == -4 ? link_why : r == -2 ? "it closed the connection" : strerror(errno));
+        say("ERROR", "lost the connection to oriond (%s) during %s: %s", lk->name, what,
+            r == -4 ? lk->why : r == -2 ? "it closed the connection" : strerror(errno));
     }
     close_session(CUDA_ERROR_DEVICE_UNAVAILABLE);
     return CUDA_ERROR_DEVICE_UNAVAILABLE;
@@ -313,7 +330,8 @@ static CUresult error_frame(header h)
 
 static CUresult sync_context(const orion_msg *m);
 
-static CUresult call_locked(orion_msg *m)
+/* One call on the link lk (call_lock held). */
+static CUresult link_call(orion_msg *m)
 {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (ended) return ended;
@@ -321,7 +339,7 @@ static CUresult call_locked(orion_msg *m)
     if (cst != CUDA_SUCCESS) return cst;
     uint64_t body = (uint64_t)m->req_len + m->blob_len;
     if (body > 0xFFFFFFFFu) return CUDA_ERROR_INVALID_VALUE;  /* a body's length is a u32 */
-    uint32_t sq = ++seq;
+    uint32_t sq = ++lk->seq;
     unsigned char head[ORION_HEADER_SIZE];
     pack_header(head, (uint32_t)body, ORION_CALL, m->flags, m->code, sq, 0);
     int r;
@@ -358,6 +376,130 @@ static CUresult call_locked(orion_msg *m)
     }
     m->out_len = n;
     return (CUresult)h.status;
+}
+
+/* ---- cross-node routing ----------------------------------------------------------------------
+ * As orion_virt/client/multinode.py does for the Python client, from the same routes of the call
+ * spec (orion_routes, generated from orion_virt/wire/routes.py): device ordinals are global (the
+ * allocation's vGPUs in order), each mapped to (link, local ordinal); a call naming a device goes
+ * to that device's server, one naming a handle to the server that issued it (other handles of
+ * the call must come from the same server: CUDA_ERROR_INVALID_HANDLE otherwise), anything else to
+ * the server of the thread's current context; cuInit and cuDeviceGetCount go to every server.
+ * Servers number their handles independently, so a handle carries its server in the top byte,
+ * (link + 1) << 56 | value. Device pointers pass unchanged: each server checks them against its
+ * own session. Nothing changes for a session with one server. */
+
+#define TAG_SHIFT 56
+#define VALUE_MASK ((UINT64_C(1) << TAG_SHIFT) - 1)
+
+static struct { unsigned char link; int local; } dev_map[ORION_CTL_MAX_VGPUS];
+static int ndevs;
+
+/* The link and server value of a client handle: 0, or -1 when it is none of ours. */
+static int untag(uint64_t h, int *link, uint64_t *value)
+{
+    uint64_t top = h >> TAG_SHIFT;
+    if (!top || top > (uint64_t)nlinks) return -1;
+    *link = (int)top - 1;
+    *value = h & VALUE_MASK;
+    return 0;
+}
+
+/* The link of a context (links[0] for none, or for a session with one server). */
+static orion_link *link_of(CUcontext ctx)
+{
+    int l;
+    uint64_t v;
+    if (nlinks == 1 || untag((uint64_t)(uintptr_t)ctx, &l, &v)) return links;
+    return &links[l];
+}
+
+static CUcontext tl_current(void);
+
+static int current_link(void) { return (int)(link_of(tl_current()) - links); }
+
+static CUresult broadcast(orion_msg *m, int merge)
+{
+    unsigned char first[64], r[64];
+    if (m->resp_len > sizeof r) return CUDA_ERROR_INVALID_VALUE;
+    int64_t acc = 0;
+    for (int i = 0; i < nlinks; i++) {
+        orion_msg s = *m;
+        s.resp = i ? r : first;
+        lk = &links[i];
+        CUresult st = link_call(&s);
+        if (st != CUDA_SUCCESS) return st;
+        if (m->resp_len < 4) continue;
+        int32_t v = orion_get_i32(s.resp);
+        if (merge == ORION_MERGE_SUM) acc += v;
+        else if (merge == ORION_MERGE_MIN) acc = i && acc < v ? acc : v;
+    }
+    memcpy(m->resp, first, m->resp_len);
+    if (m->resp_len >= 4 && merge != ORION_MERGE_FIRST)
+        orion_put_i32(m->resp, (int32_t)(acc > INT32_MAX ? INT32_MAX : acc));
+    return CUDA_SUCCESS;
+}
+
+static CUresult route_call(orion_msg *m)
+{
+    if (m->code >= ORION_ROUTE_COUNT) return CUDA_ERROR_INVALID_VALUE;
+    const orion_route *rt = &orion_routes[m->code];
+    if (rt->merge) return broadcast(m, rt->merge);
+    unsigned char req[512];
+    if (m->req_len > sizeof req) return CUDA_ERROR_INVALID_VALUE;
+    memcpy(req, m->req, m->req_len);
+    int l;
+    uint64_t v;
+    if (rt->dev >= 0) {
+        int32_t g = orion_get_i32(req + rt->dev);
+        if (g < 0 || g >= ndevs) return CUDA_ERROR_INVALID_DEVICE;
+        l = dev_map[g].link;
+        orion_put_i32(req + rt->dev, dev_map[g].local);
+    } else if (rt->owner >= 0) {
+        uint64_t h = orion_get_u64(req + rt->owner);
+        if (!h) {
+            l = current_link();
+        } else {
+            if (untag(h, &l, &v)) return rt->context_call ? CUDA_ERROR_INVALID_CONTEXT : CUDA_ERROR_INVALID_HANDLE;
+            orion_put_u64(req + rt->owner, v);
+        }
+        for (int k = 0; k < 3 && rt->same[k] >= 0; k++) {
+            uint64_t o = orion_get_u64(req + rt->same[k]);
+            int ol;
+            if (!o) continue;
+            if (untag(o, &ol, &v) || ol != l) return CUDA_ERROR_INVALID_HANDLE;
+            orion_put_u64(req + rt->same[k], v);
+        }
+    } else {
+        l = current_link();
+    }
+    orion_msg s = *m;
+    s.req = req;
+    lk = &links[l];
+    CUresult st = link_call(&s);
+    m->out_len = s.out_len;
+    if (st != CUDA_SUCCESS || (m->flags & ORION_NO_REPLY)) return st;
+    if (m->code == ORION_CODE_cuDeviceGet && m->resp_len >= 4) {
+        int32_t local = orion_get_i32(m->resp);
+        for (int g = 0; g < ndevs; g++)
+            if (dev_map[g].link == l && dev_map[g].local == local) {
+                orion_put_i32(m->resp, g);
+                break;
+            }
+    } else if (rt->reply_handle && m->resp_len >= 8) {
+        v = orion_get_u64(m->resp);
+        if (v > VALUE_MASK)
+            return protocol_error("%s: oriond at %s answered a handle of more than 56 bits (0x%llx)", m->name,
+                                  links[l].name, (unsigned long long)v);
+        if (v) orion_put_u64(m->resp, ((uint64_t)(l + 1) << TAG_SHIFT) | v);
+    }
+    return st;
+}
+
+static CUresult call_locked(orion_msg *m)
+{
+    if (nlinks > 1) return route_call(m);
+    return link_call(m);
 }
 
 CUresult orion_call(orion_msg *m)
@@ -422,7 +564,7 @@ static int env_long(const char *name, long lo, long hi, long *out)
 /* Connect to HOST:PORT within timeout seconds: the socket, or -1 (said on stderr). */
 static int tcp_open(const char *addr, double timeout, const char *shm_note)
 {
-    snprintf(server_addr, sizeof server_addr, "%s", addr);
+    snprintf(lk->addr, sizeof lk->addr, "%s", addr);
     char host[256], port[16] = "9960";
     const char *colon = strrchr(addr, ':');
     size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
@@ -445,7 +587,8 @@ static int tcp_open(const char *addr, double timeout, const char *shm_note)
     hints.ai_socktype = SOCK_STREAM;
     int gai = getaddrinfo(host, port, &hints, &res);
     if (gai) {
-        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER)%s: %s", server_addr, shm_note, gai_strerror(gai));
+        say("ERROR", "%s: cannot connect to oriond at %s: %s%s", ORION_MSG_CONNECT, lk->addr, gai_strerror(gai),
+            shm_note);
         return -1;
     }
     int fd = -1, err = 0;
@@ -472,8 +615,8 @@ static int tcp_open(const char *addr, double timeout, const char *shm_note)
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        say("ERROR", "cannot connect to oriond at %s (ORION_SERVER)%s: %s", server_addr, shm_note,
-            err == ETIMEDOUT ? "no answer within the connect timeout" : strerror(err));
+        say("ERROR", "%s: cannot connect to oriond at %s: %s%s", ORION_MSG_CONNECT, lk->addr,
+            err == ETIMEDOUT ? "no answer within the connect timeout" : strerror(err), shm_note);
         return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
@@ -497,24 +640,24 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
 {
     int r;
     char shm_why[2048] = "", note[2100] = "";
-    const char *where = link_name;
+    const char *where = lk->name;
     int fd = -1;
-    int sr = enable_net ? -2 : orion_shm_open(timeout, &shm, link_name, sizeof link_name, shm_why, sizeof shm_why);
+    int sr = enable_net ? -2 : orion_shm_open(timeout, &lk->shm, lk->name, sizeof lk->name, shm_why, sizeof shm_why);
     *over_shm = sr == 0;
     if (sr == -1 || sr == -5) {
         say("INFO", "using TCP: %s", shm_why);
         snprintf(note, sizeof note, " (shared memory unusable: %s)", shm_why);
     }
     if (sr != 0) {
-        shm = NULL;
+        lk->shm = NULL;
         fd = tcp_open(addr, timeout, note);
         if (fd < 0) {
             if (sr == -5) say("ERROR", "%s", ORION_MSG_VM_NOT_SERVED);
             return CUDA_ERROR_NO_DEVICE;
         }
-        sock_fd = fd;
-        snprintf(link_name, sizeof link_name, "TCP to %s", server_addr);
-        where = server_addr;
+        lk->fd = fd;
+        snprintf(lk->name, sizeof lk->name, "TCP to %s", lk->addr);
+        where = lk->addr;
     }
     double deadline = now_s() + timeout;
 
@@ -550,7 +693,7 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     int err = errno;
     free(hello);
     if (r) {
-        snprintf(why, wl, "cannot send HELLO to oriond at %s: %s", where, r == -4 ? link_why : strerror(err));
+        snprintf(why, wl, "cannot send HELLO to oriond at %s: %s", where, r == -4 ? lk->why : strerror(err));
         close_link();
         return CUDA_ERROR_NO_DEVICE;
     }
@@ -592,7 +735,7 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     r = link_recv(text, h.length, deadline);
     if (r) {
         snprintf(why, wl, "%s: the answer to HELLO was cut short (%s)", where,
-                 r == -3 ? "timed out" : r == -2 ? "connection closed" : r == -4 ? link_why : strerror(errno));
+                 r == -3 ? "timed out" : r == -2 ? "connection closed" : r == -4 ? lk->why : strerror(errno));
         free(text);
         close_link();
         return CUDA_ERROR_NO_DEVICE;
@@ -664,44 +807,74 @@ static CUresult open_session(void)
 
     /* controller mode (orion_ctl.c): the controller names the server, the vGPUs, the token and
      * the allocation id, and the lease is renewed from now on; else direct mode */
-    const char *token = "";
     const orion_grant *g = NULL;
     int ctl = orion_ctl_configured();
     if (ctl < 0) return CUDA_ERROR_NO_DEVICE;
     if (ctl) {
         if (!(g = orion_ctl_obtain(vgpu, timeout))) return CUDA_ERROR_NO_DEVICE;
         snprintf(allocation_id, sizeof allocation_id, "%s", g->allocation_id);
-        addr = g->server;
-        token = g->token;
-        vgpu = g->vgpu_count;
-        gmem = g->gmem_mib;
         ratio = g->ratio;
         orion_ctl_start_renewal();
     } else {
         make_allocation_id(allocation_id);
     }
 
+    /* one session per node of the grant (one in direct mode) */
+    int parts = g ? g->nparts : 1;
+    CUresult st = CUDA_SUCCESS;
     char why[2200] = "";
-    int over_shm = 0;
-    CUresult st = hello_session(enable_net, addr, timeout, vgpu, gmem, ratio, token, why, sizeof why, &over_shm);
-    if (st != CUDA_SUCCESS && g && over_shm) {
-        /* the device's oriond is not the allocated node (it refused the token): TCP to that node,
-         * as the Python client retries */
-        char first[2200];
-        snprintf(first, sizeof first, "%s", why);
-        why[0] = '\0';
-        st = hello_session(1, addr, timeout, vgpu, gmem, ratio, token, why, sizeof why, &over_shm);
-        if (st == CUDA_SUCCESS) say("INFO", "using TCP: TCP to %s because %s", addr, first);
+    for (int p = 0; p < parts && st == CUDA_SUCCESS; p++) {
+        const orion_grant_part *gp = g ? &g->parts[p] : NULL;
+        const char *paddr = gp ? gp->server : addr, *token = gp ? gp->token : "";
+        long pv = gp ? gp->vgpu_count : vgpu, pm = gp ? (long)gp->gmem_mib : gmem;
+        int over_shm = 0;
+        lk = &links[p];
+        nlinks = p + 1;
+        st = hello_session(enable_net, paddr, timeout, pv, pm, ratio, token, why, sizeof why, &over_shm);
+        if (st != CUDA_SUCCESS && g && over_shm) {
+            /* the device's oriond is not the allocated node (it refused the token): TCP to that node,
+             * as the Python client retries */
+            char first[2200];
+            snprintf(first, sizeof first, "%s", why);
+            why[0] = '\0';
+            st = hello_session(1, paddr, timeout, pv, pm, ratio, token, why, sizeof why, &over_shm);
+            if (st == CUDA_SUCCESS) say("INFO", "using TCP: TCP to %s because %s", paddr, first);
+        }
+        if (st == CUDA_SUCCESS && parts > 1) {
+            char line[1000];
+            snprintf(line, sizeof line, "node %s: session over %s, %ld vGPU(s)", gp->node_id, lk->name, pv);
+            orion_log_file("INFO", line);
+        }
+        lk->seq = 0;
     }
     if (st != CUDA_SUCCESS) {
         if (why[0]) say("ERROR", "%s", why);
+        for (int p = 0; p + 1 < nlinks; p++) {  /* the nodes already in session hear a goodbye */
+            unsigned char head[ORION_HEADER_SIZE];
+            pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
+            struct iovec iov = {head, sizeof head};
+            lk = &links[p];
+            (void)link_send(&iov, 1);
+            close_link();
+        }
+        lk = links;
+        nlinks = 1;
         if (g) {  /* give the vGPUs back now; the exit line still names the allocation */
             orion_ctl_stop();
             orion_ctl_release();
         }
         return st;
     }
-    seq = 0;
+    lk = links;
+    ndevs = 0;
+    if (g && nlinks > 1) {
+        int seen[MAX_LINKS] = {0};
+        for (int v = 0; v < g->vgpu_count; v++) {
+            int p = g->part_of[v];
+            dev_map[ndevs].link = (unsigned char)p;
+            dev_map[ndevs++].local = seen[p]++;
+        }
+    }
     ended = CUDA_SUCCESS;
     said_failure = 0;
     initialized = 1;
@@ -716,15 +889,19 @@ static void bye(void)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    if (sock_fd >= 0 || shm) {
+    int open = 0;
+    for (int i = 0; i < nlinks; i++) {
+        if (links[i].fd < 0 && !links[i].shm) continue;
+        open = 1;
         if (locked && !ended) {
             unsigned char head[ORION_HEADER_SIZE];
             pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
             struct iovec iov = {head, sizeof head};
+            lk = &links[i];
             (void)link_send(&iov, 1);
         }
-        close_session(CUDA_ERROR_DEINITIALIZED);
     }
+    if (open) close_session(CUDA_ERROR_DEINITIALIZED);
     if (locked) pthread_mutex_unlock(&call_lock);
 }
 
@@ -763,11 +940,12 @@ static int lock_for_controller(void)
     }
 }
 
-int orion_send_renew(const void *body, uint32_t len)
+int orion_send_renew(int part, const void *body, uint32_t len)
 {
-    if (len > ORION_MAX_CONTROL_BODY || !lock_for_controller()) return -1;
+    if (len > ORION_MAX_CONTROL_BODY || part < 0 || !lock_for_controller()) return -1;
     int r = -1;
-    if (initialized && !ended && !forked_child && !orion_ctl_stopping()) {
+    if (initialized && !ended && !forked_child && !orion_ctl_stopping() && part < nlinks) {
+        lk = &links[part];
         unsigned char head[ORION_HEADER_SIZE];
         pack_header(head, len, ORION_RENEW, 0, 0, 0, 0);
         struct iovec iov[2] = {{head, sizeof head}, {(void *)body, len}};
@@ -784,8 +962,11 @@ void orion_session_lost(void)
     if (initialized && !ended && !forked_child) {
         unsigned char head[ORION_HEADER_SIZE];
         pack_header(head, 0, ORION_BYE, 0, 0, 0, 0);
-        struct iovec iov = {head, sizeof head};
-        (void)link_send(&iov, 1);
+        for (int i = 0; i < nlinks; i++) {
+            struct iovec iov = {head, sizeof head};
+            lk = &links[i];
+            (void)link_send(&iov, 1);
+        }
         said_failure = 1;
         close_session(CUDA_ERROR_DEINITIALIZED);
     }
@@ -799,13 +980,15 @@ static void fork_parent(void) { pthread_mutex_unlock(&call_lock); pthread_mutex_
 static void fork_child(void)
 {
     forked_child = 1;
-    if (sock_fd >= 0) {
-        close(sock_fd);  /* no shutdown: that would end the parent's connection too */
-        sock_fd = -1;
-    }
-    if (shm) {
-        orion_shm_forget(shm);
-        shm = NULL;
+    for (int i = 0; i < nlinks; i++) {
+        if (links[i].fd >= 0) {
+            close(links[i].fd);  /* no shutdown: that would end the parent's connection too */
+            links[i].fd = -1;
+        }
+        if (links[i].shm) {
+            orion_shm_forget(links[i].shm);
+            links[i].shm = NULL;
+        }
     }
     if (initialized) ended = CUDA_ERROR_NOT_INITIALIZED;
     pthread_mutex_unlock(&call_lock);
@@ -857,8 +1040,6 @@ CUresult orion_custom_cuDriverGetVersion(int *driverVersion)
 #define MAX_DEV 64
 static __thread CUcontext tl_stack[CTX_STACK];
 static __thread int tl_depth;        /* 0: no context; else tl_stack[tl_depth - 1] is current */
-static CUcontext server_ctx;         /* the session's current context at oriond; call_lock */
-static int server_ctx_known = 1;
 static struct { CUcontext ctx; CUdevice dev; } ctx_devs[MAX_CTX];
 static int primary_refs[MAX_DEV];
 static unsigned primary_flags[MAX_DEV];
@@ -892,13 +1073,18 @@ static int ctx_device(CUcontext ctx, CUdevice *dev)
 static CUresult sync_context(const orion_msg *m)
 {
     CUcontext want = tl_current();
-    if (m->code == ORION_CODE_cuCtxSetCurrent || (server_ctx_known && want == server_ctx)) return CUDA_SUCCESS;
+    if (m->code == ORION_CODE_cuCtxSetCurrent || (lk->ctx_known && want == lk->ctx)) return CUDA_SUCCESS;
+    uint64_t value = (uint64_t)(uintptr_t)want;
+    if (nlinks > 1 && want) {  /* another server's context leaves this server's as it is */
+        int l;
+        if (untag(value, &l, &value) || &links[l] != lk) return CUDA_SUCCESS;
+    }
     unsigned char req[8];
-    orion_put_u64(req, (uint64_t)(uintptr_t)want);
+    orion_put_u64(req, value);
     orion_msg set = {ORION_CODE_cuCtxSetCurrent, ORION_NO_REPLY, "cuCtxSetCurrent", req, 8, NULL, 0, NULL, 0, -1,
                      NULL, 0, 0};
-    CUresult st = call_locked(&set);
-    if (st == CUDA_SUCCESS) { server_ctx = want; server_ctx_known = 1; }
+    CUresult st = link_call(&set);
+    if (st == CUDA_SUCCESS) { lk->ctx = want; lk->ctx_known = 1; }
     return st;
 }
 
@@ -916,7 +1102,9 @@ CUresult orion_custom_cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice 
     if (tl_depth < CTX_STACK) tl_stack[tl_depth++] = *pctx;  /* a created context is pushed */
     else set_top(*pctx);
     pthread_mutex_lock(&call_lock);
-    server_ctx = *pctx;  /* oriond made it current too */
+    orion_link *l = link_of(*pctx);
+    l->ctx = *pctx;  /* oriond made it current too */
+    l->ctx_known = 1;
     pthread_mutex_unlock(&call_lock);
     return CUDA_SUCCESS;
 }
@@ -929,7 +1117,8 @@ CUresult orion_custom_cuCtxDestroy(CUcontext ctx)
         if (tl_stack[i] == ctx) tl_stack[i] = NULL;
     while (tl_depth && !tl_stack[tl_depth - 1]) tl_depth--;
     pthread_mutex_lock(&call_lock);
-    if (server_ctx == ctx) server_ctx_known = 0;
+    orion_link *l = link_of(ctx);
+    if (l->ctx == ctx) l->ctx_known = 0;
     pthread_mutex_unlock(&call_lock);
     return CUDA_SUCCESS;
 }
@@ -1778,7 +1967,7 @@ static int host_shared(const void *p, size_t n)
 static int share_wanted(void)
 {
     const char *v = getenv("ORION_SHARE_HOST");
-    return !share_off && shm && !orion_shm_is_vm(shm) && !(v && !strcmp(v, "0"));
+    return !share_off && nlinks == 1 && lk->shm && !orion_shm_is_vm(lk->shm) && !(v && !strcmp(v, "0"));
 }
 
 /* A block of n bytes (whole pages) shared with oriond, or NULL (the reason said once). */
@@ -1804,13 +1993,13 @@ static void *share_block(size_t n)
         const char *name = "?";
         cuGetErrorName(st, &name);
         orion_log("INFO", "page-locked memory stays in this process, copies go through %s (oriond refused "
-                          "to share it: %s; see its session log)", link_name, name);
+                          "to share it: %s; see its session log)", lk->name, name);
         if (st != CUDA_ERROR_OUT_OF_MEMORY) share_off = 1;
         return NULL;
     }
     static int said;
     if (!said++) orion_log("DEBUG", "page-locked memory is shared with oriond over %s: copies from and to it "
-                                    "are one DMA", link_name);
+                                    "are one DMA", lk->name);
     return p;
 }
 

@@ -19,6 +19,7 @@
 #include "orion_ctl.h"
 #include "calls_gen.h"
 #include "orion_conf.h"
+#include "orion_log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1085,12 +1086,11 @@ static int printable(const char *s, int allow_space)
     return 1;
 }
 
-/* An allocation answer (allocate, renew) into g: the vGPUs, their node (the first vGPU's), the
- * token for want_node (NULL: that node). *nodes: how many nodes the vGPUs are on. 0, or -1 (why). */
-static int grant_parse(const jdoc *d, orion_grant *g, const char *want_node, int *nodes, char *why, size_t wl)
+/* An allocation answer (allocate, renew) into g: the vGPUs grouped by node, each node with its
+ * registered address and token. 0, or -1 (why). */
+static int grant_parse(const jdoc *d, orion_grant *g, char *why, size_t wl)
 {
     memset(g, 0, sizeof *g);
-    *nodes = 0;
     if (!d->nt || d->t[0].type != J_OBJ) {
         snprintf(why, wl, "malformed allocation from controller: not a JSON object");
         return -1;
@@ -1107,59 +1107,59 @@ static int grant_parse(const jdoc *d, orion_grant *g, const char *want_node, int
     if (!tokens || d->t[tokens].type != J_OBJ) return bad_field(why, wl, "tokens", -1);
     static const char *const keys[] = {"index", "node_id", "server", "gpu_index", "gpu_uuid", "gpu_name", "slot",
                                        "memory_mib", "ratio", "token"};
-    char first[sizeof g->node_id] = "", seen[8][sizeof g->node_id];
     int count = 0;
     for (uint32_t v = vs + 1; v < d->t[vs].next; v = d->t[v].next, count++) {
-        if (count == 64) {
-            snprintf(why, wl, "malformed allocation from controller: more than 64 vGPUs");
+        if (count == ORION_CTL_MAX_VGPUS) {
+            snprintf(why, wl, "malformed allocation from controller: more than %d vGPUs", ORION_CTL_MAX_VGPUS);
             return -1;
         }
         if (d->t[v].type != J_OBJ) return bad_field(why, wl, "(an object)", count);
         for (size_t k = 0; k < sizeof keys / sizeof *keys; k++)
             if (!jget(d, v, keys[k])) return bad_field(why, wl, keys[k], count);
-        char node[sizeof g->node_id];
+        char node[sizeof g->parts[0].node_id];
         if (jstr(d, jget(d, v, "node_id"), node, sizeof node) < 1) return bad_field(why, wl, "node_id", count);
         long long mem, ratio;
         if (jint(d, jget(d, v, "memory_mib"), 1, 0xFFFFFFFFll, &mem)) return bad_field(why, wl, "memory_mib", count);
         if (jint(d, jget(d, v, "ratio"), 0, 100, &ratio)) return bad_field(why, wl, "ratio", count);
-        int known = !strcmp(node, first);
-        for (int i = 0; i < *nodes && i < 8 && !known; i++) known = !strcmp(seen[i], node);
-        if (!known) {
-            if (*nodes < 8) snprintf(seen[*nodes], sizeof seen[0], "%s", node);
-            (*nodes)++;
-        }
-        if (count == 0) {
-            char server[sizeof g->registered];
-            if (jstr(d, jget(d, v, "server"), server, sizeof server) < 1 || valid_addr(server, g->registered, sizeof g->registered))
+        int p = 0;
+        while (p < g->nparts && strcmp(g->parts[p].node_id, node)) p++;
+        if (p == g->nparts) {
+            if (p == ORION_CTL_MAX_NODES) {
+                snprintf(why, wl, "malformed allocation from controller: vGPUs on more than %d nodes",
+                         ORION_CTL_MAX_NODES);
+                return -1;
+            }
+            orion_grant_part *gp = &g->parts[g->nparts++];
+            char server[sizeof gp->registered];
+            if (jstr(d, jget(d, v, "server"), server, sizeof server) < 1 ||
+                valid_addr(server, gp->registered, sizeof gp->registered))
                 return bad_field(why, wl, "server", count);
-            snprintf(first, sizeof first, "%s", node);
-            snprintf(g->node_id, sizeof g->node_id, "%s", node);
-            g->gmem_mib = (uint32_t)mem;
-            g->ratio = (uint32_t)ratio;
+            snprintf(gp->node_id, sizeof gp->node_id, "%s", node);
+            gp->gmem_mib = (uint32_t)mem;
+            uint32_t t = jget(d, tokens, node);
+            long tl = jstr(d, t, gp->token, sizeof gp->token);
+            if (tl < 1 || !printable(gp->token, 0)) {
+                snprintf(why, wl, "malformed allocation from controller: no token for node '%s'", node);
+                sanitize(why);
+                return -1;
+            }
         }
+        if (count == 0) g->ratio = (uint32_t)ratio;
+        g->parts[p].vgpu_count++;
+        g->part_of[count] = (unsigned char)p;
     }
     g->vgpu_count = count;
-    if (!count) return 0;
-    const char *want = want_node ? want_node : g->node_id;
-    uint32_t t = jget(d, tokens, want);
-    long tl = jstr(d, t, g->token, sizeof g->token);
-    if (tl < 1 || !printable(g->token, 0)) {
-        snprintf(why, wl, "malformed allocation from controller: no token for node '%s'", want);
-        sanitize(why);
-        return -1;
-    }
     return 0;
 }
 
 int orion_ctl_parse_grant(const char *body, size_t n, orion_grant *g, char *why, size_t wl)
 {
     jdoc d;
-    int nodes;
     if (json_parse(&d, body, n, why, wl)) {
         jdoc_free(&d);
         return -1;
     }
-    int r = grant_parse(&d, g, NULL, &nodes, why, wl);
+    int r = grant_parse(&d, g, why, wl);
     jdoc_free(&d);
     return r;
 }
@@ -1358,10 +1358,9 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
     load_client_key();
     ctl_request("POST", "/api/v1/allocations", body, 1, &r);
     static orion_grant g;
-    int nodes = 0;
     if (r.kind == CTL_OK) {
         char why[400];
-        if (grant_parse(&r.doc, &g, NULL, &nodes, why, sizeof why)) {
+        if (grant_parse(&r.doc, &g, why, sizeof why)) {
             r.kind = CTL_ERROR;
             snprintf(r.msg, sizeof r.msg, "%s", why);
         } else {
@@ -1390,26 +1389,42 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
         return NULL;
     }
     ctl_result_free(&r);
-    orion_log("DEBUG", "allocation %s: lease %.0fs; %d vGPU(s) on node %s (%s), %u MiB %u%%", g.allocation_id,
-              g.lease_seconds, g.vgpu_count, g.node_id, g.registered, g.gmem_mib, g.ratio);
+    orion_log("DEBUG", "allocation %s: lease %.0fs; %d vGPU(s) on %d node(s), %u%%", g.allocation_id,
+              g.lease_seconds, g.vgpu_count, g.nparts, g.ratio);
     if (!g.vgpu_count) {
         release_id(g.allocation_id);
         orion_log("ERROR", "the Orion Controller allocated no vGPU");
         return NULL;
     }
-    if (nodes > 1) {
-        release_id(g.allocation_id);
-        orion_log("ERROR", "Orion Controller %s placed the %d vGPU(s) on %d nodes: a cross-node allocation needs "
-                  "the Python client for now (the native libcuda.so.1 opens a session with one node); the "
-                  "allocation was given back", ctl_addr, g.vgpu_count, nodes);
-        return NULL;
-    }
     /* server_for (orion_virt/client/allocation.py): a node registered with a loopback or
-     * unspecified address is reached through this client's own view of the server, if it has one */
-    snprintf(g.server, sizeof g.server, "%s", g.registered);
-    if (local_only(g.registered) && cfg_server[0]) {
-        snprintf(g.server, sizeof g.server, "%s", cfg_server);
-        orion_log("DEBUG", "node %s registered as %s (local to its host); using %s", g.node_id, g.registered, g.server);
+     * unspecified address is reached through this client's own view of the server, if it has one;
+     * with several nodes, that view's host with each node's own port */
+    for (int p = 0; p < g.nparts; p++) {
+        orion_grant_part *gp = &g.parts[p];
+        _Static_assert(sizeof gp->server == sizeof gp->registered, "server and registered hold the same");
+        memcpy(gp->server, gp->registered, sizeof gp->server);
+        if (local_only(gp->registered) && cfg_server[0]) {
+            if (g.nparts > 1) {
+                const char *hc = strrchr(cfg_server, ':'), *pc = strrchr(gp->registered, ':');
+                int hl = hc ? (int)(hc - cfg_server) : (int)strlen(cfg_server);
+                snprintf(gp->server, sizeof gp->server, "%.*s%s", hl, cfg_server, pc ? pc : "");
+            } else {
+                snprintf(gp->server, sizeof gp->server, "%s", cfg_server);
+            }
+            orion_log("DEBUG", "node %s registered as %s (local to its host); using %s", gp->node_id,
+                      gp->registered, gp->server);
+        }
+        orion_log("DEBUG", "node %s (%s): %d vGPU(s), %u MiB", gp->node_id, gp->server, gp->vgpu_count, gp->gmem_mib);
+    }
+    if (g.nparts > 1) {
+        char list[1200] = "";
+        size_t o = 0;
+        for (int p = 0; p < g.nparts && o < sizeof list; p++)
+            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s (%s): %d vGPU(s)", p ? ", " : "",
+                                  g.parts[p].node_id, g.parts[p].server, g.parts[p].vgpu_count);
+        char line[1300];
+        snprintf(line, sizeof line, "cross-node allocation: %s", list);
+        orion_log_file("INFO", line);
     }
 
     grant = g;
@@ -1444,9 +1459,8 @@ static int renew_once(const char *path, int *failing, double interval)
     static orion_grant fresh;  /* this thread's only */
     ctl_result r;
     ctl_request("POST", path, "{}", 0, &r);
-    int nodes;
     char why[400];
-    if (r.kind == CTL_OK && grant_parse(&r.doc, &fresh, grant.node_id, &nodes, why, sizeof why)) {
+    if (r.kind == CTL_OK && grant_parse(&r.doc, &fresh, why, sizeof why)) {
         r.kind = CTL_ERROR;
         snprintf(r.msg, sizeof r.msg, "%s", why);
     }
@@ -1472,8 +1486,18 @@ static int renew_once(const char *path, int *failing, double interval)
     ctl_result_free(&r);
     if (*failing) orion_log("DEBUG", "lease renewal of %s works again", grant.allocation_id);
     *failing = 0;
-    if (orion_send_renew(fresh.token, (uint32_t)strlen(fresh.token)) && !orion_ctl_stopping())
-        orion_log("DEBUG", "could not pass the renewed token to node %s", grant.node_id);
+    for (int p = 0; p < grant.nparts; p++) {
+        const char *token = NULL;
+        for (int q = 0; q < fresh.nparts && !token; q++)
+            if (!strcmp(fresh.parts[q].node_id, grant.parts[p].node_id)) token = fresh.parts[q].token;
+        if (!token) {
+            orion_log("DEBUG", "the renewed allocation %s names no token for node %s", grant.allocation_id,
+                      grant.parts[p].node_id);
+            continue;
+        }
+        if (orion_send_renew(p, token, (uint32_t)strlen(token)) && !orion_ctl_stopping())
+            orion_log("DEBUG", "could not pass the renewed token to node %s", grant.parts[p].node_id);
+    }
     return 1;
 }
 

@@ -23,17 +23,29 @@
 #define ORION_CTL_MAX_TOKEN 16384u   /* a token is under 1 KiB for 32 vGPUs */
 #define ORION_CTL_MAX_ID 39u         /* allocation ids are UUIDs (36 characters) */
 
-/* What the controller granted: one node's vGPUs (cross-node allocations are refused here). */
+#define ORION_CTL_MAX_NODES 8         /* nodes of one cross-node allocation */
+#define ORION_CTL_MAX_VGPUS 64
+
+/* The vGPUs of a grant on one node: where to connect and the token to present there. */
 typedef struct {
-    char allocation_id[ORION_CTL_MAX_ID + 1];
     char node_id[257];
     char server[300];                /* HOST:PORT to connect to, after the server_for rule */
     char registered[300];            /* the address the node registered */
     char token[ORION_CTL_MAX_TOKEN + 1];
+    int vgpu_count;
+    uint32_t gmem_mib;               /* of its first vGPU, as the Python client's HELLO */
+} orion_grant_part;
+
+/* What the controller granted: the vGPUs in the allocation's order, grouped by node (parts in
+ * the order of each node's first vGPU; more than one only for ORION_CROSS_NODE=1). */
+typedef struct {
+    char allocation_id[ORION_CTL_MAX_ID + 1];
     double lease_seconds;
     int vgpu_count;
-    uint32_t gmem_mib;               /* of vGPU 0, as the Python client's HELLO */
     uint32_t ratio;
+    int nparts;
+    orion_grant_part parts[ORION_CTL_MAX_NODES];
+    unsigned char part_of[ORION_CTL_MAX_VGPUS];   /* vGPU i's part */
 } orion_grant;
 
 /* Whether a controller is configured: 1 yes, 0 no (direct mode), -1 a malformed address (said). */
@@ -56,9 +68,9 @@ void orion_ctl_release(void);
 int orion_ctl_obtained(void);
 
 /* Provided by orion_client.c, called from the renewal thread. */
-/* Send a RENEW frame (body: the renewed token) under the call lock: 0 sent, -1 not sent (no open
- * session, or stopping). */
-int orion_send_renew(const void *body, uint32_t len);
+/* Send a RENEW frame (body: the renewed token) to the session of grant part ``part`` under the
+ * call lock: 0 sent, -1 not sent (no open session, or stopping). */
+int orion_send_renew(int part, const void *body, uint32_t len);
 /* The controller no longer holds the allocation: say BYE and end the session (calls then return
  * CUDA_ERROR_DEINITIALIZED). */
 void orion_session_lost(void);

@@ -1,0 +1,85 @@
+/* Two devices in one program, as a data-parallel step uses them: a context, a stream and memory
+ * on each, a kernel on each, the result of device 0 copied to device 1 through the host, and the
+ * mistakes a program can make across devices refused. Run with ORION_VGPU=2; with a second
+ * argument "strict" (a cross-node session, each device on another server) a kernel of one device
+ * on a stream of the other must be refused at once with CUDA_ERROR_INVALID_HANDLE. */
+#include "common.h"
+
+#include <math.h>
+#include <string.h>
+
+#define N 4096
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { fprintf(stderr, "usage: %s KERNELS.ptx\n", argv[0]); return 2; }
+    char *ptx = read_file(argv[1]);
+    int count = 0;
+    CHECK(cuInit(0));
+    CHECK(cuDeviceGetCount(&count));
+    if (count < 2) { fprintf(stderr, "needs 2 devices, found %d\n", count); return 2; }
+    CUdevice dev[2];
+    CUcontext ctx[2];
+    CUmodule mod[2];
+    CUfunction add[2];
+    CUstream st[2];
+    CUdeviceptr a[2], b[2], c[2];
+    int n = N;
+    size_t bytes = N * sizeof(float);
+    static float ha[N], hb[N], hc[N];
+    for (int i = 0; i < N; i++) { ha[i] = (float)i; hb[i] = 2.0f * (float)i; }
+    for (int d = 0; d < 2; d++) {
+        char name[256];
+        size_t total = 0;
+        CHECK(cuDeviceGet(&dev[d], d));
+        CHECK(cuDeviceGetName(name, sizeof name, dev[d]));
+        CHECK(cuDeviceTotalMem(&total, dev[d]));
+        printf("device %d: %s, %zu MiB\n", d, name, total >> 20);
+        CHECK(cuCtxCreate(&ctx[d], NULL, 0, dev[d]));
+        CHECK(cuModuleLoadData(&mod[d], ptx));
+        CHECK(cuModuleGetFunction(&add[d], mod[d], "vectorAdd"));
+        CHECK(cuStreamCreate(&st[d], CU_STREAM_NON_BLOCKING));
+        CHECK(cuMemAlloc(&a[d], bytes));
+        CHECK(cuMemAlloc(&b[d], bytes));
+        CHECK(cuMemAlloc(&c[d], bytes));
+        CUdevice got;
+        CHECK(cuCtxGetDevice(&got));
+        if (got != dev[d]) { fprintf(stderr, "context %d is on device %d\n", d, (int)got); return 1; }
+    }
+    /* device 0: c0 = a + b; device 1: c1 = c0 (through the host) + b */
+    CHECK(cuCtxSetCurrent(ctx[0]));
+    CHECK(cuMemcpyHtoDAsync(a[0], ha, bytes, st[0]));
+    CHECK(cuMemcpyHtoDAsync(b[0], hb, bytes, st[0]));
+    void *args0[] = {&a[0], &b[0], &c[0], &n};
+    CHECK(cuLaunchKernel(add[0], (N + 255) / 256, 1, 1, 256, 1, 1, 0, st[0], args0, NULL));
+    CHECK(cuMemcpyDtoHAsync(hc, c[0], bytes, st[0]));
+    CHECK(cuStreamSynchronize(st[0]));
+    CHECK(cuCtxSetCurrent(ctx[1]));
+    CHECK(cuMemcpyHtoD(a[1], hc, bytes));
+    CHECK(cuMemcpyHtoD(b[1], hb, bytes));
+    void *args1[] = {&a[1], &b[1], &c[1], &n};
+    CHECK(cuLaunchKernel(add[1], (N + 255) / 256, 1, 1, 256, 1, 1, 0, st[1], args1, NULL));
+    CHECK(cuStreamSynchronize(st[1]));
+    memset(hc, 0, sizeof hc);
+    CHECK(cuMemcpyDtoH(hc, c[1], bytes));
+    int ok = 1;
+    for (int i = 0; i < N && ok; i++) ok = fabsf(hc[i] - 5.0f * (float)i) < 1e-3f;
+    printf("two-device chain: %s (c[7] = %.1f, expected %.1f)\n", ok ? "PASSED" : "FAILED", hc[7], 35.0);
+
+    if (argc > 2 && !strcmp(argv[2], "strict"))
+        EXPECT(cuLaunchKernel(add[1], 1, 1, 1, 32, 1, 1, 0, st[0], args1, NULL), CUDA_ERROR_INVALID_HANDLE);
+    EXPECT(cuDeviceGet(&dev[0], 2), CUDA_ERROR_INVALID_DEVICE);
+
+    for (int d = 0; d < 2; d++) {
+        CHECK(cuCtxSetCurrent(ctx[d]));
+        CHECK(cuMemFree(a[d]));
+        CHECK(cuMemFree(b[d]));
+        CHECK(cuMemFree(c[d]));
+        CHECK(cuStreamDestroy(st[d]));
+        CHECK(cuModuleUnload(mod[d]));
+        CHECK(cuCtxDestroy(ctx[d]));
+    }
+    free(ptx);
+    printf(ok ? "Test PASSED\n" : "Test FAILED\n");
+    return ok ? 0 : 1;
+}
