@@ -215,6 +215,16 @@ def _ok(p: subprocess.CompletedProcess[str]) -> str:
     return p.stdout
 
 
+def test_each_dockerfile_has_the_context_ignore_file() -> None:
+    """docker build (BuildKit) takes <Dockerfile>.dockerignore, buildah bud the --ignorefile
+    build-images.sh names: both are images.dockerignore."""
+    want = (ROOT / "deploy/images/images.dockerignore").read_text()
+    assert ".venv" in want.splitlines() and "build" in want.splitlines()
+    for name in IMAGES:
+        f = ROOT / "deploy/images" / f"{name}.Dockerfile.dockerignore"
+        assert f.read_text() == want, f"{f} differs from deploy/images/images.dockerignore"
+
+
 def test_a_second_build_keeps_the_current_images(images: dict[str, str]) -> None:
     """Each image carries the hash of its inputs; build-images.sh again rebuilds none."""
     p = subprocess.run(["sh", str(ROOT / "scripts" / "build-images.sh"), *IMAGES], capture_output=True,
