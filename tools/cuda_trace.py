@@ -12,9 +12,9 @@ trampolines too (and log each request: symbol, version, flags, the spelling it r
 process writes ``LOGDIR/trace-<pid>.log`` at exit. Export-table slot calls are logged in
 ``LOGDIR/requests-<pid>.log`` with their arguments, result and the two words each pointer argument
 points at before and after the call; ``ORION_TRACE_ARGS=cuModuleLoadData,cuFuncGetAttribute`` (or
-``*``) logs driver functions' calls so too, ``ORION_TRACE_MAX`` calls of each (default 8). Arguments are forwarded as 14 integer
-registers/stack words, which is exact for the driver API (no floating-point or struct arguments
-by value). A measuring tool, not part of the product.
+``*``) logs driver functions' calls so too, ``ORION_TRACE_MAX`` calls of each (default 8).
+Arguments are forwarded as 14 integer registers/stack words, which is exact for the driver API (no
+floating-point or struct arguments by value). A measuring tool, not part of the product.
 """
 
 from __future__ import annotations
