@@ -13,7 +13,7 @@ The node is a directory tree under the test's ``tmp`` (``NodeTree``): its ``/dev
 ``/etc/orion``, ``/usr/lib/orion``, ``/var/lib/orion`` and the kubelet's device-plugin directory,
 where a stub kubelet (a grpcio Registration server) listens.
 
-The first test builds the images (about 4 minutes on 2 cores from nothing, 60 s of it the
+The first test builds the images (about 6½ minutes on 2 cores from nothing, under a minute of it the
 debootstrap; seconds when their inputs are unchanged); it skips only where the build cannot run
 at all (not root, buildah or debootstrap missing) and fails when a build fails.
 """
