@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -78,7 +79,7 @@ def memory_gauges(s: Samples) -> dict[str, float]:
 def run_session(o: Oriond, maddr: str, tcp: bool) -> set[str]:
     """Run the program over one transport; the names exported while its session was open."""
     t = "tcp" if tcp else "shm"
-    p = subprocess.Popen([str(BIN / "orion-run"), "python3", str(PROGRAM)], env=o.env(tcp),
+    p = subprocess.Popen([str(BIN / "orion-run"), sys.executable, str(PROGRAM)], env=o.env(tcp),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     try:
@@ -124,7 +125,7 @@ def test_figures_move_by_what_the_programs_did(oriond: tuple[Oriond, str]) -> No
         assert value(s, "orion_server_copied_bytes_total", transport=t, direction="htod") == 3 * MIB
     assert value(s, "orion_server_sessions_started_total", transport="vm") == 0
     assert ("orion_server_sessions_started_total", frozenset({("transport", "vm")})) in s
-    r = o.run("python3", str(PROGRAM), tcp=True, ORION_GMEM="100000")  # more than a GPU has
+    r = o.run(sys.executable, str(PROGRAM), tcp=True, ORION_GMEM="100000")  # more than a GPU has
     assert r.returncode != 0 and "open" not in r.stdout
     s = wait_for(maddr, lambda s: value(s, "orion_server_sessions_refused_total", transport="tcp")
                  == 1, "the refused session")
@@ -165,7 +166,7 @@ def test_metrics_off_by_default_and_a_bad_address_is_named(tmp_path: Path) -> No
 def test_a_killed_worker_leaves_no_live_gauge(oriond: tuple[Oriond, str]) -> None:
     o, maddr = oriond
     o.device(1)
-    p = subprocess.Popen([str(BIN / "orion-run"), "python3", str(PROGRAM)], env=o.env(),
+    p = subprocess.Popen([str(BIN / "orion-run"), sys.executable, str(PROGRAM)], env=o.env(),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     try:

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Iterator
@@ -57,7 +58,7 @@ def test_reload_applies_live_keys_and_keeps_the_session(oriond: Oriond, tmp_path
     oriond.device(1)
     prog = tmp_path / "session.py"
     prog.write_text(SESSION)
-    p = subprocess.Popen([str(BIN / "orion-run"), "python3", str(prog)], env=oriond.env(), text=True,
+    p = subprocess.Popen([str(BIN / "orion-run"), sys.executable, str(prog)], env=oriond.env(), text=True,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert p.stdin is not None and p.stdout is not None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -29,13 +30,13 @@ def client_log(o: Oriond) -> str:
 @pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
 def test_demo_programs_over_each_transport(oriond: Oriond, tcp: bool) -> None:
     oriond.device(1)
-    q = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), tcp=tcp)
+    q = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), tcp=tcp)
     assert q.returncode == 0, q.stderr
     assert "Detected 2 CUDA Capable device(s)" in q.stdout
     assert q.stdout.count("Total amount of global memory: 4096 MBytes") == 2
     assert "VirtaiTech Resource. Build-cuda" in q.stderr
     assert "Client exits with allocation ID" in q.stderr
-    v = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"), tcp=tcp)
+    v = oriond.run(sys.executable, str(ROOT / "examples" / "vectorAdd.py"), tcp=tcp)
     assert v.returncode == 0, v.stderr
     assert v.stdout.count("sum check: PASSED") == 2 and "Test PASSED" in v.stdout
     log = client_log(oriond)
@@ -45,13 +46,13 @@ def test_demo_programs_over_each_transport(oriond: Oriond, tcp: bool) -> None:
 @pytest.mark.parametrize("tcp", [False, True], ids=["shm", "tcp"])
 def test_a_cuda_graph_is_captured_and_replayed(oriond: Oriond, tcp: bool) -> None:
     oriond.device(1)
-    g = oriond.run("python3", str(ROOT / "examples" / "graphCapture.py"), tcp=tcp)
+    g = oriond.run(sys.executable, str(ROOT / "examples" / "graphCapture.py"), tcp=tcp)
     assert g.returncode == 0, g.stdout + g.stderr
     assert g.stdout.count(": PASSED") == 3 and "Test PASSED" in g.stdout
 
 
 def test_no_device_falls_back_to_tcp_and_says_why(oriond: Oriond) -> None:
-    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"))
     assert r.returncode == 0, r.stderr
     log = client_log(oriond)
     assert f"transport: TCP to 127.0.0.1:{oriond.port} because shm_path_base {oriond.shm}" in log
@@ -59,7 +60,7 @@ def test_no_device_falls_back_to_tcp_and_says_why(oriond: Oriond) -> None:
 
 
 def test_without_orion_vgpu_the_client_says_what_to_set(oriond: Oriond) -> None:
-    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), ORION_VGPU="")
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), ORION_VGPU="")
     assert r.returncode != 0
     assert "ORION_VGPU is not set" in r.stderr
     assert "Client exits without allocation ID" in r.stderr
@@ -70,7 +71,7 @@ def test_unreachable_server_is_reported(tmp_path: Path) -> None:
     o.port = 1  # nothing listens there
     for d in (o.shm, o.logs, o.home):
         d.mkdir(parents=True)
-    r = o.run("python3", str(ROOT / "examples" / "deviceQuery.py"), timeout=30)
+    r = o.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), timeout=30)
     assert r.returncode != 0
     assert "Could not connect to server" in r.stderr
 
@@ -98,7 +99,7 @@ def test_killed_client_session_is_ended_and_its_memory_freed(oriond: Oriond, tmp
     oriond.device(1)
     prog = tmp_path / "hold.py"
     prog.write_text(HOLD)
-    p = oriond.popen("python3", str(prog))
+    p = oriond.popen(sys.executable, str(prog))
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGKILL)
     p.wait(10)
@@ -106,7 +107,7 @@ def test_killed_client_session_is_ended_and_its_memory_freed(oriond: Oriond, tmp
     sessions = "".join(p.read_text() for p in (oriond.logs / "session").glob("*.log"))
     assert "freed 4 allocation(s)" in sessions
     # the channel is reusable by the next client
-    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "vectorAdd.py"))
     assert r.returncode == 0, r.stderr
     assert "transport: shm device" in client_log(oriond)
 
@@ -115,7 +116,7 @@ def test_device_removed_under_a_running_client_is_an_error_not_a_hang(oriond: Or
     dev = oriond.device(1)
     prog = tmp_path / "hold.py"
     prog.write_text(HOLD)
-    p = oriond.popen("python3", str(prog))
+    p = oriond.popen(sys.executable, str(prog))
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     t0 = time.monotonic()
     dev.unlink()
@@ -130,7 +131,7 @@ def test_server_stop_is_noticed_by_a_waiting_client(oriond: Oriond, tmp_path: Pa
     oriond.device(1)
     prog = tmp_path / "hold.py"
     prog.write_text(HOLD)
-    p = oriond.popen("python3", str(prog))
+    p = oriond.popen(sys.executable, str(prog))
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     oriond.stop()
     out, err = p.communicate(timeout=20)
@@ -142,7 +143,7 @@ def test_several_applications_share_one_device_on_separate_channels(oriond: Orio
     oriond.device(1, size_mib=32)
     prog = tmp_path / "hold.py"
     prog.write_text(HOLD)
-    procs = [oriond.popen("python3", str(prog)) for _ in range(3)]
+    procs = [oriond.popen(sys.executable, str(prog)) for _ in range(3)]
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -184,7 +185,7 @@ def test_a_refusal_reaches_the_application_as_its_cuda_error(oriond: Oriond, tmp
     CUDA_ERROR_OUT_OF_MEMORY from cuInit and the reason on stderr, not a transport error."""
     prog = tmp_path / "init.py"
     prog.write_text(INIT)
-    r = oriond.run("python3", str(prog), tcp=True, ORION_GMEM="16384")
+    r = oriond.run(sys.executable, str(prog), tcp=True, ORION_GMEM="16384")
     assert "cuInit: CUDA_ERROR_OUT_OF_MEMORY" in r.stdout, r.stdout + r.stderr
     assert "ORION_GMEM=16384 MiB exceeds the memory of one GPU (8192 MiB)" in r.stderr
     assert "lost the connection" not in r.stderr
@@ -206,12 +207,12 @@ def test_a_server_address_that_never_answers_fails_within_the_connect_timeout(tm
     prog.write_text(INIT)
     try:
         t0 = time.monotonic()
-        r = o.run("python3", str(prog), tcp=True, timeout=30, ORION_SERVER=addr, ORION_CONNECT_TIMEOUT="1")
+        r = o.run(sys.executable, str(prog), tcp=True, timeout=30, ORION_SERVER=addr, ORION_CONNECT_TIMEOUT="1")
         took = time.monotonic() - t0
     finally:
         silent.close()
     assert "cuInit: CUDA_ERROR_NO_DEVICE" in r.stdout, r.stdout + r.stderr
-    assert f"tcp {addr}: no answer to HELLO within 1 s" in r.stderr
+    assert f"{addr}: no answer to HELLO within 1 s" in r.stderr
     assert took < 15  # the interpreter start and orion-run included
 
 
@@ -229,7 +230,7 @@ def test_a_tenant_writing_its_device_header_does_not_stop_oriond(oriond: Oriond)
     time.sleep(1.0)  # several ticks of oriond's loop
     assert oriond.proc is not None and oriond.proc.poll() is None, oriond.server_log()[-2000:]
     for dev in (mine, other):  # over that device only: TCP would fail (nothing listens on port 1)
-        q = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), ORION_SHM_DEVICE=str(dev),
+        q = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), ORION_SHM_DEVICE=str(dev),
                        ORION_SERVER="127.0.0.1:1")
         assert q.returncode == 0, q.stderr
         assert "Detected 2 CUDA Capable device(s)" in q.stdout
@@ -248,7 +249,7 @@ def test_session_workers_die_with_a_killed_oriond(oriond: Oriond, tmp_path: Path
     oriond.device(1)
     prog = tmp_path / "hold.py"
     prog.write_text(HOLD)
-    clients = [oriond.popen("python3", str(prog)), oriond.popen("python3", str(prog), tcp=True)]
+    clients = [oriond.popen(sys.executable, str(prog)), oriond.popen(sys.executable, str(prog), tcp=True)]
     for p in clients:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     assert oriond.proc is not None
@@ -271,7 +272,7 @@ def test_a_channel_is_scrubbed_when_its_session_ends(oriond: Oriond) -> None:
     from orion_virt.transport.shmdev import PAGE, Device
 
     path = oriond.device(1)
-    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "vectorAdd.py"))
     assert r.returncode == 0, r.stderr
     dev = Device(path)
     try:
@@ -304,7 +305,7 @@ def test_a_claim_without_its_lock_is_refused(oriond: Oriond) -> None:
         assert "without holding the channel's lock" in dev.reason(0)
     finally:
         dev.close()
-    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"))
     assert r.returncode == 0, r.stderr
 
 
@@ -334,7 +335,7 @@ def test_a_client_killed_during_a_long_kernel_ends_its_session_at_once(oriond: O
     oriond.device(1)
     prog = tmp_path / "long.py"
     prog.write_text(LONG_KERNEL)
-    p = oriond.popen("python3", str(prog), str(ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"), tcp=tcp)
+    p = oriond.popen(sys.executable, str(prog), str(ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"), tcp=tcp)
     assert p.stdout is not None and p.stdout.readline().strip() == "launched"
     time.sleep(0.5)
     t0 = time.monotonic()

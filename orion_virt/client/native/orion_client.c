@@ -758,6 +758,16 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
         return CUDA_ERROR_NO_DEVICE;
     }
     free(text);
+    char line[2900];
+    const char *sp = strchr(lk->name, ' '), *hash = strrchr(lk->name, '#');
+    if (lk->shm && sp && hash && hash > sp)  /* "shm PATH#N" -> "shm device PATH channel N", as the Python client */
+        snprintf(line, sizeof line, "transport: %.*s device %.*s channel %s", (int)(sp - lk->name), lk->name,
+                 (int)(hash - sp - 1), sp + 1, hash + 1);
+    else if (lk->shm)
+        snprintf(line, sizeof line, "transport: %s", lk->name);
+    else
+        snprintf(line, sizeof line, "transport: TCP to %s%s%s", lk->addr, shm_why[0] ? " because " : "", shm_why);
+    orion_log_file("INFO", line);
     return CUDA_SUCCESS;
 }
 

@@ -686,11 +686,17 @@ int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char 
         return vm == -5 ? -5 : -1;
     }
     const char *base = getenv("ORION_SHM_PATH_BASE");
-    if (!base || !*base) base = "/dev/shm";
+    int configured = base && *base;
+    if (!configured) base = "/dev/shm";
     struct dirent **list = NULL;
     int n = scandir(base, &list, is_device_name, by_number);
     if (n <= 0) {
-        append(why, wl, "no shared-memory device under %s", base);
+        if (configured)
+            append(why, wl, "shm_path_base %s (from ORION_SHM_PATH_BASE) holds no Orion device: create one on the "
+                   "host with `orion-shm -i N` and mount it into the container at the same path (docker run -v "
+                   "%s/orionsockN:%s/orionsockN:rw)", base, base, base);
+        else
+            append(why, wl, "no shared-memory device under %s", base);
         free(list);
         return vm == -5 ? -5 : vm == -1 ? -1 : -2;  /* nothing to try: not worth a word */
     }

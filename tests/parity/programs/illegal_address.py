@@ -19,7 +19,7 @@ def main() -> int:
     assert int(err) == 0, err
     _, fill = cuda.cuModuleGetFunction(module, b"fill_u32")
     err, = cuda.cuLaunchKernel(fill, 64, 1, 1, 256, 1, 1, 0, 0,
-                               ((0x100, 7, 1 << 14), (None, ctypes.c_uint, ctypes.c_int)), 0)
+                               ((0x100, 7, 1 << 14), (ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)), 0)
     err2, = cuda.cuCtxSynchronize()
     print(f"launch: {int(err)}, synchronize: {int(err2)} ({err2!r})")
     return 0 if int(err) == 0 and int(err2) == 700 else 1
