@@ -268,7 +268,7 @@ def _needs_v1(fn: S.Fn) -> bool:
 
 C_WIRE_ONLY = ("cuGraphGetNodeCount", "orionHostShare", "orionHostUnshare", "orionMemcpyHtoDShared",
                "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync",
-               "orionHostDevicePointer")
+               "orionHostDevicePointer", "orionModuleFunctionNames")
 """Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
 hand-written export that uses it has another name)."""
 

@@ -164,6 +164,10 @@ class BackendSession(ABC):
     @abstractmethod
     def stream_create(self, flags: int, priority: int = 0) -> Any: ...
 
+    def module_function_names(self, module: Any) -> list[str]:
+        """The names of a module's kernels, in the driver's order."""
+        raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "kernel names (this backend has none)")
+
     def module_global(self, module: Any, name: str) -> tuple[int, int, Any]:
         """(address, size, backend object) of a module's global variable."""
         raise CudaCallError(CUresult.CUDA_ERROR_NOT_FOUND, f"no global named {name!r} (this backend has none)")

@@ -677,6 +677,16 @@ class CudaSession(BackendSession):
                 return table[name]
         raise CudaCallError(E.CUDA_ERROR_NOT_SUPPORTED, f"{name}: parameter layout unknown ({why})")
 
+    def module_function_names(self, module: Any) -> list[str]:
+        if not module.loaded:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "module was unloaded")
+        self._use(module.ctx)
+        n = self._ok(self.d.cuModuleGetFunctionCount(module.handle), "cuModuleGetFunctionCount")
+        if not n:
+            return []
+        fns = self._ok(self.d.cuModuleEnumerateFunctions(n, module.handle), "cuModuleEnumerateFunctions")
+        return [self._ok(self.d.cuFuncGetName(f), "cuFuncGetName").decode() for f in fns]
+
     def get_function(self, module: Any, name: str) -> tuple[Any, list[ParamSlot]]:
         if not module.loaded:
             raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "module was unloaded")

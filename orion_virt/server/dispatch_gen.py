@@ -400,6 +400,11 @@ def orionHostDevicePointer(s: Session, a: tuple, b: Blob) -> Any:
     return (r,)
 
 
+def orionModuleFunctionNames(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_orionModuleFunctionNames(s.h_module.get(a[0]), a[1])
+    return BlobOut((r[0], r[1].size), r[1])
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -469,4 +474,5 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     67: orionMemcpyHtoDSharedAsync,
     68: orionMemcpyDtoHSharedAsync,
     69: orionHostDevicePointer,
+    70: orionModuleFunctionNames,
 }

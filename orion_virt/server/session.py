@@ -695,6 +695,14 @@ class Session:
         layout = b"".join(struct.pack("<II", s.offset, s.size) for s in slots)
         return _Function(func, total, dev, name), Fill.of(layout)
 
+    def x_orionModuleFunctionNames(self, module: tuple[Any, int], length: int) -> tuple[int, Fill]:
+        names = self._b.module_function_names(module[0])
+        blob = b"".join(n.encode() + b"\0" for n in names)
+        if len(blob) > length:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE,
+                                f"{len(names)} kernel names take {len(blob)} bytes, more than the {length} asked for")
+        return len(names), Fill.of(blob)
+
     def x_cuModuleUnload(self, module: tuple[Any, int]) -> None:
         self._b.mem.drop_globals(module[0])
         self._b.module_unload(module[0])

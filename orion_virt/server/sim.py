@@ -44,6 +44,7 @@ SIM_ATTRIBUTES: dict[int, int] = {
     A.CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: 1,
     A.CU_DEVICE_ATTRIBUTE_INTEGRATED: 0,
     A.CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: 1,
+    A.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: 49152,
 }
 
 
@@ -190,6 +191,9 @@ class SimSession(BackendSession):
         if limit not in set(L):
             raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
         self._limits[limit] = value
+
+    def module_function_names(self, module: Any) -> list[str]:
+        return list(module)
 
     def get_function(self, module: Any, name: str) -> tuple[Any, list[ParamSlot]]:
         slots = module.get(name)

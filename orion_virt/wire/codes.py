@@ -74,3 +74,4 @@ class Call(IntEnum):
     orionMemcpyHtoDSharedAsync = 67
     orionMemcpyDtoHSharedAsync = 68
     orionHostDevicePointer = 69
+    orionModuleFunctionNames = 70

@@ -283,6 +283,11 @@ CALLS: tuple[Fn, ...] = (
     Fn("orionHostDevicePointer", 69, (_out("pdptr", "CUdeviceptr"), _a("p", "cuuint64_t")), client="native",
        doc="cuMemHostGetDevicePointer of shared host memory: the device's address of the client's p (p "
            "itself when oriond mapped the block at the client's address, as UVA has it)"),
+    Fn("orionModuleFunctionNames", 70, (_h("hmod", "module"), _out("count", _u),
+                                        Arg("names", "char *", Dir.OUT, Role.HOST_OUT, length="len"),
+                                        _a("len", _u)), client="native",
+       doc="the names of a module's kernels (cuModuleEnumerateFunctions, cuFuncGetName), each "
+           "NUL-terminated, count of them: the kernels the tools' module table {6e163fbe} slot 7 hands out"),
 )
 """Every remoted call, in code order."""
 

@@ -4,9 +4,7 @@ callback, their count returned), driven by tests/native/cufft_plan.c against a r
 and shared memory; then NVIDIA's own libcufft.so.12, unmodified, as far as the sim can take it (it
 cannot load cuFFT's cubins).
 
-libcufft.so.12 is not a dependency of the project: the cuFFT test runs when it is installed
-(``pip install --target DIR nvidia-cufft``; ``ORION_CUFFT_LIB=DIR/nvidia/cu13/lib/libcufft.so.12``,
-or the wheel in the venv) and says so when it is skipped.
+libcufft.so.12 comes from the nvidia-cufft wheel of the test extra (or ``ORION_CUFFT_LIB``).
 """
 
 from __future__ import annotations
@@ -19,15 +17,11 @@ from typing import Iterator
 
 import pytest
 
-from orion_virt.cuda_enums import CUdevice_attribute as A
-from orion_virt.server.sim import SIM_ATTRIBUTES
-from orion_virt.wire import spec
 from tests.integration.test_native_client import BUILD, PTX, SOURCES, cuda_include, native_env
 from tests.oriond_fixture import ROOT, Oriond
 
 pytestmark = pytest.mark.integration
 
-NAMES_CALL = any(f.name == "orionModuleFunctionNames" for f in spec.CALLS)
 
 
 def cufft_library() -> Path | None:
@@ -85,7 +79,6 @@ def test_the_table_is_answered(cufft_plan: Path, oriond: Oriond, transport: str)
     assert "slot 7 without a module: returned 0, callback called 0 times" in r.stdout
 
 
-@pytest.mark.skipif(not NAMES_CALL, reason="slot 7 needs the spec's orionModuleFunctionNames (not in this tree)")
 def test_slot7_hands_out_a_modules_kernels(cufft_plan: Path, oriond: Oriond, transport: str) -> None:
     """Every kernel of the module once, the count returned; a module of one kernel (cuFFT's kind)
     gives a function that launches."""
@@ -98,26 +91,13 @@ def test_slot7_hands_out_a_modules_kernels(cufft_plan: Path, oriond: Oriond, tra
     assert "not supported" not in r.stderr, r.stderr
 
 
-@pytest.mark.skipif(NAMES_CALL, reason="this tree has orionModuleFunctionNames: slot 7 works")
-def test_slot7_without_the_names_call_says_what_it_lacks(cufft_plan: Path, oriond: Oriond) -> None:
-    """Until oriond can list a module's kernels, slot 7 hands out none and says why, once."""
-    r = run(cufft_plan, str(PTX), env=native_env(oriond))
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "slot 7 on a module of 5 kernels: returned 0, callback called 0 times" in r.stdout
-    said = [ln for ln in r.stderr.splitlines() if "orionModuleFunctionNames" in ln]
-    assert said == ["[WARN] export table TOOLS_MODULE: slot 7 (the kernels of a module) needs the call "
-                    "orionModuleFunctionNames, which this build of the orion_virt client lacks"], r.stderr
-
-
 def test_nvidias_cufft_plans_as_far_as_the_sim_loads(cufft_plan: Path, oriond: Oriond) -> None:
     """cufftCreate succeeds (without the table it is CUFFT_INTERNAL_ERROR). The plan then fails
     where the sim stops: at loading cuFFT's cubins, which the session log names; on a sim device
     that reports no opt-in shared memory per block (attribute 97 = 0) cuFFT gives up before
     loading anything."""
     lib = cufft_library()
-    if lib is None or not lib.exists():
-        pytest.skip("NVIDIA's libcufft.so.12 is not installed (pip install --target DIR nvidia-cufft, "
-                    "then ORION_CUFFT_LIB=DIR/nvidia/cu13/lib/libcufft.so.12)")
+    assert lib is not None and lib.exists(), "libcufft.so.12 not found: make .venv/.full installs nvidia-cufft"
     logs = set((oriond.logs / "session").glob("*.log"))
     r = run(cufft_plan, str(PTX), str(lib), env=native_env(oriond, ORION_LOG_LEVEL="DEBUG"))
     assert "cufftCreate: 0" in r.stdout, r.stdout + r.stderr
@@ -127,7 +107,4 @@ def test_nvidias_cufft_plans_as_far_as_the_sim_loads(cufft_plan: Path, oriond: O
     assert "Result = FAIL" in r.stdout
     session = "".join(p.read_text() for p in set((oriond.logs / "session").glob("*.log")) - logs)
     loads = [ln for ln in session.splitlines() if "cuModuleLoadData failed" in ln]
-    if SIM_ATTRIBUTES.get(A.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, 0) > 0:
-        assert any("CUDA_ERROR_NOT_SUPPORTED (the sim backend loads PTX only" in ln for ln in loads), session
-    else:
-        assert loads == [], session
+    assert any("CUDA_ERROR_NOT_SUPPORTED (the sim backend loads PTX only" in ln for ln in loads), session

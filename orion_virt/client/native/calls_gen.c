@@ -941,6 +941,23 @@ CUresult orion_wire_orionHostDevicePointer(CUdeviceptr *pdptr, cuuint64_t p)
     return CUDA_SUCCESS;
 }
 
+/* orionModuleFunctionNames: call 70. */
+CUresult orion_wire_orionModuleFunctionNames(CUmodule hmod, unsigned int *count, char *names, unsigned int len)
+{
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    if ((uint64_t)len && !names) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[12];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)hmod);
+    orion_put_u32(req + 8, (uint32_t)len);
+    unsigned char resp[12];
+    orion_msg m = {70, 0, "orionModuleFunctionNames", req, 12, NULL, 0, resp, 12, 4, names, (uint64_t)len, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *count = (unsigned int)orion_get_u32(resp + 0);
+    if ((uint64_t)len) names[m.out_len < (uint64_t)len ? m.out_len : (uint64_t)len - 1] = '\0';  /* a C string, whatever the reply */
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1482,7 +1499,7 @@ ORION_API CUresult cuGraphDestroy(CUgraph hGraph)
 
 /* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */
 
-const orion_route orion_routes[70] = {
+const orion_route orion_routes[71] = {
     {-1, -1, {-1, -1, -1}, 0, 0, 0},
     {-1, -1, {-1, -1, -1}, 0, 0, 1},  /* cuInit */
     {-1, -1, {-1, -1, -1}, 0, 0, 2},  /* cuDriverGetVersion */
@@ -1553,6 +1570,7 @@ const orion_route orion_routes[70] = {
     {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyHtoDSharedAsync */
     {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyDtoHSharedAsync */
     {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionHostDevicePointer */
+    {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* orionModuleFunctionNames */
 };
 
 /* --- CUresult names and messages ----------------------------------------------------- */

@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 68
+#define ORION_CALL_COUNT 69
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -89,6 +89,7 @@
 #define ORION_CODE_orionMemcpyHtoDSharedAsync 67
 #define ORION_CODE_orionMemcpyDtoHSharedAsync 68
 #define ORION_CODE_orionHostDevicePointer 69
+#define ORION_CODE_orionModuleFunctionNames 70
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -159,6 +160,7 @@ CUresult orion_wire_orionMemcpyDtoHShared(cuuint64_t dstHost, CUdeviceptr srcDev
 CUresult orion_wire_orionMemcpyHtoDSharedAsync(CUdeviceptr dstDevice, cuuint64_t srcHost, size_t ByteCount, CUstream hStream);
 CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream);
 CUresult orion_wire_orionHostDevicePointer(CUdeviceptr *pdptr, cuuint64_t p);
+CUresult orion_wire_orionModuleFunctionNames(CUmodule hmod, unsigned int *count, char *names, unsigned int len);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
@@ -184,7 +186,7 @@ CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodu
  * context; the broadcast merge (ORION_MERGE_*). */
 enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };
 typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;
-#define ORION_ROUTE_COUNT 70
+#define ORION_ROUTE_COUNT 71
 extern const orion_route orion_routes[ORION_ROUTE_COUNT];
 
 const char *orion_error_name(CUresult r);
