@@ -16,7 +16,7 @@ rm -rf "$O"; mkdir -p "$O/bin" "$O/shm" "$O/log" "$O/out"
 CUDA=${CUDA_HOME:-/usr/local/cuda}
 export CUDA_INCLUDE=${CUDA_INCLUDE:-$CUDA/include}
 make -s -C orion_virt/client/native OUT="$O/lib" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
-for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy; do
+for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy two_devices cufft_plan; do
     gcc -std=c11 -O1 -pthread -I"$CUDA_INCLUDE" -Itests/native tests/native/$p.c -L"$O/lib" -lcuda -lm -ldl -o "$O/bin/$p" || exit 1
 done
 gcc -std=c11 -O1 -I"$CUDA_INCLUDE" tests/native/runtime/runtime_api.c -L"$CUDA/lib64" -lcudart -Wl,-rpath,"$CUDA/lib64" -o "$O/bin/runtime_api"
@@ -26,6 +26,13 @@ P=tests/gpu/programs
 "$CUDA/bin/nvcc" -O2 -o "$O/bin/rt_deviceQuery" $P/rt_deviceQuery.cu
 "$CUDA/bin/nvcc" -O2 -o "$O/bin/cublas_sgemm" $P/cublas_sgemm.cu -lcublas
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+# numba-cuda needs a NumPy with np.row_stack (< 2.3): a wheel carried in build/gpu-wheels, unpacked
+# on PYTHONPATH for the numba steps only (the host's own NumPy stays for everything else)
+NP_OLD=""
+for w in build/gpu-wheels/numpy-*.whl; do
+    [ -f "$w" ] && "$PY" -m zipfile -e "$w" "$O/numpy-old" && NP_OLD="$O/numpy-old"
+done
+CUFFT_LIB=$(ls "$CUDA"/lib64/libcufft.so.1[0-9] 2>/dev/null | tail -1)
 PORT=$("$PY" -c 'from orion_virt.launch import free_port; print(free_port())')
 "$PY" -c "from orion_virt.cli.orion_shm import main; main()" -i 1 --size 256 --path-base "$O/shm" >/dev/null
 "$PY" -c "from orion_virt.cli.oriond import main; main()" --backend cuda --listen-port "$PORT" --log-dir "$O/log" \
@@ -58,7 +65,15 @@ for mode in shm tcp; do
     step $mode cupy_tour "$PY" $P/cupy_tour.py
     step $mode cuda_core_tour "$PY" $P/cuda_core_tour.py
     step $mode torch_train_step "$PY" $P/torch_train_step.py
+    step $mode two_devices "$O/bin/two_devices" orion_virt/kernels/test_kernels.ptx
+    step $mode cufft_plan "$O/bin/cufft_plan" orion_virt/kernels/test_kernels.ptx $CUFFT_LIB
+    step $mode cufft_tour "$PY" $P/cufft_tour.py
+    step $mode numba_tour env PYTHONPATH="$NP_OLD:$PYTHONPATH" "$PY" $P/numba_tour.py
 done
+timeout 120 env PYTHONPATH="$NP_OLD:$PYTHONPATH" "$PY" $P/numba_tour.py > "$O/out/numba_tour.native.txt" 2>&1 \
+    && echo "PASS numba_tour natively" || echo "FAIL numba_tour natively: $(tail -1 "$O/out/numba_tour.native.txt" | cut -c1-200)"
+timeout 120 "$PY" $P/cufft_tour.py > "$O/out/cufft_tour.native.txt" 2>&1 \
+    && echo "PASS cufft_tour natively" || echo "FAIL cufft_tour natively: $(tail -1 "$O/out/cufft_tour.native.txt" | cut -c1-200)"
 # the same training steps and page-locked copies on the real driver, and the ratios
 timeout 240 "$PY" $P/torch_train_step.py > "$O/out/torch_train_step.native.txt" 2>&1 || echo "FAIL torch_train_step natively"
 "$PY" - "$O/out" <<'PYEOF'

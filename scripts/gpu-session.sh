@@ -21,7 +21,7 @@ BENCH="from orion_virt.cli.orion_bench import main; main()"
 for part in $PARTS; do
     echo "=== $part $(date +%T)"
     case $part in
-        ladder) OUT="$OUT" timeout 420 sh scripts/gpu-ladder.sh 2>&1 | tee "$OUT/ladder.txt" | grep -E '^(PASS|FAIL|RATIO)' ;;
+        ladder) OUT="$OUT" timeout 560 sh scripts/gpu-ladder.sh 2>&1 | tee "$OUT/ladder.txt" | grep -E '^(PASS|FAIL|RATIO)' ;;
         native) timeout 370 "$PY" -c "$BENCH" --native --out "$OUT/native" > "$OUT/native.txt" 2>&1; tail -40 "$OUT/native.txt" ;;
         wake) timeout 180 "$PY" -c "$BENCH" --quick --client native --out "$OUT/wake" > "$OUT/wake.txt" 2>&1
               sed -n '/^Idle/,$p' "$OUT/wake.txt" ;;
