@@ -100,6 +100,7 @@ build_one() {
         say "$name: $ref is current (inputs $want), kept"
         return 0
     fi
+    old=$(buildah inspect --type image --format '{{.FromImageID}}' "$ref" 2>/dev/null || true)
     set --
     ca="${ORION_BUILD_CA:-${PIP_CERT:-}}"
     if [ -n "$ca" ]; then
@@ -112,6 +113,10 @@ build_one() {
         buildah bud --pull-never --isolation chroot --network host --layers --force-rm "$@" \
             --ignorefile "$CONTEXT/deploy/images/images.dockerignore" \
             --label "$LABEL=$want" -f "$file" -t "$ref" "$CONTEXT"
+    # the image the tag named before, now untagged: removed (kept while a container uses it)
+    if [ -n "$old" ] && [ "$old" != "$(buildah inspect --type image --format '{{.FromImageID}}' "$ref")" ]; then
+        buildah rmi "$old" >/dev/null 2>&1 && say "removed $(echo "$old" | cut -c1-12), the image $ref named before" || true
+    fi
 }
 
 base_image

@@ -39,7 +39,7 @@ import pytest
 
 from orion_virt.config import load_server_config
 from orion_virt.launch import free_port, port_open
-from tests.nsutil import stop_pid
+from tests.nsutil import skip_reason, stop_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -58,6 +58,16 @@ def _why_not() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found (Debian package {pkg}; scripts/install-test-deps.sh installs it)"
     return None
+
+
+_NS: list[str | None] = []
+
+
+def _ns_reason() -> str | None:
+    """Why mount/IPC/PID namespaces cannot be made here (probed once), or None."""
+    if not _NS:
+        _NS.append(skip_reason())
+    return _NS[0]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +155,9 @@ class Container:
         Without ``host_pid`` the command is PID 1 of its own PID namespace (``unshare --fork
         --kill-child``: killing the returned process kills it); with it, the returned process
         execs into the command."""
+        why = _ns_reason()
+        if why:
+            pytest.skip(f"a container needs its own namespaces: {why}")
         q = shlex.quote
         r = str(self.root)
         lines = ["set -eu"]
