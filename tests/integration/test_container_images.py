@@ -582,11 +582,13 @@ def test_a_client_pod_runs_cuda_through_oriond_from_the_images(container: Any, t
         with grpc.insecure_channel(f"unix://{sock}") as ch:
             stub = pbg.DevicePluginStub(ch)
             watch = stub.ListAndWatch(pb.Empty(), timeout=60)
-            for r in watch:
-                if sum(d.health == "Healthy" for d in r.devices) == 4:
+            listed: Any = None
+            for listed in watch:
+                if sum(d.health == "Healthy" for d in listed.devices) == 4:
                     break
             watch.cancel()
-            ids = sorted(d.ID for d in r.devices)[:2]
+            assert listed is not None and len(listed.devices) == 4, (listed, plugin.text()[-4000:])
+            ids = sorted(d.ID for d in listed.devices)[:2]
             resp = stub.Allocate(pb.AllocateRequest(container_requests=[
                 pb.ContainerAllocateRequest(devices_ids=ids)]), timeout=30)
         a = resp.container_responses[0]
