@@ -916,6 +916,40 @@ def cuGraphDestroy(hGraph: Any) -> tuple[CUresult]:
     return (_res(st),) if st else _OK
 
 
+def cuDeviceCanAccessPeer(dev: Any, peerDev: Any) -> tuple[CUresult, Any]:
+    """cuDeviceCanAccessPeer: remoted (call 71). 1: dev reaches peerDev's memory (vGPUs of one GPU, or GPUs the driver pairs)"""
+    st, v, _ = _call(71, (_h(dev), _h(peerDev)))
+    if st:
+        return (_res(st), 0)
+    return (_S, v[0])
+
+
+def cuCtxEnablePeerAccess(peerContext: Any, Flags: Any) -> tuple[CUresult]:
+    """cuCtxEnablePeerAccess: remoted (call 72)."""
+    st, v, _ = _call(72, (_h(peerContext), int(Flags) & 0xFFFFFFFF))
+    return (_res(st),) if st else _OK
+
+
+def cuCtxDisablePeerAccess(peerContext: Any) -> tuple[CUresult]:
+    """cuCtxDisablePeerAccess: remoted (call 73)."""
+    st, v, _ = _call(73, (_h(peerContext),))
+    return (_res(st),) if st else _OK
+
+
+def cuMemcpyPeer(dstDevice: Any, dstContext: Any, srcDevice: Any, srcContext: Any, ByteCount: Any) -> tuple[CUresult]:
+    """cuMemcpyPeer: remoted (call 74)."""
+    st, v, _ = _call(74, (_h(dstDevice), _h(dstContext), _h(srcDevice), _h(srcContext), int(ByteCount)))
+    return (_res(st),) if st else _OK
+
+
+def cuMemcpyPeerAsync(
+    dstDevice: Any, dstContext: Any, srcDevice: Any, srcContext: Any, ByteCount: Any, hStream: Any,
+) -> tuple[CUresult]:
+    """cuMemcpyPeerAsync: remoted (call 75, NO_REPLY)."""
+    st, v, _ = _call(75, (_h(dstDevice), _h(dstContext), _h(srcDevice), _h(srcContext), int(ByteCount), _h(hStream)))
+    return (_res(st),) if st else _OK
+
+
 cuDeviceTotalMem_v2 = cuDeviceTotalMem
 cuDeviceGetUuid_v2 = cuDeviceGetUuid
 cuDevicePrimaryCtxRelease_v2 = cuDevicePrimaryCtxRelease
@@ -954,7 +988,8 @@ REMOTED = (
     "cuModuleGetGlobal", "cuPointerGetAttribute", "cuOccupancyMaxActiveClusters",
     "cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuStreamGetCaptureInfo",
     "cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy",
-    "cuGraphGetNodeCount",
+    "cuGraphGetNodeCount", "cuDeviceCanAccessPeer", "cuCtxEnablePeerAccess",
+    "cuCtxDisablePeerAccess", "cuMemcpyPeer", "cuMemcpyPeerAsync",
 )
 """Every call this module sends to oriond, in code order."""
 # --- END GENERATED ---

@@ -164,6 +164,16 @@ class BackendSession(ABC):
     @abstractmethod
     def stream_create(self, flags: int, priority: int = 0) -> Any: ...
 
+    def can_access_peer(self, physical: int, peer: int) -> bool:
+        """Whether kernels on physical GPU ``physical`` can use the memory of GPU ``peer`` (two
+        different GPUs)."""
+        return False
+
+    def enable_peer(self, physical: int, peer: int) -> None:
+        """Let kernels on GPU ``physical`` use GPU ``peer``'s memory (idempotent).
+        CudaCallError where the GPUs cannot."""
+        raise CudaCallError(CUresult.CUDA_ERROR_PEER_ACCESS_UNSUPPORTED, f"GPU {physical} cannot reach GPU {peer}")
+
     def module_function_names(self, module: Any) -> list[str]:
         """The names of a module's kernels, in the driver's order."""
         raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "kernel names (this backend has none)")

@@ -677,6 +677,19 @@ class CudaSession(BackendSession):
                 return table[name]
         raise CudaCallError(E.CUDA_ERROR_NOT_SUPPORTED, f"{name}: parameter layout unknown ({why})")
 
+    def can_access_peer(self, physical: int, peer: int) -> bool:
+        d = self.d
+        a = self._ok(d.cuDeviceGet(physical), "cuDeviceGet")
+        b = self._ok(d.cuDeviceGet(peer), "cuDeviceGet")
+        return bool(self._ok(d.cuDeviceCanAccessPeer(a, b), "cuDeviceCanAccessPeer"))
+
+    def enable_peer(self, physical: int, peer: int) -> None:
+        ctx, other = self._ctxs[physical], self._ctxs[peer]
+        self._use(ctx)
+        err = int(self.d.cuCtxEnablePeerAccess(other.handle, 0)[0])
+        if err and err != E.CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED:  # another vGPU pair enabled it
+            raise self._error(err, f"cuCtxEnablePeerAccess(GPU {physical} -> GPU {peer})")
+
     def module_function_names(self, module: Any) -> list[str]:
         if not module.loaded:
             raise CudaCallError(E.CUDA_ERROR_INVALID_HANDLE, "module was unloaded")

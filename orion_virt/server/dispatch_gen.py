@@ -405,6 +405,42 @@ def orionModuleFunctionNames(s: Session, a: tuple, b: Blob) -> Any:
     return BlobOut((r[0], r[1].size), r[1])
 
 
+def cuDeviceCanAccessPeer(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_cuDeviceCanAccessPeer(s._dev(a[0]), s._dev(a[1]))
+    return (r,)
+
+
+def cuCtxEnablePeerAccess(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuCtxEnablePeerAccess(s.h_context.get(a[0]), a[1])
+    return ()
+
+
+def cuCtxDisablePeerAccess(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_cuCtxDisablePeerAccess(s.h_context.get(a[0]))
+    return ()
+
+
+def cuMemcpyPeer(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[0], a[4])
+    s._range(a[2], a[4])
+    s.x_cuMemcpyPeer(a[0], s.h_context.get(a[1]), a[2], s.h_context.get(a[3]), a[4])
+    return ()
+
+
+def cuMemcpyPeerAsync(s: Session, a: tuple, b: Blob) -> Any:
+    s._range(a[0], a[4])
+    s._range(a[2], a[4])
+    s.x_cuMemcpyPeerAsync(
+        a[0],
+        s.h_context.get(a[1]),
+        a[2],
+        s.h_context.get(a[3]),
+        a[4],
+        s.h_stream.get(a[5]) if a[5] else None,
+    )
+    return ()
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -475,4 +511,9 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     68: orionMemcpyDtoHSharedAsync,
     69: orionHostDevicePointer,
     70: orionModuleFunctionNames,
+    71: cuDeviceCanAccessPeer,
+    72: cuCtxEnablePeerAccess,
+    73: cuCtxDisablePeerAccess,
+    74: cuMemcpyPeer,
+    75: cuMemcpyPeerAsync,
 }

@@ -169,6 +169,8 @@ class Session:
         self.current: _Ctx | None = None
         self.h_context = _Handles("context", 0x1000_0000, E.CUDA_ERROR_INVALID_CONTEXT)
         self.primary: dict[int, _Ctx] = {}
+        self.peers: set[tuple[_Ctx, _Ctx]] = set()
+        """(context, peer) pairs of cuCtxEnablePeerAccess"""
         self.h_stream = _Handles("stream", 0x2000_0000)
         self.h_event = _Handles("event", 0x3000_0000)
         self.h_module = _Handles("module", 0x4000_0000)
@@ -459,10 +461,46 @@ class Session:
         return ctx
 
     def x_cuCtxDestroy(self, ctx: _Ctx) -> None:
+        self.peers = {p for p in self.peers if ctx not in p}
         if self.primary.get(ctx.dev) is ctx:
             del self.primary[ctx.dev]
         if ctx is self.current:
             self.x_cuCtxSetCurrent(None)
+
+    def x_cuDeviceCanAccessPeer(self, d: int, peer: int) -> int:
+        if d == peer:
+            return 0
+        a, b = self.vgpus[d].physical, self.vgpus[peer].physical
+        return 1 if a == b else int(self._b.can_access_peer(a, b))
+
+    def x_cuCtxEnablePeerAccess(self, peer: _Ctx, flags: int) -> None:
+        cur = self.current
+        if cur is None:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_CONTEXT, "no current context")
+        if flags:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"cuCtxEnablePeerAccess flags must be 0, not {flags}")
+        if peer.dev == cur.dev:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_DEVICE, "a context of the current context's own device")
+        if (cur, peer) in self.peers:
+            raise CudaCallError(E.CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED, "peer access already enabled")
+        a, b = self.vgpus[cur.dev].physical, self.vgpus[peer.dev].physical
+        if a != b:
+            self._b.enable_peer(a, b)
+        self.peers.add((cur, peer))
+
+    def x_cuCtxDisablePeerAccess(self, peer: _Ctx) -> None:
+        cur = self.current
+        if cur is None:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_CONTEXT, "no current context")
+        if (cur, peer) not in self.peers:
+            raise CudaCallError(E.CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "peer access was not enabled")
+        self.peers.discard((cur, peer))  # the driver's own access between GPUs stays: other pairs may use it
+
+    def x_cuMemcpyPeer(self, dst: int, dctx: _Ctx, src: int, sctx: _Ctx, n: int) -> None:
+        self._b.copy(dst, src, n)
+
+    def x_cuMemcpyPeerAsync(self, dst: int, dctx: _Ctx, src: int, sctx: _Ctx, n: int, stream: Any) -> None:
+        self._on_stream(stream, lambda st: self._b.copy(dst, src, n))
 
     def x_cuCtxSetCurrent(self, ctx: _Ctx | None) -> None:
         self.current = ctx

@@ -192,6 +192,12 @@ class SimSession(BackendSession):
             raise CudaCallError(CUresult.CUDA_ERROR_UNSUPPORTED_LIMIT, f"limit {limit}")
         self._limits[limit] = value
 
+    def can_access_peer(self, physical: int, peer: int) -> bool:
+        return True  # every simulated device's memory is this process's RAM
+
+    def enable_peer(self, physical: int, peer: int) -> None:
+        return None
+
     def module_function_names(self, module: Any) -> list[str]:
         return list(module)
 

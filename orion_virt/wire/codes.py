@@ -75,3 +75,8 @@ class Call(IntEnum):
     orionMemcpyDtoHSharedAsync = 68
     orionHostDevicePointer = 69
     orionModuleFunctionNames = 70
+    cuDeviceCanAccessPeer = 71
+    cuCtxEnablePeerAccess = 72
+    cuCtxDisablePeerAccess = 73
+    cuMemcpyPeer = 74
+    cuMemcpyPeerAsync = 75

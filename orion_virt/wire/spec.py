@@ -288,6 +288,17 @@ CALLS: tuple[Fn, ...] = (
                                         _a("len", _u)), client="native",
        doc="the names of a module's kernels (cuModuleEnumerateFunctions, cuFuncGetName), each "
            "NUL-terminated, count of them: the kernels the tools' module table {6e163fbe} slot 7 hands out"),
+    Fn("cuDeviceCanAccessPeer", 71, (_out("canAccessPeer", _i), _dev("dev"), _dev("peerDev")),
+       doc="1: dev reaches peerDev's memory (vGPUs of one GPU, or GPUs the driver pairs)"),
+    Fn("cuCtxEnablePeerAccess", 72, (_h("peerContext", "context"), _a("Flags", _u, Role.FLAGS))),
+    Fn("cuCtxDisablePeerAccess", 73, (_h("peerContext", "context"),)),
+    Fn("cuMemcpyPeer", 74, (_dptr("dstDevice", "ByteCount"), _h("dstContext", "context"),
+                            _dptr("srcDevice", "ByteCount"), _h("srcContext", "context"), _a("ByteCount", _sz)),
+       spellings=("cuMemcpyPeer_ptds",), sync=True),
+    Fn("cuMemcpyPeerAsync", 75, (_dptr("dstDevice", "ByteCount"), _h("dstContext", "context"),
+                                 _dptr("srcDevice", "ByteCount"), _h("srcContext", "context"),
+                                 _a("ByteCount", _sz), _stream()),
+       spellings=("cuMemcpyPeerAsync_ptsz",), no_reply=True),
 )
 """Every remoted call, in code order."""
 

@@ -561,6 +561,7 @@ def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path, cl
             r = s.run([exe, ROOT / "orion_virt" / "kernels" / "test_kernels.ptx", "strict"], env)
             assert r.returncode == 0, r.stdout + r.stderr
             assert "two-device chain: PASSED" in r.stdout and "-> CUDA_ERROR_INVALID_HANDLE" in r.stdout, r.stdout
+            assert "can access peer: 0->1 0, 0->0 0" in r.stdout, r.stdout  # another node: no peer
             assert r.stdout.count("3072 MiB") == 2, r.stdout
             wait_for(lambda: s.summary().free_vgpus == 8, 10, "the pool to be whole again")
         # more than the whole pool holds is still refused before anything is opened

@@ -202,6 +202,11 @@ def test_two_devices_in_one_program(programs: dict[str, Path], oriond: Oriond, t
     r = run(programs["two_devices"], str(PTX), env=native_env(oriond, transport))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "two-device chain: PASSED" in r.stdout and "Test PASSED" in r.stdout, r.stdout
+    # two vGPUs of one GPU share the server's context: each reaches the other's memory
+    assert "can access peer: 0->1 1, 0->0 0" in r.stdout, r.stdout
+    assert "peer copy device 0 -> device 1: PASSED" in r.stdout
+    assert "-> CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED" in r.stdout
+    assert "-> CUDA_ERROR_PEER_ACCESS_NOT_ENABLED" in r.stdout
 
 
 def test_error_codes(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:

@@ -66,6 +66,33 @@ int main(int argc, char **argv)
     for (int i = 0; i < N && ok; i++) ok = fabsf(hc[i] - 5.0f * (float)i) < 1e-3f;
     printf("two-device chain: %s (c[7] = %.1f, expected %.1f)\n", ok ? "PASSED" : "FAILED", hc[7], 35.0);
 
+    /* peer access and peer copies, as cudaDeviceEnablePeerAccess and cudaMemcpyPeer issue them */
+    int can01 = -1, can00 = -1;
+    CHECK(cuDeviceCanAccessPeer(&can01, dev[0], dev[1]));
+    CHECK(cuDeviceCanAccessPeer(&can00, dev[0], dev[0]));
+    printf("can access peer: 0->1 %d, 0->0 %d\n", can01, can00);
+    if (can00 != 0) { fprintf(stderr, "a device is not its own peer\n"); ok = 0; }
+    if (can01 == 1) {
+        CHECK(cuCtxSetCurrent(ctx[1]));
+        CHECK(cuCtxEnablePeerAccess(ctx[0], 0));
+        EXPECT(cuCtxEnablePeerAccess(ctx[0], 0), CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED);
+        CHECK(cuMemsetD32(c[1], 0, N));
+        CHECK(cuMemcpyPeer(c[1], ctx[1], c[0], ctx[0], bytes));  /* c0 = a + b = 3i */
+        CHECK(cuMemcpyPeerAsync(b[1], ctx[1], c[0], ctx[0], bytes, st[1]));
+        CHECK(cuStreamSynchronize(st[1]));
+        static float h1[N], h2[N];
+        CHECK(cuMemcpyDtoH(h1, c[1], bytes));
+        CHECK(cuMemcpyDtoH(h2, b[1], bytes));
+        int peer_ok = 1;
+        for (int i = 0; i < N && peer_ok; i++) peer_ok = h1[i] == 3.0f * (float)i && h2[i] == 3.0f * (float)i;
+        printf("peer copy device 0 -> device 1: %s\n", peer_ok ? "PASSED" : "FAILED");
+        ok &= peer_ok;
+        CHECK(cuCtxDisablePeerAccess(ctx[0]));
+        EXPECT(cuCtxDisablePeerAccess(ctx[0]), CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+    } else if (can01 != 0) {
+        fprintf(stderr, "cuDeviceCanAccessPeer answered %d\n", can01);
+        ok = 0;
+    }
     if (argc > 2 && !strcmp(argv[2], "strict"))
         EXPECT(cuLaunchKernel(add[1], 1, 1, 1, 32, 1, 1, 0, st[0], args1, NULL), CUDA_ERROR_INVALID_HANDLE);
     EXPECT(cuDeviceGet(&dev[0], 2), CUDA_ERROR_INVALID_DEVICE);

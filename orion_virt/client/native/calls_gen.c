@@ -958,6 +958,71 @@ CUresult orion_wire_orionModuleFunctionNames(CUmodule hmod, unsigned int *count,
     return CUDA_SUCCESS;
 }
 
+/* cuDeviceCanAccessPeer: call 71. */
+CUresult orion_wire_cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+{
+    if (!canAccessPeer) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[8];
+    orion_put_i32(req + 0, (int32_t)dev);
+    orion_put_i32(req + 4, (int32_t)peerDev);
+    unsigned char resp[4];
+    orion_msg m = {71, 0, "cuDeviceCanAccessPeer", req, 8, NULL, 0, resp, 4, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *canAccessPeer = (int)orion_get_i32(resp + 0);
+    return CUDA_SUCCESS;
+}
+
+/* cuCtxEnablePeerAccess: call 72. */
+CUresult orion_wire_cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+{
+    unsigned char req[12];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)peerContext);
+    orion_put_u32(req + 8, (uint32_t)Flags);
+    orion_msg m = {72, 0, "cuCtxEnablePeerAccess", req, 12, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuCtxDisablePeerAccess: call 73. */
+CUresult orion_wire_cuCtxDisablePeerAccess(CUcontext peerContext)
+{
+    unsigned char req[8];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)peerContext);
+    orion_msg m = {73, 0, "cuCtxDisablePeerAccess", req, 8, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuMemcpyPeer: call 74, sync. */
+CUresult orion_wire_cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+{
+    unsigned char req[40];
+    orion_put_u64(req + 0, (uint64_t)dstDevice);
+    orion_put_u64(req + 8, (uint64_t)(uintptr_t)dstContext);
+    orion_put_u64(req + 16, (uint64_t)srcDevice);
+    orion_put_u64(req + 24, (uint64_t)(uintptr_t)srcContext);
+    orion_put_u64(req + 32, (uint64_t)ByteCount);
+    orion_msg m = {74, 0, "cuMemcpyPeer", req, 40, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
+/* cuMemcpyPeerAsync: call 75, NO_REPLY. */
+CUresult orion_wire_cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+{
+    unsigned char req[48];
+    orion_put_u64(req + 0, (uint64_t)dstDevice);
+    orion_put_u64(req + 8, (uint64_t)(uintptr_t)dstContext);
+    orion_put_u64(req + 16, (uint64_t)srcDevice);
+    orion_put_u64(req + 24, (uint64_t)(uintptr_t)srcContext);
+    orion_put_u64(req + 32, (uint64_t)ByteCount);
+    orion_put_u64(req + 40, (uint64_t)(uintptr_t)hStream);
+    orion_msg m = {75, ORION_NO_REPLY, "cuMemcpyPeerAsync", req, 48, NULL, 0, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1497,9 +1562,44 @@ ORION_API CUresult cuGraphDestroy(CUgraph hGraph)
     return orion_wire_cuGraphDestroy(hGraph);
 }
 
+ORION_API CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+{
+    return orion_wire_cuDeviceCanAccessPeer(canAccessPeer, dev, peerDev);
+}
+
+ORION_API CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+{
+    return orion_wire_cuCtxEnablePeerAccess(peerContext, Flags);
+}
+
+ORION_API CUresult cuCtxDisablePeerAccess(CUcontext peerContext)
+{
+    return orion_wire_cuCtxDisablePeerAccess(peerContext);
+}
+
+ORION_API CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+{
+    return orion_wire_cuMemcpyPeer(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+}
+
+ORION_API CUresult cuMemcpyPeer_ptds(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+{
+    return orion_wire_cuMemcpyPeer(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+}
+
+ORION_API CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+{
+    return orion_wire_cuMemcpyPeerAsync(dstDevice, dstContext, srcDevice, srcContext, ByteCount, hStream);
+}
+
+ORION_API CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+{
+    return orion_wire_cuMemcpyPeerAsync(dstDevice, dstContext, srcDevice, srcContext, ByteCount, hStream);
+}
+
 /* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */
 
-const orion_route orion_routes[71] = {
+const orion_route orion_routes[76] = {
     {-1, -1, {-1, -1, -1}, 0, 0, 0},
     {-1, -1, {-1, -1, -1}, 0, 0, 1},  /* cuInit */
     {-1, -1, {-1, -1, -1}, 0, 0, 2},  /* cuDriverGetVersion */
@@ -1571,6 +1671,11 @@ const orion_route orion_routes[71] = {
     {-1, 24, {-1, -1, -1}, 0, 0, 0},  /* orionMemcpyDtoHSharedAsync */
     {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionHostDevicePointer */
     {-1, 0, {-1, -1, -1}, 0, 0, 0},  /* orionModuleFunctionNames */
+    {0, -1, {-1, -1, -1}, 0, 0, 0},  /* cuDeviceCanAccessPeer */
+    {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxEnablePeerAccess */
+    {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxDisablePeerAccess */
+    {-1, 8, {24, -1, -1}, 0, 1, 0},  /* cuMemcpyPeer */
+    {-1, 8, {24, 40, -1}, 0, 1, 0},  /* cuMemcpyPeerAsync */
 };
 
 /* --- CUresult names and messages ----------------------------------------------------- */

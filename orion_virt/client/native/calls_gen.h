@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 69
+#define ORION_CALL_COUNT 74
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -90,6 +90,11 @@
 #define ORION_CODE_orionMemcpyDtoHSharedAsync 68
 #define ORION_CODE_orionHostDevicePointer 69
 #define ORION_CODE_orionModuleFunctionNames 70
+#define ORION_CODE_cuDeviceCanAccessPeer 71
+#define ORION_CODE_cuCtxEnablePeerAccess 72
+#define ORION_CODE_cuCtxDisablePeerAccess 73
+#define ORION_CODE_cuMemcpyPeer 74
+#define ORION_CODE_cuMemcpyPeerAsync 75
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -161,6 +166,11 @@ CUresult orion_wire_orionMemcpyHtoDSharedAsync(CUdeviceptr dstDevice, cuuint64_t
 CUresult orion_wire_orionMemcpyDtoHSharedAsync(cuuint64_t dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream);
 CUresult orion_wire_orionHostDevicePointer(CUdeviceptr *pdptr, cuuint64_t p);
 CUresult orion_wire_orionModuleFunctionNames(CUmodule hmod, unsigned int *count, char *names, unsigned int len);
+CUresult orion_wire_cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev);
+CUresult orion_wire_cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags);
+CUresult orion_wire_cuCtxDisablePeerAccess(CUcontext peerContext);
+CUresult orion_wire_cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount);
+CUresult orion_wire_cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
@@ -186,7 +196,7 @@ CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodu
  * context; the broadcast merge (ORION_MERGE_*). */
 enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };
 typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;
-#define ORION_ROUTE_COUNT 71
+#define ORION_ROUTE_COUNT 76
 extern const orion_route orion_routes[ORION_ROUTE_COUNT];
 
 const char *orion_error_name(CUresult r);

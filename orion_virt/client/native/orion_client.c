@@ -455,6 +455,15 @@ static CUresult route_call(orion_msg *m)
         if (g < 0 || g >= ndevs) return CUDA_ERROR_INVALID_DEVICE;
         l = dev_map[g].link;
         orion_put_i32(req + rt->dev, dev_map[g].local);
+        if (m->code == ORION_CODE_cuDeviceCanAccessPeer) {  /* the peer: the other device argument */
+            int32_t p = orion_get_i32(req + 4);
+            if (p < 0 || p >= ndevs) return CUDA_ERROR_INVALID_DEVICE;
+            if (dev_map[p].link != l) {  /* another node's memory is reached through the host only */
+                orion_put_i32(m->resp, 0);
+                return CUDA_SUCCESS;
+            }
+            orion_put_i32(req + 4, dev_map[p].local);
+        }
     } else if (rt->owner >= 0) {
         uint64_t h = orion_get_u64(req + rt->owner);
         if (!h) {
@@ -463,6 +472,8 @@ static CUresult route_call(orion_msg *m)
             if (untag(h, &l, &v)) return rt->context_call ? CUDA_ERROR_INVALID_CONTEXT : CUDA_ERROR_INVALID_HANDLE;
             orion_put_u64(req + rt->owner, v);
         }
+        if (m->code == ORION_CODE_cuCtxEnablePeerAccess && l != current_link())
+            return CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;  /* contexts of two nodes */
         for (int k = 0; k < 3 && rt->same[k] >= 0; k++) {
             uint64_t o = orion_get_u64(req + rt->same[k]);
             int ol;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include "orion_procaddr.h"
 
-const char *const orion_stub_names[529] = {
+const char *const orion_stub_names[522] = {
     "cuArray3DCreate",
     "cuArray3DCreate_v2",
     "cuArray3DGetDescriptor",
@@ -32,8 +32,6 @@ const char *const orion_stub_names[529] = {
     "cuCtxAttach",
     "cuCtxCreate_v3",
     "cuCtxDetach",
-    "cuCtxDisablePeerAccess",
-    "cuCtxEnablePeerAccess",
     "cuCtxFromGreenCtx",
     "cuCtxGetCacheConfig",
     "cuCtxGetDevResource",
@@ -52,7 +50,6 @@ const char *const orion_stub_names[529] = {
     "cuDestroyExternalSemaphore",
     "cuDevResourceGenerateDesc",
     "cuDevSmResourceSplitByCount",
-    "cuDeviceCanAccessPeer",
     "cuDeviceComputeCapability",
     "cuDeviceGetByPCIBusId",
     "cuDeviceGetDevResource",
@@ -366,10 +363,6 @@ const char *const orion_stub_names[529] = {
     "cuMemcpyHtoAAsync_v2_ptsz",
     "cuMemcpyHtoA_v2",
     "cuMemcpyHtoA_v2_ptds",
-    "cuMemcpyPeer",
-    "cuMemcpyPeerAsync",
-    "cuMemcpyPeerAsync_ptsz",
-    "cuMemcpyPeer_ptds",
     "cuMemcpy_ptds",
     "cuMemsetD16",
     "cuMemsetD16Async",
@@ -593,140 +586,137 @@ extern int cuCtxDestroy(void);
 extern int cuCtxDestroy_v2(void);
 ORION_API int cuCtxDetach(void);
 ORION_API int cuCtxDetach(void) { return orion_unsupported(24); }
-ORION_API int cuCtxDisablePeerAccess(void);
-ORION_API int cuCtxDisablePeerAccess(void) { return orion_unsupported(25); }
-ORION_API int cuCtxEnablePeerAccess(void);
-ORION_API int cuCtxEnablePeerAccess(void) { return orion_unsupported(26); }
+extern int cuCtxDisablePeerAccess(void);
+extern int cuCtxEnablePeerAccess(void);
 ORION_API int cuCtxFromGreenCtx(void);
-ORION_API int cuCtxFromGreenCtx(void) { return orion_unsupported(27); }
+ORION_API int cuCtxFromGreenCtx(void) { return orion_unsupported(25); }
 extern int cuCtxGetApiVersion(void);
 ORION_API int cuCtxGetCacheConfig(void);
-ORION_API int cuCtxGetCacheConfig(void) { return orion_unsupported(28); }
+ORION_API int cuCtxGetCacheConfig(void) { return orion_unsupported(26); }
 extern int cuCtxGetCurrent(void);
 ORION_API int cuCtxGetDevResource(void);
-ORION_API int cuCtxGetDevResource(void) { return orion_unsupported(29); }
+ORION_API int cuCtxGetDevResource(void) { return orion_unsupported(27); }
 extern int cuCtxGetDevice(void);
 extern int cuCtxGetDevice_v2(void);
 ORION_API int cuCtxGetExecAffinity(void);
-ORION_API int cuCtxGetExecAffinity(void) { return orion_unsupported(30); }
+ORION_API int cuCtxGetExecAffinity(void) { return orion_unsupported(28); }
 ORION_API int cuCtxGetFlags(void);
-ORION_API int cuCtxGetFlags(void) { return orion_unsupported(31); }
+ORION_API int cuCtxGetFlags(void) { return orion_unsupported(29); }
 extern int cuCtxGetId(void);
 extern int cuCtxGetLimit(void);
 ORION_API int cuCtxGetSharedMemConfig(void);
-ORION_API int cuCtxGetSharedMemConfig(void) { return orion_unsupported(32); }
+ORION_API int cuCtxGetSharedMemConfig(void) { return orion_unsupported(30); }
 extern int cuCtxGetStreamPriorityRange(void);
 ORION_API int cuCtxPopCurrent(void);
-ORION_API int cuCtxPopCurrent(void) { return orion_unsupported(33); }
+ORION_API int cuCtxPopCurrent(void) { return orion_unsupported(31); }
 extern int cuCtxPopCurrent_v2(void);
 ORION_API int cuCtxPushCurrent(void);
-ORION_API int cuCtxPushCurrent(void) { return orion_unsupported(34); }
+ORION_API int cuCtxPushCurrent(void) { return orion_unsupported(32); }
 extern int cuCtxPushCurrent_v2(void);
 ORION_API int cuCtxRecordEvent(void);
-ORION_API int cuCtxRecordEvent(void) { return orion_unsupported(35); }
+ORION_API int cuCtxRecordEvent(void) { return orion_unsupported(33); }
 ORION_API int cuCtxResetPersistingL2Cache(void);
-ORION_API int cuCtxResetPersistingL2Cache(void) { return orion_unsupported(36); }
+ORION_API int cuCtxResetPersistingL2Cache(void) { return orion_unsupported(34); }
 ORION_API int cuCtxSetCacheConfig(void);
-ORION_API int cuCtxSetCacheConfig(void) { return orion_unsupported(37); }
+ORION_API int cuCtxSetCacheConfig(void) { return orion_unsupported(35); }
 extern int cuCtxSetCurrent(void);
 ORION_API int cuCtxSetFlags(void);
-ORION_API int cuCtxSetFlags(void) { return orion_unsupported(38); }
+ORION_API int cuCtxSetFlags(void) { return orion_unsupported(36); }
 extern int cuCtxSetLimit(void);
 ORION_API int cuCtxSetSharedMemConfig(void);
-ORION_API int cuCtxSetSharedMemConfig(void) { return orion_unsupported(39); }
+ORION_API int cuCtxSetSharedMemConfig(void) { return orion_unsupported(37); }
 extern int cuCtxSynchronize(void);
 extern int cuCtxSynchronize_v2(void);
 ORION_API int cuCtxWaitEvent(void);
-ORION_API int cuCtxWaitEvent(void) { return orion_unsupported(40); }
+ORION_API int cuCtxWaitEvent(void) { return orion_unsupported(38); }
 ORION_API int cuDestroyExternalMemory(void);
-ORION_API int cuDestroyExternalMemory(void) { return orion_unsupported(41); }
+ORION_API int cuDestroyExternalMemory(void) { return orion_unsupported(39); }
 ORION_API int cuDestroyExternalSemaphore(void);
-ORION_API int cuDestroyExternalSemaphore(void) { return orion_unsupported(42); }
+ORION_API int cuDestroyExternalSemaphore(void) { return orion_unsupported(40); }
 ORION_API int cuDevResourceGenerateDesc(void);
-ORION_API int cuDevResourceGenerateDesc(void) { return orion_unsupported(43); }
+ORION_API int cuDevResourceGenerateDesc(void) { return orion_unsupported(41); }
 ORION_API int cuDevSmResourceSplitByCount(void);
-ORION_API int cuDevSmResourceSplitByCount(void) { return orion_unsupported(44); }
-ORION_API int cuDeviceCanAccessPeer(void);
-ORION_API int cuDeviceCanAccessPeer(void) { return orion_unsupported(45); }
+ORION_API int cuDevSmResourceSplitByCount(void) { return orion_unsupported(42); }
+extern int cuDeviceCanAccessPeer(void);
 ORION_API int cuDeviceComputeCapability(void);
-ORION_API int cuDeviceComputeCapability(void) { return orion_unsupported(46); }
+ORION_API int cuDeviceComputeCapability(void) { return orion_unsupported(43); }
 extern int cuDeviceGet(void);
 extern int cuDeviceGetAttribute(void);
 ORION_API int cuDeviceGetByPCIBusId(void);
-ORION_API int cuDeviceGetByPCIBusId(void) { return orion_unsupported(47); }
+ORION_API int cuDeviceGetByPCIBusId(void) { return orion_unsupported(44); }
 extern int cuDeviceGetCount(void);
 extern int cuDeviceGetDefaultMemPool(void);
 ORION_API int cuDeviceGetDevResource(void);
-ORION_API int cuDeviceGetDevResource(void) { return orion_unsupported(48); }
+ORION_API int cuDeviceGetDevResource(void) { return orion_unsupported(45); }
 ORION_API int cuDeviceGetExecAffinitySupport(void);
-ORION_API int cuDeviceGetExecAffinitySupport(void) { return orion_unsupported(49); }
+ORION_API int cuDeviceGetExecAffinitySupport(void) { return orion_unsupported(46); }
 ORION_API int cuDeviceGetGraphMemAttribute(void);
-ORION_API int cuDeviceGetGraphMemAttribute(void) { return orion_unsupported(50); }
+ORION_API int cuDeviceGetGraphMemAttribute(void) { return orion_unsupported(47); }
 ORION_API int cuDeviceGetHostAtomicCapabilities(void);
-ORION_API int cuDeviceGetHostAtomicCapabilities(void) { return orion_unsupported(51); }
+ORION_API int cuDeviceGetHostAtomicCapabilities(void) { return orion_unsupported(48); }
 ORION_API int cuDeviceGetLuid(void);
-ORION_API int cuDeviceGetLuid(void) { return orion_unsupported(52); }
+ORION_API int cuDeviceGetLuid(void) { return orion_unsupported(49); }
 extern int cuDeviceGetMemPool(void);
 extern int cuDeviceGetName(void);
 ORION_API int cuDeviceGetNvSciSyncAttributes(void);
-ORION_API int cuDeviceGetNvSciSyncAttributes(void) { return orion_unsupported(53); }
+ORION_API int cuDeviceGetNvSciSyncAttributes(void) { return orion_unsupported(50); }
 ORION_API int cuDeviceGetP2PAtomicCapabilities(void);
-ORION_API int cuDeviceGetP2PAtomicCapabilities(void) { return orion_unsupported(54); }
+ORION_API int cuDeviceGetP2PAtomicCapabilities(void) { return orion_unsupported(51); }
 ORION_API int cuDeviceGetP2PAttribute(void);
-ORION_API int cuDeviceGetP2PAttribute(void) { return orion_unsupported(55); }
+ORION_API int cuDeviceGetP2PAttribute(void) { return orion_unsupported(52); }
 ORION_API int cuDeviceGetPCIBusId(void);
-ORION_API int cuDeviceGetPCIBusId(void) { return orion_unsupported(56); }
+ORION_API int cuDeviceGetPCIBusId(void) { return orion_unsupported(53); }
 ORION_API int cuDeviceGetProperties(void);
-ORION_API int cuDeviceGetProperties(void) { return orion_unsupported(57); }
+ORION_API int cuDeviceGetProperties(void) { return orion_unsupported(54); }
 ORION_API int cuDeviceGetTexture1DLinearMaxWidth(void);
-ORION_API int cuDeviceGetTexture1DLinearMaxWidth(void) { return orion_unsupported(58); }
+ORION_API int cuDeviceGetTexture1DLinearMaxWidth(void) { return orion_unsupported(55); }
 extern int cuDeviceGetUuid(void);
 extern int cuDeviceGetUuid_v2(void);
 ORION_API int cuDeviceGraphMemTrim(void);
-ORION_API int cuDeviceGraphMemTrim(void) { return orion_unsupported(59); }
+ORION_API int cuDeviceGraphMemTrim(void) { return orion_unsupported(56); }
 extern int cuDevicePrimaryCtxGetState(void);
 extern int cuDevicePrimaryCtxRelease(void);
 extern int cuDevicePrimaryCtxRelease_v2(void);
 ORION_API int cuDevicePrimaryCtxReset(void);
-ORION_API int cuDevicePrimaryCtxReset(void) { return orion_unsupported(60); }
+ORION_API int cuDevicePrimaryCtxReset(void) { return orion_unsupported(57); }
 ORION_API int cuDevicePrimaryCtxReset_v2(void);
-ORION_API int cuDevicePrimaryCtxReset_v2(void) { return orion_unsupported(61); }
+ORION_API int cuDevicePrimaryCtxReset_v2(void) { return orion_unsupported(58); }
 extern int cuDevicePrimaryCtxRetain(void);
 ORION_API int cuDevicePrimaryCtxSetFlags(void);
-ORION_API int cuDevicePrimaryCtxSetFlags(void) { return orion_unsupported(62); }
+ORION_API int cuDevicePrimaryCtxSetFlags(void) { return orion_unsupported(59); }
 ORION_API int cuDevicePrimaryCtxSetFlags_v2(void);
-ORION_API int cuDevicePrimaryCtxSetFlags_v2(void) { return orion_unsupported(63); }
+ORION_API int cuDevicePrimaryCtxSetFlags_v2(void) { return orion_unsupported(60); }
 ORION_API int cuDeviceRegisterAsyncNotification(void);
-ORION_API int cuDeviceRegisterAsyncNotification(void) { return orion_unsupported(64); }
+ORION_API int cuDeviceRegisterAsyncNotification(void) { return orion_unsupported(61); }
 ORION_API int cuDeviceSetGraphMemAttribute(void);
-ORION_API int cuDeviceSetGraphMemAttribute(void) { return orion_unsupported(65); }
+ORION_API int cuDeviceSetGraphMemAttribute(void) { return orion_unsupported(62); }
 ORION_API int cuDeviceSetMemPool(void);
-ORION_API int cuDeviceSetMemPool(void) { return orion_unsupported(66); }
+ORION_API int cuDeviceSetMemPool(void) { return orion_unsupported(63); }
 extern int cuDeviceTotalMem(void);
 extern int cuDeviceTotalMem_v2(void);
 ORION_API int cuDeviceUnregisterAsyncNotification(void);
-ORION_API int cuDeviceUnregisterAsyncNotification(void) { return orion_unsupported(67); }
+ORION_API int cuDeviceUnregisterAsyncNotification(void) { return orion_unsupported(64); }
 extern int cuDriverGetVersion(void);
 ORION_API int cuEGLApiInit(void);
-ORION_API int cuEGLApiInit(void) { return orion_unsupported(68); }
+ORION_API int cuEGLApiInit(void) { return orion_unsupported(65); }
 ORION_API int cuEGLStreamConsumerAcquireFrame(void);
-ORION_API int cuEGLStreamConsumerAcquireFrame(void) { return orion_unsupported(69); }
+ORION_API int cuEGLStreamConsumerAcquireFrame(void) { return orion_unsupported(66); }
 ORION_API int cuEGLStreamConsumerConnect(void);
-ORION_API int cuEGLStreamConsumerConnect(void) { return orion_unsupported(70); }
+ORION_API int cuEGLStreamConsumerConnect(void) { return orion_unsupported(67); }
 ORION_API int cuEGLStreamConsumerConnectWithFlags(void);
-ORION_API int cuEGLStreamConsumerConnectWithFlags(void) { return orion_unsupported(71); }
+ORION_API int cuEGLStreamConsumerConnectWithFlags(void) { return orion_unsupported(68); }
 ORION_API int cuEGLStreamConsumerDisconnect(void);
-ORION_API int cuEGLStreamConsumerDisconnect(void) { return orion_unsupported(72); }
+ORION_API int cuEGLStreamConsumerDisconnect(void) { return orion_unsupported(69); }
 ORION_API int cuEGLStreamConsumerReleaseFrame(void);
-ORION_API int cuEGLStreamConsumerReleaseFrame(void) { return orion_unsupported(73); }
+ORION_API int cuEGLStreamConsumerReleaseFrame(void) { return orion_unsupported(70); }
 ORION_API int cuEGLStreamProducerConnect(void);
-ORION_API int cuEGLStreamProducerConnect(void) { return orion_unsupported(74); }
+ORION_API int cuEGLStreamProducerConnect(void) { return orion_unsupported(71); }
 ORION_API int cuEGLStreamProducerDisconnect(void);
-ORION_API int cuEGLStreamProducerDisconnect(void) { return orion_unsupported(75); }
+ORION_API int cuEGLStreamProducerDisconnect(void) { return orion_unsupported(72); }
 ORION_API int cuEGLStreamProducerPresentFrame(void);
-ORION_API int cuEGLStreamProducerPresentFrame(void) { return orion_unsupported(76); }
+ORION_API int cuEGLStreamProducerPresentFrame(void) { return orion_unsupported(73); }
 ORION_API int cuEGLStreamProducerReturnFrame(void);
-ORION_API int cuEGLStreamProducerReturnFrame(void) { return orion_unsupported(77); }
+ORION_API int cuEGLStreamProducerReturnFrame(void) { return orion_unsupported(74); }
 extern int cuEventCreate(void);
 extern int cuEventDestroy(void);
 extern int cuEventDestroy_v2(void);
@@ -739,392 +729,392 @@ extern int cuEventRecordWithFlags_ptsz(void);
 extern int cuEventRecord_ptsz(void);
 extern int cuEventSynchronize(void);
 ORION_API int cuExternalMemoryGetMappedBuffer(void);
-ORION_API int cuExternalMemoryGetMappedBuffer(void) { return orion_unsupported(78); }
+ORION_API int cuExternalMemoryGetMappedBuffer(void) { return orion_unsupported(75); }
 ORION_API int cuExternalMemoryGetMappedMipmappedArray(void);
-ORION_API int cuExternalMemoryGetMappedMipmappedArray(void) { return orion_unsupported(79); }
+ORION_API int cuExternalMemoryGetMappedMipmappedArray(void) { return orion_unsupported(76); }
 ORION_API int cuFlushGPUDirectRDMAWrites(void);
-ORION_API int cuFlushGPUDirectRDMAWrites(void) { return orion_unsupported(80); }
+ORION_API int cuFlushGPUDirectRDMAWrites(void) { return orion_unsupported(77); }
 extern int cuFuncGetAttribute(void);
 ORION_API int cuFuncGetModule(void);
-ORION_API int cuFuncGetModule(void) { return orion_unsupported(81); }
+ORION_API int cuFuncGetModule(void) { return orion_unsupported(78); }
 ORION_API int cuFuncGetName(void);
-ORION_API int cuFuncGetName(void) { return orion_unsupported(82); }
+ORION_API int cuFuncGetName(void) { return orion_unsupported(79); }
 ORION_API int cuFuncGetParamInfo(void);
-ORION_API int cuFuncGetParamInfo(void) { return orion_unsupported(83); }
+ORION_API int cuFuncGetParamInfo(void) { return orion_unsupported(80); }
 ORION_API int cuFuncIsLoaded(void);
-ORION_API int cuFuncIsLoaded(void) { return orion_unsupported(84); }
+ORION_API int cuFuncIsLoaded(void) { return orion_unsupported(81); }
 ORION_API int cuFuncLoad(void);
-ORION_API int cuFuncLoad(void) { return orion_unsupported(85); }
+ORION_API int cuFuncLoad(void) { return orion_unsupported(82); }
 extern int cuFuncSetAttribute(void);
 ORION_API int cuFuncSetBlockShape(void);
-ORION_API int cuFuncSetBlockShape(void) { return orion_unsupported(86); }
+ORION_API int cuFuncSetBlockShape(void) { return orion_unsupported(83); }
 ORION_API int cuFuncSetCacheConfig(void);
-ORION_API int cuFuncSetCacheConfig(void) { return orion_unsupported(87); }
+ORION_API int cuFuncSetCacheConfig(void) { return orion_unsupported(84); }
 ORION_API int cuFuncSetSharedMemConfig(void);
-ORION_API int cuFuncSetSharedMemConfig(void) { return orion_unsupported(88); }
+ORION_API int cuFuncSetSharedMemConfig(void) { return orion_unsupported(85); }
 ORION_API int cuFuncSetSharedSize(void);
-ORION_API int cuFuncSetSharedSize(void) { return orion_unsupported(89); }
+ORION_API int cuFuncSetSharedSize(void) { return orion_unsupported(86); }
 ORION_API int cuGLCtxCreate(void);
-ORION_API int cuGLCtxCreate(void) { return orion_unsupported(90); }
+ORION_API int cuGLCtxCreate(void) { return orion_unsupported(87); }
 ORION_API int cuGLCtxCreate_v2(void);
-ORION_API int cuGLCtxCreate_v2(void) { return orion_unsupported(91); }
+ORION_API int cuGLCtxCreate_v2(void) { return orion_unsupported(88); }
 ORION_API int cuGLGetDevices(void);
-ORION_API int cuGLGetDevices(void) { return orion_unsupported(92); }
+ORION_API int cuGLGetDevices(void) { return orion_unsupported(89); }
 ORION_API int cuGLGetDevices_v2(void);
-ORION_API int cuGLGetDevices_v2(void) { return orion_unsupported(93); }
+ORION_API int cuGLGetDevices_v2(void) { return orion_unsupported(90); }
 ORION_API int cuGLInit(void);
-ORION_API int cuGLInit(void) { return orion_unsupported(94); }
+ORION_API int cuGLInit(void) { return orion_unsupported(91); }
 ORION_API int cuGLMapBufferObject(void);
-ORION_API int cuGLMapBufferObject(void) { return orion_unsupported(95); }
+ORION_API int cuGLMapBufferObject(void) { return orion_unsupported(92); }
 ORION_API int cuGLMapBufferObjectAsync(void);
-ORION_API int cuGLMapBufferObjectAsync(void) { return orion_unsupported(96); }
+ORION_API int cuGLMapBufferObjectAsync(void) { return orion_unsupported(93); }
 ORION_API int cuGLMapBufferObjectAsync_v2(void);
-ORION_API int cuGLMapBufferObjectAsync_v2(void) { return orion_unsupported(97); }
+ORION_API int cuGLMapBufferObjectAsync_v2(void) { return orion_unsupported(94); }
 ORION_API int cuGLMapBufferObjectAsync_v2_ptsz(void);
-ORION_API int cuGLMapBufferObjectAsync_v2_ptsz(void) { return orion_unsupported(98); }
+ORION_API int cuGLMapBufferObjectAsync_v2_ptsz(void) { return orion_unsupported(95); }
 ORION_API int cuGLMapBufferObject_v2(void);
-ORION_API int cuGLMapBufferObject_v2(void) { return orion_unsupported(99); }
+ORION_API int cuGLMapBufferObject_v2(void) { return orion_unsupported(96); }
 ORION_API int cuGLMapBufferObject_v2_ptds(void);
-ORION_API int cuGLMapBufferObject_v2_ptds(void) { return orion_unsupported(100); }
+ORION_API int cuGLMapBufferObject_v2_ptds(void) { return orion_unsupported(97); }
 ORION_API int cuGLRegisterBufferObject(void);
-ORION_API int cuGLRegisterBufferObject(void) { return orion_unsupported(101); }
+ORION_API int cuGLRegisterBufferObject(void) { return orion_unsupported(98); }
 ORION_API int cuGLSetBufferObjectMapFlags(void);
-ORION_API int cuGLSetBufferObjectMapFlags(void) { return orion_unsupported(102); }
+ORION_API int cuGLSetBufferObjectMapFlags(void) { return orion_unsupported(99); }
 ORION_API int cuGLUnmapBufferObject(void);
-ORION_API int cuGLUnmapBufferObject(void) { return orion_unsupported(103); }
+ORION_API int cuGLUnmapBufferObject(void) { return orion_unsupported(100); }
 ORION_API int cuGLUnmapBufferObjectAsync(void);
-ORION_API int cuGLUnmapBufferObjectAsync(void) { return orion_unsupported(104); }
+ORION_API int cuGLUnmapBufferObjectAsync(void) { return orion_unsupported(101); }
 ORION_API int cuGLUnregisterBufferObject(void);
-ORION_API int cuGLUnregisterBufferObject(void) { return orion_unsupported(105); }
+ORION_API int cuGLUnregisterBufferObject(void) { return orion_unsupported(102); }
 extern int cuGetErrorName(void);
 extern int cuGetErrorString(void);
 extern int cuGetExportTable(void);
 extern int cuGetProcAddress(void);
 extern int cuGetProcAddress_v2(void);
 ORION_API int cuGraphAddBatchMemOpNode(void);
-ORION_API int cuGraphAddBatchMemOpNode(void) { return orion_unsupported(106); }
+ORION_API int cuGraphAddBatchMemOpNode(void) { return orion_unsupported(103); }
 ORION_API int cuGraphAddChildGraphNode(void);
-ORION_API int cuGraphAddChildGraphNode(void) { return orion_unsupported(107); }
+ORION_API int cuGraphAddChildGraphNode(void) { return orion_unsupported(104); }
 ORION_API int cuGraphAddDependencies(void);
-ORION_API int cuGraphAddDependencies(void) { return orion_unsupported(108); }
+ORION_API int cuGraphAddDependencies(void) { return orion_unsupported(105); }
 ORION_API int cuGraphAddDependencies_v2(void);
-ORION_API int cuGraphAddDependencies_v2(void) { return orion_unsupported(109); }
+ORION_API int cuGraphAddDependencies_v2(void) { return orion_unsupported(106); }
 ORION_API int cuGraphAddEmptyNode(void);
-ORION_API int cuGraphAddEmptyNode(void) { return orion_unsupported(110); }
+ORION_API int cuGraphAddEmptyNode(void) { return orion_unsupported(107); }
 ORION_API int cuGraphAddEventRecordNode(void);
-ORION_API int cuGraphAddEventRecordNode(void) { return orion_unsupported(111); }
+ORION_API int cuGraphAddEventRecordNode(void) { return orion_unsupported(108); }
 ORION_API int cuGraphAddEventWaitNode(void);
-ORION_API int cuGraphAddEventWaitNode(void) { return orion_unsupported(112); }
+ORION_API int cuGraphAddEventWaitNode(void) { return orion_unsupported(109); }
 ORION_API int cuGraphAddExternalSemaphoresSignalNode(void);
-ORION_API int cuGraphAddExternalSemaphoresSignalNode(void) { return orion_unsupported(113); }
+ORION_API int cuGraphAddExternalSemaphoresSignalNode(void) { return orion_unsupported(110); }
 ORION_API int cuGraphAddExternalSemaphoresWaitNode(void);
-ORION_API int cuGraphAddExternalSemaphoresWaitNode(void) { return orion_unsupported(114); }
+ORION_API int cuGraphAddExternalSemaphoresWaitNode(void) { return orion_unsupported(111); }
 ORION_API int cuGraphAddHostNode(void);
-ORION_API int cuGraphAddHostNode(void) { return orion_unsupported(115); }
+ORION_API int cuGraphAddHostNode(void) { return orion_unsupported(112); }
 ORION_API int cuGraphAddKernelNode(void);
-ORION_API int cuGraphAddKernelNode(void) { return orion_unsupported(116); }
+ORION_API int cuGraphAddKernelNode(void) { return orion_unsupported(113); }
 ORION_API int cuGraphAddKernelNode_v2(void);
-ORION_API int cuGraphAddKernelNode_v2(void) { return orion_unsupported(117); }
+ORION_API int cuGraphAddKernelNode_v2(void) { return orion_unsupported(114); }
 ORION_API int cuGraphAddMemAllocNode(void);
-ORION_API int cuGraphAddMemAllocNode(void) { return orion_unsupported(118); }
+ORION_API int cuGraphAddMemAllocNode(void) { return orion_unsupported(115); }
 ORION_API int cuGraphAddMemFreeNode(void);
-ORION_API int cuGraphAddMemFreeNode(void) { return orion_unsupported(119); }
+ORION_API int cuGraphAddMemFreeNode(void) { return orion_unsupported(116); }
 ORION_API int cuGraphAddMemcpyNode(void);
-ORION_API int cuGraphAddMemcpyNode(void) { return orion_unsupported(120); }
+ORION_API int cuGraphAddMemcpyNode(void) { return orion_unsupported(117); }
 ORION_API int cuGraphAddMemsetNode(void);
-ORION_API int cuGraphAddMemsetNode(void) { return orion_unsupported(121); }
+ORION_API int cuGraphAddMemsetNode(void) { return orion_unsupported(118); }
 ORION_API int cuGraphAddNode(void);
-ORION_API int cuGraphAddNode(void) { return orion_unsupported(122); }
+ORION_API int cuGraphAddNode(void) { return orion_unsupported(119); }
 ORION_API int cuGraphAddNode_v2(void);
-ORION_API int cuGraphAddNode_v2(void) { return orion_unsupported(123); }
+ORION_API int cuGraphAddNode_v2(void) { return orion_unsupported(120); }
 ORION_API int cuGraphBatchMemOpNodeGetParams(void);
-ORION_API int cuGraphBatchMemOpNodeGetParams(void) { return orion_unsupported(124); }
+ORION_API int cuGraphBatchMemOpNodeGetParams(void) { return orion_unsupported(121); }
 ORION_API int cuGraphBatchMemOpNodeSetParams(void);
-ORION_API int cuGraphBatchMemOpNodeSetParams(void) { return orion_unsupported(125); }
+ORION_API int cuGraphBatchMemOpNodeSetParams(void) { return orion_unsupported(122); }
 ORION_API int cuGraphChildGraphNodeGetGraph(void);
-ORION_API int cuGraphChildGraphNodeGetGraph(void) { return orion_unsupported(126); }
+ORION_API int cuGraphChildGraphNodeGetGraph(void) { return orion_unsupported(123); }
 ORION_API int cuGraphClone(void);
-ORION_API int cuGraphClone(void) { return orion_unsupported(127); }
+ORION_API int cuGraphClone(void) { return orion_unsupported(124); }
 ORION_API int cuGraphConditionalHandleCreate(void);
-ORION_API int cuGraphConditionalHandleCreate(void) { return orion_unsupported(128); }
+ORION_API int cuGraphConditionalHandleCreate(void) { return orion_unsupported(125); }
 ORION_API int cuGraphCreate(void);
-ORION_API int cuGraphCreate(void) { return orion_unsupported(129); }
+ORION_API int cuGraphCreate(void) { return orion_unsupported(126); }
 ORION_API int cuGraphDebugDotPrint(void);
-ORION_API int cuGraphDebugDotPrint(void) { return orion_unsupported(130); }
+ORION_API int cuGraphDebugDotPrint(void) { return orion_unsupported(127); }
 extern int cuGraphDestroy(void);
 ORION_API int cuGraphDestroyNode(void);
-ORION_API int cuGraphDestroyNode(void) { return orion_unsupported(131); }
+ORION_API int cuGraphDestroyNode(void) { return orion_unsupported(128); }
 ORION_API int cuGraphEventRecordNodeGetEvent(void);
-ORION_API int cuGraphEventRecordNodeGetEvent(void) { return orion_unsupported(132); }
+ORION_API int cuGraphEventRecordNodeGetEvent(void) { return orion_unsupported(129); }
 ORION_API int cuGraphEventRecordNodeSetEvent(void);
-ORION_API int cuGraphEventRecordNodeSetEvent(void) { return orion_unsupported(133); }
+ORION_API int cuGraphEventRecordNodeSetEvent(void) { return orion_unsupported(130); }
 ORION_API int cuGraphEventWaitNodeGetEvent(void);
-ORION_API int cuGraphEventWaitNodeGetEvent(void) { return orion_unsupported(134); }
+ORION_API int cuGraphEventWaitNodeGetEvent(void) { return orion_unsupported(131); }
 ORION_API int cuGraphEventWaitNodeSetEvent(void);
-ORION_API int cuGraphEventWaitNodeSetEvent(void) { return orion_unsupported(135); }
+ORION_API int cuGraphEventWaitNodeSetEvent(void) { return orion_unsupported(132); }
 ORION_API int cuGraphExecBatchMemOpNodeSetParams(void);
-ORION_API int cuGraphExecBatchMemOpNodeSetParams(void) { return orion_unsupported(136); }
+ORION_API int cuGraphExecBatchMemOpNodeSetParams(void) { return orion_unsupported(133); }
 ORION_API int cuGraphExecChildGraphNodeSetParams(void);
-ORION_API int cuGraphExecChildGraphNodeSetParams(void) { return orion_unsupported(137); }
+ORION_API int cuGraphExecChildGraphNodeSetParams(void) { return orion_unsupported(134); }
 extern int cuGraphExecDestroy(void);
 ORION_API int cuGraphExecEventRecordNodeSetEvent(void);
-ORION_API int cuGraphExecEventRecordNodeSetEvent(void) { return orion_unsupported(138); }
+ORION_API int cuGraphExecEventRecordNodeSetEvent(void) { return orion_unsupported(135); }
 ORION_API int cuGraphExecEventWaitNodeSetEvent(void);
-ORION_API int cuGraphExecEventWaitNodeSetEvent(void) { return orion_unsupported(139); }
+ORION_API int cuGraphExecEventWaitNodeSetEvent(void) { return orion_unsupported(136); }
 ORION_API int cuGraphExecExternalSemaphoresSignalNodeSetParams(void);
-ORION_API int cuGraphExecExternalSemaphoresSignalNodeSetParams(void) { return orion_unsupported(140); }
+ORION_API int cuGraphExecExternalSemaphoresSignalNodeSetParams(void) { return orion_unsupported(137); }
 ORION_API int cuGraphExecExternalSemaphoresWaitNodeSetParams(void);
-ORION_API int cuGraphExecExternalSemaphoresWaitNodeSetParams(void) { return orion_unsupported(141); }
+ORION_API int cuGraphExecExternalSemaphoresWaitNodeSetParams(void) { return orion_unsupported(138); }
 ORION_API int cuGraphExecGetFlags(void);
-ORION_API int cuGraphExecGetFlags(void) { return orion_unsupported(142); }
+ORION_API int cuGraphExecGetFlags(void) { return orion_unsupported(139); }
 ORION_API int cuGraphExecHostNodeSetParams(void);
-ORION_API int cuGraphExecHostNodeSetParams(void) { return orion_unsupported(143); }
+ORION_API int cuGraphExecHostNodeSetParams(void) { return orion_unsupported(140); }
 ORION_API int cuGraphExecKernelNodeSetParams(void);
-ORION_API int cuGraphExecKernelNodeSetParams(void) { return orion_unsupported(144); }
+ORION_API int cuGraphExecKernelNodeSetParams(void) { return orion_unsupported(141); }
 ORION_API int cuGraphExecKernelNodeSetParams_v2(void);
-ORION_API int cuGraphExecKernelNodeSetParams_v2(void) { return orion_unsupported(145); }
+ORION_API int cuGraphExecKernelNodeSetParams_v2(void) { return orion_unsupported(142); }
 ORION_API int cuGraphExecMemcpyNodeSetParams(void);
-ORION_API int cuGraphExecMemcpyNodeSetParams(void) { return orion_unsupported(146); }
+ORION_API int cuGraphExecMemcpyNodeSetParams(void) { return orion_unsupported(143); }
 ORION_API int cuGraphExecMemsetNodeSetParams(void);
-ORION_API int cuGraphExecMemsetNodeSetParams(void) { return orion_unsupported(147); }
+ORION_API int cuGraphExecMemsetNodeSetParams(void) { return orion_unsupported(144); }
 ORION_API int cuGraphExecNodeSetParams(void);
-ORION_API int cuGraphExecNodeSetParams(void) { return orion_unsupported(148); }
+ORION_API int cuGraphExecNodeSetParams(void) { return orion_unsupported(145); }
 ORION_API int cuGraphExecUpdate(void);
-ORION_API int cuGraphExecUpdate(void) { return orion_unsupported(149); }
+ORION_API int cuGraphExecUpdate(void) { return orion_unsupported(146); }
 ORION_API int cuGraphExecUpdate_v2(void);
-ORION_API int cuGraphExecUpdate_v2(void) { return orion_unsupported(150); }
+ORION_API int cuGraphExecUpdate_v2(void) { return orion_unsupported(147); }
 ORION_API int cuGraphExternalSemaphoresSignalNodeGetParams(void);
-ORION_API int cuGraphExternalSemaphoresSignalNodeGetParams(void) { return orion_unsupported(151); }
+ORION_API int cuGraphExternalSemaphoresSignalNodeGetParams(void) { return orion_unsupported(148); }
 ORION_API int cuGraphExternalSemaphoresSignalNodeSetParams(void);
-ORION_API int cuGraphExternalSemaphoresSignalNodeSetParams(void) { return orion_unsupported(152); }
+ORION_API int cuGraphExternalSemaphoresSignalNodeSetParams(void) { return orion_unsupported(149); }
 ORION_API int cuGraphExternalSemaphoresWaitNodeGetParams(void);
-ORION_API int cuGraphExternalSemaphoresWaitNodeGetParams(void) { return orion_unsupported(153); }
+ORION_API int cuGraphExternalSemaphoresWaitNodeGetParams(void) { return orion_unsupported(150); }
 ORION_API int cuGraphExternalSemaphoresWaitNodeSetParams(void);
-ORION_API int cuGraphExternalSemaphoresWaitNodeSetParams(void) { return orion_unsupported(154); }
+ORION_API int cuGraphExternalSemaphoresWaitNodeSetParams(void) { return orion_unsupported(151); }
 ORION_API int cuGraphGetEdges(void);
-ORION_API int cuGraphGetEdges(void) { return orion_unsupported(155); }
+ORION_API int cuGraphGetEdges(void) { return orion_unsupported(152); }
 ORION_API int cuGraphGetEdges_v2(void);
-ORION_API int cuGraphGetEdges_v2(void) { return orion_unsupported(156); }
+ORION_API int cuGraphGetEdges_v2(void) { return orion_unsupported(153); }
 extern int cuGraphGetNodes(void);
 ORION_API int cuGraphGetRootNodes(void);
-ORION_API int cuGraphGetRootNodes(void) { return orion_unsupported(157); }
+ORION_API int cuGraphGetRootNodes(void) { return orion_unsupported(154); }
 ORION_API int cuGraphHostNodeGetParams(void);
-ORION_API int cuGraphHostNodeGetParams(void) { return orion_unsupported(158); }
+ORION_API int cuGraphHostNodeGetParams(void) { return orion_unsupported(155); }
 ORION_API int cuGraphHostNodeSetParams(void);
-ORION_API int cuGraphHostNodeSetParams(void) { return orion_unsupported(159); }
+ORION_API int cuGraphHostNodeSetParams(void) { return orion_unsupported(156); }
 ORION_API int cuGraphInstantiate(void);
-ORION_API int cuGraphInstantiate(void) { return orion_unsupported(160); }
+ORION_API int cuGraphInstantiate(void) { return orion_unsupported(157); }
 extern int cuGraphInstantiateWithFlags(void);
 ORION_API int cuGraphInstantiateWithParams(void);
-ORION_API int cuGraphInstantiateWithParams(void) { return orion_unsupported(161); }
+ORION_API int cuGraphInstantiateWithParams(void) { return orion_unsupported(158); }
 ORION_API int cuGraphInstantiateWithParams_ptsz(void);
-ORION_API int cuGraphInstantiateWithParams_ptsz(void) { return orion_unsupported(162); }
+ORION_API int cuGraphInstantiateWithParams_ptsz(void) { return orion_unsupported(159); }
 ORION_API int cuGraphInstantiate_v2(void);
-ORION_API int cuGraphInstantiate_v2(void) { return orion_unsupported(163); }
+ORION_API int cuGraphInstantiate_v2(void) { return orion_unsupported(160); }
 ORION_API int cuGraphKernelNodeCopyAttributes(void);
-ORION_API int cuGraphKernelNodeCopyAttributes(void) { return orion_unsupported(164); }
+ORION_API int cuGraphKernelNodeCopyAttributes(void) { return orion_unsupported(161); }
 ORION_API int cuGraphKernelNodeGetAttribute(void);
-ORION_API int cuGraphKernelNodeGetAttribute(void) { return orion_unsupported(165); }
+ORION_API int cuGraphKernelNodeGetAttribute(void) { return orion_unsupported(162); }
 ORION_API int cuGraphKernelNodeGetParams(void);
-ORION_API int cuGraphKernelNodeGetParams(void) { return orion_unsupported(166); }
+ORION_API int cuGraphKernelNodeGetParams(void) { return orion_unsupported(163); }
 ORION_API int cuGraphKernelNodeGetParams_v2(void);
-ORION_API int cuGraphKernelNodeGetParams_v2(void) { return orion_unsupported(167); }
+ORION_API int cuGraphKernelNodeGetParams_v2(void) { return orion_unsupported(164); }
 ORION_API int cuGraphKernelNodeSetAttribute(void);
-ORION_API int cuGraphKernelNodeSetAttribute(void) { return orion_unsupported(168); }
+ORION_API int cuGraphKernelNodeSetAttribute(void) { return orion_unsupported(165); }
 ORION_API int cuGraphKernelNodeSetParams(void);
-ORION_API int cuGraphKernelNodeSetParams(void) { return orion_unsupported(169); }
+ORION_API int cuGraphKernelNodeSetParams(void) { return orion_unsupported(166); }
 ORION_API int cuGraphKernelNodeSetParams_v2(void);
-ORION_API int cuGraphKernelNodeSetParams_v2(void) { return orion_unsupported(170); }
+ORION_API int cuGraphKernelNodeSetParams_v2(void) { return orion_unsupported(167); }
 extern int cuGraphLaunch(void);
 extern int cuGraphLaunch_ptsz(void);
 ORION_API int cuGraphMemAllocNodeGetParams(void);
-ORION_API int cuGraphMemAllocNodeGetParams(void) { return orion_unsupported(171); }
+ORION_API int cuGraphMemAllocNodeGetParams(void) { return orion_unsupported(168); }
 ORION_API int cuGraphMemFreeNodeGetParams(void);
-ORION_API int cuGraphMemFreeNodeGetParams(void) { return orion_unsupported(172); }
+ORION_API int cuGraphMemFreeNodeGetParams(void) { return orion_unsupported(169); }
 ORION_API int cuGraphMemcpyNodeGetParams(void);
-ORION_API int cuGraphMemcpyNodeGetParams(void) { return orion_unsupported(173); }
+ORION_API int cuGraphMemcpyNodeGetParams(void) { return orion_unsupported(170); }
 ORION_API int cuGraphMemcpyNodeSetParams(void);
-ORION_API int cuGraphMemcpyNodeSetParams(void) { return orion_unsupported(174); }
+ORION_API int cuGraphMemcpyNodeSetParams(void) { return orion_unsupported(171); }
 ORION_API int cuGraphMemsetNodeGetParams(void);
-ORION_API int cuGraphMemsetNodeGetParams(void) { return orion_unsupported(175); }
+ORION_API int cuGraphMemsetNodeGetParams(void) { return orion_unsupported(172); }
 ORION_API int cuGraphMemsetNodeSetParams(void);
-ORION_API int cuGraphMemsetNodeSetParams(void) { return orion_unsupported(176); }
+ORION_API int cuGraphMemsetNodeSetParams(void) { return orion_unsupported(173); }
 ORION_API int cuGraphNodeFindInClone(void);
-ORION_API int cuGraphNodeFindInClone(void) { return orion_unsupported(177); }
+ORION_API int cuGraphNodeFindInClone(void) { return orion_unsupported(174); }
 ORION_API int cuGraphNodeGetDependencies(void);
-ORION_API int cuGraphNodeGetDependencies(void) { return orion_unsupported(178); }
+ORION_API int cuGraphNodeGetDependencies(void) { return orion_unsupported(175); }
 ORION_API int cuGraphNodeGetDependencies_v2(void);
-ORION_API int cuGraphNodeGetDependencies_v2(void) { return orion_unsupported(179); }
+ORION_API int cuGraphNodeGetDependencies_v2(void) { return orion_unsupported(176); }
 ORION_API int cuGraphNodeGetDependentNodes(void);
-ORION_API int cuGraphNodeGetDependentNodes(void) { return orion_unsupported(180); }
+ORION_API int cuGraphNodeGetDependentNodes(void) { return orion_unsupported(177); }
 ORION_API int cuGraphNodeGetDependentNodes_v2(void);
-ORION_API int cuGraphNodeGetDependentNodes_v2(void) { return orion_unsupported(181); }
+ORION_API int cuGraphNodeGetDependentNodes_v2(void) { return orion_unsupported(178); }
 ORION_API int cuGraphNodeGetEnabled(void);
-ORION_API int cuGraphNodeGetEnabled(void) { return orion_unsupported(182); }
+ORION_API int cuGraphNodeGetEnabled(void) { return orion_unsupported(179); }
 ORION_API int cuGraphNodeGetType(void);
-ORION_API int cuGraphNodeGetType(void) { return orion_unsupported(183); }
+ORION_API int cuGraphNodeGetType(void) { return orion_unsupported(180); }
 ORION_API int cuGraphNodeSetEnabled(void);
-ORION_API int cuGraphNodeSetEnabled(void) { return orion_unsupported(184); }
+ORION_API int cuGraphNodeSetEnabled(void) { return orion_unsupported(181); }
 ORION_API int cuGraphNodeSetParams(void);
-ORION_API int cuGraphNodeSetParams(void) { return orion_unsupported(185); }
+ORION_API int cuGraphNodeSetParams(void) { return orion_unsupported(182); }
 ORION_API int cuGraphReleaseUserObject(void);
-ORION_API int cuGraphReleaseUserObject(void) { return orion_unsupported(186); }
+ORION_API int cuGraphReleaseUserObject(void) { return orion_unsupported(183); }
 ORION_API int cuGraphRemoveDependencies(void);
-ORION_API int cuGraphRemoveDependencies(void) { return orion_unsupported(187); }
+ORION_API int cuGraphRemoveDependencies(void) { return orion_unsupported(184); }
 ORION_API int cuGraphRemoveDependencies_v2(void);
-ORION_API int cuGraphRemoveDependencies_v2(void) { return orion_unsupported(188); }
+ORION_API int cuGraphRemoveDependencies_v2(void) { return orion_unsupported(185); }
 ORION_API int cuGraphRetainUserObject(void);
-ORION_API int cuGraphRetainUserObject(void) { return orion_unsupported(189); }
+ORION_API int cuGraphRetainUserObject(void) { return orion_unsupported(186); }
 ORION_API int cuGraphUpload(void);
-ORION_API int cuGraphUpload(void) { return orion_unsupported(190); }
+ORION_API int cuGraphUpload(void) { return orion_unsupported(187); }
 ORION_API int cuGraphUpload_ptsz(void);
-ORION_API int cuGraphUpload_ptsz(void) { return orion_unsupported(191); }
+ORION_API int cuGraphUpload_ptsz(void) { return orion_unsupported(188); }
 ORION_API int cuGraphicsEGLRegisterImage(void);
-ORION_API int cuGraphicsEGLRegisterImage(void) { return orion_unsupported(192); }
+ORION_API int cuGraphicsEGLRegisterImage(void) { return orion_unsupported(189); }
 ORION_API int cuGraphicsGLRegisterBuffer(void);
-ORION_API int cuGraphicsGLRegisterBuffer(void) { return orion_unsupported(193); }
+ORION_API int cuGraphicsGLRegisterBuffer(void) { return orion_unsupported(190); }
 ORION_API int cuGraphicsGLRegisterImage(void);
-ORION_API int cuGraphicsGLRegisterImage(void) { return orion_unsupported(194); }
+ORION_API int cuGraphicsGLRegisterImage(void) { return orion_unsupported(191); }
 ORION_API int cuGraphicsMapResources(void);
-ORION_API int cuGraphicsMapResources(void) { return orion_unsupported(195); }
+ORION_API int cuGraphicsMapResources(void) { return orion_unsupported(192); }
 ORION_API int cuGraphicsMapResources_ptsz(void);
-ORION_API int cuGraphicsMapResources_ptsz(void) { return orion_unsupported(196); }
+ORION_API int cuGraphicsMapResources_ptsz(void) { return orion_unsupported(193); }
 ORION_API int cuGraphicsResourceGetMappedEglFrame(void);
-ORION_API int cuGraphicsResourceGetMappedEglFrame(void) { return orion_unsupported(197); }
+ORION_API int cuGraphicsResourceGetMappedEglFrame(void) { return orion_unsupported(194); }
 ORION_API int cuGraphicsResourceGetMappedMipmappedArray(void);
-ORION_API int cuGraphicsResourceGetMappedMipmappedArray(void) { return orion_unsupported(198); }
+ORION_API int cuGraphicsResourceGetMappedMipmappedArray(void) { return orion_unsupported(195); }
 ORION_API int cuGraphicsResourceGetMappedPointer(void);
-ORION_API int cuGraphicsResourceGetMappedPointer(void) { return orion_unsupported(199); }
+ORION_API int cuGraphicsResourceGetMappedPointer(void) { return orion_unsupported(196); }
 ORION_API int cuGraphicsResourceGetMappedPointer_v2(void);
-ORION_API int cuGraphicsResourceGetMappedPointer_v2(void) { return orion_unsupported(200); }
+ORION_API int cuGraphicsResourceGetMappedPointer_v2(void) { return orion_unsupported(197); }
 ORION_API int cuGraphicsResourceSetMapFlags(void);
-ORION_API int cuGraphicsResourceSetMapFlags(void) { return orion_unsupported(201); }
+ORION_API int cuGraphicsResourceSetMapFlags(void) { return orion_unsupported(198); }
 ORION_API int cuGraphicsResourceSetMapFlags_v2(void);
-ORION_API int cuGraphicsResourceSetMapFlags_v2(void) { return orion_unsupported(202); }
+ORION_API int cuGraphicsResourceSetMapFlags_v2(void) { return orion_unsupported(199); }
 ORION_API int cuGraphicsSubResourceGetMappedArray(void);
-ORION_API int cuGraphicsSubResourceGetMappedArray(void) { return orion_unsupported(203); }
+ORION_API int cuGraphicsSubResourceGetMappedArray(void) { return orion_unsupported(200); }
 ORION_API int cuGraphicsUnmapResources(void);
-ORION_API int cuGraphicsUnmapResources(void) { return orion_unsupported(204); }
+ORION_API int cuGraphicsUnmapResources(void) { return orion_unsupported(201); }
 ORION_API int cuGraphicsUnmapResources_ptsz(void);
-ORION_API int cuGraphicsUnmapResources_ptsz(void) { return orion_unsupported(205); }
+ORION_API int cuGraphicsUnmapResources_ptsz(void) { return orion_unsupported(202); }
 ORION_API int cuGraphicsUnregisterResource(void);
-ORION_API int cuGraphicsUnregisterResource(void) { return orion_unsupported(206); }
+ORION_API int cuGraphicsUnregisterResource(void) { return orion_unsupported(203); }
 ORION_API int cuGraphicsVDPAURegisterOutputSurface(void);
-ORION_API int cuGraphicsVDPAURegisterOutputSurface(void) { return orion_unsupported(207); }
+ORION_API int cuGraphicsVDPAURegisterOutputSurface(void) { return orion_unsupported(204); }
 ORION_API int cuGraphicsVDPAURegisterVideoSurface(void);
-ORION_API int cuGraphicsVDPAURegisterVideoSurface(void) { return orion_unsupported(208); }
+ORION_API int cuGraphicsVDPAURegisterVideoSurface(void) { return orion_unsupported(205); }
 ORION_API int cuGreenCtxCreate(void);
-ORION_API int cuGreenCtxCreate(void) { return orion_unsupported(209); }
+ORION_API int cuGreenCtxCreate(void) { return orion_unsupported(206); }
 ORION_API int cuGreenCtxDestroy(void);
-ORION_API int cuGreenCtxDestroy(void) { return orion_unsupported(210); }
+ORION_API int cuGreenCtxDestroy(void) { return orion_unsupported(207); }
 ORION_API int cuGreenCtxGetDevResource(void);
-ORION_API int cuGreenCtxGetDevResource(void) { return orion_unsupported(211); }
+ORION_API int cuGreenCtxGetDevResource(void) { return orion_unsupported(208); }
 ORION_API int cuGreenCtxGetId(void);
-ORION_API int cuGreenCtxGetId(void) { return orion_unsupported(212); }
+ORION_API int cuGreenCtxGetId(void) { return orion_unsupported(209); }
 ORION_API int cuGreenCtxRecordEvent(void);
-ORION_API int cuGreenCtxRecordEvent(void) { return orion_unsupported(213); }
+ORION_API int cuGreenCtxRecordEvent(void) { return orion_unsupported(210); }
 ORION_API int cuGreenCtxStreamCreate(void);
-ORION_API int cuGreenCtxStreamCreate(void) { return orion_unsupported(214); }
+ORION_API int cuGreenCtxStreamCreate(void) { return orion_unsupported(211); }
 ORION_API int cuGreenCtxWaitEvent(void);
-ORION_API int cuGreenCtxWaitEvent(void) { return orion_unsupported(215); }
+ORION_API int cuGreenCtxWaitEvent(void) { return orion_unsupported(212); }
 ORION_API int cuImportExternalMemory(void);
-ORION_API int cuImportExternalMemory(void) { return orion_unsupported(216); }
+ORION_API int cuImportExternalMemory(void) { return orion_unsupported(213); }
 ORION_API int cuImportExternalSemaphore(void);
-ORION_API int cuImportExternalSemaphore(void) { return orion_unsupported(217); }
+ORION_API int cuImportExternalSemaphore(void) { return orion_unsupported(214); }
 extern int cuInit(void);
 ORION_API int cuIpcCloseMemHandle(void);
-ORION_API int cuIpcCloseMemHandle(void) { return orion_unsupported(218); }
+ORION_API int cuIpcCloseMemHandle(void) { return orion_unsupported(215); }
 ORION_API int cuIpcGetEventHandle(void);
-ORION_API int cuIpcGetEventHandle(void) { return orion_unsupported(219); }
+ORION_API int cuIpcGetEventHandle(void) { return orion_unsupported(216); }
 ORION_API int cuIpcGetMemHandle(void);
-ORION_API int cuIpcGetMemHandle(void) { return orion_unsupported(220); }
+ORION_API int cuIpcGetMemHandle(void) { return orion_unsupported(217); }
 ORION_API int cuIpcOpenEventHandle(void);
-ORION_API int cuIpcOpenEventHandle(void) { return orion_unsupported(221); }
+ORION_API int cuIpcOpenEventHandle(void) { return orion_unsupported(218); }
 ORION_API int cuIpcOpenMemHandle(void);
-ORION_API int cuIpcOpenMemHandle(void) { return orion_unsupported(222); }
+ORION_API int cuIpcOpenMemHandle(void) { return orion_unsupported(219); }
 ORION_API int cuIpcOpenMemHandle_v2(void);
-ORION_API int cuIpcOpenMemHandle_v2(void) { return orion_unsupported(223); }
+ORION_API int cuIpcOpenMemHandle_v2(void) { return orion_unsupported(220); }
 extern int cuKernelGetAttribute(void);
 extern int cuKernelGetFunction(void);
 ORION_API int cuKernelGetLibrary(void);
-ORION_API int cuKernelGetLibrary(void) { return orion_unsupported(224); }
+ORION_API int cuKernelGetLibrary(void) { return orion_unsupported(221); }
 ORION_API int cuKernelGetName(void);
-ORION_API int cuKernelGetName(void) { return orion_unsupported(225); }
+ORION_API int cuKernelGetName(void) { return orion_unsupported(222); }
 ORION_API int cuKernelGetParamInfo(void);
-ORION_API int cuKernelGetParamInfo(void) { return orion_unsupported(226); }
+ORION_API int cuKernelGetParamInfo(void) { return orion_unsupported(223); }
 extern int cuKernelSetAttribute(void);
 ORION_API int cuKernelSetCacheConfig(void);
-ORION_API int cuKernelSetCacheConfig(void) { return orion_unsupported(227); }
+ORION_API int cuKernelSetCacheConfig(void) { return orion_unsupported(224); }
 ORION_API int cuLaunch(void);
-ORION_API int cuLaunch(void) { return orion_unsupported(228); }
+ORION_API int cuLaunch(void) { return orion_unsupported(225); }
 ORION_API int cuLaunchCooperativeKernel(void);
-ORION_API int cuLaunchCooperativeKernel(void) { return orion_unsupported(229); }
+ORION_API int cuLaunchCooperativeKernel(void) { return orion_unsupported(226); }
 ORION_API int cuLaunchCooperativeKernelMultiDevice(void);
-ORION_API int cuLaunchCooperativeKernelMultiDevice(void) { return orion_unsupported(230); }
+ORION_API int cuLaunchCooperativeKernelMultiDevice(void) { return orion_unsupported(227); }
 ORION_API int cuLaunchCooperativeKernel_ptsz(void);
-ORION_API int cuLaunchCooperativeKernel_ptsz(void) { return orion_unsupported(231); }
+ORION_API int cuLaunchCooperativeKernel_ptsz(void) { return orion_unsupported(228); }
 ORION_API int cuLaunchGrid(void);
-ORION_API int cuLaunchGrid(void) { return orion_unsupported(232); }
+ORION_API int cuLaunchGrid(void) { return orion_unsupported(229); }
 ORION_API int cuLaunchGridAsync(void);
-ORION_API int cuLaunchGridAsync(void) { return orion_unsupported(233); }
+ORION_API int cuLaunchGridAsync(void) { return orion_unsupported(230); }
 ORION_API int cuLaunchHostFunc(void);
-ORION_API int cuLaunchHostFunc(void) { return orion_unsupported(234); }
+ORION_API int cuLaunchHostFunc(void) { return orion_unsupported(231); }
 ORION_API int cuLaunchHostFunc_ptsz(void);
-ORION_API int cuLaunchHostFunc_ptsz(void) { return orion_unsupported(235); }
+ORION_API int cuLaunchHostFunc_ptsz(void) { return orion_unsupported(232); }
 extern int cuLaunchKernel(void);
 extern int cuLaunchKernelEx(void);
 ORION_API int cuLaunchKernelEx_ptsz(void);
-ORION_API int cuLaunchKernelEx_ptsz(void) { return orion_unsupported(236); }
+ORION_API int cuLaunchKernelEx_ptsz(void) { return orion_unsupported(233); }
 extern int cuLaunchKernel_ptsz(void);
 ORION_API int cuLibraryEnumerateKernels(void);
-ORION_API int cuLibraryEnumerateKernels(void) { return orion_unsupported(237); }
+ORION_API int cuLibraryEnumerateKernels(void) { return orion_unsupported(234); }
 extern int cuLibraryGetGlobal(void);
 extern int cuLibraryGetKernel(void);
 ORION_API int cuLibraryGetKernelCount(void);
-ORION_API int cuLibraryGetKernelCount(void) { return orion_unsupported(238); }
+ORION_API int cuLibraryGetKernelCount(void) { return orion_unsupported(235); }
 ORION_API int cuLibraryGetManaged(void);
-ORION_API int cuLibraryGetManaged(void) { return orion_unsupported(239); }
+ORION_API int cuLibraryGetManaged(void) { return orion_unsupported(236); }
 extern int cuLibraryGetModule(void);
 ORION_API int cuLibraryGetUnifiedFunction(void);
-ORION_API int cuLibraryGetUnifiedFunction(void) { return orion_unsupported(240); }
+ORION_API int cuLibraryGetUnifiedFunction(void) { return orion_unsupported(237); }
 extern int cuLibraryLoadData(void);
 ORION_API int cuLibraryLoadFromFile(void);
-ORION_API int cuLibraryLoadFromFile(void) { return orion_unsupported(241); }
+ORION_API int cuLibraryLoadFromFile(void) { return orion_unsupported(238); }
 extern int cuLibraryUnload(void);
 ORION_API int cuLinkAddData(void);
-ORION_API int cuLinkAddData(void) { return orion_unsupported(242); }
+ORION_API int cuLinkAddData(void) { return orion_unsupported(239); }
 ORION_API int cuLinkAddData_v2(void);
-ORION_API int cuLinkAddData_v2(void) { return orion_unsupported(243); }
+ORION_API int cuLinkAddData_v2(void) { return orion_unsupported(240); }
 ORION_API int cuLinkAddFile(void);
-ORION_API int cuLinkAddFile(void) { return orion_unsupported(244); }
+ORION_API int cuLinkAddFile(void) { return orion_unsupported(241); }
 ORION_API int cuLinkAddFile_v2(void);
-ORION_API int cuLinkAddFile_v2(void) { return orion_unsupported(245); }
+ORION_API int cuLinkAddFile_v2(void) { return orion_unsupported(242); }
 ORION_API int cuLinkComplete(void);
-ORION_API int cuLinkComplete(void) { return orion_unsupported(246); }
+ORION_API int cuLinkComplete(void) { return orion_unsupported(243); }
 ORION_API int cuLinkCreate(void);
-ORION_API int cuLinkCreate(void) { return orion_unsupported(247); }
+ORION_API int cuLinkCreate(void) { return orion_unsupported(244); }
 ORION_API int cuLinkCreate_v2(void);
-ORION_API int cuLinkCreate_v2(void) { return orion_unsupported(248); }
+ORION_API int cuLinkCreate_v2(void) { return orion_unsupported(245); }
 ORION_API int cuLinkDestroy(void);
-ORION_API int cuLinkDestroy(void) { return orion_unsupported(249); }
+ORION_API int cuLinkDestroy(void) { return orion_unsupported(246); }
 ORION_API int cuLogsCurrent(void);
-ORION_API int cuLogsCurrent(void) { return orion_unsupported(250); }
+ORION_API int cuLogsCurrent(void) { return orion_unsupported(247); }
 ORION_API int cuLogsDumpToFile(void);
-ORION_API int cuLogsDumpToFile(void) { return orion_unsupported(251); }
+ORION_API int cuLogsDumpToFile(void) { return orion_unsupported(248); }
 ORION_API int cuLogsDumpToMemory(void);
-ORION_API int cuLogsDumpToMemory(void) { return orion_unsupported(252); }
+ORION_API int cuLogsDumpToMemory(void) { return orion_unsupported(249); }
 ORION_API int cuLogsRegisterCallback(void);
-ORION_API int cuLogsRegisterCallback(void) { return orion_unsupported(253); }
+ORION_API int cuLogsRegisterCallback(void) { return orion_unsupported(250); }
 ORION_API int cuLogsUnregisterCallback(void);
-ORION_API int cuLogsUnregisterCallback(void) { return orion_unsupported(254); }
+ORION_API int cuLogsUnregisterCallback(void) { return orion_unsupported(251); }
 ORION_API int cuMemAddressFree(void);
-ORION_API int cuMemAddressFree(void) { return orion_unsupported(255); }
+ORION_API int cuMemAddressFree(void) { return orion_unsupported(252); }
 ORION_API int cuMemAddressReserve(void);
-ORION_API int cuMemAddressReserve(void) { return orion_unsupported(256); }
+ORION_API int cuMemAddressReserve(void) { return orion_unsupported(253); }
 ORION_API int cuMemAdvise(void);
-ORION_API int cuMemAdvise(void) { return orion_unsupported(257); }
+ORION_API int cuMemAdvise(void) { return orion_unsupported(254); }
 ORION_API int cuMemAdvise_v2(void);
-ORION_API int cuMemAdvise_v2(void) { return orion_unsupported(258); }
+ORION_API int cuMemAdvise_v2(void) { return orion_unsupported(255); }
 extern int cuMemAlloc(void);
 extern int cuMemAllocAsync(void);
 extern int cuMemAllocAsync_ptsz(void);
@@ -1133,208 +1123,208 @@ extern int cuMemAllocFromPoolAsync_ptsz(void);
 extern int cuMemAllocHost(void);
 extern int cuMemAllocHost_v2(void);
 ORION_API int cuMemAllocManaged(void);
-ORION_API int cuMemAllocManaged(void) { return orion_unsupported(259); }
+ORION_API int cuMemAllocManaged(void) { return orion_unsupported(256); }
 ORION_API int cuMemAllocPitch(void);
-ORION_API int cuMemAllocPitch(void) { return orion_unsupported(260); }
+ORION_API int cuMemAllocPitch(void) { return orion_unsupported(257); }
 ORION_API int cuMemAllocPitch_v2(void);
-ORION_API int cuMemAllocPitch_v2(void) { return orion_unsupported(261); }
+ORION_API int cuMemAllocPitch_v2(void) { return orion_unsupported(258); }
 extern int cuMemAlloc_v2(void);
 ORION_API int cuMemBatchDecompressAsync(void);
-ORION_API int cuMemBatchDecompressAsync(void) { return orion_unsupported(262); }
+ORION_API int cuMemBatchDecompressAsync(void) { return orion_unsupported(259); }
 ORION_API int cuMemBatchDecompressAsync_ptsz(void);
-ORION_API int cuMemBatchDecompressAsync_ptsz(void) { return orion_unsupported(263); }
+ORION_API int cuMemBatchDecompressAsync_ptsz(void) { return orion_unsupported(260); }
 ORION_API int cuMemCreate(void);
-ORION_API int cuMemCreate(void) { return orion_unsupported(264); }
+ORION_API int cuMemCreate(void) { return orion_unsupported(261); }
 ORION_API int cuMemDiscardAndPrefetchBatchAsync(void);
-ORION_API int cuMemDiscardAndPrefetchBatchAsync(void) { return orion_unsupported(265); }
+ORION_API int cuMemDiscardAndPrefetchBatchAsync(void) { return orion_unsupported(262); }
 ORION_API int cuMemDiscardAndPrefetchBatchAsync_ptsz(void);
-ORION_API int cuMemDiscardAndPrefetchBatchAsync_ptsz(void) { return orion_unsupported(266); }
+ORION_API int cuMemDiscardAndPrefetchBatchAsync_ptsz(void) { return orion_unsupported(263); }
 ORION_API int cuMemDiscardBatchAsync(void);
-ORION_API int cuMemDiscardBatchAsync(void) { return orion_unsupported(267); }
+ORION_API int cuMemDiscardBatchAsync(void) { return orion_unsupported(264); }
 ORION_API int cuMemDiscardBatchAsync_ptsz(void);
-ORION_API int cuMemDiscardBatchAsync_ptsz(void) { return orion_unsupported(268); }
+ORION_API int cuMemDiscardBatchAsync_ptsz(void) { return orion_unsupported(265); }
 ORION_API int cuMemExportToShareableHandle(void);
-ORION_API int cuMemExportToShareableHandle(void) { return orion_unsupported(269); }
+ORION_API int cuMemExportToShareableHandle(void) { return orion_unsupported(266); }
 extern int cuMemFree(void);
 extern int cuMemFreeAsync(void);
 extern int cuMemFreeAsync_ptsz(void);
 extern int cuMemFreeHost(void);
 extern int cuMemFree_v2(void);
 ORION_API int cuMemGetAccess(void);
-ORION_API int cuMemGetAccess(void) { return orion_unsupported(270); }
+ORION_API int cuMemGetAccess(void) { return orion_unsupported(267); }
 ORION_API int cuMemGetAddressRange(void);
-ORION_API int cuMemGetAddressRange(void) { return orion_unsupported(271); }
+ORION_API int cuMemGetAddressRange(void) { return orion_unsupported(268); }
 ORION_API int cuMemGetAddressRange_v2(void);
-ORION_API int cuMemGetAddressRange_v2(void) { return orion_unsupported(272); }
+ORION_API int cuMemGetAddressRange_v2(void) { return orion_unsupported(269); }
 ORION_API int cuMemGetAllocationGranularity(void);
-ORION_API int cuMemGetAllocationGranularity(void) { return orion_unsupported(273); }
+ORION_API int cuMemGetAllocationGranularity(void) { return orion_unsupported(270); }
 ORION_API int cuMemGetAllocationPropertiesFromHandle(void);
-ORION_API int cuMemGetAllocationPropertiesFromHandle(void) { return orion_unsupported(274); }
+ORION_API int cuMemGetAllocationPropertiesFromHandle(void) { return orion_unsupported(271); }
 ORION_API int cuMemGetAttribute(void);
-ORION_API int cuMemGetAttribute(void) { return orion_unsupported(275); }
+ORION_API int cuMemGetAttribute(void) { return orion_unsupported(272); }
 ORION_API int cuMemGetAttribute_v2(void);
-ORION_API int cuMemGetAttribute_v2(void) { return orion_unsupported(276); }
+ORION_API int cuMemGetAttribute_v2(void) { return orion_unsupported(273); }
 ORION_API int cuMemGetDefaultMemPool(void);
-ORION_API int cuMemGetDefaultMemPool(void) { return orion_unsupported(277); }
+ORION_API int cuMemGetDefaultMemPool(void) { return orion_unsupported(274); }
 ORION_API int cuMemGetHandleForAddressRange(void);
-ORION_API int cuMemGetHandleForAddressRange(void) { return orion_unsupported(278); }
+ORION_API int cuMemGetHandleForAddressRange(void) { return orion_unsupported(275); }
 extern int cuMemGetInfo(void);
 extern int cuMemGetInfo_v2(void);
 ORION_API int cuMemGetMemPool(void);
-ORION_API int cuMemGetMemPool(void) { return orion_unsupported(279); }
+ORION_API int cuMemGetMemPool(void) { return orion_unsupported(276); }
 extern int cuMemHostAlloc(void);
 extern int cuMemHostGetDevicePointer(void);
 extern int cuMemHostGetDevicePointer_v2(void);
 extern int cuMemHostGetFlags(void);
 ORION_API int cuMemHostRegister(void);
-ORION_API int cuMemHostRegister(void) { return orion_unsupported(280); }
+ORION_API int cuMemHostRegister(void) { return orion_unsupported(277); }
 ORION_API int cuMemHostRegister_v2(void);
-ORION_API int cuMemHostRegister_v2(void) { return orion_unsupported(281); }
+ORION_API int cuMemHostRegister_v2(void) { return orion_unsupported(278); }
 ORION_API int cuMemHostUnregister(void);
-ORION_API int cuMemHostUnregister(void) { return orion_unsupported(282); }
+ORION_API int cuMemHostUnregister(void) { return orion_unsupported(279); }
 ORION_API int cuMemImportFromShareableHandle(void);
-ORION_API int cuMemImportFromShareableHandle(void) { return orion_unsupported(283); }
+ORION_API int cuMemImportFromShareableHandle(void) { return orion_unsupported(280); }
 ORION_API int cuMemMap(void);
-ORION_API int cuMemMap(void) { return orion_unsupported(284); }
+ORION_API int cuMemMap(void) { return orion_unsupported(281); }
 ORION_API int cuMemMapArrayAsync(void);
-ORION_API int cuMemMapArrayAsync(void) { return orion_unsupported(285); }
+ORION_API int cuMemMapArrayAsync(void) { return orion_unsupported(282); }
 ORION_API int cuMemMapArrayAsync_ptsz(void);
-ORION_API int cuMemMapArrayAsync_ptsz(void) { return orion_unsupported(286); }
+ORION_API int cuMemMapArrayAsync_ptsz(void) { return orion_unsupported(283); }
 ORION_API int cuMemPoolCreate(void);
-ORION_API int cuMemPoolCreate(void) { return orion_unsupported(287); }
+ORION_API int cuMemPoolCreate(void) { return orion_unsupported(284); }
 ORION_API int cuMemPoolDestroy(void);
-ORION_API int cuMemPoolDestroy(void) { return orion_unsupported(288); }
+ORION_API int cuMemPoolDestroy(void) { return orion_unsupported(285); }
 ORION_API int cuMemPoolExportPointer(void);
-ORION_API int cuMemPoolExportPointer(void) { return orion_unsupported(289); }
+ORION_API int cuMemPoolExportPointer(void) { return orion_unsupported(286); }
 ORION_API int cuMemPoolExportToShareableHandle(void);
-ORION_API int cuMemPoolExportToShareableHandle(void) { return orion_unsupported(290); }
+ORION_API int cuMemPoolExportToShareableHandle(void) { return orion_unsupported(287); }
 ORION_API int cuMemPoolGetAccess(void);
-ORION_API int cuMemPoolGetAccess(void) { return orion_unsupported(291); }
+ORION_API int cuMemPoolGetAccess(void) { return orion_unsupported(288); }
 extern int cuMemPoolGetAttribute(void);
 ORION_API int cuMemPoolImportFromShareableHandle(void);
-ORION_API int cuMemPoolImportFromShareableHandle(void) { return orion_unsupported(292); }
+ORION_API int cuMemPoolImportFromShareableHandle(void) { return orion_unsupported(289); }
 ORION_API int cuMemPoolImportPointer(void);
-ORION_API int cuMemPoolImportPointer(void) { return orion_unsupported(293); }
+ORION_API int cuMemPoolImportPointer(void) { return orion_unsupported(290); }
 ORION_API int cuMemPoolSetAccess(void);
-ORION_API int cuMemPoolSetAccess(void) { return orion_unsupported(294); }
+ORION_API int cuMemPoolSetAccess(void) { return orion_unsupported(291); }
 extern int cuMemPoolSetAttribute(void);
 extern int cuMemPoolTrimTo(void);
 ORION_API int cuMemPrefetchAsync(void);
-ORION_API int cuMemPrefetchAsync(void) { return orion_unsupported(295); }
+ORION_API int cuMemPrefetchAsync(void) { return orion_unsupported(292); }
 ORION_API int cuMemPrefetchAsync_ptsz(void);
-ORION_API int cuMemPrefetchAsync_ptsz(void) { return orion_unsupported(296); }
+ORION_API int cuMemPrefetchAsync_ptsz(void) { return orion_unsupported(293); }
 ORION_API int cuMemPrefetchAsync_v2(void);
-ORION_API int cuMemPrefetchAsync_v2(void) { return orion_unsupported(297); }
+ORION_API int cuMemPrefetchAsync_v2(void) { return orion_unsupported(294); }
 ORION_API int cuMemPrefetchAsync_v2_ptsz(void);
-ORION_API int cuMemPrefetchAsync_v2_ptsz(void) { return orion_unsupported(298); }
+ORION_API int cuMemPrefetchAsync_v2_ptsz(void) { return orion_unsupported(295); }
 ORION_API int cuMemPrefetchBatchAsync(void);
-ORION_API int cuMemPrefetchBatchAsync(void) { return orion_unsupported(299); }
+ORION_API int cuMemPrefetchBatchAsync(void) { return orion_unsupported(296); }
 ORION_API int cuMemPrefetchBatchAsync_ptsz(void);
-ORION_API int cuMemPrefetchBatchAsync_ptsz(void) { return orion_unsupported(300); }
+ORION_API int cuMemPrefetchBatchAsync_ptsz(void) { return orion_unsupported(297); }
 ORION_API int cuMemRangeGetAttribute(void);
-ORION_API int cuMemRangeGetAttribute(void) { return orion_unsupported(301); }
+ORION_API int cuMemRangeGetAttribute(void) { return orion_unsupported(298); }
 ORION_API int cuMemRangeGetAttributes(void);
-ORION_API int cuMemRangeGetAttributes(void) { return orion_unsupported(302); }
+ORION_API int cuMemRangeGetAttributes(void) { return orion_unsupported(299); }
 ORION_API int cuMemRelease(void);
-ORION_API int cuMemRelease(void) { return orion_unsupported(303); }
+ORION_API int cuMemRelease(void) { return orion_unsupported(300); }
 ORION_API int cuMemRetainAllocationHandle(void);
-ORION_API int cuMemRetainAllocationHandle(void) { return orion_unsupported(304); }
+ORION_API int cuMemRetainAllocationHandle(void) { return orion_unsupported(301); }
 ORION_API int cuMemSetAccess(void);
-ORION_API int cuMemSetAccess(void) { return orion_unsupported(305); }
+ORION_API int cuMemSetAccess(void) { return orion_unsupported(302); }
 ORION_API int cuMemSetMemPool(void);
-ORION_API int cuMemSetMemPool(void) { return orion_unsupported(306); }
+ORION_API int cuMemSetMemPool(void) { return orion_unsupported(303); }
 ORION_API int cuMemUnmap(void);
-ORION_API int cuMemUnmap(void) { return orion_unsupported(307); }
+ORION_API int cuMemUnmap(void) { return orion_unsupported(304); }
 ORION_API int cuMemcpy(void);
-ORION_API int cuMemcpy(void) { return orion_unsupported(308); }
+ORION_API int cuMemcpy(void) { return orion_unsupported(305); }
 ORION_API int cuMemcpy2D(void);
-ORION_API int cuMemcpy2D(void) { return orion_unsupported(309); }
+ORION_API int cuMemcpy2D(void) { return orion_unsupported(306); }
 ORION_API int cuMemcpy2DAsync(void);
-ORION_API int cuMemcpy2DAsync(void) { return orion_unsupported(310); }
+ORION_API int cuMemcpy2DAsync(void) { return orion_unsupported(307); }
 ORION_API int cuMemcpy2DAsync_v2(void);
-ORION_API int cuMemcpy2DAsync_v2(void) { return orion_unsupported(311); }
+ORION_API int cuMemcpy2DAsync_v2(void) { return orion_unsupported(308); }
 ORION_API int cuMemcpy2DAsync_v2_ptsz(void);
-ORION_API int cuMemcpy2DAsync_v2_ptsz(void) { return orion_unsupported(312); }
+ORION_API int cuMemcpy2DAsync_v2_ptsz(void) { return orion_unsupported(309); }
 ORION_API int cuMemcpy2DUnaligned(void);
-ORION_API int cuMemcpy2DUnaligned(void) { return orion_unsupported(313); }
+ORION_API int cuMemcpy2DUnaligned(void) { return orion_unsupported(310); }
 ORION_API int cuMemcpy2DUnaligned_v2(void);
-ORION_API int cuMemcpy2DUnaligned_v2(void) { return orion_unsupported(314); }
+ORION_API int cuMemcpy2DUnaligned_v2(void) { return orion_unsupported(311); }
 ORION_API int cuMemcpy2DUnaligned_v2_ptds(void);
-ORION_API int cuMemcpy2DUnaligned_v2_ptds(void) { return orion_unsupported(315); }
+ORION_API int cuMemcpy2DUnaligned_v2_ptds(void) { return orion_unsupported(312); }
 ORION_API int cuMemcpy2D_v2(void);
-ORION_API int cuMemcpy2D_v2(void) { return orion_unsupported(316); }
+ORION_API int cuMemcpy2D_v2(void) { return orion_unsupported(313); }
 ORION_API int cuMemcpy2D_v2_ptds(void);
-ORION_API int cuMemcpy2D_v2_ptds(void) { return orion_unsupported(317); }
+ORION_API int cuMemcpy2D_v2_ptds(void) { return orion_unsupported(314); }
 ORION_API int cuMemcpy3D(void);
-ORION_API int cuMemcpy3D(void) { return orion_unsupported(318); }
+ORION_API int cuMemcpy3D(void) { return orion_unsupported(315); }
 ORION_API int cuMemcpy3DAsync(void);
-ORION_API int cuMemcpy3DAsync(void) { return orion_unsupported(319); }
+ORION_API int cuMemcpy3DAsync(void) { return orion_unsupported(316); }
 ORION_API int cuMemcpy3DAsync_v2(void);
-ORION_API int cuMemcpy3DAsync_v2(void) { return orion_unsupported(320); }
+ORION_API int cuMemcpy3DAsync_v2(void) { return orion_unsupported(317); }
 ORION_API int cuMemcpy3DAsync_v2_ptsz(void);
-ORION_API int cuMemcpy3DAsync_v2_ptsz(void) { return orion_unsupported(321); }
+ORION_API int cuMemcpy3DAsync_v2_ptsz(void) { return orion_unsupported(318); }
 ORION_API int cuMemcpy3DBatchAsync(void);
-ORION_API int cuMemcpy3DBatchAsync(void) { return orion_unsupported(322); }
+ORION_API int cuMemcpy3DBatchAsync(void) { return orion_unsupported(319); }
 ORION_API int cuMemcpy3DBatchAsync_ptsz(void);
-ORION_API int cuMemcpy3DBatchAsync_ptsz(void) { return orion_unsupported(323); }
+ORION_API int cuMemcpy3DBatchAsync_ptsz(void) { return orion_unsupported(320); }
 ORION_API int cuMemcpy3DBatchAsync_v2(void);
-ORION_API int cuMemcpy3DBatchAsync_v2(void) { return orion_unsupported(324); }
+ORION_API int cuMemcpy3DBatchAsync_v2(void) { return orion_unsupported(321); }
 ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void);
-ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void) { return orion_unsupported(325); }
+ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void) { return orion_unsupported(322); }
 ORION_API int cuMemcpy3DPeer(void);
-ORION_API int cuMemcpy3DPeer(void) { return orion_unsupported(326); }
+ORION_API int cuMemcpy3DPeer(void) { return orion_unsupported(323); }
 ORION_API int cuMemcpy3DPeerAsync(void);
-ORION_API int cuMemcpy3DPeerAsync(void) { return orion_unsupported(327); }
+ORION_API int cuMemcpy3DPeerAsync(void) { return orion_unsupported(324); }
 ORION_API int cuMemcpy3DPeerAsync_ptsz(void);
-ORION_API int cuMemcpy3DPeerAsync_ptsz(void) { return orion_unsupported(328); }
+ORION_API int cuMemcpy3DPeerAsync_ptsz(void) { return orion_unsupported(325); }
 ORION_API int cuMemcpy3DPeer_ptds(void);
-ORION_API int cuMemcpy3DPeer_ptds(void) { return orion_unsupported(329); }
+ORION_API int cuMemcpy3DPeer_ptds(void) { return orion_unsupported(326); }
 ORION_API int cuMemcpy3D_v2(void);
-ORION_API int cuMemcpy3D_v2(void) { return orion_unsupported(330); }
+ORION_API int cuMemcpy3D_v2(void) { return orion_unsupported(327); }
 ORION_API int cuMemcpy3D_v2_ptds(void);
-ORION_API int cuMemcpy3D_v2_ptds(void) { return orion_unsupported(331); }
+ORION_API int cuMemcpy3D_v2_ptds(void) { return orion_unsupported(328); }
 ORION_API int cuMemcpyAsync(void);
-ORION_API int cuMemcpyAsync(void) { return orion_unsupported(332); }
+ORION_API int cuMemcpyAsync(void) { return orion_unsupported(329); }
 ORION_API int cuMemcpyAsync_ptsz(void);
-ORION_API int cuMemcpyAsync_ptsz(void) { return orion_unsupported(333); }
+ORION_API int cuMemcpyAsync_ptsz(void) { return orion_unsupported(330); }
 ORION_API int cuMemcpyAtoA(void);
-ORION_API int cuMemcpyAtoA(void) { return orion_unsupported(334); }
+ORION_API int cuMemcpyAtoA(void) { return orion_unsupported(331); }
 ORION_API int cuMemcpyAtoA_v2(void);
-ORION_API int cuMemcpyAtoA_v2(void) { return orion_unsupported(335); }
+ORION_API int cuMemcpyAtoA_v2(void) { return orion_unsupported(332); }
 ORION_API int cuMemcpyAtoA_v2_ptds(void);
-ORION_API int cuMemcpyAtoA_v2_ptds(void) { return orion_unsupported(336); }
+ORION_API int cuMemcpyAtoA_v2_ptds(void) { return orion_unsupported(333); }
 ORION_API int cuMemcpyAtoD(void);
-ORION_API int cuMemcpyAtoD(void) { return orion_unsupported(337); }
+ORION_API int cuMemcpyAtoD(void) { return orion_unsupported(334); }
 ORION_API int cuMemcpyAtoD_v2(void);
-ORION_API int cuMemcpyAtoD_v2(void) { return orion_unsupported(338); }
+ORION_API int cuMemcpyAtoD_v2(void) { return orion_unsupported(335); }
 ORION_API int cuMemcpyAtoD_v2_ptds(void);
-ORION_API int cuMemcpyAtoD_v2_ptds(void) { return orion_unsupported(339); }
+ORION_API int cuMemcpyAtoD_v2_ptds(void) { return orion_unsupported(336); }
 ORION_API int cuMemcpyAtoH(void);
-ORION_API int cuMemcpyAtoH(void) { return orion_unsupported(340); }
+ORION_API int cuMemcpyAtoH(void) { return orion_unsupported(337); }
 ORION_API int cuMemcpyAtoHAsync(void);
-ORION_API int cuMemcpyAtoHAsync(void) { return orion_unsupported(341); }
+ORION_API int cuMemcpyAtoHAsync(void) { return orion_unsupported(338); }
 ORION_API int cuMemcpyAtoHAsync_v2(void);
-ORION_API int cuMemcpyAtoHAsync_v2(void) { return orion_unsupported(342); }
+ORION_API int cuMemcpyAtoHAsync_v2(void) { return orion_unsupported(339); }
 ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void);
-ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void) { return orion_unsupported(343); }
+ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void) { return orion_unsupported(340); }
 ORION_API int cuMemcpyAtoH_v2(void);
-ORION_API int cuMemcpyAtoH_v2(void) { return orion_unsupported(344); }
+ORION_API int cuMemcpyAtoH_v2(void) { return orion_unsupported(341); }
 ORION_API int cuMemcpyAtoH_v2_ptds(void);
-ORION_API int cuMemcpyAtoH_v2_ptds(void) { return orion_unsupported(345); }
+ORION_API int cuMemcpyAtoH_v2_ptds(void) { return orion_unsupported(342); }
 ORION_API int cuMemcpyBatchAsync(void);
-ORION_API int cuMemcpyBatchAsync(void) { return orion_unsupported(346); }
+ORION_API int cuMemcpyBatchAsync(void) { return orion_unsupported(343); }
 ORION_API int cuMemcpyBatchAsync_ptsz(void);
-ORION_API int cuMemcpyBatchAsync_ptsz(void) { return orion_unsupported(347); }
+ORION_API int cuMemcpyBatchAsync_ptsz(void) { return orion_unsupported(344); }
 ORION_API int cuMemcpyBatchAsync_v2(void);
-ORION_API int cuMemcpyBatchAsync_v2(void) { return orion_unsupported(348); }
+ORION_API int cuMemcpyBatchAsync_v2(void) { return orion_unsupported(345); }
 ORION_API int cuMemcpyBatchAsync_v2_ptsz(void);
-ORION_API int cuMemcpyBatchAsync_v2_ptsz(void) { return orion_unsupported(349); }
+ORION_API int cuMemcpyBatchAsync_v2_ptsz(void) { return orion_unsupported(346); }
 ORION_API int cuMemcpyDtoA(void);
-ORION_API int cuMemcpyDtoA(void) { return orion_unsupported(350); }
+ORION_API int cuMemcpyDtoA(void) { return orion_unsupported(347); }
 ORION_API int cuMemcpyDtoA_v2(void);
-ORION_API int cuMemcpyDtoA_v2(void) { return orion_unsupported(351); }
+ORION_API int cuMemcpyDtoA_v2(void) { return orion_unsupported(348); }
 ORION_API int cuMemcpyDtoA_v2_ptds(void);
-ORION_API int cuMemcpyDtoA_v2_ptds(void) { return orion_unsupported(352); }
+ORION_API int cuMemcpyDtoA_v2_ptds(void) { return orion_unsupported(349); }
 extern int cuMemcpyDtoD(void);
 extern int cuMemcpyDtoDAsync(void);
 extern int cuMemcpyDtoDAsync_v2(void);
@@ -1348,73 +1338,69 @@ extern int cuMemcpyDtoHAsync_v2_ptsz(void);
 extern int cuMemcpyDtoH_v2(void);
 extern int cuMemcpyDtoH_v2_ptds(void);
 ORION_API int cuMemcpyHtoA(void);
-ORION_API int cuMemcpyHtoA(void) { return orion_unsupported(353); }
+ORION_API int cuMemcpyHtoA(void) { return orion_unsupported(350); }
 ORION_API int cuMemcpyHtoAAsync(void);
-ORION_API int cuMemcpyHtoAAsync(void) { return orion_unsupported(354); }
+ORION_API int cuMemcpyHtoAAsync(void) { return orion_unsupported(351); }
 ORION_API int cuMemcpyHtoAAsync_v2(void);
-ORION_API int cuMemcpyHtoAAsync_v2(void) { return orion_unsupported(355); }
+ORION_API int cuMemcpyHtoAAsync_v2(void) { return orion_unsupported(352); }
 ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void);
-ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void) { return orion_unsupported(356); }
+ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void) { return orion_unsupported(353); }
 ORION_API int cuMemcpyHtoA_v2(void);
-ORION_API int cuMemcpyHtoA_v2(void) { return orion_unsupported(357); }
+ORION_API int cuMemcpyHtoA_v2(void) { return orion_unsupported(354); }
 ORION_API int cuMemcpyHtoA_v2_ptds(void);
-ORION_API int cuMemcpyHtoA_v2_ptds(void) { return orion_unsupported(358); }
+ORION_API int cuMemcpyHtoA_v2_ptds(void) { return orion_unsupported(355); }
 extern int cuMemcpyHtoD(void);
 extern int cuMemcpyHtoDAsync(void);
 extern int cuMemcpyHtoDAsync_v2(void);
 extern int cuMemcpyHtoDAsync_v2_ptsz(void);
 extern int cuMemcpyHtoD_v2(void);
 extern int cuMemcpyHtoD_v2_ptds(void);
-ORION_API int cuMemcpyPeer(void);
-ORION_API int cuMemcpyPeer(void) { return orion_unsupported(359); }
-ORION_API int cuMemcpyPeerAsync(void);
-ORION_API int cuMemcpyPeerAsync(void) { return orion_unsupported(360); }
-ORION_API int cuMemcpyPeerAsync_ptsz(void);
-ORION_API int cuMemcpyPeerAsync_ptsz(void) { return orion_unsupported(361); }
-ORION_API int cuMemcpyPeer_ptds(void);
-ORION_API int cuMemcpyPeer_ptds(void) { return orion_unsupported(362); }
+extern int cuMemcpyPeer(void);
+extern int cuMemcpyPeerAsync(void);
+extern int cuMemcpyPeerAsync_ptsz(void);
+extern int cuMemcpyPeer_ptds(void);
 ORION_API int cuMemcpy_ptds(void);
-ORION_API int cuMemcpy_ptds(void) { return orion_unsupported(363); }
+ORION_API int cuMemcpy_ptds(void) { return orion_unsupported(356); }
 ORION_API int cuMemsetD16(void);
-ORION_API int cuMemsetD16(void) { return orion_unsupported(364); }
+ORION_API int cuMemsetD16(void) { return orion_unsupported(357); }
 ORION_API int cuMemsetD16Async(void);
-ORION_API int cuMemsetD16Async(void) { return orion_unsupported(365); }
+ORION_API int cuMemsetD16Async(void) { return orion_unsupported(358); }
 ORION_API int cuMemsetD16Async_ptsz(void);
-ORION_API int cuMemsetD16Async_ptsz(void) { return orion_unsupported(366); }
+ORION_API int cuMemsetD16Async_ptsz(void) { return orion_unsupported(359); }
 ORION_API int cuMemsetD16_v2(void);
-ORION_API int cuMemsetD16_v2(void) { return orion_unsupported(367); }
+ORION_API int cuMemsetD16_v2(void) { return orion_unsupported(360); }
 ORION_API int cuMemsetD16_v2_ptds(void);
-ORION_API int cuMemsetD16_v2_ptds(void) { return orion_unsupported(368); }
+ORION_API int cuMemsetD16_v2_ptds(void) { return orion_unsupported(361); }
 ORION_API int cuMemsetD2D16(void);
-ORION_API int cuMemsetD2D16(void) { return orion_unsupported(369); }
+ORION_API int cuMemsetD2D16(void) { return orion_unsupported(362); }
 ORION_API int cuMemsetD2D16Async(void);
-ORION_API int cuMemsetD2D16Async(void) { return orion_unsupported(370); }
+ORION_API int cuMemsetD2D16Async(void) { return orion_unsupported(363); }
 ORION_API int cuMemsetD2D16Async_ptsz(void);
-ORION_API int cuMemsetD2D16Async_ptsz(void) { return orion_unsupported(371); }
+ORION_API int cuMemsetD2D16Async_ptsz(void) { return orion_unsupported(364); }
 ORION_API int cuMemsetD2D16_v2(void);
-ORION_API int cuMemsetD2D16_v2(void) { return orion_unsupported(372); }
+ORION_API int cuMemsetD2D16_v2(void) { return orion_unsupported(365); }
 ORION_API int cuMemsetD2D16_v2_ptds(void);
-ORION_API int cuMemsetD2D16_v2_ptds(void) { return orion_unsupported(373); }
+ORION_API int cuMemsetD2D16_v2_ptds(void) { return orion_unsupported(366); }
 ORION_API int cuMemsetD2D32(void);
-ORION_API int cuMemsetD2D32(void) { return orion_unsupported(374); }
+ORION_API int cuMemsetD2D32(void) { return orion_unsupported(367); }
 ORION_API int cuMemsetD2D32Async(void);
-ORION_API int cuMemsetD2D32Async(void) { return orion_unsupported(375); }
+ORION_API int cuMemsetD2D32Async(void) { return orion_unsupported(368); }
 ORION_API int cuMemsetD2D32Async_ptsz(void);
-ORION_API int cuMemsetD2D32Async_ptsz(void) { return orion_unsupported(376); }
+ORION_API int cuMemsetD2D32Async_ptsz(void) { return orion_unsupported(369); }
 ORION_API int cuMemsetD2D32_v2(void);
-ORION_API int cuMemsetD2D32_v2(void) { return orion_unsupported(377); }
+ORION_API int cuMemsetD2D32_v2(void) { return orion_unsupported(370); }
 ORION_API int cuMemsetD2D32_v2_ptds(void);
-ORION_API int cuMemsetD2D32_v2_ptds(void) { return orion_unsupported(378); }
+ORION_API int cuMemsetD2D32_v2_ptds(void) { return orion_unsupported(371); }
 ORION_API int cuMemsetD2D8(void);
-ORION_API int cuMemsetD2D8(void) { return orion_unsupported(379); }
+ORION_API int cuMemsetD2D8(void) { return orion_unsupported(372); }
 ORION_API int cuMemsetD2D8Async(void);
-ORION_API int cuMemsetD2D8Async(void) { return orion_unsupported(380); }
+ORION_API int cuMemsetD2D8Async(void) { return orion_unsupported(373); }
 ORION_API int cuMemsetD2D8Async_ptsz(void);
-ORION_API int cuMemsetD2D8Async_ptsz(void) { return orion_unsupported(381); }
+ORION_API int cuMemsetD2D8Async_ptsz(void) { return orion_unsupported(374); }
 ORION_API int cuMemsetD2D8_v2(void);
-ORION_API int cuMemsetD2D8_v2(void) { return orion_unsupported(382); }
+ORION_API int cuMemsetD2D8_v2(void) { return orion_unsupported(375); }
 ORION_API int cuMemsetD2D8_v2_ptds(void);
-ORION_API int cuMemsetD2D8_v2_ptds(void) { return orion_unsupported(383); }
+ORION_API int cuMemsetD2D8_v2_ptds(void) { return orion_unsupported(376); }
 extern int cuMemsetD32(void);
 extern int cuMemsetD32Async(void);
 extern int cuMemsetD32Async_ptsz(void);
@@ -1426,110 +1412,110 @@ extern int cuMemsetD8Async_ptsz(void);
 extern int cuMemsetD8_v2(void);
 extern int cuMemsetD8_v2_ptds(void);
 ORION_API int cuMipmappedArrayCreate(void);
-ORION_API int cuMipmappedArrayCreate(void) { return orion_unsupported(384); }
+ORION_API int cuMipmappedArrayCreate(void) { return orion_unsupported(377); }
 ORION_API int cuMipmappedArrayDestroy(void);
-ORION_API int cuMipmappedArrayDestroy(void) { return orion_unsupported(385); }
+ORION_API int cuMipmappedArrayDestroy(void) { return orion_unsupported(378); }
 ORION_API int cuMipmappedArrayGetLevel(void);
-ORION_API int cuMipmappedArrayGetLevel(void) { return orion_unsupported(386); }
+ORION_API int cuMipmappedArrayGetLevel(void) { return orion_unsupported(379); }
 ORION_API int cuMipmappedArrayGetMemoryRequirements(void);
-ORION_API int cuMipmappedArrayGetMemoryRequirements(void) { return orion_unsupported(387); }
+ORION_API int cuMipmappedArrayGetMemoryRequirements(void) { return orion_unsupported(380); }
 ORION_API int cuMipmappedArrayGetSparseProperties(void);
-ORION_API int cuMipmappedArrayGetSparseProperties(void) { return orion_unsupported(388); }
+ORION_API int cuMipmappedArrayGetSparseProperties(void) { return orion_unsupported(381); }
 ORION_API int cuModuleEnumerateFunctions(void);
-ORION_API int cuModuleEnumerateFunctions(void) { return orion_unsupported(389); }
+ORION_API int cuModuleEnumerateFunctions(void) { return orion_unsupported(382); }
 extern int cuModuleGetFunction(void);
 ORION_API int cuModuleGetFunctionCount(void);
-ORION_API int cuModuleGetFunctionCount(void) { return orion_unsupported(390); }
+ORION_API int cuModuleGetFunctionCount(void) { return orion_unsupported(383); }
 extern int cuModuleGetGlobal(void);
 extern int cuModuleGetGlobal_v2(void);
 extern int cuModuleGetLoadingMode(void);
 ORION_API int cuModuleGetSurfRef(void);
-ORION_API int cuModuleGetSurfRef(void) { return orion_unsupported(391); }
+ORION_API int cuModuleGetSurfRef(void) { return orion_unsupported(384); }
 ORION_API int cuModuleGetTexRef(void);
-ORION_API int cuModuleGetTexRef(void) { return orion_unsupported(392); }
+ORION_API int cuModuleGetTexRef(void) { return orion_unsupported(385); }
 ORION_API int cuModuleLoad(void);
-ORION_API int cuModuleLoad(void) { return orion_unsupported(393); }
+ORION_API int cuModuleLoad(void) { return orion_unsupported(386); }
 extern int cuModuleLoadData(void);
 extern int cuModuleLoadDataEx(void);
 ORION_API int cuModuleLoadFatBinary(void);
-ORION_API int cuModuleLoadFatBinary(void) { return orion_unsupported(394); }
+ORION_API int cuModuleLoadFatBinary(void) { return orion_unsupported(387); }
 extern int cuModuleUnload(void);
 ORION_API int cuMulticastAddDevice(void);
-ORION_API int cuMulticastAddDevice(void) { return orion_unsupported(395); }
+ORION_API int cuMulticastAddDevice(void) { return orion_unsupported(388); }
 ORION_API int cuMulticastBindAddr(void);
-ORION_API int cuMulticastBindAddr(void) { return orion_unsupported(396); }
+ORION_API int cuMulticastBindAddr(void) { return orion_unsupported(389); }
 ORION_API int cuMulticastBindMem(void);
-ORION_API int cuMulticastBindMem(void) { return orion_unsupported(397); }
+ORION_API int cuMulticastBindMem(void) { return orion_unsupported(390); }
 ORION_API int cuMulticastCreate(void);
-ORION_API int cuMulticastCreate(void) { return orion_unsupported(398); }
+ORION_API int cuMulticastCreate(void) { return orion_unsupported(391); }
 ORION_API int cuMulticastGetGranularity(void);
-ORION_API int cuMulticastGetGranularity(void) { return orion_unsupported(399); }
+ORION_API int cuMulticastGetGranularity(void) { return orion_unsupported(392); }
 ORION_API int cuMulticastUnbind(void);
-ORION_API int cuMulticastUnbind(void) { return orion_unsupported(400); }
+ORION_API int cuMulticastUnbind(void) { return orion_unsupported(393); }
 extern int cuOccupancyAvailableDynamicSMemPerBlock(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessor(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(void);
 extern int cuOccupancyMaxActiveClusters(void);
 ORION_API int cuOccupancyMaxPotentialBlockSize(void);
-ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(401); }
+ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(394); }
 ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void);
-ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(402); }
+ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(395); }
 ORION_API int cuOccupancyMaxPotentialClusterSize(void);
-ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(403); }
+ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(396); }
 ORION_API int cuParamSetSize(void);
-ORION_API int cuParamSetSize(void) { return orion_unsupported(404); }
+ORION_API int cuParamSetSize(void) { return orion_unsupported(397); }
 ORION_API int cuParamSetTexRef(void);
-ORION_API int cuParamSetTexRef(void) { return orion_unsupported(405); }
+ORION_API int cuParamSetTexRef(void) { return orion_unsupported(398); }
 ORION_API int cuParamSetf(void);
-ORION_API int cuParamSetf(void) { return orion_unsupported(406); }
+ORION_API int cuParamSetf(void) { return orion_unsupported(399); }
 ORION_API int cuParamSeti(void);
-ORION_API int cuParamSeti(void) { return orion_unsupported(407); }
+ORION_API int cuParamSeti(void) { return orion_unsupported(400); }
 ORION_API int cuParamSetv(void);
-ORION_API int cuParamSetv(void) { return orion_unsupported(408); }
+ORION_API int cuParamSetv(void) { return orion_unsupported(401); }
 extern int cuPointerGetAttribute(void);
 extern int cuPointerGetAttributes(void);
 ORION_API int cuPointerSetAttribute(void);
-ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(409); }
+ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(402); }
 ORION_API int cuProfilerInitialize(void);
-ORION_API int cuProfilerInitialize(void) { return orion_unsupported(410); }
+ORION_API int cuProfilerInitialize(void) { return orion_unsupported(403); }
 ORION_API int cuProfilerStart(void);
-ORION_API int cuProfilerStart(void) { return orion_unsupported(411); }
+ORION_API int cuProfilerStart(void) { return orion_unsupported(404); }
 ORION_API int cuProfilerStop(void);
-ORION_API int cuProfilerStop(void) { return orion_unsupported(412); }
+ORION_API int cuProfilerStop(void) { return orion_unsupported(405); }
 ORION_API int cuSignalExternalSemaphoresAsync(void);
-ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(413); }
+ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(406); }
 ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(414); }
+ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(407); }
 ORION_API int cuStreamAddCallback(void);
-ORION_API int cuStreamAddCallback(void) { return orion_unsupported(415); }
+ORION_API int cuStreamAddCallback(void) { return orion_unsupported(408); }
 ORION_API int cuStreamAddCallback_ptsz(void);
-ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(416); }
+ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(409); }
 ORION_API int cuStreamAttachMemAsync(void);
-ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(417); }
+ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(410); }
 ORION_API int cuStreamAttachMemAsync_ptsz(void);
-ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(418); }
+ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(411); }
 ORION_API int cuStreamBatchMemOp(void);
-ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(419); }
+ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(412); }
 ORION_API int cuStreamBatchMemOp_ptsz(void);
-ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(420); }
+ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(413); }
 ORION_API int cuStreamBatchMemOp_v2(void);
-ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(421); }
+ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(414); }
 ORION_API int cuStreamBatchMemOp_v2_ptsz(void);
-ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(422); }
+ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(415); }
 ORION_API int cuStreamBeginCapture(void);
-ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(423); }
+ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(416); }
 ORION_API int cuStreamBeginCaptureToGraph(void);
-ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(424); }
+ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(417); }
 ORION_API int cuStreamBeginCaptureToGraph_ptsz(void);
-ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(425); }
+ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(418); }
 ORION_API int cuStreamBeginCapture_ptsz(void);
-ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(426); }
+ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(419); }
 extern int cuStreamBeginCapture_v2(void);
 extern int cuStreamBeginCapture_v2_ptsz(void);
 ORION_API int cuStreamCopyAttributes(void);
-ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(427); }
+ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(420); }
 ORION_API int cuStreamCopyAttributes_ptsz(void);
-ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(428); }
+ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(421); }
 extern int cuStreamCreate(void);
 extern int cuStreamCreateWithPriority(void);
 extern int cuStreamDestroy(void);
@@ -1537,218 +1523,218 @@ extern int cuStreamDestroy_v2(void);
 extern int cuStreamEndCapture(void);
 extern int cuStreamEndCapture_ptsz(void);
 ORION_API int cuStreamGetAttribute(void);
-ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(429); }
+ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(422); }
 ORION_API int cuStreamGetAttribute_ptsz(void);
-ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(430); }
+ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(423); }
 extern int cuStreamGetCaptureInfo(void);
 extern int cuStreamGetCaptureInfo_ptsz(void);
 extern int cuStreamGetCaptureInfo_v2(void);
 ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(431); }
+ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(424); }
 extern int cuStreamGetCaptureInfo_v3(void);
 ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(432); }
+ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(425); }
 ORION_API int cuStreamGetCtx(void);
-ORION_API int cuStreamGetCtx(void) { return orion_unsupported(433); }
+ORION_API int cuStreamGetCtx(void) { return orion_unsupported(426); }
 ORION_API int cuStreamGetCtx_ptsz(void);
-ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(434); }
+ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(427); }
 ORION_API int cuStreamGetCtx_v2(void);
-ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(435); }
+ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(428); }
 ORION_API int cuStreamGetCtx_v2_ptsz(void);
-ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(436); }
+ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(429); }
 ORION_API int cuStreamGetDevice(void);
-ORION_API int cuStreamGetDevice(void) { return orion_unsupported(437); }
+ORION_API int cuStreamGetDevice(void) { return orion_unsupported(430); }
 ORION_API int cuStreamGetDevice_ptsz(void);
-ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(438); }
+ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(431); }
 ORION_API int cuStreamGetFlags(void);
-ORION_API int cuStreamGetFlags(void) { return orion_unsupported(439); }
+ORION_API int cuStreamGetFlags(void) { return orion_unsupported(432); }
 ORION_API int cuStreamGetFlags_ptsz(void);
-ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(440); }
+ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(433); }
 ORION_API int cuStreamGetGreenCtx(void);
-ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(441); }
+ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(434); }
 ORION_API int cuStreamGetId(void);
-ORION_API int cuStreamGetId(void) { return orion_unsupported(442); }
+ORION_API int cuStreamGetId(void) { return orion_unsupported(435); }
 ORION_API int cuStreamGetId_ptsz(void);
-ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(443); }
+ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(436); }
 ORION_API int cuStreamGetPriority(void);
-ORION_API int cuStreamGetPriority(void) { return orion_unsupported(444); }
+ORION_API int cuStreamGetPriority(void) { return orion_unsupported(437); }
 ORION_API int cuStreamGetPriority_ptsz(void);
-ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(445); }
+ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(438); }
 extern int cuStreamIsCapturing(void);
 extern int cuStreamIsCapturing_ptsz(void);
 extern int cuStreamQuery(void);
 extern int cuStreamQuery_ptsz(void);
 ORION_API int cuStreamSetAttribute(void);
-ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(446); }
+ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(439); }
 ORION_API int cuStreamSetAttribute_ptsz(void);
-ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(447); }
+ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(440); }
 extern int cuStreamSynchronize(void);
 extern int cuStreamSynchronize_ptsz(void);
 ORION_API int cuStreamUpdateCaptureDependencies(void);
-ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(448); }
+ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(441); }
 ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(449); }
+ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(442); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(450); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(443); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(451); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(444); }
 extern int cuStreamWaitEvent(void);
 extern int cuStreamWaitEvent_ptsz(void);
 ORION_API int cuStreamWaitValue32(void);
-ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(452); }
+ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(445); }
 ORION_API int cuStreamWaitValue32_ptsz(void);
-ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(453); }
+ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(446); }
 ORION_API int cuStreamWaitValue32_v2(void);
-ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(454); }
+ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(447); }
 ORION_API int cuStreamWaitValue32_v2_ptsz(void);
-ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(455); }
+ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(448); }
 ORION_API int cuStreamWaitValue64(void);
-ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(456); }
+ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(449); }
 ORION_API int cuStreamWaitValue64_ptsz(void);
-ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(457); }
+ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(450); }
 ORION_API int cuStreamWaitValue64_v2(void);
-ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(458); }
+ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(451); }
 ORION_API int cuStreamWaitValue64_v2_ptsz(void);
-ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(459); }
+ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(452); }
 ORION_API int cuStreamWriteValue32(void);
-ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(460); }
+ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(453); }
 ORION_API int cuStreamWriteValue32_ptsz(void);
-ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(461); }
+ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(454); }
 ORION_API int cuStreamWriteValue32_v2(void);
-ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(462); }
+ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(455); }
 ORION_API int cuStreamWriteValue32_v2_ptsz(void);
-ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(463); }
+ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(456); }
 ORION_API int cuStreamWriteValue64(void);
-ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(464); }
+ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(457); }
 ORION_API int cuStreamWriteValue64_ptsz(void);
-ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(465); }
+ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(458); }
 ORION_API int cuStreamWriteValue64_v2(void);
-ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(466); }
+ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(459); }
 ORION_API int cuStreamWriteValue64_v2_ptsz(void);
-ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(467); }
+ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(460); }
 ORION_API int cuSurfObjectCreate(void);
-ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(468); }
+ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(461); }
 ORION_API int cuSurfObjectDestroy(void);
-ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(469); }
+ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(462); }
 ORION_API int cuSurfObjectGetResourceDesc(void);
-ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(470); }
+ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(463); }
 ORION_API int cuSurfRefGetArray(void);
-ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(471); }
+ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(464); }
 ORION_API int cuSurfRefSetArray(void);
-ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(472); }
+ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(465); }
 ORION_API int cuTensorMapEncodeIm2col(void);
-ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(473); }
+ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(466); }
 ORION_API int cuTensorMapEncodeIm2colWide(void);
-ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(474); }
+ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(467); }
 ORION_API int cuTensorMapEncodeTiled(void);
-ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(475); }
+ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(468); }
 ORION_API int cuTensorMapReplaceAddress(void);
-ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(476); }
+ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(469); }
 ORION_API int cuTexObjectCreate(void);
-ORION_API int cuTexObjectCreate(void) { return orion_unsupported(477); }
+ORION_API int cuTexObjectCreate(void) { return orion_unsupported(470); }
 ORION_API int cuTexObjectDestroy(void);
-ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(478); }
+ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(471); }
 ORION_API int cuTexObjectGetResourceDesc(void);
-ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(479); }
+ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(472); }
 ORION_API int cuTexObjectGetResourceViewDesc(void);
-ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(480); }
+ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(473); }
 ORION_API int cuTexObjectGetTextureDesc(void);
-ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(481); }
+ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(474); }
 ORION_API int cuTexRefCreate(void);
-ORION_API int cuTexRefCreate(void) { return orion_unsupported(482); }
+ORION_API int cuTexRefCreate(void) { return orion_unsupported(475); }
 ORION_API int cuTexRefDestroy(void);
-ORION_API int cuTexRefDestroy(void) { return orion_unsupported(483); }
+ORION_API int cuTexRefDestroy(void) { return orion_unsupported(476); }
 ORION_API int cuTexRefGetAddress(void);
-ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(484); }
+ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(477); }
 ORION_API int cuTexRefGetAddressMode(void);
-ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(485); }
+ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(478); }
 ORION_API int cuTexRefGetAddress_v2(void);
-ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(486); }
+ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(479); }
 ORION_API int cuTexRefGetArray(void);
-ORION_API int cuTexRefGetArray(void) { return orion_unsupported(487); }
+ORION_API int cuTexRefGetArray(void) { return orion_unsupported(480); }
 ORION_API int cuTexRefGetBorderColor(void);
-ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(488); }
+ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(481); }
 ORION_API int cuTexRefGetFilterMode(void);
-ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(489); }
+ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(482); }
 ORION_API int cuTexRefGetFlags(void);
-ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(490); }
+ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(483); }
 ORION_API int cuTexRefGetFormat(void);
-ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(491); }
+ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(484); }
 ORION_API int cuTexRefGetMaxAnisotropy(void);
-ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(492); }
+ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(485); }
 ORION_API int cuTexRefGetMipmapFilterMode(void);
-ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(493); }
+ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(486); }
 ORION_API int cuTexRefGetMipmapLevelBias(void);
-ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(494); }
+ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(487); }
 ORION_API int cuTexRefGetMipmapLevelClamp(void);
-ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(495); }
+ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(488); }
 ORION_API int cuTexRefGetMipmappedArray(void);
-ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(496); }
+ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(489); }
 ORION_API int cuTexRefSetAddress(void);
-ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(497); }
+ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(490); }
 ORION_API int cuTexRefSetAddress2D(void);
-ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(498); }
+ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(491); }
 ORION_API int cuTexRefSetAddress2D_v2(void);
-ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(499); }
+ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(492); }
 ORION_API int cuTexRefSetAddress2D_v3(void);
-ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(500); }
+ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(493); }
 ORION_API int cuTexRefSetAddressMode(void);
-ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(501); }
+ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(494); }
 ORION_API int cuTexRefSetAddress_v2(void);
-ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(502); }
+ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(495); }
 ORION_API int cuTexRefSetArray(void);
-ORION_API int cuTexRefSetArray(void) { return orion_unsupported(503); }
+ORION_API int cuTexRefSetArray(void) { return orion_unsupported(496); }
 ORION_API int cuTexRefSetBorderColor(void);
-ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(504); }
+ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(497); }
 ORION_API int cuTexRefSetFilterMode(void);
-ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(505); }
+ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(498); }
 ORION_API int cuTexRefSetFlags(void);
-ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(506); }
+ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(499); }
 ORION_API int cuTexRefSetFormat(void);
-ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(507); }
+ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(500); }
 ORION_API int cuTexRefSetMaxAnisotropy(void);
-ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(508); }
+ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(501); }
 ORION_API int cuTexRefSetMipmapFilterMode(void);
-ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(509); }
+ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(502); }
 ORION_API int cuTexRefSetMipmapLevelBias(void);
-ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(510); }
+ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(503); }
 ORION_API int cuTexRefSetMipmapLevelClamp(void);
-ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(511); }
+ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(504); }
 ORION_API int cuTexRefSetMipmappedArray(void);
-ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(512); }
+ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(505); }
 extern int cuThreadExchangeStreamCaptureMode(void);
 ORION_API int cuUserObjectCreate(void);
-ORION_API int cuUserObjectCreate(void) { return orion_unsupported(513); }
+ORION_API int cuUserObjectCreate(void) { return orion_unsupported(506); }
 ORION_API int cuUserObjectRelease(void);
-ORION_API int cuUserObjectRelease(void) { return orion_unsupported(514); }
+ORION_API int cuUserObjectRelease(void) { return orion_unsupported(507); }
 ORION_API int cuUserObjectRetain(void);
-ORION_API int cuUserObjectRetain(void) { return orion_unsupported(515); }
+ORION_API int cuUserObjectRetain(void) { return orion_unsupported(508); }
 ORION_API int cuVDPAUCtxCreate(void);
-ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(516); }
+ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(509); }
 ORION_API int cuVDPAUCtxCreate_v2(void);
-ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(517); }
+ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(510); }
 ORION_API int cuVDPAUGetDevice(void);
-ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(518); }
+ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(511); }
 ORION_API int cuWaitExternalSemaphoresAsync(void);
-ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(519); }
+ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(512); }
 ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(520); }
+ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(513); }
 ORION_API int cudbgApiAttach(void);
-ORION_API int cudbgApiAttach(void) { return orion_unsupported(521); }
+ORION_API int cudbgApiAttach(void) { return orion_unsupported(514); }
 ORION_API int cudbgApiDetach(void);
-ORION_API int cudbgApiDetach(void) { return orion_unsupported(522); }
+ORION_API int cudbgApiDetach(void) { return orion_unsupported(515); }
 ORION_API int cudbgApiInit(void);
-ORION_API int cudbgApiInit(void) { return orion_unsupported(523); }
+ORION_API int cudbgApiInit(void) { return orion_unsupported(516); }
 ORION_API int cudbgGetAPI(void);
-ORION_API int cudbgGetAPI(void) { return orion_unsupported(524); }
+ORION_API int cudbgGetAPI(void) { return orion_unsupported(517); }
 ORION_API int cudbgGetAPIVersion(void);
-ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(525); }
+ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(518); }
 ORION_API int cudbgMain(void);
-ORION_API int cudbgMain(void) { return orion_unsupported(526); }
+ORION_API int cudbgMain(void) { return orion_unsupported(519); }
 ORION_API int cudbgReportDriverApiError(void);
-ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(527); }
+ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(520); }
 ORION_API int cudbgReportDriverInternalError(void);
-ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(528); }
+ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(521); }
 
 const orion_export orion_exports[682] = {
     {"cuArray3DCreate", (void *)cuArray3DCreate},
@@ -5592,4 +5578,4 @@ const orion_proc orion_procs[3151] = {
 const int orion_driver_version = 13000;
 const size_t orion_nprocs = 3151;
 const size_t orion_nexports = 682;
-const size_t orion_nstubs = 529;
+const size_t orion_nstubs = 522;

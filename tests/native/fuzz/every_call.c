@@ -154,6 +154,11 @@ int main(int argc, char **argv)
     CALL(cuEventRecord, (e1, s));
     CALL(cuStreamQuery, (s));
     CALL(cuStreamSynchronize, (s));
+    CALL(cuDeviceCanAccessPeer, (&attr, 0, count > 1 ? 1 : 0));
+    CALL(cuCtxEnablePeerAccess, (primary, 0));  /* a context of the same device: refused by the server */
+    CALL(cuCtxDisablePeerAccess, (primary));
+    CALL(cuMemcpyPeer, (d + 4096, ctx, d, ctx, COPY));
+    CALL(cuMemcpyPeerAsync, (d + 8192, ctx, d, ctx, COPY, s));
     CALL(cuEventQuery, (e1));
     CALL(cuEventSynchronize, (e1));
     CALL(cuEventElapsedTime, (&ms, e0, e1));
