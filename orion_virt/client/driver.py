@@ -917,7 +917,7 @@ def cuGraphDestroy(hGraph: Any) -> tuple[CUresult]:
 
 
 def cuDeviceCanAccessPeer(dev: Any, peerDev: Any) -> tuple[CUresult, Any]:
-    """cuDeviceCanAccessPeer: remoted (call 71). 1: dev reaches peerDev's memory (vGPUs of one GPU, or GPUs the driver pairs)"""
+    """cuDeviceCanAccessPeer: remoted (call 71). dev can use peerDev's memory: vGPUs of one GPU, peer GPUs"""
     st, v, _ = _call(71, (_h(dev), _h(peerDev)))
     if st:
         return (_res(st), 0)

@@ -289,7 +289,7 @@ CALLS: tuple[Fn, ...] = (
        doc="the names of a module's kernels (cuModuleEnumerateFunctions, cuFuncGetName), each "
            "NUL-terminated, count of them: the kernels the tools' module table {6e163fbe} slot 7 hands out"),
     Fn("cuDeviceCanAccessPeer", 71, (_out("canAccessPeer", _i), _dev("dev"), _dev("peerDev")),
-       doc="1: dev reaches peerDev's memory (vGPUs of one GPU, or GPUs the driver pairs)"),
+       doc="dev can use peerDev's memory: vGPUs of one GPU, peer GPUs"),
     Fn("cuCtxEnablePeerAccess", 72, (_h("peerContext", "context"), _a("Flags", _u, Role.FLAGS))),
     Fn("cuCtxDisablePeerAccess", 73, (_h("peerContext", "context"),)),
     Fn("cuMemcpyPeer", 74, (_dptr("dstDevice", "ByteCount"), _h("dstContext", "context"),
