@@ -301,8 +301,8 @@ static CUresult transport_error(const char *what, int r)
 {
     if (!said_failure) {
         said_failure = 1;
-        say("ERROR", "lost the connection to oriond (%s) during %s: %s", lk->name, what,
-            r == -4 ? lk->why : r == -2 ? "it closed the connection" : strerror(errno));
+        say("ERROR", "lost the connection to oriond: %s (%s, during %s)",
+            r == -4 ? lk->why : r == -2 ? "it closed the connection" : strerror(errno), lk->name, what);
     }
     close_session(CUDA_ERROR_DEVICE_UNAVAILABLE);
     return CUDA_ERROR_DEVICE_UNAVAILABLE;
@@ -645,9 +645,13 @@ static int tcp_open(const char *addr, double timeout, const char *shm_note)
 /* The transport and the handshake (init_lock and call_lock held): a shared-memory channel unless
  * enable_net, else TCP to addr; HELLO with the grant (token: empty in direct mode); WELCOME.
  * CUDA_SUCCESS, or cuInit's status with the reason in why (empty: already said). *over_shm: the
- * handshake went over a shared-memory channel. */
+ * handshake went over a shared-memory channel. `because`: why TCP, when the caller knows better
+ * than the device search (a retry after a device's oriond refused the grant); else NULL.
+ * As the Python client (runtime._open): the client log's "transport: TCP to ADDR because WHY"; on
+ * the screen, once the session is open, "using TCP: WHY" unless nothing was there to try under
+ * the default shm_path_base (a remote client: no noise); a connect error names the devices' reasons. */
 static CUresult hello_session(int enable_net, const char *addr, double timeout, long vgpu, long gmem, long ratio,
-                              const char *token, char *why, size_t wl, int *over_shm)
+                              const char *token, const char *because, char *why, size_t wl, int *over_shm)
 {
     int r;
     char shm_why[2048] = "", note[2100] = "";
@@ -655,10 +659,8 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     int fd = -1;
     int sr = enable_net ? -2 : orion_shm_open(timeout, &lk->shm, lk->name, sizeof lk->name, shm_why, sizeof shm_why);
     *over_shm = sr == 0;
-    if (sr == -1 || sr == -5) {
-        say("INFO", "using TCP: %s", shm_why);
-        snprintf(note, sizeof note, " (shared memory unusable: %s)", shm_why);
-    }
+    if (because) snprintf(shm_why, sizeof shm_why, "%s", because);
+    if (sr != 0 && shm_why[0]) snprintf(note, sizeof note, " (shared memory unusable: %s)", shm_why);
     if (sr != 0) {
         lk->shm = NULL;
         fd = tcp_open(addr, timeout, note);
@@ -779,6 +781,8 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     else
         snprintf(line, sizeof line, "transport: TCP to %s%s%s", lk->addr, shm_why[0] ? " because " : "", shm_why);
     orion_log_file("INFO", line);
+    if (!lk->shm && !enable_net && shm_why[0] && !strstr(shm_why, "no shared-memory device"))
+        say("INFO", "using TCP: %s", shm_why);
     return CUDA_SUCCESS;
 }
 
@@ -851,14 +855,18 @@ static CUresult open_session(void)
         int over_shm = 0;
         lk = &links[p];
         nlinks = p + 1;
-        st = hello_session(enable_net, paddr, timeout, pv, pm, ratio, token, why, sizeof why, &over_shm);
+        st = hello_session(enable_net, paddr, timeout, pv, pm, ratio, token, NULL, why, sizeof why, &over_shm);
         if (st != CUDA_SUCCESS && g && over_shm) {
             /* the device's oriond is not the allocated node (it refused the token): TCP to that node,
              * as the Python client retries */
-            char first[2200];
+            char first[2200], line[3000];
             snprintf(first, sizeof first, "%s", why);
+            snprintf(line, sizeof line, "handshake over %s failed: %s", lk->name, first);
+            orion_log_file("ERROR", line);
+            snprintf(line, sizeof line, "retrying over TCP to the allocated server %s", paddr);
+            orion_log_file("INFO", line);
             why[0] = '\0';
-            st = hello_session(1, paddr, timeout, pv, pm, ratio, token, why, sizeof why, &over_shm);
+            st = hello_session(1, paddr, timeout, pv, pm, ratio, token, first, why, sizeof why, &over_shm);
             if (st == CUDA_SUCCESS) say("INFO", "using TCP: TCP to %s because %s", paddr, first);
         }
         if (st == CUDA_SUCCESS && parts > 1) {

@@ -6,8 +6,9 @@
  *   POST /api/v1/allocations                  {"vgpu", "gmem_mib", "ratio", "cross_node", "group_id", "owner", "cmdline"}
  *   POST /api/v1/allocations/<id>/renew       every lease/3; the new token goes to oriond (RENEW)
  *   DELETE /api/v1/allocations/<id>           at exit, and on SIGTERM/SIGINT
- * What the Python client writes only to its log file goes to ORION_LOG_LEVEL=DEBUG here; what it
- * says on the screen is said here with the same words.
+ * What the Python client writes only to its log file goes to ORION_LOG_LEVEL=DEBUG here (the
+ * renewal's lines also to the log file, at its levels); what it says on the screen is said here
+ * with the same words.
  *
  * The network is untrusted: a minimal blocking HTTP/1.1 client (connect and read timeouts of
  * ORION_CONNECT_TIMEOUT seconds, headers at most 16 KiB, bodies at most 1 MiB, Content-Length or
@@ -30,6 +31,7 @@
 #include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1453,6 +1455,21 @@ static int renew_started, renew_done;
 
 int orion_ctl_stopping(void) { return atomic_load(&stopping); }
 
+/* A line the Python client's Renewer writes to its log file only: in the file at `level`, as it
+ * does (tests and users grep "allocation ID lost:"), and on the screen with ORION_LOG_LEVEL=DEBUG
+ * (a file_log_level of DEBUG gets it twice). */
+static void renew_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void renew_log(const char *level, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    orion_log_file(level, line);
+    orion_log("DEBUG", "%s", line);
+}
+
 /* One renewal: 1 go on, 0 the allocation is gone. */
 static int renew_once(const char *path, int *failing, double interval)
 {
@@ -1465,7 +1482,7 @@ static int renew_once(const char *path, int *failing, double interval)
         snprintf(r.msg, sizeof r.msg, "%s", why);
     }
     if (r.kind == CTL_NOT_FOUND) {
-        orion_log("DEBUG", "allocation %s lost: %s", grant.allocation_id, r.msg);
+        renew_log("ERROR", "allocation %s lost: %s", grant.allocation_id, r.msg);
         if (!orion_ctl_stopping()) {
             atomic_store(&held, 0);  /* nothing left to give back */
             orion_log("ERROR", "Orion vGPU allocation %s was released by the Orion Controller (%s); CUDA calls "
@@ -1477,14 +1494,14 @@ static int renew_once(const char *path, int *failing, double interval)
     }
     if (r.kind != CTL_OK) {
         if (!*failing)
-            orion_log("DEBUG", "could not renew allocation %s (retrying every %.1fs): %s", grant.allocation_id,
+            renew_log("WARNING", "could not renew allocation %s (retrying every %.1fs): %s", grant.allocation_id,
                       interval, r.msg);
         *failing = 1;
         ctl_result_free(&r);
         return 1;
     }
     ctl_result_free(&r);
-    if (*failing) orion_log("DEBUG", "lease renewal of %s works again", grant.allocation_id);
+    if (*failing) renew_log("INFO", "lease renewal of %s works again", grant.allocation_id);
     *failing = 0;
     for (int p = 0; p < grant.nparts; p++) {
         const char *token = NULL;
@@ -1496,7 +1513,7 @@ static int renew_once(const char *path, int *failing, double interval)
             continue;
         }
         if (orion_send_renew(p, token, (uint32_t)strlen(token)) && !orion_ctl_stopping())
-            orion_log("DEBUG", "could not pass the renewed token to node %s", grant.parts[p].node_id);
+            renew_log("WARNING", "could not pass the renewed token to node %s", grant.parts[p].node_id);
     }
     return 1;
 }

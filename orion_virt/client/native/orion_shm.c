@@ -15,10 +15,12 @@
 
 #include "orion_copy.h"
 #include "orion_doorbell.h"
+#include "orion_log.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -41,6 +43,8 @@
 #define H_SERVER_EPOCH 7
 #define H_SERVER_BEAT 8
 #define H_CLAIM_BELL 10
+#define HOSTPATH_OFF 1280  /* the path the device was created at on the host, NUL-padded */
+#define HOSTPATH_LEN 256
 #define C_STATE 0
 #define C_GEN 1
 #define C_SERVED_GEN 2
@@ -389,6 +393,25 @@ static void *beat_main(void *arg)
     return NULL;
 }
 
+/* A device file bound into a container at another path than the one it was created at on the
+ * host (orion-shm writes that path into the header): said once per device as the Python client
+ * says it (select.choose); the device is still used. A path that does not exist here (the host's)
+ * is compared as written. */
+static void warn_other_host_path(const orion_shm *s)
+{
+    char host[HOSTPATH_LEN], real_host[PATH_MAX], real_dev[PATH_MAX];
+    memcpy(host, s->base + HOSTPATH_OFF, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    if (!host[0] || !strcmp(host, s->path)) return;
+    const char *rh = realpath(host, real_host) ? real_host : host;
+    const char *rd = realpath(s->path, real_dev) ? real_dev : s->path;
+    if (!strcmp(rh, rd)) return;
+    char line[1600];
+    snprintf(line, sizeof line, "warning: %s was created on the host as %s; mount it at the same path (docker run "
+             "-v %s:%s:rw) as the Orion documentation requires", s->path, host, host, host);
+    orion_log_line("WARN", line);
+}
+
 /* Open, validate and claim a channel of one device. 0: claimed and served; -1: reason in why. */
 static int try_device(const char *path, const char *lock_path, const char *pci_dir, double timeout,
                       orion_shm **out, char *why, size_t wl)
@@ -412,13 +435,21 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
         s->lock_fd = s->fd;
     }
     if (s->fd < 0) {
-        append(why, wl, "%s: %s", path, errno == EACCES ? "permission denied (check its owner and mode)" : strerror(errno));
+        append(why, wl, "%s: %s", path, errno == EACCES ? "permission denied (check its owner and mode)"
+                                        : errno == ENOENT ? "no such device (create it on the host with orion-shm)"
+                                        : strerror(errno));
         unmap(s);
         return -1;
     }
     struct stat st;
-    if (fstat(s->fd, &st) || st.st_size < (off_t)PAGE) {
-        append(why, wl, "%s: too small to be an Orion device (recreate it with orion-shm)", path);
+    if (fstat(s->fd, &st)) {
+        append(why, wl, "%s: fstat: %s", path, strerror(errno));
+        unmap(s);
+        return -1;
+    }
+    if (st.st_size < (off_t)PAGE) {
+        append(why, wl, "%s: %lld bytes is too small to be an Orion device (recreate it with orion-shm)", path,
+               (long long)st.st_size);
         unmap(s);
         return -1;
     }
@@ -436,17 +467,20 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
     memcpy(&version, s->base + 8, 4);
     memcpy(&hsize, s->base + 12, 4);
     if (memcmp(s->base, "ORIONSHM", 8) != 0) {
-        append(why, wl, "%s: not an Orion device (no header); create it with orion-shm", path);
+        append(why, wl, "%s: not an Orion device (no header); create it with orion-shm or let the libvirt hook "
+                        "prepare it", path);
         unmap(s);
         return -1;
     }
     if (version != LAYOUT_VERSION || hsize != PAGE) {
-        append(why, wl, "%s: layout version %u, this client speaks %u", path, version, LAYOUT_VERSION);
+        append(why, wl, "%s: layout version %u, this client speaks %u: upgrade the client or recreate the device "
+                        "with this oriond's orion-shm", path, version, LAYOUT_VERSION);
         unmap(s);
         return -1;
     }
     if (s->hdr[H_SIZE] != s->size) {
-        append(why, wl, "%s: header says %llu bytes but the device has %zu: recreate it with orion-shm", path,
+        append(why, wl, "%s: header says %llu bytes but the device has %zu: recreate it with orion-shm (and remount "
+                        "it into the container)", path,
                (unsigned long long)s->hdr[H_SIZE], s->size);
         unmap(s);
         return -1;
@@ -462,6 +496,7 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
         unmap(s);
         return -1;
     }
+    if (!s->vm) warn_other_host_path(s);
     uint64_t flags = s->hdr[H_NCH_FLAGS] >> 32;
     if (flags & FLAG_VM) s->wakes = 0;  /* a VM's device: no futex crosses the VM boundary */
     if (s->vm && pci_dir && (flags & FLAG_DOORBELL)) {
@@ -492,7 +527,8 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
             if (vm)
                 append(why, wl, "ivshmem device %s is not served by oriond (enable_kvm is off on the host?)", path);
             else
-                append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true)", path);
+                append(why, wl, "%s: no oriond is serving this device (start oriond with enable_shm=true; for VMs "
+                                "also enable_kvm=true)", path);
             unmap(s);
             return vm ? -5 : -1;
         }
@@ -509,7 +545,9 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
                 lock_byte(s->lock_fd, off, F_UNLCK);
             } else {
                 append(why, wl, "%s is already in use by another container (mount namespace %llu): every "
-                                "container needs its own device", path, (unsigned long long)ns);
+                                "container needs its own device \u2014 create one with `orion-shm -i N` and mount it "
+                                "with `docker run -v /dev/shm/orionsockN:/dev/shm/orionsockN:rw`", path,
+                       (unsigned long long)ns);
                 unmap(s);
                 return -1;
             }
@@ -555,7 +593,8 @@ static int try_device(const char *path, const char *lock_path, const char *pci_d
             }
             if (mono() > deadline) {
                 store(s->ctrl + C_STATE, CLOSED);
-                append(why, wl, "%s: oriond did not take up the channel within %g s", path, timeout);
+                append(why, wl, "%s: oriond did not take up the channel within %.0f s (is oriond running and "
+                                "serving this device?)", path, timeout);
                 lock_byte(s->lock_fd, off, F_UNLCK);
                 unmap(s);
                 return -1;
@@ -692,9 +731,9 @@ int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char 
     int n = scandir(base, &list, is_device_name, by_number);
     if (n <= 0) {
         if (configured)
-            append(why, wl, "shm_path_base %s (from ORION_SHM_PATH_BASE) holds no Orion device: create one on the "
-                   "host with `orion-shm -i N` and mount it into the container at the same path (docker run -v "
-                   "%s/orionsockN:%s/orionsockN:rw)", base, base, base);
+            append(why, wl, "shm_path_base %s (from environment ORION_SHM_PATH_BASE) holds no Orion device: create "
+                   "one on the host with `orion-shm -i N` and mount it into the container at the same path "
+                   "(docker run -v %s/orionsockN:%s/orionsockN:rw)", base, base, base);
         else
             append(why, wl, "no shared-memory device under %s", base);
         free(list);
