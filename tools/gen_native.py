@@ -59,8 +59,9 @@ HAND_EXPORTS = (
     "cuMemAllocAsync_ptsz", "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", "cuMemFreeAsync",
     "cuMemFreeAsync_ptsz", "cuMemPoolSetAttribute", "cuMemPoolGetAttribute", "cuMemPoolTrimTo",
     "cuGraphGetNodes", "cuMemHostGetDevicePointer", "cuMemHostGetDevicePointer_v2",
+    "cuMemcpy", "cuMemcpy_ptds", "cuMemcpyAsync", "cuMemcpyAsync_ptsz",
 )
-"""Exported by hand-written code (orion_client.c, orion_export.c): answered in the client or
+"""Exported by hand-written code (orion_client.c, orion_export.c, orion_memcpy.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
 names and spellings, and a stub for every other function of the driver."""
 
@@ -268,7 +269,7 @@ def _needs_v1(fn: S.Fn) -> bool:
 
 C_WIRE_ONLY = ("cuGraphGetNodeCount", "orionHostShare", "orionHostUnshare", "orionMemcpyHtoDShared",
                "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync",
-               "orionHostDevicePointer", "orionModuleFunctionNames")
+               "orionHostDevicePointer", "orionModuleFunctionNames", "orionPointerKinds")
 """Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
 hand-written export that uses it has another name)."""
 

@@ -441,6 +441,11 @@ def cuMemcpyPeerAsync(s: Session, a: tuple, b: Blob) -> Any:
     return ()
 
 
+def orionPointerKinds(s: Session, a: tuple, b: Blob) -> Any:
+    r = s.x_orionPointerKinds(a[0], a[1], a[2])
+    return (r,)
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -516,4 +521,5 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     73: cuCtxDisablePeerAccess,
     74: cuMemcpyPeer,
     75: cuMemcpyPeerAsync,
+    76: orionPointerKinds,
 }

@@ -496,6 +496,23 @@ class Session:
             raise CudaCallError(E.CUDA_ERROR_PEER_ACCESS_NOT_ENABLED, "peer access was not enabled")
         self.peers.discard((cur, peer))  # the driver's own access between GPUs stays: other pairs may use it
 
+    def x_orionPointerKinds(self, dst: int, src: int, n: int) -> int:
+        return (1 if self._is_device(dst, n) else 0) | (2 if self._is_device(src, n) else 0)
+
+    def _is_device(self, ptr: int, n: int) -> bool:
+        """Whether [ptr, ptr+n) is device memory of this session; CudaCallError if it starts in an
+        allocation and runs past its end."""
+        mem = self._b.mem
+        try:
+            mem.resolve(ptr, n)
+            return True
+        except CudaCallError:
+            try:
+                mem.resolve(ptr, 1)
+            except CudaCallError:
+                return False
+            raise
+
     def x_cuMemcpyPeer(self, dst: int, dctx: _Ctx, src: int, sctx: _Ctx, n: int) -> None:
         self._b.copy(dst, src, n)
 

@@ -80,3 +80,4 @@ class Call(IntEnum):
     cuCtxDisablePeerAccess = 73
     cuMemcpyPeer = 74
     cuMemcpyPeerAsync = 75
+    orionPointerKinds = 76

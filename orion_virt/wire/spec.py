@@ -299,6 +299,11 @@ CALLS: tuple[Fn, ...] = (
                                  _dptr("srcDevice", "ByteCount"), _h("srcContext", "context"),
                                  _a("ByteCount", _sz), _stream()),
        spellings=("cuMemcpyPeerAsync_ptsz",), no_reply=True),
+    Fn("orionPointerKinds", 76, (_out("kinds", _u), _a("dst", "cuuint64_t"), _a("src", "cuuint64_t"),
+                                 _a("ByteCount", _sz)), client="native",
+       doc="for the unified cuMemcpy/cuMemcpyAsync: bit 0 set when [dst, dst+ByteCount) is device "
+           "memory of this session, bit 1 for src; a range that starts in an allocation and leaves it is "
+           "CUDA_ERROR_INVALID_VALUE"),
 )
 """Every remoted call, in code order."""
 

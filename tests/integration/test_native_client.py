@@ -205,6 +205,7 @@ def test_two_devices_in_one_program(programs: dict[str, Path], oriond: Oriond, t
     # two vGPUs of one GPU share the server's context: each reaches the other's memory
     assert "can access peer: 0->1 1, 0->0 0" in r.stdout, r.stdout
     assert "peer copy device 0 -> device 1: PASSED" in r.stdout
+    assert "unified copies: PASSED" in r.stdout
     assert "-> CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED" in r.stdout
     assert "-> CUDA_ERROR_PEER_ACCESS_NOT_ENABLED" in r.stdout
 

@@ -6,6 +6,7 @@
 #include "common.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #define N 4096
@@ -92,6 +93,23 @@ int main(int argc, char **argv)
     } else if (can01 != 0) {
         fprintf(stderr, "cuDeviceCanAccessPeer answered %d\n", can01);
         ok = 0;
+    }
+    /* the unified copies (cudaMemcpyDefault): the pointers say the direction */
+    {
+        static float h1[N], h2[N];
+        for (int i = 0; i < N; i++) h1[i] = (float)(7 * i);
+        CHECK(cuCtxSetCurrent(ctx[0]));
+        CHECK(cuMemcpy(a[0], (CUdeviceptr)(uintptr_t)h1, bytes));                 /* host -> device 0 */
+        CHECK(cuMemcpyAsync(b[0], a[0], bytes, st[0]));                           /* device 0 -> device 0 */
+        CHECK(cuMemcpyAsync((CUdeviceptr)(uintptr_t)h2, b[0], bytes, st[0]));     /* device 0 -> host */
+        CHECK(cuStreamSynchronize(st[0]));
+        int uni_ok = !memcmp(h1, h2, bytes);
+        memset(h2, 0, bytes);
+        CHECK(cuMemcpy((CUdeviceptr)(uintptr_t)h2, (CUdeviceptr)(uintptr_t)h1, bytes));  /* host -> host */
+        uni_ok &= !memcmp(h1, h2, bytes);
+        EXPECT(cuMemcpy(a[0] + bytes - 4, (CUdeviceptr)(uintptr_t)h1, 8), CUDA_ERROR_INVALID_VALUE);
+        printf("unified copies: %s\n", uni_ok ? "PASSED" : "FAILED");
+        ok &= uni_ok;
     }
     if (argc > 2 && !strcmp(argv[2], "strict"))
         EXPECT(cuLaunchKernel(add[1], 1, 1, 1, 32, 1, 1, 0, st[0], args1, NULL), CUDA_ERROR_INVALID_HANDLE);

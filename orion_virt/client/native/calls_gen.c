@@ -1023,6 +1023,22 @@ CUresult orion_wire_cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContex
     return st;
 }
 
+/* orionPointerKinds: call 76. */
+CUresult orion_wire_orionPointerKinds(unsigned int *kinds, cuuint64_t dst, cuuint64_t src, size_t ByteCount)
+{
+    if (!kinds) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[24];
+    orion_put_u64(req + 0, (uint64_t)dst);
+    orion_put_u64(req + 8, (uint64_t)src);
+    orion_put_u64(req + 16, (uint64_t)ByteCount);
+    unsigned char resp[4];
+    orion_msg m = {76, 0, "orionPointerKinds", req, 24, NULL, 0, resp, 4, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    if (st != CUDA_SUCCESS) return st;
+    *kinds = (unsigned int)orion_get_u32(resp + 0);
+    return CUDA_SUCCESS;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1599,7 +1615,7 @@ ORION_API CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstCo
 
 /* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */
 
-const orion_route orion_routes[76] = {
+const orion_route orion_routes[77] = {
     {-1, -1, {-1, -1, -1}, 0, 0, 0},
     {-1, -1, {-1, -1, -1}, 0, 0, 1},  /* cuInit */
     {-1, -1, {-1, -1, -1}, 0, 0, 2},  /* cuDriverGetVersion */
@@ -1676,6 +1692,7 @@ const orion_route orion_routes[76] = {
     {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxDisablePeerAccess */
     {-1, 8, {24, -1, -1}, 0, 1, 0},  /* cuMemcpyPeer */
     {-1, 8, {24, 40, -1}, 0, 1, 0},  /* cuMemcpyPeerAsync */
+    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionPointerKinds */
 };
 
 /* --- CUresult names and messages ----------------------------------------------------- */
