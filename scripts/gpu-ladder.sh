@@ -66,6 +66,7 @@ for mode in shm tcp; do
     step $mode cuda_core_tour "$PY" $P/cuda_core_tour.py
     step $mode torch_train_step "$PY" $P/torch_train_step.py
     step $mode two_devices "$O/bin/two_devices" orion_virt/kernels/test_kernels.ptx
+    step $mode two_vgpus "$PY" $P/two_vgpus.py
     step $mode cufft_plan "$O/bin/cufft_plan" orion_virt/kernels/test_kernels.ptx $CUFFT_LIB
     step $mode cufft_tour "$PY" $P/cufft_tour.py
     step $mode numba_tour env PYTHONPATH="$NP_OLD:$PYTHONPATH" "$PY" $P/numba_tour.py
