@@ -64,7 +64,7 @@ for mode in shm tcp; do
     step $mode torch_tour "$PY" $P/torch_tour.py 100
     step $mode cupy_tour "$PY" $P/cupy_tour.py
     step $mode cuda_core_tour "$PY" $P/cuda_core_tour.py
-    step $mode torch_train_step "$PY" $P/torch_train_step.py
+    step $mode torch_train_step env ORION_GMEM=16384 "$PY" $P/torch_train_step.py 30 big
     step $mode two_devices "$O/bin/two_devices" orion_virt/kernels/test_kernels.ptx
     step $mode two_vgpus "$PY" $P/two_vgpus.py
     step $mode cufft_plan "$O/bin/cufft_plan" orion_virt/kernels/test_kernels.ptx $CUFFT_LIB
@@ -76,7 +76,7 @@ timeout 120 env PYTHONPATH="$NP_OLD:$PYTHONPATH" "$PY" $P/numba_tour.py > "$O/ou
 timeout 120 "$PY" $P/cufft_tour.py > "$O/out/cufft_tour.native.txt" 2>&1 \
     && echo "PASS cufft_tour natively" || echo "FAIL cufft_tour natively: $(tail -1 "$O/out/cufft_tour.native.txt" | cut -c1-200)"
 # the same training steps and page-locked copies on the real driver, and the ratios
-timeout 240 "$PY" $P/torch_train_step.py > "$O/out/torch_train_step.native.txt" 2>&1 || echo "FAIL torch_train_step natively"
+timeout 240 "$PY" $P/torch_train_step.py 30 big > "$O/out/torch_train_step.native.txt" 2>&1 || echo "FAIL torch_train_step natively"
 "$PY" - "$O/out" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -95,5 +95,9 @@ for mode in ("shm", "tcp"):
               f"({nat['mlp_step_ms']:.3f} vs {r['mlp_step_ms']:.3f} ms); 1 GiB pinned HtoD remoted/native "
               f"{r['pinned_htod_gbps'] / nat['pinned_htod_gbps']:.3f} ({r['pinned_htod_gbps']} vs {nat['pinned_htod_gbps']} GB/s), "
               f"DtoH {r['pinned_dtoh_gbps'] / nat['pinned_dtoh_gbps']:.3f} ({r['pinned_dtoh_gbps']} vs {nat['pinned_dtoh_gbps']} GB/s)")
+        if nat.get("cnn_big_step_ms") and r.get("cnn_big_step_ms"):
+            print(f"RATIO {mode}: compute-bound CNN step native/remoted "
+                  f"{nat['cnn_big_step_ms'] / r['cnn_big_step_ms']:.3f} "
+                  f"({nat['cnn_big_step_ms']:.2f} vs {r['cnn_big_step_ms']:.2f} ms)")
 PYEOF
 tail -5 "$O/log/oriond.out" > /dev/null

@@ -1,9 +1,12 @@
 """Training-step time and page-locked copy speed as a PyTorch user measures them.
 
-Two models trained on random data with SGD: a compute-bound CNN (batch 32 of 3x96x96 images,
-wide convolutions) and a launch-bound MLP (batch 32, tiny layers: the time is kernel launches);
-then 1 GiB copied host to device and back from ``pin_memory()`` tensors with ``non_blocking``.
-Prints one ``RESULT`` JSON line (milliseconds per step, medians; GB/s) and PASS.
+Models trained on random data with SGD: a CNN (batch 32 of 3x96x96 images, wide convolutions: a
+few milliseconds a step on an H200, so its few hundred launches weigh), a launch-bound MLP
+(batch 32, tiny layers: the time is kernel launches) and, with the argument ``big``, a
+compute-bound CNN (batch 128 of 3x128x128, 512-channel convolutions: tens of milliseconds of
+GPU work a step, about 9 GiB); then 1 GiB copied host to device and back from ``pin_memory()``
+tensors with ``non_blocking``. Prints one ``RESULT`` JSON line (milliseconds per step, medians;
+GB/s) and PASS.
 Run natively and on vGPUs, side by side: scripts/gpu-ladder.sh compares them."""
 import json
 import statistics
@@ -14,6 +17,7 @@ import torch
 import torch.nn as nn
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+big = "big" in sys.argv[2:]
 dev = torch.device("cuda:0")
 torch.manual_seed(0)
 
@@ -45,6 +49,18 @@ y = torch.randint(0, 10, (32,), device=dev)
 torch.backends.cudnn.benchmark = True
 cnn_ms = step_ms(cnn, x, y, steps)
 
+big_ms = None
+if big:
+    wide = nn.Sequential(
+        nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(256, 512, 3, padding=1), nn.ReLU(), nn.Conv2d(512, 512, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).to(dev)
+    xb = torch.randn(128, 3, 128, 128, device=dev)
+    yb = torch.randint(0, 10, (128,), device=dev)
+    big_ms = step_ms(wide, xb, yb, max(5, steps // 3))
+    del wide, xb, yb
+    torch.cuda.empty_cache()
+
 mlp = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10)).to(dev)
 xs = torch.randn(32, 64, device=dev)
 ys = torch.randint(0, 10, (32,), device=dev)
@@ -71,6 +87,7 @@ for _ in range(4):
     rates["dtoh"].append(size / (t2 - t1) / 1e9)
 assert bool((back[:: 1 << 20] == 7).all().item()), "the page-locked round trip lost bytes"
 out = {"cnn_step_ms": round(cnn_ms, 3), "mlp_step_ms": round(mlp_ms, 3),
+       "cnn_big_step_ms": None if big_ms is None else round(big_ms, 3),
        "pinned_htod_gbps": round(statistics.median(rates["htod"][1:]), 2),
        "pinned_dtoh_gbps": round(statistics.median(rates["dtoh"][1:]), 2)}
 print("RESULT " + json.dumps(out))
