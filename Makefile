@@ -22,11 +22,22 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	@command -v gcc >/dev/null && [ -e /usr/include/stdio.h ] || { \
+	  echo "installing gcc (apt-get): the native client is built from source"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev make; }
+	$(BIN)/pip install -q -e '.[cuda]' nvidia-cuda-runtime
+	touch $@
+
 $(VENV)/.full: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[host,test,bench,cuda]'
 	touch $@
 
-demo: $(VENV)/.core
+# the demo's programs are cuda-python examples over the native client: cuda-bindings, and gcc with
+# NVIDIA's headers (the nvidia-cuda-runtime wheel) to build libcuda.so.1
+demo: $(VENV)/.demo
+	$(MAKE) native
 	$(BIN)/python -m orion_virt.demo
 
 test-deps:
