@@ -39,6 +39,7 @@ import pytest
 
 from orion_virt.config import load_server_config
 from orion_virt.launch import free_port, port_open
+from tests.integration.test_controller_e2e import wait_for
 from tests.nsutil import skip_reason, stop_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -444,17 +445,6 @@ class Service:
         return self.proc.returncode
 
 
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
 ROUND_TRIP = """\
 import ctypes, os, sys
 from cuda.bindings import driver as cuda
@@ -541,7 +531,7 @@ def test_a_client_pod_runs_cuda_through_oriond_from_the_images(container: Any, t
                       ct.env({"ORION_PORTAL_PASSWORD": "test-portal"}),
                       [node.bind("/etc/orion"), node.bind("/var/lib/orion")], logs / "controller.out")
         services.append(ctl)
-        _wait(lambda: ctl.alive() and port_open("127.0.0.1", ctl_port), 60, "the controller's port")
+        wait_for(lambda: ctl.alive() and port_open("127.0.0.1", ctl_port), 60, "the controller's port")
         for key in ("token.key", "controller.key", "client.key"):
             assert (node["/etc/orion"] / key).stat().st_size > 0, f"the controller did not create /etc/orion/{key}"
 
@@ -552,7 +542,7 @@ def test_a_client_pod_runs_cuda_through_oriond_from_the_images(container: Any, t
                          [node.bind("/etc/orion"), node.bind("/dev/shm"), Bind(logs / "oriond", "/var/log/orion")],
                          logs / "oriond.out")
         services.append(oriond)
-        _wait(lambda: oriond.alive() and port_open("127.0.0.1", oriond_port), 60, "oriond's port")
+        wait_for(lambda: oriond.alive() and port_open("127.0.0.1", oriond_port), 60, "oriond's port")
 
         # the plugin's init container, then the plugin (deploy/k8s/base/device-plugin.yaml)
         pt = container("device-plugin")
@@ -598,7 +588,7 @@ def test_a_client_pod_runs_cuda_through_oriond_from_the_images(container: Any, t
         assert dev.startswith("/dev/shm/orionsock"), envs
         binds = [Bind(node.local(m.host_path), m.container_path, m.read_only) for m in a.mounts]
         assert {b.dest for b in binds} >= {dev, "/usr/lib/orion", "/etc/orion/client.key"}, binds
-        _wait(lambda: _served(node.local(dev)), 20, f"oriond to serve {dev}")
+        wait_for(lambda: _served(node.local(dev)), 20, f"oriond to serve {dev}")
 
         sessions = logs / "oriond" / "session"
         for transport, extra in (("shm", {}), ("tcp", {"ORION_ENABLE_NET": "true"})):

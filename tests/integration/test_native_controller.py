@@ -30,6 +30,7 @@ from orion_virt.controller import client as ctl
 from orion_virt.controller.exceptions import ControllerUnreachable
 from orion_virt.launch import OriondProcess, free_port
 from orion_virt.server.authorize import node_id
+from tests.integration.test_controller_e2e import wait_for
 from tests.integration.test_native_client import cuda_include
 from tests.oriond_fixture import BIN, ROOT
 
@@ -114,17 +115,6 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         built[src.stem] = out / src.stem
         gcc(src, built[src.stem], f"-L{BUILD}", "-lcuda")
     return built
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Pool:

@@ -13,11 +13,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.integration.test_native_client import BUILD, PTX, SOURCES, cuda_include, native_env
+from tests.integration.test_native_client import oriond as oriond  # noqa: F401 (fixture)
+from tests.integration.test_native_client import transport as transport  # noqa: F401 (fixture)
 from tests.oriond_fixture import ROOT, Oriond
 
 pytestmark = pytest.mark.integration
@@ -52,19 +53,6 @@ def cufft_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         str(exe)], capture_output=True, text=True, timeout=120)
     assert c.returncode == 0, c.stderr
     return exe
-
-
-@pytest.fixture(scope="module")
-def oriond(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oriond]:
-    o = Oriond(tmp_path_factory.mktemp("oriond")).start()
-    o.device(1)
-    yield o
-    o.stop()
-
-
-@pytest.fixture(params=["tcp", "shm"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def run(exe: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
