@@ -3,13 +3,15 @@
 Does what ``orion-run`` does, for guests and containers that have only the client. Which client
 ``ORION_CLIENT`` says:
 
-* ``python`` (the default for now): the Orion client is activated in every Python COMMAND starts
-  (``orion_virt/client/boot`` first on ``PYTHONPATH`` for its ``sitecustomize``, the package's
-  parent next, ``ORION_RUN=1``): cuda-python's driver module goes to Orion;
-* ``native``: the native client's directory (``libcuda.so.1``) goes first on ``LD_LIBRARY_PATH``,
-  so every program COMMAND starts — C, C++, NVIDIA's runtime and libraries, cuda-bindings,
-  PyTorch — loads it instead of NVIDIA's driver. It is found in ``ORION_NATIVE_LIB_DIR``, else
-  ``<install prefix>/lib`` (install-client), else ``build/native`` of a checkout (``make native``).
+* ``native`` (the default, also when unset or empty): the native client's directory
+  (``libcuda.so.1``) goes first on ``LD_LIBRARY_PATH``, so every program COMMAND starts — C, C++,
+  NVIDIA's runtime and libraries, cuda-bindings, PyTorch — loads it instead of NVIDIA's driver.
+  It is found in ``ORION_NATIVE_LIB_DIR``, else ``<install prefix>/lib`` (install-client), else
+  ``build/native`` of a checkout (``make native``); where none has it, orion-run refuses (it
+  never lets COMMAND reach a host driver);
+* ``python`` (until the Python client is retired): the Orion client is activated in every Python
+  COMMAND starts (``orion_virt/client/boot`` first on ``PYTHONPATH`` for its ``sitecustomize``,
+  the package's parent next, ``ORION_RUN=1``): cuda-python's driver module goes to Orion.
 
     ORION_VGPU=2 ORION_GMEM=4096 python3 -m orion_virt.client.run python3 deviceQuery.py
 """
@@ -40,13 +42,14 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     """The environment that puts COMMAND on Orion vGPUs with the client ``ORION_CLIENT`` names.
     Raises RunError for an unknown client or a native client that is not built or installed."""
     pkg = Path(__file__).resolve().parent.parent
-    which = env.get("ORION_CLIENT", "python").strip().lower() or "python"
+    which = env.get("ORION_CLIENT", "native").strip().lower() or "native"
     out = dict(env)
     if which == "native":
         lib = native_lib_dir(env)
         if lib is None:
-            raise RunError("ORION_CLIENT=native: the native client (libcuda.so.1) is neither installed "
-                           "(install-client) nor built (make native); or set ORION_NATIVE_LIB_DIR")
+            raise RunError("the native client (libcuda.so.1, the default ORION_CLIENT=native) is neither "
+                           "installed (install-client) nor built (make native); set ORION_NATIVE_LIB_DIR to "
+                           "its directory, or ORION_CLIENT=python for the Python client")
         parts = [str(lib)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         out["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(parts))
         return out

@@ -17,7 +17,7 @@ What an installation consists of (every path recorded in a manifest, ``<PATH>/.o
   bundle, with ``/etc/ld.so.conf.d/orion.conf`` naming ``<PATH>/lib`` and ``ldconfig`` run, so that
   every program of the guest or container loads it with no launcher, as in the seeds. Not on a
   host with NVIDIA's driver (``/proc/driver/nvidia``): there it would hide the driver, and only
-  ``ORION_CLIENT=native orion-run`` uses it.
+  ``orion-run`` (whose default client it is) uses it.
 
 ``uninstall`` removes all of it, plus the ``__pycache__`` directories Python created inside
 ``<PATH>``, and every directory it created that is then empty. ``client.conf`` is removed only if
@@ -447,7 +447,7 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
             w.write(f"{prefix}/lib/libnvidia-ml.so.1", nvml, 0o755)
         if t("/proc/driver/nvidia").exists():
             out(f"NVIDIA's driver is installed here: {prefix}/lib/libcuda.so.1 is not made the system's "
-                "libcuda.so.1 (ORION_CLIENT=native orion-run COMMAND uses it)")
+                "libcuda.so.1 (orion-run COMMAND uses it)")
         else:
             w.write(LDCONF_PATH, f"# Orion vGPU native client, installed by install-client\n{prefix}/lib\n".encode())
             ld_conf = True

@@ -29,19 +29,47 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], dict[st
     return got
 
 
-def test_click_command_delegates_to_the_stdlib_one(execs, tmp_path: Path) -> None:
+@pytest.fixture
+def native_lib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory holding a libcuda.so.1, named by ORION_NATIVE_LIB_DIR; no ORION_CLIENT set."""
+    d = tmp_path / "native"
+    d.mkdir()
+    (d / "libcuda.so.1").write_bytes(b"\x7fELF")
+    monkeypatch.setenv("ORION_NATIVE_LIB_DIR", str(d))
+    monkeypatch.delenv("ORION_CLIENT", raising=False)
+    return d
+
+
+def test_click_command_delegates_to_the_stdlib_one(execs, tmp_path: Path, native_lib: Path) -> None:
     script = tmp_path / "app.py"
     script.write_text("")
     with pytest.raises(Exec):
         CliRunner().invoke(cli.main, [str(script), "--flag"], catch_exceptions=False)
     file, argv, env = execs[0]
     assert argv == [sys.executable, str(script), "--flag"] and file == sys.executable
-    assert env["ORION_RUN"] == "1"
-    assert env["PYTHONPATH"].split(os.pathsep)[0].endswith(os.path.join("orion_virt", "client", "boot"))
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(native_lib)
     assert env == run.child_env(os.environ)
 
 
-def test_both_front_ends_report_a_missing_program_alike(monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("value", [None, "", "  ", "Native"])
+def test_the_native_client_is_the_default(native_lib: Path, value: str | None) -> None:
+    env = {"ORION_NATIVE_LIB_DIR": str(native_lib), "PYTHONPATH": "/keep"}
+    if value is not None:
+        env["ORION_CLIENT"] = value
+    got = run.child_env(env)
+    assert got["LD_LIBRARY_PATH"] == str(native_lib)
+    assert got["PYTHONPATH"] == "/keep" and "ORION_RUN" not in got  # the Python alias is not activated
+
+
+def test_orion_client_python_still_activates_the_python_client(native_lib: Path) -> None:
+    env = run.child_env({"ORION_CLIENT": "python", "ORION_NATIVE_LIB_DIR": str(native_lib),
+                         "PYTHONPATH": "/keep", "LD_LIBRARY_PATH": "/opt/x"})
+    assert env["ORION_RUN"] == "1" and env["LD_LIBRARY_PATH"] == "/opt/x"
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[0].endswith(os.path.join("orion_virt", "client", "boot")) and parts[-1] == "/keep"
+
+
+def test_both_front_ends_report_a_missing_program_alike(monkeypatch, capsys, native_lib: Path) -> None:
     r = CliRunner().invoke(cli.main, ["/nonexistent/prog"])
     assert r.exit_code == 127 and "orion-run: cannot run /nonexistent/prog:" in r.output
     assert run.main(["/nonexistent/prog"]) == 127
@@ -57,10 +85,16 @@ def test_native_client_goes_first_on_ld_library_path(tmp_path: Path) -> None:
     assert env["PYTHONPATH"] == "/keep" and "ORION_RUN" not in env  # no Python alias with it
 
 
-def test_a_native_client_that_is_not_there_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_native_client_that_is_not_there_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(run, "native_lib_dir", lambda env: None)
-    with pytest.raises(run.RunError, match="neither installed .install-client. nor built .make native."):
-        run.child_env({"ORION_CLIENT": "native"})
+    for env in ({"ORION_CLIENT": "native"}, {}):  # asked for, or the default
+        with pytest.raises(run.RunError, match="neither installed .install-client. nor built .make native.; "
+                                               "set ORION_NATIVE_LIB_DIR .*, or ORION_CLIENT=python"):
+            run.child_env(env)
+    monkeypatch.delenv("ORION_CLIENT", raising=False)
+    assert run.main(["true"]) == 2  # COMMAND is not started without it (no host driver behind its back)
+    assert "orion-run: the native client (libcuda.so.1" in capsys.readouterr().err
     with pytest.raises(run.RunError, match="ORION_CLIENT='gpu': expected native or python"):
         run.child_env({"ORION_CLIENT": "gpu"})
 
