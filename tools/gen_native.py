@@ -352,7 +352,7 @@ def gen_errors() -> list[str]:
     return L
 
 
-MERGES = {"": 0, "first": 1, "min": 2, "sum": 3}
+MERGES = {"": 0, "first": 1, "min": 2, "sum": 3, "or": 4}
 
 
 def gen_routes() -> list[str]:
@@ -425,7 +425,7 @@ def gen_h() -> str:
           " * packed request (-1: none) of the device ordinal, the owning handle and further handles of",
           " * the same server; whether the reply's first value is a new handle; whether the owner is a",
           " * context; the broadcast merge (ORION_MERGE_*). */",
-          "enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };",
+          "enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM, ORION_MERGE_OR };",
           "typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;",
           f"#define ORION_ROUTE_COUNT {max(SPECS) + 1}",
           "extern const orion_route orion_routes[ORION_ROUTE_COUNT];",

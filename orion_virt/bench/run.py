@@ -343,8 +343,9 @@ class Bench:
             for _ in range(s.programs):
                 t0 = time.perf_counter()
                 env = self.oriond.client_env(t)
+                env["ORION_CLIENT"] = s.client
                 if s.client == "native":
-                    env.update(ORION_CLIENT="native", ORION_NATIVE_LIB_DIR=str(self._native_lib()))
+                    env["ORION_NATIVE_LIB_DIR"] = str(self._native_lib())
                 r = subprocess.run(run + [sys.executable, str(example)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
                 times.append(time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""orion-run: run an unmodified cuda-python program on Orion vGPUs.
+"""orion-run: run an unmodified CUDA program (C, NVIDIA's runtime, cuda-python, PyTorch...) on Orion vGPUs.
 
 A click front end over :mod:`orion_virt.client.run`, the standard-library implementation that
 guests run (``guest/orion-run.in``); the environment (``child_env``) and the exec live only there.
@@ -19,12 +19,15 @@ from . import version_option
                                  "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def main(command: tuple[str, ...]) -> None:
-    """Run COMMAND so that its cuda.bindings.driver calls go to Orion vGPUs.
+    """Run COMMAND with the native client (libcuda.so.1) first on LD_LIBRARY_PATH, so that its
+    CUDA driver calls go to Orion vGPUs.
 
     \b
       ORION_VGPU=2 ORION_GMEM=4096 orion-run python3 deviceQuery.py
-    The same switch from the environment: ORION_RUN=1 with orion_virt importable (or the .pth
-    installed by install-client, active whenever ORION_VGPU is set). Settings: ORION_VGPU,
+      ORION_VGPU=1 orion-run ./vectorAdd
+    ORION_CLIENT=python starts the Python client instead (cuda-python programs only; it is being
+    retired). The library: ORION_NATIVE_LIB_DIR, else install-client's, else make native's build/native.
+    Settings: ORION_VGPU,
     ORION_GMEM, ORION_RATIO, ORION_CONTROLLER or ORION_SERVER, ~/.orion/client.conf,
     /etc/orion/client.conf.
     """

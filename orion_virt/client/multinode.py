@@ -200,6 +200,11 @@ class Router:
             return 0, (sum(r[1][0] for r in replies),), b""
         if merge == "min":
             return 0, (min(r[1][0] for r in replies),), b""
+        if merge == "or":
+            bits = 0
+            for r in replies:
+                bits |= r[1][0]
+            return 0, (bits,), b""
         return replies[0]
 
     def _send(self, i: int, c: int, args: tuple, blob: Any, blob_len: int,

@@ -2,7 +2,7 @@
 
 Standard library only (it runs in guests): it asks NVML through ``libnvidia-ml.so.1`` — in a
 guest or container where install-client put the native client, or under
-``ORION_CLIENT=native orion-run``, that is the Orion client's NVML, which answers for the vGPUs
+``orion-run`` (the native client), that is the Orion client's NVML, which answers for the vGPUs
 ``ORION_VGPU``/``ORION_GMEM`` give this process (memory used and total within the quota).
 
     ORION_VGPU=2 ORION_GMEM=4096 orion-smi            (python3 -m orion_virt.client.smi)

@@ -88,10 +88,21 @@ class ServerChannel:
 
     def finish(self, reason: str) -> None:
         """End the session: the channel is marked dead with ``reason`` (if still this session's)
-        and its rings are zeroed."""
-        if self.ctrl[C_GEN] == self.gen and self.ctrl[C_STATE] == SERVING:
+        and its rings are zeroed once the client has read what was sent to it (an ERROR frame
+        saying why), it is gone, or SCRUB_WAIT_S has passed: a client still reading never finds
+        its last frame zeroed under it."""
+        c = self.ctrl
+        if c[C_GEN] == self.gen and c[C_STATE] == SERVING:
             self.dev.set_dead(self.index, reason[:63])
+        deadline = time.monotonic() + SCRUB_WAIT_S
+        while (c[C_GEN] == self.gen and c[C_RESP_TAIL] != c[C_RESP_HEAD] and time.monotonic() < deadline
+               and (self.vm or self.dev.owner_alive(self.index))):
+            time.sleep(0.001)
         self.dev.scrub(self.index)
+
+
+SCRUB_WAIT_S = 0.5
+"""The longest a finished session's rings wait for the client to read its last frame."""
 
 
 @dataclass

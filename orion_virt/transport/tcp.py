@@ -23,6 +23,10 @@ _COALESCE = 64 << 10
 _READ_AHEAD = 64 << 10
 
 
+_GONE = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
+"""poll events of a peer that is gone (Linux's POLLRDHUP: its end shut down for writing)."""
+
+
 class SocketStream(Stream):
     """Stream over a connected SOCK_STREAM socket (TCP, or a socketpair in tests)."""
 
@@ -48,13 +52,14 @@ class SocketStream(Stream):
             self.sock.settimeout(timeout)
 
     def check_peer(self) -> None:
-        """A peer that closed its end leaves the socket readable with nothing to read (behind
-        whatever it sent before; what the read-ahead buffer holds is already out of the way)."""
+        """StreamBroken once the peer closed its end or the connection failed, even with bytes it
+        sent before still unread (a call queued behind the one running): the kernel's RDHUP."""
         if self._closed:
             return
         try:
-            r, _, _ = select.select([self.sock], [], [], 0)
-            if r and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            p = select.poll()
+            p.register(self.sock, _GONE)
+            if p.poll(0):
                 raise StreamBroken(f"{self.name}: peer closed the connection")
         except (BlockingIOError, InterruptedError):
             return

@@ -29,7 +29,7 @@ class Route:
     context_call: bool = False
     """the owner handle is a context (a foreign one is CUDA_ERROR_INVALID_CONTEXT)"""
     merge: str = ""
-    """broadcast to every server, the first reply values merged: "sum", "min" or "first"."""
+    """broadcast to every server, the first reply values merged: "sum", "min", "or" (bits) or "first"."""
 
 
 def route_of(sp: CallSpec) -> Route:

@@ -97,7 +97,7 @@ class Fn:
     """Sent without waiting (NO_REPLY); its error is deferred to the next synchronising call."""
     route: str = ""
     """Cross-node: "" the server of the device, handle or current context; "all:sum",
-    "all:min", "all:first" every server, merging the first reply value so."""
+    "all:min", "all:or", "all:first" every server, merging the first reply value so."""
     client: str = "gen"
     """"gen": the Python binding is generated; "custom": written by hand in client/driver.py;
     "native": sent by the native client only (what it does with memory the Python client has not)."""
@@ -300,7 +300,7 @@ CALLS: tuple[Fn, ...] = (
                                  _a("ByteCount", _sz), _stream()),
        spellings=("cuMemcpyPeerAsync_ptsz",), no_reply=True),
     Fn("orionPointerKinds", 76, (_out("kinds", _u), _a("dst", "cuuint64_t"), _a("src", "cuuint64_t"),
-                                 _a("ByteCount", _sz)), client="native",
+                                 _a("ByteCount", _sz)), client="native", route="all:or",
        doc="for the unified cuMemcpy/cuMemcpyAsync: bit 0 set when [dst, dst+ByteCount) is device "
            "memory of this session, bit 1 for src; a range that starts in an allocation and leaves it is "
            "CUDA_ERROR_INVALID_VALUE"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -104,7 +105,7 @@ def test_well_framed_hostile_calls_cost_at_most_their_own_session(oriond: Oriond
         assert sent > 0
     assert sum(r[1] for r in results) >= 3 * min(50, CALLS_PER_SESSION) // 2
     assert oriond.proc is not None and oriond.proc.poll() is None, oriond.server_log()
-    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"), tcp=True)
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "vectorAdd.py"), tcp=True)
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t0 < 120
 
@@ -130,12 +131,12 @@ def test_a_tenant_scribbling_over_its_device_costs_no_other_tenant(oriond: Orion
                 time.sleep(0.01)  # let the watcher see intermediate states
     finally:
         dev.close()
-    r = oriond.run("python3", str(ROOT / "examples" / "vectorAdd.py"), ORION_SHM_DEVICE=str(victim))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "vectorAdd.py"), ORION_SHM_DEVICE=str(victim))
     assert r.returncode == 0, r.stderr
     assert oriond.proc is not None and oriond.proc.poll() is None, oriond.server_log()
     attacked.unlink()
     oriond.device(2)
-    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), ORION_SHM_DEVICE=str(attacked))
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), ORION_SHM_DEVICE=str(attacked))
     assert r.returncode == 0, r.stderr + oriond.server_log()[-2000:]
 
 
@@ -156,5 +157,5 @@ def test_garbage_on_the_port_ends_only_that_connection(oriond: Oriond) -> None:
             except ConnectionResetError:
                 pass
             assert time.monotonic() - t0 < 3, f"a connection that sent {n} bytes of garbage was held"
-    r = oriond.run("python3", str(ROOT / "examples" / "deviceQuery.py"), tcp=True)
+    r = oriond.run(sys.executable, str(ROOT / "examples" / "deviceQuery.py"), tcp=True)
     assert r.returncode == 0, r.stderr

@@ -247,7 +247,7 @@ def test_sessions_from_one_address_are_limited(oriond: LimitedOriond, tmp_path: 
         # an application sees the text too
         prog = tmp_path / "hold.py"
         prog.write_text(HOLD)
-        r = oriond.run("python3", str(prog), tcp=True, timeout=30)
+        r = oriond.run(sys.executable, str(prog), tcp=True, timeout=30)
         assert r.returncode != 0 and "max_sessions_per_client" in r.stderr, r.stderr[-2000:]
         assert "max_sessions_per_client" in oriond.server_log()
     finally:

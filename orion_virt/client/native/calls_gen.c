@@ -1692,7 +1692,7 @@ const orion_route orion_routes[77] = {
     {-1, 0, {-1, -1, -1}, 0, 1, 0},  /* cuCtxDisablePeerAccess */
     {-1, 8, {24, -1, -1}, 0, 1, 0},  /* cuMemcpyPeer */
     {-1, 8, {24, 40, -1}, 0, 1, 0},  /* cuMemcpyPeerAsync */
-    {-1, -1, {-1, -1, -1}, 0, 0, 0},  /* orionPointerKinds */
+    {-1, -1, {-1, -1, -1}, 0, 0, 4},  /* orionPointerKinds */
 };
 
 /* --- CUresult names and messages ----------------------------------------------------- */

@@ -196,7 +196,7 @@ CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodu
  * packed request (-1: none) of the device ordinal, the owning handle and further handles of
  * the same server; whether the reply's first value is a new handle; whether the owner is a
  * context; the broadcast merge (ORION_MERGE_*). */
-enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM };
+enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM, ORION_MERGE_OR };
 typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;
 #define ORION_ROUTE_COUNT 77
 extern const orion_route orion_routes[ORION_ROUTE_COUNT];

@@ -433,6 +433,7 @@ static CUresult broadcast(orion_msg *m, int merge)
         int32_t v = orion_get_i32(s.resp);
         if (merge == ORION_MERGE_SUM) acc += v;
         else if (merge == ORION_MERGE_MIN) acc = i && acc < v ? acc : v;
+        else if (merge == ORION_MERGE_OR) acc |= (uint32_t)v;
     }
     memcpy(m->resp, first, m->resp_len);
     if (m->resp_len >= 4 && merge != ORION_MERGE_FIRST)

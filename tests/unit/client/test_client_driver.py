@@ -86,7 +86,7 @@ def test_orion_run_environment_swaps_only_the_driver_module() -> None:
             "import cuda.bindings.nvrtc as nvrtc\n"
             "assert 'orion' not in nvrtc.__name__\n"
             "print('ok')\n")
-    env = child_env(dict(os.environ))
+    env = child_env({**os.environ, "ORION_CLIENT": "python"})
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"

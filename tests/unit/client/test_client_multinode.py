@@ -167,7 +167,8 @@ def test_every_call_has_a_route() -> None:
                C.cuEventCreate, C.cuModuleLoadData, C.cuStreamCreateWithPriority,
                C.cuCtxGetStreamPriorityRange, C.cuCtxGetLimit, C.cuCtxSetLimit, C.cuPointerGetAttribute,
                C.orionHostShare, C.orionHostUnshare, C.orionMemcpyHtoDShared, C.orionMemcpyDtoHShared,
-               C.orionHostDevicePointer}
+               C.orionHostDevicePointer, C.orionModuleFunctionNames, C.cuDeviceCanAccessPeer,
+               C.cuCtxEnablePeerAccess, C.cuCtxDisablePeerAccess, C.cuMemcpyPeer, C.cuMemcpyPeerAsync}
     assert set(SPECS) == routed | current
     # the tables come from the call spec's roles: spot-check what they must say
     assert mn.DEVICE_ARG[C.cuDeviceGetAttribute] == 1 and mn.DEVICE_ARG[C.cuCtxCreate] == 1
@@ -175,7 +176,8 @@ def test_every_call_has_a_route() -> None:
     assert mn.REPLY_HANDLE == {C.cuDevicePrimaryCtxRetain, C.cuCtxCreate, C.cuStreamCreate,
                                C.cuEventCreate, C.cuModuleLoadData, C.cuModuleGetFunction,
                                C.cuStreamCreateWithPriority, C.cuStreamEndCapture, C.cuGraphInstantiateWithFlags}
-    assert mn.BROADCAST == {C.cuInit: "first", C.cuDriverGetVersion: "min", C.cuDeviceGetCount: "sum"}
+    assert mn.BROADCAST == {C.cuInit: "first", C.cuDriverGetVersion: "min", C.cuDeviceGetCount: "sum",
+                            C.orionPointerKinds: "or"}
 
 
 def test_a_lost_server_fails_the_call_and_bye_reaches_the_others() -> None:
