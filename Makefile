@@ -51,6 +51,7 @@ lint: $(VENV)/.full
 test: test-deps
 	$(MAKE) $(VENV)/.full
 	$(MAKE) lint
+	$(MAKE) native
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(VENV)/.full

@@ -1728,7 +1728,10 @@ ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, 
         int harmless = (a->id == CU_LAUNCH_ATTRIBUTE_PRIORITY && a->value.priority == 0) ||
                        (a->id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION && a->value.clusterDim.x <= 1 &&
                         a->value.clusterDim.y <= 1 && a->value.clusterDim.z <= 1) ||
-                       (a->id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && !a->value.cooperative);
+                       (a->id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && !a->value.cooperative) ||
+                       /* programmatic dependent launch only allows overlap with the kernel before:
+                        * without it the launch waits for that kernel, as a plain launch does */
+                       a->id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         if (!harmless) {
             orion_log("WARN", "cuLaunchKernelEx: launch attribute %d is not supported by the orion_virt client",
                       (int)a->id);
