@@ -16,7 +16,7 @@ rm -rf "$O"; mkdir -p "$O/bin" "$O/shm" "$O/log" "$O/out"
 CUDA=${CUDA_HOME:-/usr/local/cuda}
 export CUDA_INCLUDE=${CUDA_INCLUDE:-$CUDA/include}
 make -s -C orion_virt/client/native OUT="$O/lib" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
-for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy two_devices cufft_plan; do
+for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy two_devices cufft_plan launch_ex; do
     gcc -std=c11 -O1 -pthread -I"$CUDA_INCLUDE" -Itests/native tests/native/$p.c -L"$O/lib" -lcuda -lm -ldl -o "$O/bin/$p" || exit 1
 done
 gcc -std=c11 -O1 -I"$CUDA_INCLUDE" tests/native/runtime/runtime_api.c -L"$CUDA/lib64" -lcudart -Wl,-rpath,"$CUDA/lib64" -o "$O/bin/runtime_api"
@@ -25,6 +25,7 @@ P=tests/gpu/programs
 "$CUDA/bin/nvcc" -O2 -cudart shared -o "$O/bin/rt_vectorAdd_shared" $P/rt_vectorAdd.cu
 "$CUDA/bin/nvcc" -O2 -o "$O/bin/rt_deviceQuery" $P/rt_deviceQuery.cu
 "$CUDA/bin/nvcc" -O2 -o "$O/bin/cublas_sgemm" $P/cublas_sgemm.cu -lcublas
+"$CUDA/bin/nvcc" -O2 -arch=sm_90 -o "$O/bin/rt_cluster" $P/rt_cluster.cu
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 # numba-cuda needs a NumPy with np.row_stack (< 2.3): a wheel carried in build/gpu-wheels, unpacked
 # on PYTHONPATH for the numba steps only (the host's own NumPy stays for everything else)
@@ -56,8 +57,9 @@ for mode in shm tcp; do
     step $mode pinned "$O/bin/pinned" 268435456
     [ $mode = shm ] && step $mode zero_copy "$O/bin/zero_copy" orion_virt/kernels/test_kernels.ptx
     step $mode vectorAdd "$O/bin/vectorAdd" orion_virt/kernels/test_kernels.ptx
+    step $mode launch_ex "$O/bin/launch_ex" orion_virt/kernels/test_kernels.ptx
     step $mode runtime_api "$O/bin/runtime_api" 2 4096
-    for p in rt_deviceQuery rt_vectorAdd rt_vectorAdd_shared cublas_sgemm; do step $mode $p "$O/bin/$p"; done
+    for p in rt_deviceQuery rt_vectorAdd rt_vectorAdd_shared cublas_sgemm rt_cluster; do step $mode $p "$O/bin/$p"; done
     for p in examples/deviceQuery.py examples/vectorAdd.py examples/runtimeQuery.py $P/nvrtc_saxpy.py; do
         step $mode "$(basename $p .py)" "$PY" $p
     done

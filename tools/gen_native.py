@@ -60,6 +60,7 @@ HAND_EXPORTS = (
     "cuMemFreeAsync_ptsz", "cuMemPoolSetAttribute", "cuMemPoolGetAttribute", "cuMemPoolTrimTo",
     "cuGraphGetNodes", "cuMemHostGetDevicePointer", "cuMemHostGetDevicePointer_v2",
     "cuMemcpy", "cuMemcpy_ptds", "cuMemcpyAsync", "cuMemcpyAsync_ptsz",
+    "cuLaunchKernelEx_ptsz", "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c, orion_memcpy.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
@@ -267,11 +268,9 @@ def _needs_v1(fn: S.Fn) -> bool:
     return f"{fn.name}_v2" in fn.spellings and c_params(fn, legacy=True) != c_params(fn)
 
 
-C_WIRE_ONLY = ("cuGraphGetNodeCount", "orionHostShare", "orionHostUnshare", "orionMemcpyHtoDShared",
-               "orionMemcpyDtoHShared", "orionMemcpyHtoDSharedAsync", "orionMemcpyDtoHSharedAsync",
-               "orionHostDevicePointer", "orionModuleFunctionNames", "orionPointerKinds")
-"""Spec calls that are no driver function: only their orion_wire_ marshalling is generated (the
-hand-written export that uses it has another name)."""
+C_WIRE_ONLY = ("cuGraphGetNodeCount", *(cs.fn.name for cs in SPECS.values() if cs.fn.name.startswith("orion")))
+"""Spec calls that are no driver function (the orion* calls, and those whose export is written by
+hand under another name): only their orion_wire_ marshalling is generated."""
 
 
 def gen_exports(cs: CallSpec) -> list[str]:

@@ -49,6 +49,19 @@ class ParamSlot:
     size: int
 
 
+@dataclass(frozen=True)
+class LaunchAttrs:
+    """The launch attributes of cuLaunchKernelEx that oriond passes on (validated by the session):
+    cluster dimensions ((0, 0, 0): none), the cluster scheduling policy, cooperative, programmatic
+    stream serialisation, priority."""
+
+    cluster: tuple[int, int, int] = (0, 0, 0)
+    policy: int = 0
+    cooperative: bool = False
+    programmatic: bool = False
+    priority: int = 0
+
+
 class MemoryTable:
     """Device allocations of one session, per vGPU, with the quota enforced at allocation.
 
@@ -246,8 +259,9 @@ class BackendSession(ABC):
 
     @abstractmethod
     def launch(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
-               shared: int, stream: Any, params: bytes) -> float:
-        """Run a kernel; return the device time it used in seconds (for compute-share accounting)."""
+               shared: int, stream: Any, params: bytes, attrs: LaunchAttrs | None = None) -> float:
+        """Run a kernel; return the device time it used in seconds (for compute-share accounting).
+        ``attrs``: cuLaunchKernelEx's attributes (None: a plain launch)."""
 
     @abstractmethod
     def close(self) -> None:

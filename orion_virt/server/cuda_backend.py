@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 from ..cuda_enums import CUresult
 from ..errors import BackendError
 from . import ptx as ptx_parser
-from .backend import Backend, BackendSession, CudaCallError, MemoryTable, ParamSlot, PhysicalGpu, VGpu
+from .backend import Backend, BackendSession, CudaCallError, LaunchAttrs, MemoryTable, ParamSlot, PhysicalGpu, VGpu
 from .cuda_probe import ProbeResult, probe
 
 log = logging.getLogger("orion.server.cuda")
@@ -214,6 +214,7 @@ class CudaSession(BackendSession):
         self._events: set[_Event] = set()
         self._modules: set[_Module] = set()
         self._registered: list[int] = []
+        self._configs: dict[LaunchAttrs, Any] = {}
         self._current_dev = 0
         self._pending: CudaCallError | None = None
         self._closed = False
@@ -709,7 +710,7 @@ class CudaSession(BackendSession):
         return _Function(handle, module, name, ParamBuffer(slots)), slots
 
     def launch(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
-               shared: int, stream: Any, params: bytes) -> float:
+               shared: int, stream: Any, params: bytes, attrs: LaunchAttrs | None = None) -> float:
         self._raise_pending()
         module = func.module
         if not module.loaded:
@@ -722,6 +723,8 @@ class CudaSession(BackendSession):
         d = self.d
         kp = func.params.fill(params)
         hs = 0 if stream is None else stream.handle
+        if attrs is not None:
+            return self._launch_ex(func, grid, block, shared, hs, kp, attrs)
         args = (func.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, hs,
                 kp if kp else None, 0)
         if self.vgpus[module.dev].ratio >= 100:
@@ -739,6 +742,64 @@ class CudaSession(BackendSession):
         self._ok(d.cuEventSynchronize(t1), f"{func.name}")
         ms = self._ok(d.cuEventElapsedTime(t0, t1), "cuEventElapsedTime")
         return max(0.0, float(ms) / 1000.0)
+
+    def _launch_ex(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
+                   hs: Any, kp: int, attrs: LaunchAttrs) -> float:
+        """cuLaunchKernelEx with ``attrs``; timed like a plain launch under a compute share below 100 %."""
+        d = self.d
+        config = self._configs.get(attrs)
+        if config is None:
+            config = self._configs[attrs] = self._launch_config(attrs)
+        config.gridDimX, config.gridDimY, config.gridDimZ = grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = block
+        config.sharedMemBytes = shared
+        config.hStream = hs
+        timed = self.vgpus[func.module.dev].ratio < 100
+        ctx = func.module.ctx
+        if timed:
+            if ctx.timing is None:
+                ctx.timing = (self._ok(d.cuEventCreate(0), "cuEventCreate"),
+                              self._ok(d.cuEventCreate(0), "cuEventCreate"))
+            self._ok(d.cuEventRecord(ctx.timing[0], hs), "cuEventRecord")
+        err = d.cuLaunchKernelEx(config, func.handle, kp if kp else None, 0)[0]
+        if err:
+            raise self._error(int(err), f"cuLaunchKernelEx({func.name})")
+        if not timed:
+            return 0.0
+        t0, t1 = ctx.timing
+        self._ok(d.cuEventRecord(t1, hs), "cuEventRecord")
+        self._ok(d.cuEventSynchronize(t1), f"{func.name}")
+        ms = self._ok(d.cuEventElapsedTime(t0, t1), "cuEventElapsedTime")
+        return max(0.0, float(ms) / 1000.0)
+
+    def _launch_config(self, attrs: LaunchAttrs) -> Any:
+        """A CUlaunchConfig carrying ``attrs`` (its grid, block, shared memory and stream set per launch)."""
+        d = self.d
+        ids = d.CUlaunchAttributeID
+        out = []
+
+        def add(ident: Any) -> Any:
+            a = d.CUlaunchAttribute()
+            a.id = ident
+            out.append(a)
+            return a.value
+
+        if attrs.cluster != (0, 0, 0):
+            v = add(ids.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+            v.clusterDim.x, v.clusterDim.y, v.clusterDim.z = attrs.cluster
+        if attrs.policy:
+            add(ids.CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE).clusterSchedulingPolicyPreference = \
+                d.CUclusterSchedulingPolicy(attrs.policy)
+        if attrs.cooperative:
+            add(ids.CU_LAUNCH_ATTRIBUTE_COOPERATIVE).cooperative = 1
+        if attrs.programmatic:
+            add(ids.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION).programmaticStreamSerializationAllowed = 1
+        if attrs.priority:
+            add(ids.CU_LAUNCH_ATTRIBUTE_PRIORITY).priority = attrs.priority
+        config = d.CUlaunchConfig()
+        config.attrs = out
+        config.numAttrs = len(out)
+        return config
 
     # -- teardown ---------------------------------------------------------------------------------
 

@@ -446,6 +446,29 @@ def orionPointerKinds(s: Session, a: tuple, b: Blob) -> Any:
     return (r,)
 
 
+def orionLaunchKernelEx(s: Session, a: tuple, b: Blob) -> Any:
+    s.x_orionLaunchKernelEx(
+        s.h_function.get(a[0]),
+        a[1],
+        a[2],
+        a[3],
+        a[4],
+        a[5],
+        a[6],
+        a[7],
+        s.h_stream.get(a[8]) if a[8] else None,
+        a[9],
+        a[10],
+        a[11],
+        a[12],
+        a[13],
+        a[14],
+        a[15],
+        b,
+    )
+    return ()
+
+
 DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     1: cuInit,
     2: cuDriverGetVersion,
@@ -522,4 +545,5 @@ DISPATCH: dict[int, Callable[[Session, tuple, Blob], Any]] = {
     74: cuMemcpyPeer,
     75: cuMemcpyPeerAsync,
     76: orionPointerKinds,
+    77: orionLaunchKernelEx,
 }

@@ -24,7 +24,7 @@ from ..transport.base import Stream
 from ..wire import HEADER, HEADER_SIZE, Hello, Kind, Plan, ServerProtocol, Welcome
 from ..wire.codes import Call
 from ..wire.protocol import PLANS
-from .backend import Backend, BackendSession, CudaCallError, VGpu
+from .backend import Backend, BackendSession, CudaCallError, LaunchAttrs, VGpu
 from .blobs import Blob, Fill
 from .dispatch_gen import DISPATCH
 from .hostshare import SharedHost
@@ -841,11 +841,19 @@ class Session:
         raw = params.read_all()
         self._on_stream(stream, lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw))
 
+    def x_orionLaunchKernelEx(self, f: _Function, gx: int, gy: int, gz: int, bx: int, by: int, bz: int,
+                              shared: int, stream: Any, cx: int, cy: int, cz: int, policy: int, cooperative: int,
+                              programmatic: int, priority: int, params: Blob) -> None:
+        _check_launch(f, params.remaining, gx, gy, gz, bx, by, bz)
+        attrs = _launch_attrs(f, (gx, gy, gz), (cx, cy, cz), policy, cooperative, programmatic, priority)
+        raw = params.read_all()
+        self._on_stream(stream, lambda st: self._launch(f, (gx, gy, gz), (bx, by, bz), shared, st, raw, attrs))
+
     def _launch(self, f: _Function, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
-                stream: Any, raw: bytes) -> None:
+                stream: Any, raw: bytes, attrs: LaunchAttrs | None = None) -> None:
         throttle = self.throttles[f.dev]
         throttle.before_launch()
-        seconds = self._b.launch(f.func, grid, block, shared, stream, raw)
+        seconds = self._b.launch(f.func, grid, block, shared, stream, raw, attrs)
         throttle.account(seconds)
 
 
@@ -857,6 +865,22 @@ def _check_launch(f: _Function, nparams: int, gx: int, gy: int, gz: int, bx: int
                             f"{f.name}: {nparams} bytes of parameters, the kernel takes {f.total}")
     if not (gx and gy and gz and bx and by and bz) or bx * by * bz > 1024:
         raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch dimensions")
+
+
+def _launch_attrs(f: _Function, grid: tuple[int, int, int], cluster: tuple[int, int, int], policy: int,
+                  cooperative: int, programmatic: int, priority: int) -> LaunchAttrs:
+    """The attributes of an orionLaunchKernelEx, checked as the driver would before oriond hands them
+    on: a cluster has three non-zero dimensions that divide the grid's (else INVALID_CLUSTER_SIZE),
+    the policy is one of CUclusterSchedulingPolicy's, the flags are 0 or 1."""
+    if cluster != (0, 0, 0):
+        if 0 in cluster:
+            raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: cluster dimensions {cluster}")
+        if any(g % c for g, c in zip(grid, cluster)):
+            raise CudaCallError(E.CUDA_ERROR_INVALID_CLUSTER_SIZE,
+                                f"{f.name}: grid {grid} is not a multiple of the cluster {cluster}")
+    if policy not in (0, 1, 2) or cooperative not in (0, 1) or programmatic not in (0, 1):
+        raise CudaCallError(E.CUDA_ERROR_INVALID_VALUE, f"{f.name}: bad launch attribute values")
+    return LaunchAttrs(cluster, policy, bool(cooperative), bool(programmatic), priority)
 
 
 def _name(code: int) -> str:

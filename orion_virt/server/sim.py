@@ -19,7 +19,7 @@ from ..cuda_enums import CUfunction_attribute as F
 from ..cuda_enums import CUlimit as L
 from ..cuda_enums import CUresult
 from . import ptx
-from .backend import Backend, BackendSession, CudaCallError, MemoryTable, ParamSlot, PhysicalGpu, VGpu
+from .backend import Backend, BackendSession, CudaCallError, LaunchAttrs, MemoryTable, ParamSlot, PhysicalGpu, VGpu
 from .sim_kernels import KERNELS, Launch, unpack_params
 
 SIM_NAME = "Orion sim device (no GPU)"
@@ -208,7 +208,10 @@ class SimSession(BackendSession):
         return name, slots
 
     def launch(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
-               shared: int, stream: Any, params: bytes) -> float:
+               shared: int, stream: Any, params: bytes, attrs: LaunchAttrs | None = None) -> float:
+        if attrs is not None and attrs.cluster != (0, 0, 0):
+            raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED,
+                                "thread-block clusters need compute capability 9.0; the sim device is 8.0")
         kernel = KERNELS.get(func)
         if kernel is None:
             raise CudaCallError(CUresult.CUDA_ERROR_NOT_SUPPORTED,

@@ -81,3 +81,4 @@ class Call(IntEnum):
     cuMemcpyPeer = 74
     cuMemcpyPeerAsync = 75
     orionPointerKinds = 76
+    orionLaunchKernelEx = 77

@@ -304,6 +304,18 @@ CALLS: tuple[Fn, ...] = (
        doc="for the unified cuMemcpy/cuMemcpyAsync: bit 0 set when [dst, dst+ByteCount) is device "
            "memory of this session, bit 1 for src; a range that starts in an allocation and leaves it is "
            "CUDA_ERROR_INVALID_VALUE"),
+    Fn("orionLaunchKernelEx", 77, (_h("f", "function"), _a("gridDimX", _u), _a("gridDimY", _u),
+                                   _a("gridDimZ", _u), _a("blockDimX", _u), _a("blockDimY", _u),
+                                   _a("blockDimZ", _u), _a("sharedMemBytes", _u), _stream(),
+                                   _a("clusterDimX", _u), _a("clusterDimY", _u), _a("clusterDimZ", _u),
+                                   _a("clusterPolicy", _u), _a("cooperative", _u), _a("programmatic", _u),
+                                   _a("priority", _i),
+                                   _a("kernelParams", "void **", Role.HOST_IN, limit=MAX_PARAMS),
+                                   _a("extra", "void **", Role.NULL)),
+       no_reply=True, client="native",
+       doc="cuLaunchKernelEx and cuLaunchCooperativeKernel with the launch attributes oriond passes on: "
+           "cluster dimensions (0: none) and scheduling policy, cooperative, programmatic stream "
+           "serialisation, priority; the blob as cuLaunchKernel's"),
 )
 """Every remoted call, in code order."""
 

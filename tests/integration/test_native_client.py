@@ -196,6 +196,18 @@ def test_vector_add_module_launch_streams_events(programs: dict[str, Path], orio
     assert "Test PASSED" in r.stdout
 
 
+def test_launches_with_attributes_and_cooperative(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    """cuLaunchKernelEx as cuDNN and cudaLaunchKernelEx issue it, cuLaunchCooperativeKernel; the sim
+    device (compute capability 8.0) has no clusters, and an access policy window is refused by name."""
+    r = run(programs["launch_ex"], str(PTX), env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("sum check: PASSED") == 3 and "FAILED" not in r.stdout
+    assert "clusters of 2 blocks on a device without cluster launch: CUDA_ERROR_NOT_SUPPORTED" in r.stdout
+    assert "-> CUDA_ERROR_NOT_SUPPORTED" in r.stdout
+    assert "cuLaunchKernelEx: launch attribute 1 is not supported by the orion_virt client" in r.stderr
+    assert "Test PASSED" in r.stdout
+
+
 def test_two_devices_in_one_program(programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
     """Both vGPUs of one server: a context each, data handed between them through the host
     (the cross-node form of this program is in test_controller_e2e)."""

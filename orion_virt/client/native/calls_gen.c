@@ -1039,6 +1039,34 @@ CUresult orion_wire_orionPointerKinds(unsigned int *kinds, cuuint64_t dst, cuuin
     return CUDA_SUCCESS;
 }
 
+/* orionLaunchKernelEx: call 77, NO_REPLY. */
+CUresult orion_wire_orionLaunchKernelEx(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, unsigned int clusterDimX, unsigned int clusterDimY, unsigned int clusterDimZ, unsigned int clusterPolicy, unsigned int cooperative, unsigned int programmatic, int priority, const void *kernelParams, uint32_t kernelParams_len)
+{
+    if (kernelParams_len && !kernelParams) return CUDA_ERROR_INVALID_VALUE;
+    if (kernelParams_len > 32764u) return CUDA_ERROR_INVALID_VALUE;
+    unsigned char req[76];
+    orion_put_u64(req + 0, (uint64_t)(uintptr_t)orion_function(f));
+    orion_put_u32(req + 8, (uint32_t)gridDimX);
+    orion_put_u32(req + 12, (uint32_t)gridDimY);
+    orion_put_u32(req + 16, (uint32_t)gridDimZ);
+    orion_put_u32(req + 20, (uint32_t)blockDimX);
+    orion_put_u32(req + 24, (uint32_t)blockDimY);
+    orion_put_u32(req + 28, (uint32_t)blockDimZ);
+    orion_put_u32(req + 32, (uint32_t)sharedMemBytes);
+    orion_put_u64(req + 36, (uint64_t)(uintptr_t)hStream);
+    orion_put_u32(req + 44, (uint32_t)clusterDimX);
+    orion_put_u32(req + 48, (uint32_t)clusterDimY);
+    orion_put_u32(req + 52, (uint32_t)clusterDimZ);
+    orion_put_u32(req + 56, (uint32_t)clusterPolicy);
+    orion_put_u32(req + 60, (uint32_t)cooperative);
+    orion_put_u32(req + 64, (uint32_t)programmatic);
+    orion_put_i32(req + 68, (int32_t)priority);
+    orion_put_u32(req + 72, kernelParams_len);
+    orion_msg m = {77, ORION_NO_REPLY, "orionLaunchKernelEx", req, 76, kernelParams, (uint64_t)kernelParams_len, NULL, 0, -1, NULL, 0, 0};
+    CUresult st = orion_call(&m);
+    return st;
+}
+
 /* --- exported API: every name and spelling ----------------------------------------- */
 
 ORION_API CUresult cuInit(unsigned int Flags)
@@ -1615,7 +1643,7 @@ ORION_API CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstCo
 
 /* --- cross-node routes (orion_virt/wire/routes.py), indexed by code --------------------- */
 
-const orion_route orion_routes[77] = {
+const orion_route orion_routes[78] = {
     {-1, -1, {-1, -1, -1}, 0, 0, 0},
     {-1, -1, {-1, -1, -1}, 0, 0, 1},  /* cuInit */
     {-1, -1, {-1, -1, -1}, 0, 0, 2},  /* cuDriverGetVersion */
@@ -1693,6 +1721,7 @@ const orion_route orion_routes[77] = {
     {-1, 8, {24, -1, -1}, 0, 1, 0},  /* cuMemcpyPeer */
     {-1, 8, {24, 40, -1}, 0, 1, 0},  /* cuMemcpyPeerAsync */
     {-1, -1, {-1, -1, -1}, 0, 0, 4},  /* orionPointerKinds */
+    {-1, 0, {36, -1, -1}, 0, 0, 0},  /* orionLaunchKernelEx */
 };
 
 /* --- CUresult names and messages ----------------------------------------------------- */

@@ -18,7 +18,7 @@
 #define ORION_MAX_IMAGE 67108864u
 #define ORION_MAX_PARAMS 32764u
 #define ORION_MAX_COPY 4294967231ull
-#define ORION_CALL_COUNT 75
+#define ORION_CALL_COUNT 76
 
 /* Wire codes. */
 #define ORION_CODE_cuInit 1
@@ -96,6 +96,7 @@
 #define ORION_CODE_cuMemcpyPeer 74
 #define ORION_CODE_cuMemcpyPeerAsync 75
 #define ORION_CODE_orionPointerKinds 76
+#define ORION_CODE_orionLaunchKernelEx 77
 
 /* Generated wire marshalling (calls_gen.c). */
 CUresult orion_wire_cuInit(unsigned int Flags);
@@ -173,6 +174,7 @@ CUresult orion_wire_cuCtxDisablePeerAccess(CUcontext peerContext);
 CUresult orion_wire_cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount);
 CUresult orion_wire_cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream);
 CUresult orion_wire_orionPointerKinds(unsigned int *kinds, cuuint64_t dst, cuuint64_t src, size_t ByteCount);
+CUresult orion_wire_orionLaunchKernelEx(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, unsigned int clusterDimX, unsigned int clusterDimY, unsigned int clusterDimZ, unsigned int clusterPolicy, unsigned int cooperative, unsigned int programmatic, int priority, const void *kernelParams, uint32_t kernelParams_len);
 
 /* Hand-written in orion_client.c: what the exported functions of these calls do. */
 CUresult orion_custom_cuInit(unsigned int Flags);
@@ -198,7 +200,7 @@ CUresult orion_custom_cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodu
  * context; the broadcast merge (ORION_MERGE_*). */
 enum { ORION_MERGE_NONE, ORION_MERGE_FIRST, ORION_MERGE_MIN, ORION_MERGE_SUM, ORION_MERGE_OR };
 typedef struct { int16_t dev, owner, same[3]; uint8_t reply_handle, context_call, merge; } orion_route;
-#define ORION_ROUTE_COUNT 77
+#define ORION_ROUTE_COUNT 78
 extern const orion_route orion_routes[ORION_ROUTE_COUNT];
 
 const char *orion_error_name(CUresult r);

@@ -1490,41 +1490,42 @@ CUresult orion_custom_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, cons
     return CUDA_SUCCESS;
 }
 
-CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
-                                     unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
-                                     unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
+/* A launch's parameters packed as cuModuleGetFunction's layout said, from kernelParams or from
+ * extra's packed buffer (then *data points into the caller's buffer). A CUkernel becomes its
+ * function in the current context. */
+static CUresult launch_params(CUfunction *pf, void **kernelParams, void **extra, unsigned char *buf,
+                              const void **data, uint32_t *size)
 {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (nkernel_objs) {
-        orion_kernel *ko = as_kernel(f);
+        orion_kernel *ko = as_kernel(*pf);
         if (ko) {
-            CUresult st = kernel_function(ko, &f);
+            CUresult st = kernel_function(ko, pf);
             if (st != CUDA_SUCCESS) return st;
         }
     }
-    unsigned char buf[ORION_MAX_PARAMS];
-    uint32_t total;
     pthread_mutex_lock(&fn_lock);
-    kernel_info *k = kernels_get((uint64_t)(uintptr_t)f);
+    kernel_info *k = kernels_get((uint64_t)(uintptr_t)*pf);
     if (!k) {
         pthread_mutex_unlock(&fn_lock);
         return CUDA_ERROR_INVALID_HANDLE;
     }
-    total = k->total;
+    uint32_t total = k->total;
+    *size = total;
     if (extra) {  /* the packed buffer: {BUFFER_POINTER, p, BUFFER_SIZE, &size, END} in any order */
         pthread_mutex_unlock(&fn_lock);
         if (kernelParams) return CUDA_ERROR_INVALID_VALUE;
         const void *p = NULL;
-        size_t size = 0;
+        size_t n = 0;
         for (int i = 0; extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
             if (i > 16) return CUDA_ERROR_INVALID_VALUE;
             if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) p = extra[i + 1];
-            else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE && extra[i + 1]) size = *(size_t *)extra[i + 1];
+            else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE && extra[i + 1]) n = *(size_t *)extra[i + 1];
             else return CUDA_ERROR_INVALID_VALUE;
         }
-        if ((size && !p) || size > ORION_MAX_PARAMS || size < total) return CUDA_ERROR_INVALID_VALUE;
-        return orion_wire_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ,
-                                         sharedMemBytes, hStream, p, (uint32_t)total);
+        if ((n && !p) || n > ORION_MAX_PARAMS || n < total) return CUDA_ERROR_INVALID_VALUE;
+        *data = p;
+        return CUDA_SUCCESS;
     }
     if (k->count && !kernelParams) {
         pthread_mutex_unlock(&fn_lock);
@@ -1539,8 +1540,21 @@ CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsign
         memcpy(buf + k->layout[2 * i], kernelParams[i], k->layout[2 * i + 1]);
     }
     pthread_mutex_unlock(&fn_lock);
+    *data = buf;
+    return CUDA_SUCCESS;
+}
+
+CUresult orion_custom_cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                                     unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                                     unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
+{
+    unsigned char buf[ORION_MAX_PARAMS];
+    const void *data;
+    uint32_t size;
+    CUresult st = launch_params(&f, kernelParams, extra, buf, &data, &size);
+    if (st != CUDA_SUCCESS) return st;
     return orion_wire_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes,
-                                     hStream, buf, total);
+                                     hStream, data, size);
 }
 
 /* ---- answered in the client ----------------------------------------------------------------- */
@@ -1718,29 +1732,108 @@ ORION_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsig
     return orion_custom_cuModuleLoadData(module, image);
 }
 
-/* cuLaunchKernelEx: a launch with attributes; those that change nothing about a plain launch
- * are accepted, the others (clusters, cooperative, programmatic serialisation...) are refused. */
-ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra)
+/* cuLaunchKernelEx: the attributes oriond passes on to the driver (clusters and their scheduling
+ * policy, cooperative, programmatic stream serialisation, priority) go with orionLaunchKernelEx; a
+ * launch with none of them set is a plain cuLaunchKernel. Attributes that name client memory or
+ * events (access policy windows, programmatic and completion events, memory sync domains) are
+ * refused with their number. */
+typedef struct {
+    unsigned cluster[3], policy, cooperative, programmatic;
+    int priority;
+} launch_attrs;
+
+static CUresult read_attrs(const CUlaunchConfig *config, launch_attrs *la, int *plain)
 {
-    if (!config) return CUDA_ERROR_INVALID_VALUE;
+    memset(la, 0, sizeof *la);
+    *plain = 1;
+    if (config->numAttrs && !config->attrs) return CUDA_ERROR_INVALID_VALUE;
     for (unsigned i = 0; i < config->numAttrs; i++) {
         const CUlaunchAttribute *a = &config->attrs[i];
-        int harmless = (a->id == CU_LAUNCH_ATTRIBUTE_PRIORITY && a->value.priority == 0) ||
-                       (a->id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION && a->value.clusterDim.x <= 1 &&
-                        a->value.clusterDim.y <= 1 && a->value.clusterDim.z <= 1) ||
-                       (a->id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && !a->value.cooperative) ||
-                       /* programmatic dependent launch only allows overlap with the kernel before:
-                        * without it the launch waits for that kernel, as a plain launch does */
-                       a->id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        if (!harmless) {
+        switch (a->id) {
+        case CU_LAUNCH_ATTRIBUTE_IGNORE:
+            break;
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+            la->cluster[0] = a->value.clusterDim.x;
+            la->cluster[1] = a->value.clusterDim.y;
+            la->cluster[2] = a->value.clusterDim.z;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE:
+            la->policy = (unsigned)a->value.clusterSchedulingPolicyPreference;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+            la->cooperative = a->value.cooperative ? 1u : 0u;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+            la->programmatic = a->value.programmaticStreamSerializationAllowed ? 1u : 0u;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_PRIORITY:
+            la->priority = a->value.priority;
+            break;
+        default:
             orion_log("WARN", "cuLaunchKernelEx: launch attribute %d is not supported by the orion_virt client",
                       (int)a->id);
             return CUDA_ERROR_NOT_SUPPORTED;
         }
     }
-    return orion_custom_cuLaunchKernel(f, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX,
-                                       config->blockDimY, config->blockDimZ, config->sharedMemBytes, config->hStream,
-                                       kernelParams, extra);
+    unsigned cx = la->cluster[0] | la->cluster[1] | la->cluster[2];
+    if (cx && (!la->cluster[0] || !la->cluster[1] || !la->cluster[2])) return CUDA_ERROR_INVALID_VALUE;
+    if (cx && la->cluster[0] * la->cluster[1] * la->cluster[2] == 1) memset(la->cluster, 0, sizeof la->cluster);
+    *plain = !la->cluster[0] && !la->policy && !la->cooperative && !la->programmatic && !la->priority;
+    return CUDA_SUCCESS;
+}
+
+static CUresult launch_ex(const CUlaunchConfig *config, const launch_attrs *la, int plain, CUfunction f,
+                          void **kernelParams, void **extra)
+{
+    unsigned char buf[ORION_MAX_PARAMS];
+    const void *data;
+    uint32_t size;
+    CUresult st = launch_params(&f, kernelParams, extra, buf, &data, &size);
+    if (st != CUDA_SUCCESS) return st;
+    if (plain)
+        return orion_wire_cuLaunchKernel(f, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX,
+                                         config->blockDimY, config->blockDimZ, config->sharedMemBytes,
+                                         config->hStream, data, size);
+    return orion_wire_orionLaunchKernelEx(f, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX,
+                                          config->blockDimY, config->blockDimZ, config->sharedMemBytes,
+                                          config->hStream, la->cluster[0], la->cluster[1], la->cluster[2],
+                                          la->policy, la->cooperative, la->programmatic, la->priority, data, size);
+}
+
+ORION_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra)
+{
+    if (!config) return CUDA_ERROR_INVALID_VALUE;
+    launch_attrs la;
+    int plain;
+    CUresult st = read_attrs(config, &la, &plain);
+    if (st != CUDA_SUCCESS) return st;
+    return launch_ex(config, &la, plain, f, kernelParams, extra);
+}
+
+ORION_API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
+                                         void **extra)
+{
+    return cuLaunchKernelEx(config, f, kernelParams, extra);
+}
+
+ORION_API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                             unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                             unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+                                             void **kernelParams)
+{
+    CUlaunchConfig config = {gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream,
+                             NULL, 0};
+    launch_attrs la = {.cooperative = 1};
+    return launch_ex(&config, &la, 0, f, kernelParams, NULL);
+}
+
+ORION_API CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                                  unsigned int gridDimZ, unsigned int blockDimX,
+                                                  unsigned int blockDimY, unsigned int blockDimZ,
+                                                  unsigned int sharedMemBytes, CUstream hStream, void **kernelParams)
+{
+    return cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes,
+                                     hStream, kernelParams);
 }
 
 /* ---- stream capture ------------------------------------------------------------------------

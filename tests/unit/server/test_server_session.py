@@ -156,6 +156,37 @@ def test_kernels_run_and_out_of_bounds_access_is_an_illegal_address(client: Clie
     assert client(Call.cuModuleGetFunction, mod, 4, blob=b"nope")[0] == R.CUDA_ERROR_NOT_FOUND
 
 
+def test_launch_attributes_are_checked_before_the_backend_sees_them(client: Client) -> None:
+    """orionLaunchKernelEx: a cooperative, prioritised launch runs; a cluster that does not divide the
+    grid is INVALID_CLUSTER_SIZE, half-set cluster dimensions and bad flags INVALID_VALUE; the sim
+    device has no clusters (NOT_SUPPORTED). Each error is deferred to the next synchronising call."""
+    client.ctx()
+    _, (mod,), _ = client(Call.cuModuleLoadData, len(PTX), blob=PTX)
+    _, (fn, _), _ = client(Call.cuModuleGetFunction, mod, 9, blob=b"vectorAdd")
+    n = 1024
+    a = np.arange(n, dtype=np.float32)
+    pa, pb, pc = (client.alloc(a.nbytes) for _ in range(3))
+    client(Call.cuMemcpyHtoD, pa, a.nbytes, blob=a.tobytes())
+    client(Call.cuMemcpyHtoD, pb, a.nbytes, blob=a.tobytes())
+    params = struct.pack("<QQQi", pa, pb, pc, n)
+
+    def launch_ex(cluster: tuple[int, int, int], policy: int = 0, coop: int = 0, prog: int = 0, prio: int = 0
+                  ) -> int:
+        assert client(Call.orionLaunchKernelEx, fn, 4, 1, 1, 256, 1, 1, 0, 0, *cluster, policy, coop, prog, prio,
+                      len(params), blob=params)[0] == 0
+        return client(Call.cuCtxSynchronize)[0]
+
+    assert launch_ex((0, 0, 0), coop=1, prog=1, prio=-1) == 0
+    st, _, blob = client(Call.cuMemcpyDtoH, pc, a.nbytes)
+    assert np.array_equal(np.frombuffer(blob, np.float32), 2 * a)
+    assert launch_ex((3, 1, 1)) == R.CUDA_ERROR_INVALID_CLUSTER_SIZE
+    assert launch_ex((2, 0, 1)) == R.CUDA_ERROR_INVALID_VALUE
+    assert launch_ex((0, 0, 0), coop=2) == R.CUDA_ERROR_INVALID_VALUE
+    assert launch_ex((0, 0, 0), policy=7) == R.CUDA_ERROR_INVALID_VALUE
+    assert launch_ex((2, 1, 1), policy=1) == R.CUDA_ERROR_NOT_SUPPORTED
+    assert client(Call.cuCtxSynchronize)[0] == 0
+
+
 def test_cubin_is_not_supported_on_sim(client: Client) -> None:
     client.ctx()
     cubin = (Path(__file__).resolve().parents[3] / "orion_virt" / "kernels" / "test_kernels.sm_90.cubin").read_bytes()
