@@ -7,7 +7,7 @@
 #   cudart, a cuBLAS SGEMM; NVIDIA's libcudart over a runtime-API C program;
 #   cuda-python programs (driver, runtime, NVRTC); PyTorch, CuPy and cuda.core tours.
 # Prints one PASS/FAIL line per program and transport, and writes the outputs under $OUT/ladder.
-#   scripts/gpu-ladder.sh
+#   scripts/gpu-ladder.sh        (LADDER_ONLY="name ..." runs only those steps)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -43,6 +43,7 @@ trap 'kill $OPID 2>/dev/null; wait $OPID 2>/dev/null || true' EXIT
 "$PY" -c "from orion_virt.launch import wait_port; wait_port($PORT, timeout=60, what='oriond')" || exit 1
 step() {
     mode=$1; name=$2; shift 2
+    case " ${LADDER_ONLY:-$name} " in *" $name "*) ;; *) return 0 ;; esac
     if [ "$mode" = tcp ]; then net=1; else net=0; fi
     f="$O/out/$name.$mode.txt"
     env LD_LIBRARY_PATH="$O/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ORION_VGPU=2 ORION_GMEM=4096 \
