@@ -61,6 +61,7 @@ HAND_EXPORTS = (
     "cuGraphGetNodes", "cuMemHostGetDevicePointer", "cuMemHostGetDevicePointer_v2",
     "cuMemcpy", "cuMemcpy_ptds", "cuMemcpyAsync", "cuMemcpyAsync_ptsz",
     "cuLaunchKernelEx_ptsz", "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz",
+    "cuMemHostRegister", "cuMemHostRegister_v2", "cuMemHostUnregister",
 )
 """Exported by hand-written code (orion_client.c, orion_export.c, orion_memcpy.c): answered in the client or
 mapped onto remoted calls. A test checks the built library exports exactly these, the spec's
@@ -329,12 +330,29 @@ def gen_v1(fn: S.Fn, target: str) -> list[str]:
     return L
 
 
+MESSAGES = {
+    CUresult.CUDA_SUCCESS: "no error",
+    CUresult.CUDA_ERROR_INVALID_VALUE: "invalid argument",
+    CUresult.CUDA_ERROR_OUT_OF_MEMORY: "out of memory",
+    CUresult.CUDA_ERROR_NOT_INITIALIZED: "initialization error",
+    CUresult.CUDA_ERROR_DEINITIALIZED: "driver shutting down",
+    CUresult.CUDA_ERROR_NO_DEVICE: "no CUDA-capable device is detected",
+    CUresult.CUDA_ERROR_INVALID_DEVICE: "invalid device ordinal",
+    CUresult.CUDA_ERROR_INVALID_IMAGE: "device kernel image is invalid",
+    CUresult.CUDA_ERROR_INVALID_CONTEXT: "invalid device context",
+    CUresult.CUDA_ERROR_INVALID_HANDLE: "invalid resource handle",
+    CUresult.CUDA_ERROR_NOT_FOUND: "named symbol not found",
+    CUresult.CUDA_ERROR_NOT_READY: "device not ready",
+    CUresult.CUDA_ERROR_ILLEGAL_ADDRESS: "an illegal memory access was encountered",
+    CUresult.CUDA_ERROR_NOT_SUPPORTED: "operation not supported",
+    CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE: "CUDA-capable device(s) is/are busy or unavailable",
+    CUresult.CUDA_ERROR_UNKNOWN: "unknown error",
+}
+"""cuGetErrorString's words where NVIDIA's driver has its own; every other code reads as its name."""
+
+
 def _messages() -> dict[int, str]:
-    try:
-        from orion_virt.client.driver import _MESSAGES
-    except ImportError:
-        return {}
-    return {int(k): v for k, v in _MESSAGES.items()}
+    return {int(k): v for k, v in MESSAGES.items()}
 
 
 def gen_errors() -> list[str]:

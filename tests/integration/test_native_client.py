@@ -465,17 +465,43 @@ def test_page_locked_buffers_are_shared_with_oriond_over_shm_and_copied_over_tcp
         assert "host memory at" not in new_logs
 
 
+def test_registered_host_memory_is_shared_in_place_over_shm_and_copied_over_tcp(
+        programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
+    """cuMemHostRegister on memory the program has: over shm its heap pages become oriond's too
+    (two 8 MiB buffers and an unaligned piece: three blocks in the session log; the stack buffer
+    stays the program's, said once), over TCP every copy goes through the socket; either way the
+    program's bytes survive registering and unregistering."""
+    before = {p: p.stat().st_size for p in (oriond.logs / "session").glob("*.log")}
+    r = run(programs["host_register"], "8", env=native_env(oriond, transport))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "host register supported: 1" in r.stdout
+    assert "bytes kept by registering: yes" in r.stdout and "bytes kept by unregistering: yes" in r.stdout
+    assert r.stdout.count("round trip: PASSED") == 3 and "FAILED" not in r.stdout
+    assert "[an unaligned piece] round trip, neighbours kept: PASSED" in r.stdout
+    assert "[a buffer on the stack] round trip: PASSED" in r.stdout
+    assert "-> CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED" in r.stdout
+    assert "-> CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED" in r.stdout
+    assert "flags of the registered buffer: 3" in r.stdout
+    new_logs = "".join(p.read_text()[before.get(p, 0):] for p in (oriond.logs / "session").glob("*.log"))
+    if transport == "shm":
+        assert new_logs.count("KiB of host memory at") == 3, new_logs
+        said = [ln for ln in r.stderr.splitlines() if "registered host memory at" in ln]
+        assert len(said) == 1 and "stays in this process, copies go through" in said[0], r.stderr
+        assert said[0].endswith("its pages are not private anonymous memory (a file, the stack)")
+    else:
+        assert "host memory at" not in new_logs
+    assert "Test PASSED" in r.stdout
+
+
 def test_managed_memory_and_virtual_memory_management_are_absent_and_refused_by_name(
         programs: dict[str, Path], oriond: Oriond, transport: str) -> None:
     """The device says these features are absent; a program that calls them anyway gets
     CUDA_ERROR_NOT_SUPPORTED (801), each function named once on stderr, and nothing is counted."""
     r = run(programs["memory_kinds"], env=native_env(oriond, transport, ORION_GMEM="512"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert ("managed memory 0, concurrent managed access 0, virtual memory management 0, host register 0"
-            in r.stdout)
+    assert "managed memory 0, concurrent managed access 0, virtual memory management 0" in r.stdout
     assert "unified addressing 1," in r.stdout
-    for fn in ("cuMemAllocManaged", "cuMemGetAllocationGranularity", "cuMemAddressReserve", "cuMemCreate",
-               "cuMemHostRegister"):
+    for fn in ("cuMemAllocManaged", "cuMemGetAllocationGranularity", "cuMemAddressReserve", "cuMemCreate"):
         assert f"{fn} -> 801" in r.stdout
         said = [ln for ln in r.stderr.splitlines() if ln.startswith((f"[WARN] {fn} ", f"[WARN] {fn}_v2 "))]
         assert len(said) == 1 and said[0].endswith(" is not supported by the orion_virt client: "
@@ -697,11 +723,20 @@ def test_client_log_section_drives_screen_lines_and_the_log_file(programs: dict[
     text = files[0].read_text()
     assert "VirtaiTech Resource. Build-cuda-" in text and "Client exits with allocation ID" in text, text
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[INFO\] ", text, re.M), text
-    assert files[0].stat().st_mode & 0o777 == 0o640
+    assert files[0].stat().st_mode & 0o777 == 0o640 and logs.stat().st_mode & 0o777 == 0o750
 
     conf.write_text(f"[client-log]\nlog_to_file = false\nlog_dir = {logs}\nlog_with_time = false\n")
     r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf)))
     assert "VirtaiTech Resource. Build-cuda-" in r.stderr and len(list(logs.glob("client-*.log"))) == 1
+
+    # the levels: screen lines below log_level and file lines below file_log_level are left out
+    quiet = tmp_path / "quiet"
+    conf.write_text(f"[client-log]\nlog_to_screen = true\nlog_level = WARNING\nlog_with_time = false\n"
+                    f"log_to_file = true\nfile_log_level = ERROR\nlog_dir = {quiet}\n")
+    r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf), ORION_SERVER="127.0.0.1:1"))
+    assert "[INFO]" not in r.stderr and re.search(r"^\[(WARN|ERROR)", r.stderr, re.M), r.stderr
+    text = "".join(f.read_text() for f in quiet.glob("client-*.log"))
+    assert "[INFO]" not in text and "[WARN" not in text and text.startswith("[ERROR] "), text
 
 
 PTX_FUZZ = r"""

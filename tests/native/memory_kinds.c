@@ -1,6 +1,6 @@
 /* The kinds of device memory a framework may try, as it tries them: it asks the device whether
- * managed memory, virtual memory management and host registration are there, and calls them
- * anyway (as code written for one GPU does). Each is refused with CUDA_ERROR_NOT_SUPPORTED, none
+ * managed memory and virtual memory management are there, and calls them anyway (as code written
+ * for one GPU does). Each is refused with CUDA_ERROR_NOT_SUPPORTED, none
  * changes what the vGPU reports free, and ordinary allocations still work and still count. */
 #include "common.h"
 #include <string.h>
@@ -20,10 +20,9 @@ int main(void)
     CHECK(cuDeviceGet(&dev, 0));
     CHECK(cuDevicePrimaryCtxRetain(&ctx, dev));
     CHECK(cuCtxSetCurrent(ctx));
-    printf("managed memory %d, concurrent managed access %d, virtual memory management %d, host register %d\n",
+    printf("managed memory %d, concurrent managed access %d, virtual memory management %d\n",
            attr(CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, dev), attr(CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, dev),
-           attr(CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED, dev),
-           attr(CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED, dev));
+           attr(CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED, dev));
     printf("unified addressing %d, memory pools %d\n", attr(CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING, dev),
            attr(CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, dev));
     size_t free0 = 0, total = 0;
@@ -44,9 +43,6 @@ int main(void)
     printf("cuMemAddressReserve -> %d\n", (int)cuMemAddressReserve(&va, 2 << 20, 0, 0, 0));
     CUmemGenericAllocationHandle h = 0;
     printf("cuMemCreate -> %d\n", (int)cuMemCreate(&h, 2 << 20, &prop, 0));
-
-    static char page[1 << 16] __attribute__((aligned(4096)));
-    printf("cuMemHostRegister -> %d\n", (int)cuMemHostRegister(page, sizeof page, 0));
 
     size_t free1 = 0;
     CHECK(cuMemGetInfo(&free1, &total));

@@ -2053,7 +2053,9 @@ CUresult orion_custom_cuMemFree(CUdeviceptr dptr)
  * Shared memory is also mapped into the device address space (cuMemHostGetDevicePointer). */
 
 #define MAX_HOST 4096
-static struct { void *p; size_t n; size_t mapped; unsigned flags; } host_allocs[MAX_HOST];
+/* p, n: the program's range; base, mapped: the pages shared with oriond (mapped 0: not shared);
+ * reg: registered by cuMemHostRegister (the program's memory, never freed here). */
+static struct { void *p; size_t n; void *base; size_t mapped; unsigned flags; int reg; } host_allocs[MAX_HOST];
 static pthread_mutex_t host_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile int shared_count;    /* host_allocs entries shared with oriond (mapped != 0) */
 static int share_off;                /* set once sharing is known not to work for this session */
@@ -2143,10 +2145,11 @@ ORION_API CUresult cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags
     for (int i = 0; i < MAX_HOST && slot < 0; i++)
         if (!host_allocs[i].p) slot = i;
     if (slot >= 0) {
-        host_allocs[slot].p = p;
+        host_allocs[slot].p = host_allocs[slot].base = p;
         host_allocs[slot].n = bytesize;
         host_allocs[slot].mapped = mapped;
         host_allocs[slot].flags = Flags;
+        host_allocs[slot].reg = 0;
         if (mapped) shared_count++;
     }
     pthread_mutex_unlock(&host_lock);
@@ -2174,7 +2177,7 @@ ORION_API CUresult cuMemFreeHost(void *p)
     int found = 0;
     size_t mapped = 0;
     for (int i = 0; i < MAX_HOST && !found; i++)
-        if (p && host_allocs[i].p == p) {
+        if (p && host_allocs[i].p == p && !host_allocs[i].reg) {
             mapped = host_allocs[i].mapped;
             if (mapped) shared_count--;
             host_allocs[i].p = NULL;
@@ -2190,6 +2193,165 @@ ORION_API CUresult cuMemFreeHost(void *p)
     /* oriond lets go of its mapping first (its copies are done: calls run in order) */
     CUresult st = orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)p);
     munmap(p, mapped);
+    return st == CUDA_ERROR_DEVICE_UNAVAILABLE || st == CUDA_ERROR_DEINITIALIZED ? CUDA_SUCCESS : st;
+}
+
+/* ---- cuMemHostRegister ------------------------------------------------------------------------
+ * Memory the program registers is shared with oriond as cuMemHostAlloc's is, in place: where its
+ * pages are private anonymous memory of this process (the heap, an anonymous mapping), their bytes
+ * are copied into a sealed memfd that is mapped over the same addresses (MAP_FIXED), so pointers
+ * into it stay valid, and the memfd goes to oriond. cuMemHostUnregister puts private anonymous
+ * pages with the same bytes back. While either runs, another thread must not write those pages (as
+ * it must not free them); a child forked while registered shares them. Elsewhere (file-backed or
+ * stack pages, pages of another shared block, TCP, a VM) registration is recorded and copies go
+ * through the transport. */
+
+/* 1 when every page of [a, b) is private anonymous read-write memory of this process. */
+static int anonymous_private(uintptr_t a, uintptr_t b)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f) return 0;
+    char line[512];
+    uintptr_t at = a;
+    while (at < b && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, inode;
+        char perms[8], path[256] = "";
+        int n = sscanf(line, "%lx-%lx %7s %*s %*s %lu %255s", &lo, &hi, perms, &inode, path);
+        if (n < 4 || hi <= at) continue;
+        if (lo > at || strcmp(perms, "rw-p") || inode || (path[0] && strcmp(path, "[heap]"))) break;
+        at = hi;
+    }
+    fclose(f);
+    return at >= b;
+}
+
+/* Private anonymous pages with the bytes of [a, a + len) mapped back over it; 0 on success. */
+static int unshare_in_place(void *a, size_t len)
+{
+    void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (tmp == MAP_FAILED) return -1;
+    memcpy(tmp, a, len);
+    void *q = mmap(a, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (q != MAP_FAILED) memcpy(a, tmp, len);
+    munmap(tmp, len);
+    return q == MAP_FAILED ? -1 : 0;
+}
+
+/* Share the pages [a, a + len) with oriond in place; 0 on success (else they are as they were). */
+static int share_in_place(void *a, size_t len)
+{
+    int fd = memfd_create("orion-registered", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -1;
+    void *tmp = MAP_FAILED;
+    if (ftruncate(fd, (off_t)len) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+        tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (tmp == MAP_FAILED) {
+        close(fd);
+        return -1;
+    }
+    memcpy(tmp, a, len);
+    void *q = mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    munmap(tmp, len);
+    if (q == MAP_FAILED) {
+        close(fd);
+        return -1;
+    }
+    CUresult st = orion_wire_orionHostShare(fd, (cuuint64_t)(uintptr_t)a, len);
+    close(fd);
+    if (st == CUDA_SUCCESS) return 0;
+    const char *name = "?";
+    cuGetErrorName(st, &name);
+    orion_log("INFO", "registered host memory stays in this process, copies go through %s (oriond refused to "
+                      "share it: %s; see its session log)", lk->name, name);
+    if (st != CUDA_ERROR_OUT_OF_MEMORY) share_off = 1;
+    (void)unshare_in_place(a, len);
+    return -1;
+}
+
+ORION_API CUresult cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags)
+{
+    if (!p || !bytesize || (Flags & ~(unsigned)(CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP |
+                                                CU_MEMHOSTREGISTER_IOMEMORY | CU_MEMHOSTREGISTER_READ_ONLY)))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (Flags & CU_MEMHOSTREGISTER_IOMEMORY) {
+        orion_log("WARN", "cuMemHostRegister: CU_MEMHOSTREGISTER_IOMEMORY (device memory of another PCI device) is "
+                          "not supported by the orion_virt client: CUDA_ERROR_NOT_SUPPORTED");
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytesize;
+    if (hi < lo) return CUDA_ERROR_INVALID_VALUE;
+    uintptr_t a = lo & ~(uintptr_t)4095, b = (hi + 4095) & ~(uintptr_t)4095;
+    pthread_mutex_lock(&host_lock);
+    int slot = -1, pages_free = 1;
+    for (int i = 0; i < MAX_HOST; i++) {
+        if (!host_allocs[i].p) {
+            if (slot < 0) slot = i;
+            continue;
+        }
+        uintptr_t q = (uintptr_t)host_allocs[i].p, m = (uintptr_t)host_allocs[i].base;
+        if (lo < q + host_allocs[i].n && q < hi) {
+            pthread_mutex_unlock(&host_lock);
+            return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+        }
+        if (host_allocs[i].mapped && a < m + host_allocs[i].mapped && m < b) pages_free = 0;
+    }
+    if (slot < 0) {
+        pthread_mutex_unlock(&host_lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    /* the slot is taken under the lock, so two registrations of the same pages cannot both share them */
+    host_allocs[slot].p = p;
+    host_allocs[slot].n = bytesize;
+    host_allocs[slot].base = (void *)a;
+    host_allocs[slot].mapped = 0;
+    host_allocs[slot].flags = Flags;
+    host_allocs[slot].reg = 1;
+    pthread_mutex_unlock(&host_lock);
+    if (!share_wanted()) return CUDA_SUCCESS;
+    const char *why = !pages_free ? "its pages hold another shared block"
+                      : !anonymous_private(a, b) ? "its pages are not private anonymous memory (a file, the stack)"
+                                                 : NULL;
+    if (why) {
+        static int said;
+        if (!said++) orion_log("INFO", "registered host memory at %p stays in this process, copies go through %s: %s",
+                               p, lk->name, why);
+    } else if (share_in_place((void *)a, b - a) == 0) {
+        pthread_mutex_lock(&host_lock);
+        host_allocs[slot].mapped = b - a;
+        shared_count++;
+        pthread_mutex_unlock(&host_lock);
+    }
+    return CUDA_SUCCESS;
+}
+
+ORION_API CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags)
+{
+    return cuMemHostRegister_v2(p, bytesize, Flags);
+}
+
+ORION_API CUresult cuMemHostUnregister(void *p)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    void *base = NULL;
+    size_t mapped = 0;
+    int found = 0;
+    pthread_mutex_lock(&host_lock);
+    for (int i = 0; i < MAX_HOST && !found; i++)
+        if (p && host_allocs[i].p == p && host_allocs[i].reg) {
+            base = host_allocs[i].base;
+            mapped = host_allocs[i].mapped;
+            if (mapped) shared_count--;
+            host_allocs[i].p = NULL;
+            host_allocs[i].mapped = 0;
+            found = 1;
+        }
+    pthread_mutex_unlock(&host_lock);
+    if (!found) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    if (!mapped) return CUDA_SUCCESS;
+    CUresult st = orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)base);
+    if (unshare_in_place(base, mapped))
+        orion_log("WARN", "cuMemHostUnregister: the pages at %p stay shared memory (mmap: %s)", base, strerror(errno));
     return st == CUDA_ERROR_DEVICE_UNAVAILABLE || st == CUDA_ERROR_DEINITIALIZED ? CUDA_SUCCESS : st;
 }
 

@@ -6,7 +6,7 @@
 #include <string.h>
 #include "orion_procaddr.h"
 
-const char *const orion_stub_names[515] = {
+const char *const orion_stub_names[512] = {
     "cuArray3DCreate",
     "cuArray3DCreate_v2",
     "cuArray3DGetDescriptor",
@@ -281,9 +281,6 @@ const char *const orion_stub_names[515] = {
     "cuMemGetDefaultMemPool",
     "cuMemGetHandleForAddressRange",
     "cuMemGetMemPool",
-    "cuMemHostRegister",
-    "cuMemHostRegister_v2",
-    "cuMemHostUnregister",
     "cuMemImportFromShareableHandle",
     "cuMemMap",
     "cuMemMapArrayAsync",
@@ -1166,152 +1163,149 @@ extern int cuMemHostAlloc(void);
 extern int cuMemHostGetDevicePointer(void);
 extern int cuMemHostGetDevicePointer_v2(void);
 extern int cuMemHostGetFlags(void);
-ORION_API int cuMemHostRegister(void);
-ORION_API int cuMemHostRegister(void) { return orion_unsupported(274); }
-ORION_API int cuMemHostRegister_v2(void);
-ORION_API int cuMemHostRegister_v2(void) { return orion_unsupported(275); }
-ORION_API int cuMemHostUnregister(void);
-ORION_API int cuMemHostUnregister(void) { return orion_unsupported(276); }
+extern int cuMemHostRegister(void);
+extern int cuMemHostRegister_v2(void);
+extern int cuMemHostUnregister(void);
 ORION_API int cuMemImportFromShareableHandle(void);
-ORION_API int cuMemImportFromShareableHandle(void) { return orion_unsupported(277); }
+ORION_API int cuMemImportFromShareableHandle(void) { return orion_unsupported(274); }
 ORION_API int cuMemMap(void);
-ORION_API int cuMemMap(void) { return orion_unsupported(278); }
+ORION_API int cuMemMap(void) { return orion_unsupported(275); }
 ORION_API int cuMemMapArrayAsync(void);
-ORION_API int cuMemMapArrayAsync(void) { return orion_unsupported(279); }
+ORION_API int cuMemMapArrayAsync(void) { return orion_unsupported(276); }
 ORION_API int cuMemMapArrayAsync_ptsz(void);
-ORION_API int cuMemMapArrayAsync_ptsz(void) { return orion_unsupported(280); }
+ORION_API int cuMemMapArrayAsync_ptsz(void) { return orion_unsupported(277); }
 ORION_API int cuMemPoolCreate(void);
-ORION_API int cuMemPoolCreate(void) { return orion_unsupported(281); }
+ORION_API int cuMemPoolCreate(void) { return orion_unsupported(278); }
 ORION_API int cuMemPoolDestroy(void);
-ORION_API int cuMemPoolDestroy(void) { return orion_unsupported(282); }
+ORION_API int cuMemPoolDestroy(void) { return orion_unsupported(279); }
 ORION_API int cuMemPoolExportPointer(void);
-ORION_API int cuMemPoolExportPointer(void) { return orion_unsupported(283); }
+ORION_API int cuMemPoolExportPointer(void) { return orion_unsupported(280); }
 ORION_API int cuMemPoolExportToShareableHandle(void);
-ORION_API int cuMemPoolExportToShareableHandle(void) { return orion_unsupported(284); }
+ORION_API int cuMemPoolExportToShareableHandle(void) { return orion_unsupported(281); }
 ORION_API int cuMemPoolGetAccess(void);
-ORION_API int cuMemPoolGetAccess(void) { return orion_unsupported(285); }
+ORION_API int cuMemPoolGetAccess(void) { return orion_unsupported(282); }
 extern int cuMemPoolGetAttribute(void);
 ORION_API int cuMemPoolImportFromShareableHandle(void);
-ORION_API int cuMemPoolImportFromShareableHandle(void) { return orion_unsupported(286); }
+ORION_API int cuMemPoolImportFromShareableHandle(void) { return orion_unsupported(283); }
 ORION_API int cuMemPoolImportPointer(void);
-ORION_API int cuMemPoolImportPointer(void) { return orion_unsupported(287); }
+ORION_API int cuMemPoolImportPointer(void) { return orion_unsupported(284); }
 ORION_API int cuMemPoolSetAccess(void);
-ORION_API int cuMemPoolSetAccess(void) { return orion_unsupported(288); }
+ORION_API int cuMemPoolSetAccess(void) { return orion_unsupported(285); }
 extern int cuMemPoolSetAttribute(void);
 extern int cuMemPoolTrimTo(void);
 ORION_API int cuMemPrefetchAsync(void);
-ORION_API int cuMemPrefetchAsync(void) { return orion_unsupported(289); }
+ORION_API int cuMemPrefetchAsync(void) { return orion_unsupported(286); }
 ORION_API int cuMemPrefetchAsync_ptsz(void);
-ORION_API int cuMemPrefetchAsync_ptsz(void) { return orion_unsupported(290); }
+ORION_API int cuMemPrefetchAsync_ptsz(void) { return orion_unsupported(287); }
 ORION_API int cuMemPrefetchAsync_v2(void);
-ORION_API int cuMemPrefetchAsync_v2(void) { return orion_unsupported(291); }
+ORION_API int cuMemPrefetchAsync_v2(void) { return orion_unsupported(288); }
 ORION_API int cuMemPrefetchAsync_v2_ptsz(void);
-ORION_API int cuMemPrefetchAsync_v2_ptsz(void) { return orion_unsupported(292); }
+ORION_API int cuMemPrefetchAsync_v2_ptsz(void) { return orion_unsupported(289); }
 ORION_API int cuMemPrefetchBatchAsync(void);
-ORION_API int cuMemPrefetchBatchAsync(void) { return orion_unsupported(293); }
+ORION_API int cuMemPrefetchBatchAsync(void) { return orion_unsupported(290); }
 ORION_API int cuMemPrefetchBatchAsync_ptsz(void);
-ORION_API int cuMemPrefetchBatchAsync_ptsz(void) { return orion_unsupported(294); }
+ORION_API int cuMemPrefetchBatchAsync_ptsz(void) { return orion_unsupported(291); }
 ORION_API int cuMemRangeGetAttribute(void);
-ORION_API int cuMemRangeGetAttribute(void) { return orion_unsupported(295); }
+ORION_API int cuMemRangeGetAttribute(void) { return orion_unsupported(292); }
 ORION_API int cuMemRangeGetAttributes(void);
-ORION_API int cuMemRangeGetAttributes(void) { return orion_unsupported(296); }
+ORION_API int cuMemRangeGetAttributes(void) { return orion_unsupported(293); }
 ORION_API int cuMemRelease(void);
-ORION_API int cuMemRelease(void) { return orion_unsupported(297); }
+ORION_API int cuMemRelease(void) { return orion_unsupported(294); }
 ORION_API int cuMemRetainAllocationHandle(void);
-ORION_API int cuMemRetainAllocationHandle(void) { return orion_unsupported(298); }
+ORION_API int cuMemRetainAllocationHandle(void) { return orion_unsupported(295); }
 ORION_API int cuMemSetAccess(void);
-ORION_API int cuMemSetAccess(void) { return orion_unsupported(299); }
+ORION_API int cuMemSetAccess(void) { return orion_unsupported(296); }
 ORION_API int cuMemSetMemPool(void);
-ORION_API int cuMemSetMemPool(void) { return orion_unsupported(300); }
+ORION_API int cuMemSetMemPool(void) { return orion_unsupported(297); }
 ORION_API int cuMemUnmap(void);
-ORION_API int cuMemUnmap(void) { return orion_unsupported(301); }
+ORION_API int cuMemUnmap(void) { return orion_unsupported(298); }
 extern int cuMemcpy(void);
 ORION_API int cuMemcpy2D(void);
-ORION_API int cuMemcpy2D(void) { return orion_unsupported(302); }
+ORION_API int cuMemcpy2D(void) { return orion_unsupported(299); }
 ORION_API int cuMemcpy2DAsync(void);
-ORION_API int cuMemcpy2DAsync(void) { return orion_unsupported(303); }
+ORION_API int cuMemcpy2DAsync(void) { return orion_unsupported(300); }
 ORION_API int cuMemcpy2DAsync_v2(void);
-ORION_API int cuMemcpy2DAsync_v2(void) { return orion_unsupported(304); }
+ORION_API int cuMemcpy2DAsync_v2(void) { return orion_unsupported(301); }
 ORION_API int cuMemcpy2DAsync_v2_ptsz(void);
-ORION_API int cuMemcpy2DAsync_v2_ptsz(void) { return orion_unsupported(305); }
+ORION_API int cuMemcpy2DAsync_v2_ptsz(void) { return orion_unsupported(302); }
 ORION_API int cuMemcpy2DUnaligned(void);
-ORION_API int cuMemcpy2DUnaligned(void) { return orion_unsupported(306); }
+ORION_API int cuMemcpy2DUnaligned(void) { return orion_unsupported(303); }
 ORION_API int cuMemcpy2DUnaligned_v2(void);
-ORION_API int cuMemcpy2DUnaligned_v2(void) { return orion_unsupported(307); }
+ORION_API int cuMemcpy2DUnaligned_v2(void) { return orion_unsupported(304); }
 ORION_API int cuMemcpy2DUnaligned_v2_ptds(void);
-ORION_API int cuMemcpy2DUnaligned_v2_ptds(void) { return orion_unsupported(308); }
+ORION_API int cuMemcpy2DUnaligned_v2_ptds(void) { return orion_unsupported(305); }
 ORION_API int cuMemcpy2D_v2(void);
-ORION_API int cuMemcpy2D_v2(void) { return orion_unsupported(309); }
+ORION_API int cuMemcpy2D_v2(void) { return orion_unsupported(306); }
 ORION_API int cuMemcpy2D_v2_ptds(void);
-ORION_API int cuMemcpy2D_v2_ptds(void) { return orion_unsupported(310); }
+ORION_API int cuMemcpy2D_v2_ptds(void) { return orion_unsupported(307); }
 ORION_API int cuMemcpy3D(void);
-ORION_API int cuMemcpy3D(void) { return orion_unsupported(311); }
+ORION_API int cuMemcpy3D(void) { return orion_unsupported(308); }
 ORION_API int cuMemcpy3DAsync(void);
-ORION_API int cuMemcpy3DAsync(void) { return orion_unsupported(312); }
+ORION_API int cuMemcpy3DAsync(void) { return orion_unsupported(309); }
 ORION_API int cuMemcpy3DAsync_v2(void);
-ORION_API int cuMemcpy3DAsync_v2(void) { return orion_unsupported(313); }
+ORION_API int cuMemcpy3DAsync_v2(void) { return orion_unsupported(310); }
 ORION_API int cuMemcpy3DAsync_v2_ptsz(void);
-ORION_API int cuMemcpy3DAsync_v2_ptsz(void) { return orion_unsupported(314); }
+ORION_API int cuMemcpy3DAsync_v2_ptsz(void) { return orion_unsupported(311); }
 ORION_API int cuMemcpy3DBatchAsync(void);
-ORION_API int cuMemcpy3DBatchAsync(void) { return orion_unsupported(315); }
+ORION_API int cuMemcpy3DBatchAsync(void) { return orion_unsupported(312); }
 ORION_API int cuMemcpy3DBatchAsync_ptsz(void);
-ORION_API int cuMemcpy3DBatchAsync_ptsz(void) { return orion_unsupported(316); }
+ORION_API int cuMemcpy3DBatchAsync_ptsz(void) { return orion_unsupported(313); }
 ORION_API int cuMemcpy3DBatchAsync_v2(void);
-ORION_API int cuMemcpy3DBatchAsync_v2(void) { return orion_unsupported(317); }
+ORION_API int cuMemcpy3DBatchAsync_v2(void) { return orion_unsupported(314); }
 ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void);
-ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void) { return orion_unsupported(318); }
+ORION_API int cuMemcpy3DBatchAsync_v2_ptsz(void) { return orion_unsupported(315); }
 ORION_API int cuMemcpy3DPeer(void);
-ORION_API int cuMemcpy3DPeer(void) { return orion_unsupported(319); }
+ORION_API int cuMemcpy3DPeer(void) { return orion_unsupported(316); }
 ORION_API int cuMemcpy3DPeerAsync(void);
-ORION_API int cuMemcpy3DPeerAsync(void) { return orion_unsupported(320); }
+ORION_API int cuMemcpy3DPeerAsync(void) { return orion_unsupported(317); }
 ORION_API int cuMemcpy3DPeerAsync_ptsz(void);
-ORION_API int cuMemcpy3DPeerAsync_ptsz(void) { return orion_unsupported(321); }
+ORION_API int cuMemcpy3DPeerAsync_ptsz(void) { return orion_unsupported(318); }
 ORION_API int cuMemcpy3DPeer_ptds(void);
-ORION_API int cuMemcpy3DPeer_ptds(void) { return orion_unsupported(322); }
+ORION_API int cuMemcpy3DPeer_ptds(void) { return orion_unsupported(319); }
 ORION_API int cuMemcpy3D_v2(void);
-ORION_API int cuMemcpy3D_v2(void) { return orion_unsupported(323); }
+ORION_API int cuMemcpy3D_v2(void) { return orion_unsupported(320); }
 ORION_API int cuMemcpy3D_v2_ptds(void);
-ORION_API int cuMemcpy3D_v2_ptds(void) { return orion_unsupported(324); }
+ORION_API int cuMemcpy3D_v2_ptds(void) { return orion_unsupported(321); }
 extern int cuMemcpyAsync(void);
 extern int cuMemcpyAsync_ptsz(void);
 ORION_API int cuMemcpyAtoA(void);
-ORION_API int cuMemcpyAtoA(void) { return orion_unsupported(325); }
+ORION_API int cuMemcpyAtoA(void) { return orion_unsupported(322); }
 ORION_API int cuMemcpyAtoA_v2(void);
-ORION_API int cuMemcpyAtoA_v2(void) { return orion_unsupported(326); }
+ORION_API int cuMemcpyAtoA_v2(void) { return orion_unsupported(323); }
 ORION_API int cuMemcpyAtoA_v2_ptds(void);
-ORION_API int cuMemcpyAtoA_v2_ptds(void) { return orion_unsupported(327); }
+ORION_API int cuMemcpyAtoA_v2_ptds(void) { return orion_unsupported(324); }
 ORION_API int cuMemcpyAtoD(void);
-ORION_API int cuMemcpyAtoD(void) { return orion_unsupported(328); }
+ORION_API int cuMemcpyAtoD(void) { return orion_unsupported(325); }
 ORION_API int cuMemcpyAtoD_v2(void);
-ORION_API int cuMemcpyAtoD_v2(void) { return orion_unsupported(329); }
+ORION_API int cuMemcpyAtoD_v2(void) { return orion_unsupported(326); }
 ORION_API int cuMemcpyAtoD_v2_ptds(void);
-ORION_API int cuMemcpyAtoD_v2_ptds(void) { return orion_unsupported(330); }
+ORION_API int cuMemcpyAtoD_v2_ptds(void) { return orion_unsupported(327); }
 ORION_API int cuMemcpyAtoH(void);
-ORION_API int cuMemcpyAtoH(void) { return orion_unsupported(331); }
+ORION_API int cuMemcpyAtoH(void) { return orion_unsupported(328); }
 ORION_API int cuMemcpyAtoHAsync(void);
-ORION_API int cuMemcpyAtoHAsync(void) { return orion_unsupported(332); }
+ORION_API int cuMemcpyAtoHAsync(void) { return orion_unsupported(329); }
 ORION_API int cuMemcpyAtoHAsync_v2(void);
-ORION_API int cuMemcpyAtoHAsync_v2(void) { return orion_unsupported(333); }
+ORION_API int cuMemcpyAtoHAsync_v2(void) { return orion_unsupported(330); }
 ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void);
-ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void) { return orion_unsupported(334); }
+ORION_API int cuMemcpyAtoHAsync_v2_ptsz(void) { return orion_unsupported(331); }
 ORION_API int cuMemcpyAtoH_v2(void);
-ORION_API int cuMemcpyAtoH_v2(void) { return orion_unsupported(335); }
+ORION_API int cuMemcpyAtoH_v2(void) { return orion_unsupported(332); }
 ORION_API int cuMemcpyAtoH_v2_ptds(void);
-ORION_API int cuMemcpyAtoH_v2_ptds(void) { return orion_unsupported(336); }
+ORION_API int cuMemcpyAtoH_v2_ptds(void) { return orion_unsupported(333); }
 ORION_API int cuMemcpyBatchAsync(void);
-ORION_API int cuMemcpyBatchAsync(void) { return orion_unsupported(337); }
+ORION_API int cuMemcpyBatchAsync(void) { return orion_unsupported(334); }
 ORION_API int cuMemcpyBatchAsync_ptsz(void);
-ORION_API int cuMemcpyBatchAsync_ptsz(void) { return orion_unsupported(338); }
+ORION_API int cuMemcpyBatchAsync_ptsz(void) { return orion_unsupported(335); }
 ORION_API int cuMemcpyBatchAsync_v2(void);
-ORION_API int cuMemcpyBatchAsync_v2(void) { return orion_unsupported(339); }
+ORION_API int cuMemcpyBatchAsync_v2(void) { return orion_unsupported(336); }
 ORION_API int cuMemcpyBatchAsync_v2_ptsz(void);
-ORION_API int cuMemcpyBatchAsync_v2_ptsz(void) { return orion_unsupported(340); }
+ORION_API int cuMemcpyBatchAsync_v2_ptsz(void) { return orion_unsupported(337); }
 ORION_API int cuMemcpyDtoA(void);
-ORION_API int cuMemcpyDtoA(void) { return orion_unsupported(341); }
+ORION_API int cuMemcpyDtoA(void) { return orion_unsupported(338); }
 ORION_API int cuMemcpyDtoA_v2(void);
-ORION_API int cuMemcpyDtoA_v2(void) { return orion_unsupported(342); }
+ORION_API int cuMemcpyDtoA_v2(void) { return orion_unsupported(339); }
 ORION_API int cuMemcpyDtoA_v2_ptds(void);
-ORION_API int cuMemcpyDtoA_v2_ptds(void) { return orion_unsupported(343); }
+ORION_API int cuMemcpyDtoA_v2_ptds(void) { return orion_unsupported(340); }
 extern int cuMemcpyDtoD(void);
 extern int cuMemcpyDtoDAsync(void);
 extern int cuMemcpyDtoDAsync_v2(void);
@@ -1325,17 +1319,17 @@ extern int cuMemcpyDtoHAsync_v2_ptsz(void);
 extern int cuMemcpyDtoH_v2(void);
 extern int cuMemcpyDtoH_v2_ptds(void);
 ORION_API int cuMemcpyHtoA(void);
-ORION_API int cuMemcpyHtoA(void) { return orion_unsupported(344); }
+ORION_API int cuMemcpyHtoA(void) { return orion_unsupported(341); }
 ORION_API int cuMemcpyHtoAAsync(void);
-ORION_API int cuMemcpyHtoAAsync(void) { return orion_unsupported(345); }
+ORION_API int cuMemcpyHtoAAsync(void) { return orion_unsupported(342); }
 ORION_API int cuMemcpyHtoAAsync_v2(void);
-ORION_API int cuMemcpyHtoAAsync_v2(void) { return orion_unsupported(346); }
+ORION_API int cuMemcpyHtoAAsync_v2(void) { return orion_unsupported(343); }
 ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void);
-ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void) { return orion_unsupported(347); }
+ORION_API int cuMemcpyHtoAAsync_v2_ptsz(void) { return orion_unsupported(344); }
 ORION_API int cuMemcpyHtoA_v2(void);
-ORION_API int cuMemcpyHtoA_v2(void) { return orion_unsupported(348); }
+ORION_API int cuMemcpyHtoA_v2(void) { return orion_unsupported(345); }
 ORION_API int cuMemcpyHtoA_v2_ptds(void);
-ORION_API int cuMemcpyHtoA_v2_ptds(void) { return orion_unsupported(349); }
+ORION_API int cuMemcpyHtoA_v2_ptds(void) { return orion_unsupported(346); }
 extern int cuMemcpyHtoD(void);
 extern int cuMemcpyHtoDAsync(void);
 extern int cuMemcpyHtoDAsync_v2(void);
@@ -1348,45 +1342,45 @@ extern int cuMemcpyPeerAsync_ptsz(void);
 extern int cuMemcpyPeer_ptds(void);
 extern int cuMemcpy_ptds(void);
 ORION_API int cuMemsetD16(void);
-ORION_API int cuMemsetD16(void) { return orion_unsupported(350); }
+ORION_API int cuMemsetD16(void) { return orion_unsupported(347); }
 ORION_API int cuMemsetD16Async(void);
-ORION_API int cuMemsetD16Async(void) { return orion_unsupported(351); }
+ORION_API int cuMemsetD16Async(void) { return orion_unsupported(348); }
 ORION_API int cuMemsetD16Async_ptsz(void);
-ORION_API int cuMemsetD16Async_ptsz(void) { return orion_unsupported(352); }
+ORION_API int cuMemsetD16Async_ptsz(void) { return orion_unsupported(349); }
 ORION_API int cuMemsetD16_v2(void);
-ORION_API int cuMemsetD16_v2(void) { return orion_unsupported(353); }
+ORION_API int cuMemsetD16_v2(void) { return orion_unsupported(350); }
 ORION_API int cuMemsetD16_v2_ptds(void);
-ORION_API int cuMemsetD16_v2_ptds(void) { return orion_unsupported(354); }
+ORION_API int cuMemsetD16_v2_ptds(void) { return orion_unsupported(351); }
 ORION_API int cuMemsetD2D16(void);
-ORION_API int cuMemsetD2D16(void) { return orion_unsupported(355); }
+ORION_API int cuMemsetD2D16(void) { return orion_unsupported(352); }
 ORION_API int cuMemsetD2D16Async(void);
-ORION_API int cuMemsetD2D16Async(void) { return orion_unsupported(356); }
+ORION_API int cuMemsetD2D16Async(void) { return orion_unsupported(353); }
 ORION_API int cuMemsetD2D16Async_ptsz(void);
-ORION_API int cuMemsetD2D16Async_ptsz(void) { return orion_unsupported(357); }
+ORION_API int cuMemsetD2D16Async_ptsz(void) { return orion_unsupported(354); }
 ORION_API int cuMemsetD2D16_v2(void);
-ORION_API int cuMemsetD2D16_v2(void) { return orion_unsupported(358); }
+ORION_API int cuMemsetD2D16_v2(void) { return orion_unsupported(355); }
 ORION_API int cuMemsetD2D16_v2_ptds(void);
-ORION_API int cuMemsetD2D16_v2_ptds(void) { return orion_unsupported(359); }
+ORION_API int cuMemsetD2D16_v2_ptds(void) { return orion_unsupported(356); }
 ORION_API int cuMemsetD2D32(void);
-ORION_API int cuMemsetD2D32(void) { return orion_unsupported(360); }
+ORION_API int cuMemsetD2D32(void) { return orion_unsupported(357); }
 ORION_API int cuMemsetD2D32Async(void);
-ORION_API int cuMemsetD2D32Async(void) { return orion_unsupported(361); }
+ORION_API int cuMemsetD2D32Async(void) { return orion_unsupported(358); }
 ORION_API int cuMemsetD2D32Async_ptsz(void);
-ORION_API int cuMemsetD2D32Async_ptsz(void) { return orion_unsupported(362); }
+ORION_API int cuMemsetD2D32Async_ptsz(void) { return orion_unsupported(359); }
 ORION_API int cuMemsetD2D32_v2(void);
-ORION_API int cuMemsetD2D32_v2(void) { return orion_unsupported(363); }
+ORION_API int cuMemsetD2D32_v2(void) { return orion_unsupported(360); }
 ORION_API int cuMemsetD2D32_v2_ptds(void);
-ORION_API int cuMemsetD2D32_v2_ptds(void) { return orion_unsupported(364); }
+ORION_API int cuMemsetD2D32_v2_ptds(void) { return orion_unsupported(361); }
 ORION_API int cuMemsetD2D8(void);
-ORION_API int cuMemsetD2D8(void) { return orion_unsupported(365); }
+ORION_API int cuMemsetD2D8(void) { return orion_unsupported(362); }
 ORION_API int cuMemsetD2D8Async(void);
-ORION_API int cuMemsetD2D8Async(void) { return orion_unsupported(366); }
+ORION_API int cuMemsetD2D8Async(void) { return orion_unsupported(363); }
 ORION_API int cuMemsetD2D8Async_ptsz(void);
-ORION_API int cuMemsetD2D8Async_ptsz(void) { return orion_unsupported(367); }
+ORION_API int cuMemsetD2D8Async_ptsz(void) { return orion_unsupported(364); }
 ORION_API int cuMemsetD2D8_v2(void);
-ORION_API int cuMemsetD2D8_v2(void) { return orion_unsupported(368); }
+ORION_API int cuMemsetD2D8_v2(void) { return orion_unsupported(365); }
 ORION_API int cuMemsetD2D8_v2_ptds(void);
-ORION_API int cuMemsetD2D8_v2_ptds(void) { return orion_unsupported(369); }
+ORION_API int cuMemsetD2D8_v2_ptds(void) { return orion_unsupported(366); }
 extern int cuMemsetD32(void);
 extern int cuMemsetD32Async(void);
 extern int cuMemsetD32Async_ptsz(void);
@@ -1398,110 +1392,110 @@ extern int cuMemsetD8Async_ptsz(void);
 extern int cuMemsetD8_v2(void);
 extern int cuMemsetD8_v2_ptds(void);
 ORION_API int cuMipmappedArrayCreate(void);
-ORION_API int cuMipmappedArrayCreate(void) { return orion_unsupported(370); }
+ORION_API int cuMipmappedArrayCreate(void) { return orion_unsupported(367); }
 ORION_API int cuMipmappedArrayDestroy(void);
-ORION_API int cuMipmappedArrayDestroy(void) { return orion_unsupported(371); }
+ORION_API int cuMipmappedArrayDestroy(void) { return orion_unsupported(368); }
 ORION_API int cuMipmappedArrayGetLevel(void);
-ORION_API int cuMipmappedArrayGetLevel(void) { return orion_unsupported(372); }
+ORION_API int cuMipmappedArrayGetLevel(void) { return orion_unsupported(369); }
 ORION_API int cuMipmappedArrayGetMemoryRequirements(void);
-ORION_API int cuMipmappedArrayGetMemoryRequirements(void) { return orion_unsupported(373); }
+ORION_API int cuMipmappedArrayGetMemoryRequirements(void) { return orion_unsupported(370); }
 ORION_API int cuMipmappedArrayGetSparseProperties(void);
-ORION_API int cuMipmappedArrayGetSparseProperties(void) { return orion_unsupported(374); }
+ORION_API int cuMipmappedArrayGetSparseProperties(void) { return orion_unsupported(371); }
 ORION_API int cuModuleEnumerateFunctions(void);
-ORION_API int cuModuleEnumerateFunctions(void) { return orion_unsupported(375); }
+ORION_API int cuModuleEnumerateFunctions(void) { return orion_unsupported(372); }
 extern int cuModuleGetFunction(void);
 ORION_API int cuModuleGetFunctionCount(void);
-ORION_API int cuModuleGetFunctionCount(void) { return orion_unsupported(376); }
+ORION_API int cuModuleGetFunctionCount(void) { return orion_unsupported(373); }
 extern int cuModuleGetGlobal(void);
 extern int cuModuleGetGlobal_v2(void);
 extern int cuModuleGetLoadingMode(void);
 ORION_API int cuModuleGetSurfRef(void);
-ORION_API int cuModuleGetSurfRef(void) { return orion_unsupported(377); }
+ORION_API int cuModuleGetSurfRef(void) { return orion_unsupported(374); }
 ORION_API int cuModuleGetTexRef(void);
-ORION_API int cuModuleGetTexRef(void) { return orion_unsupported(378); }
+ORION_API int cuModuleGetTexRef(void) { return orion_unsupported(375); }
 ORION_API int cuModuleLoad(void);
-ORION_API int cuModuleLoad(void) { return orion_unsupported(379); }
+ORION_API int cuModuleLoad(void) { return orion_unsupported(376); }
 extern int cuModuleLoadData(void);
 extern int cuModuleLoadDataEx(void);
 ORION_API int cuModuleLoadFatBinary(void);
-ORION_API int cuModuleLoadFatBinary(void) { return orion_unsupported(380); }
+ORION_API int cuModuleLoadFatBinary(void) { return orion_unsupported(377); }
 extern int cuModuleUnload(void);
 ORION_API int cuMulticastAddDevice(void);
-ORION_API int cuMulticastAddDevice(void) { return orion_unsupported(381); }
+ORION_API int cuMulticastAddDevice(void) { return orion_unsupported(378); }
 ORION_API int cuMulticastBindAddr(void);
-ORION_API int cuMulticastBindAddr(void) { return orion_unsupported(382); }
+ORION_API int cuMulticastBindAddr(void) { return orion_unsupported(379); }
 ORION_API int cuMulticastBindMem(void);
-ORION_API int cuMulticastBindMem(void) { return orion_unsupported(383); }
+ORION_API int cuMulticastBindMem(void) { return orion_unsupported(380); }
 ORION_API int cuMulticastCreate(void);
-ORION_API int cuMulticastCreate(void) { return orion_unsupported(384); }
+ORION_API int cuMulticastCreate(void) { return orion_unsupported(381); }
 ORION_API int cuMulticastGetGranularity(void);
-ORION_API int cuMulticastGetGranularity(void) { return orion_unsupported(385); }
+ORION_API int cuMulticastGetGranularity(void) { return orion_unsupported(382); }
 ORION_API int cuMulticastUnbind(void);
-ORION_API int cuMulticastUnbind(void) { return orion_unsupported(386); }
+ORION_API int cuMulticastUnbind(void) { return orion_unsupported(383); }
 extern int cuOccupancyAvailableDynamicSMemPerBlock(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessor(void);
 extern int cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(void);
 extern int cuOccupancyMaxActiveClusters(void);
 ORION_API int cuOccupancyMaxPotentialBlockSize(void);
-ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(387); }
+ORION_API int cuOccupancyMaxPotentialBlockSize(void) { return orion_unsupported(384); }
 ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void);
-ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(388); }
+ORION_API int cuOccupancyMaxPotentialBlockSizeWithFlags(void) { return orion_unsupported(385); }
 ORION_API int cuOccupancyMaxPotentialClusterSize(void);
-ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(389); }
+ORION_API int cuOccupancyMaxPotentialClusterSize(void) { return orion_unsupported(386); }
 ORION_API int cuParamSetSize(void);
-ORION_API int cuParamSetSize(void) { return orion_unsupported(390); }
+ORION_API int cuParamSetSize(void) { return orion_unsupported(387); }
 ORION_API int cuParamSetTexRef(void);
-ORION_API int cuParamSetTexRef(void) { return orion_unsupported(391); }
+ORION_API int cuParamSetTexRef(void) { return orion_unsupported(388); }
 ORION_API int cuParamSetf(void);
-ORION_API int cuParamSetf(void) { return orion_unsupported(392); }
+ORION_API int cuParamSetf(void) { return orion_unsupported(389); }
 ORION_API int cuParamSeti(void);
-ORION_API int cuParamSeti(void) { return orion_unsupported(393); }
+ORION_API int cuParamSeti(void) { return orion_unsupported(390); }
 ORION_API int cuParamSetv(void);
-ORION_API int cuParamSetv(void) { return orion_unsupported(394); }
+ORION_API int cuParamSetv(void) { return orion_unsupported(391); }
 extern int cuPointerGetAttribute(void);
 extern int cuPointerGetAttributes(void);
 ORION_API int cuPointerSetAttribute(void);
-ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(395); }
+ORION_API int cuPointerSetAttribute(void) { return orion_unsupported(392); }
 ORION_API int cuProfilerInitialize(void);
-ORION_API int cuProfilerInitialize(void) { return orion_unsupported(396); }
+ORION_API int cuProfilerInitialize(void) { return orion_unsupported(393); }
 ORION_API int cuProfilerStart(void);
-ORION_API int cuProfilerStart(void) { return orion_unsupported(397); }
+ORION_API int cuProfilerStart(void) { return orion_unsupported(394); }
 ORION_API int cuProfilerStop(void);
-ORION_API int cuProfilerStop(void) { return orion_unsupported(398); }
+ORION_API int cuProfilerStop(void) { return orion_unsupported(395); }
 ORION_API int cuSignalExternalSemaphoresAsync(void);
-ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(399); }
+ORION_API int cuSignalExternalSemaphoresAsync(void) { return orion_unsupported(396); }
 ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(400); }
+ORION_API int cuSignalExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(397); }
 ORION_API int cuStreamAddCallback(void);
-ORION_API int cuStreamAddCallback(void) { return orion_unsupported(401); }
+ORION_API int cuStreamAddCallback(void) { return orion_unsupported(398); }
 ORION_API int cuStreamAddCallback_ptsz(void);
-ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(402); }
+ORION_API int cuStreamAddCallback_ptsz(void) { return orion_unsupported(399); }
 ORION_API int cuStreamAttachMemAsync(void);
-ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(403); }
+ORION_API int cuStreamAttachMemAsync(void) { return orion_unsupported(400); }
 ORION_API int cuStreamAttachMemAsync_ptsz(void);
-ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(404); }
+ORION_API int cuStreamAttachMemAsync_ptsz(void) { return orion_unsupported(401); }
 ORION_API int cuStreamBatchMemOp(void);
-ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(405); }
+ORION_API int cuStreamBatchMemOp(void) { return orion_unsupported(402); }
 ORION_API int cuStreamBatchMemOp_ptsz(void);
-ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(406); }
+ORION_API int cuStreamBatchMemOp_ptsz(void) { return orion_unsupported(403); }
 ORION_API int cuStreamBatchMemOp_v2(void);
-ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(407); }
+ORION_API int cuStreamBatchMemOp_v2(void) { return orion_unsupported(404); }
 ORION_API int cuStreamBatchMemOp_v2_ptsz(void);
-ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(408); }
+ORION_API int cuStreamBatchMemOp_v2_ptsz(void) { return orion_unsupported(405); }
 ORION_API int cuStreamBeginCapture(void);
-ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(409); }
+ORION_API int cuStreamBeginCapture(void) { return orion_unsupported(406); }
 ORION_API int cuStreamBeginCaptureToGraph(void);
-ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(410); }
+ORION_API int cuStreamBeginCaptureToGraph(void) { return orion_unsupported(407); }
 ORION_API int cuStreamBeginCaptureToGraph_ptsz(void);
-ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(411); }
+ORION_API int cuStreamBeginCaptureToGraph_ptsz(void) { return orion_unsupported(408); }
 ORION_API int cuStreamBeginCapture_ptsz(void);
-ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(412); }
+ORION_API int cuStreamBeginCapture_ptsz(void) { return orion_unsupported(409); }
 extern int cuStreamBeginCapture_v2(void);
 extern int cuStreamBeginCapture_v2_ptsz(void);
 ORION_API int cuStreamCopyAttributes(void);
-ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(413); }
+ORION_API int cuStreamCopyAttributes(void) { return orion_unsupported(410); }
 ORION_API int cuStreamCopyAttributes_ptsz(void);
-ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(414); }
+ORION_API int cuStreamCopyAttributes_ptsz(void) { return orion_unsupported(411); }
 extern int cuStreamCreate(void);
 extern int cuStreamCreateWithPriority(void);
 extern int cuStreamDestroy(void);
@@ -1509,218 +1503,218 @@ extern int cuStreamDestroy_v2(void);
 extern int cuStreamEndCapture(void);
 extern int cuStreamEndCapture_ptsz(void);
 ORION_API int cuStreamGetAttribute(void);
-ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(415); }
+ORION_API int cuStreamGetAttribute(void) { return orion_unsupported(412); }
 ORION_API int cuStreamGetAttribute_ptsz(void);
-ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(416); }
+ORION_API int cuStreamGetAttribute_ptsz(void) { return orion_unsupported(413); }
 extern int cuStreamGetCaptureInfo(void);
 extern int cuStreamGetCaptureInfo_ptsz(void);
 extern int cuStreamGetCaptureInfo_v2(void);
 ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(417); }
+ORION_API int cuStreamGetCaptureInfo_v2_ptsz(void) { return orion_unsupported(414); }
 extern int cuStreamGetCaptureInfo_v3(void);
 ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void);
-ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(418); }
+ORION_API int cuStreamGetCaptureInfo_v3_ptsz(void) { return orion_unsupported(415); }
 ORION_API int cuStreamGetCtx(void);
-ORION_API int cuStreamGetCtx(void) { return orion_unsupported(419); }
+ORION_API int cuStreamGetCtx(void) { return orion_unsupported(416); }
 ORION_API int cuStreamGetCtx_ptsz(void);
-ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(420); }
+ORION_API int cuStreamGetCtx_ptsz(void) { return orion_unsupported(417); }
 ORION_API int cuStreamGetCtx_v2(void);
-ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(421); }
+ORION_API int cuStreamGetCtx_v2(void) { return orion_unsupported(418); }
 ORION_API int cuStreamGetCtx_v2_ptsz(void);
-ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(422); }
+ORION_API int cuStreamGetCtx_v2_ptsz(void) { return orion_unsupported(419); }
 ORION_API int cuStreamGetDevice(void);
-ORION_API int cuStreamGetDevice(void) { return orion_unsupported(423); }
+ORION_API int cuStreamGetDevice(void) { return orion_unsupported(420); }
 ORION_API int cuStreamGetDevice_ptsz(void);
-ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(424); }
+ORION_API int cuStreamGetDevice_ptsz(void) { return orion_unsupported(421); }
 ORION_API int cuStreamGetFlags(void);
-ORION_API int cuStreamGetFlags(void) { return orion_unsupported(425); }
+ORION_API int cuStreamGetFlags(void) { return orion_unsupported(422); }
 ORION_API int cuStreamGetFlags_ptsz(void);
-ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(426); }
+ORION_API int cuStreamGetFlags_ptsz(void) { return orion_unsupported(423); }
 ORION_API int cuStreamGetGreenCtx(void);
-ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(427); }
+ORION_API int cuStreamGetGreenCtx(void) { return orion_unsupported(424); }
 ORION_API int cuStreamGetId(void);
-ORION_API int cuStreamGetId(void) { return orion_unsupported(428); }
+ORION_API int cuStreamGetId(void) { return orion_unsupported(425); }
 ORION_API int cuStreamGetId_ptsz(void);
-ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(429); }
+ORION_API int cuStreamGetId_ptsz(void) { return orion_unsupported(426); }
 ORION_API int cuStreamGetPriority(void);
-ORION_API int cuStreamGetPriority(void) { return orion_unsupported(430); }
+ORION_API int cuStreamGetPriority(void) { return orion_unsupported(427); }
 ORION_API int cuStreamGetPriority_ptsz(void);
-ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(431); }
+ORION_API int cuStreamGetPriority_ptsz(void) { return orion_unsupported(428); }
 extern int cuStreamIsCapturing(void);
 extern int cuStreamIsCapturing_ptsz(void);
 extern int cuStreamQuery(void);
 extern int cuStreamQuery_ptsz(void);
 ORION_API int cuStreamSetAttribute(void);
-ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(432); }
+ORION_API int cuStreamSetAttribute(void) { return orion_unsupported(429); }
 ORION_API int cuStreamSetAttribute_ptsz(void);
-ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(433); }
+ORION_API int cuStreamSetAttribute_ptsz(void) { return orion_unsupported(430); }
 extern int cuStreamSynchronize(void);
 extern int cuStreamSynchronize_ptsz(void);
 ORION_API int cuStreamUpdateCaptureDependencies(void);
-ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(434); }
+ORION_API int cuStreamUpdateCaptureDependencies(void) { return orion_unsupported(431); }
 ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(435); }
+ORION_API int cuStreamUpdateCaptureDependencies_ptsz(void) { return orion_unsupported(432); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(436); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2(void) { return orion_unsupported(433); }
 ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void);
-ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(437); }
+ORION_API int cuStreamUpdateCaptureDependencies_v2_ptsz(void) { return orion_unsupported(434); }
 extern int cuStreamWaitEvent(void);
 extern int cuStreamWaitEvent_ptsz(void);
 ORION_API int cuStreamWaitValue32(void);
-ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(438); }
+ORION_API int cuStreamWaitValue32(void) { return orion_unsupported(435); }
 ORION_API int cuStreamWaitValue32_ptsz(void);
-ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(439); }
+ORION_API int cuStreamWaitValue32_ptsz(void) { return orion_unsupported(436); }
 ORION_API int cuStreamWaitValue32_v2(void);
-ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(440); }
+ORION_API int cuStreamWaitValue32_v2(void) { return orion_unsupported(437); }
 ORION_API int cuStreamWaitValue32_v2_ptsz(void);
-ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(441); }
+ORION_API int cuStreamWaitValue32_v2_ptsz(void) { return orion_unsupported(438); }
 ORION_API int cuStreamWaitValue64(void);
-ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(442); }
+ORION_API int cuStreamWaitValue64(void) { return orion_unsupported(439); }
 ORION_API int cuStreamWaitValue64_ptsz(void);
-ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(443); }
+ORION_API int cuStreamWaitValue64_ptsz(void) { return orion_unsupported(440); }
 ORION_API int cuStreamWaitValue64_v2(void);
-ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(444); }
+ORION_API int cuStreamWaitValue64_v2(void) { return orion_unsupported(441); }
 ORION_API int cuStreamWaitValue64_v2_ptsz(void);
-ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(445); }
+ORION_API int cuStreamWaitValue64_v2_ptsz(void) { return orion_unsupported(442); }
 ORION_API int cuStreamWriteValue32(void);
-ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(446); }
+ORION_API int cuStreamWriteValue32(void) { return orion_unsupported(443); }
 ORION_API int cuStreamWriteValue32_ptsz(void);
-ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(447); }
+ORION_API int cuStreamWriteValue32_ptsz(void) { return orion_unsupported(444); }
 ORION_API int cuStreamWriteValue32_v2(void);
-ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(448); }
+ORION_API int cuStreamWriteValue32_v2(void) { return orion_unsupported(445); }
 ORION_API int cuStreamWriteValue32_v2_ptsz(void);
-ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(449); }
+ORION_API int cuStreamWriteValue32_v2_ptsz(void) { return orion_unsupported(446); }
 ORION_API int cuStreamWriteValue64(void);
-ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(450); }
+ORION_API int cuStreamWriteValue64(void) { return orion_unsupported(447); }
 ORION_API int cuStreamWriteValue64_ptsz(void);
-ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(451); }
+ORION_API int cuStreamWriteValue64_ptsz(void) { return orion_unsupported(448); }
 ORION_API int cuStreamWriteValue64_v2(void);
-ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(452); }
+ORION_API int cuStreamWriteValue64_v2(void) { return orion_unsupported(449); }
 ORION_API int cuStreamWriteValue64_v2_ptsz(void);
-ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(453); }
+ORION_API int cuStreamWriteValue64_v2_ptsz(void) { return orion_unsupported(450); }
 ORION_API int cuSurfObjectCreate(void);
-ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(454); }
+ORION_API int cuSurfObjectCreate(void) { return orion_unsupported(451); }
 ORION_API int cuSurfObjectDestroy(void);
-ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(455); }
+ORION_API int cuSurfObjectDestroy(void) { return orion_unsupported(452); }
 ORION_API int cuSurfObjectGetResourceDesc(void);
-ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(456); }
+ORION_API int cuSurfObjectGetResourceDesc(void) { return orion_unsupported(453); }
 ORION_API int cuSurfRefGetArray(void);
-ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(457); }
+ORION_API int cuSurfRefGetArray(void) { return orion_unsupported(454); }
 ORION_API int cuSurfRefSetArray(void);
-ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(458); }
+ORION_API int cuSurfRefSetArray(void) { return orion_unsupported(455); }
 ORION_API int cuTensorMapEncodeIm2col(void);
-ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(459); }
+ORION_API int cuTensorMapEncodeIm2col(void) { return orion_unsupported(456); }
 ORION_API int cuTensorMapEncodeIm2colWide(void);
-ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(460); }
+ORION_API int cuTensorMapEncodeIm2colWide(void) { return orion_unsupported(457); }
 ORION_API int cuTensorMapEncodeTiled(void);
-ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(461); }
+ORION_API int cuTensorMapEncodeTiled(void) { return orion_unsupported(458); }
 ORION_API int cuTensorMapReplaceAddress(void);
-ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(462); }
+ORION_API int cuTensorMapReplaceAddress(void) { return orion_unsupported(459); }
 ORION_API int cuTexObjectCreate(void);
-ORION_API int cuTexObjectCreate(void) { return orion_unsupported(463); }
+ORION_API int cuTexObjectCreate(void) { return orion_unsupported(460); }
 ORION_API int cuTexObjectDestroy(void);
-ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(464); }
+ORION_API int cuTexObjectDestroy(void) { return orion_unsupported(461); }
 ORION_API int cuTexObjectGetResourceDesc(void);
-ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(465); }
+ORION_API int cuTexObjectGetResourceDesc(void) { return orion_unsupported(462); }
 ORION_API int cuTexObjectGetResourceViewDesc(void);
-ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(466); }
+ORION_API int cuTexObjectGetResourceViewDesc(void) { return orion_unsupported(463); }
 ORION_API int cuTexObjectGetTextureDesc(void);
-ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(467); }
+ORION_API int cuTexObjectGetTextureDesc(void) { return orion_unsupported(464); }
 ORION_API int cuTexRefCreate(void);
-ORION_API int cuTexRefCreate(void) { return orion_unsupported(468); }
+ORION_API int cuTexRefCreate(void) { return orion_unsupported(465); }
 ORION_API int cuTexRefDestroy(void);
-ORION_API int cuTexRefDestroy(void) { return orion_unsupported(469); }
+ORION_API int cuTexRefDestroy(void) { return orion_unsupported(466); }
 ORION_API int cuTexRefGetAddress(void);
-ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(470); }
+ORION_API int cuTexRefGetAddress(void) { return orion_unsupported(467); }
 ORION_API int cuTexRefGetAddressMode(void);
-ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(471); }
+ORION_API int cuTexRefGetAddressMode(void) { return orion_unsupported(468); }
 ORION_API int cuTexRefGetAddress_v2(void);
-ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(472); }
+ORION_API int cuTexRefGetAddress_v2(void) { return orion_unsupported(469); }
 ORION_API int cuTexRefGetArray(void);
-ORION_API int cuTexRefGetArray(void) { return orion_unsupported(473); }
+ORION_API int cuTexRefGetArray(void) { return orion_unsupported(470); }
 ORION_API int cuTexRefGetBorderColor(void);
-ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(474); }
+ORION_API int cuTexRefGetBorderColor(void) { return orion_unsupported(471); }
 ORION_API int cuTexRefGetFilterMode(void);
-ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(475); }
+ORION_API int cuTexRefGetFilterMode(void) { return orion_unsupported(472); }
 ORION_API int cuTexRefGetFlags(void);
-ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(476); }
+ORION_API int cuTexRefGetFlags(void) { return orion_unsupported(473); }
 ORION_API int cuTexRefGetFormat(void);
-ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(477); }
+ORION_API int cuTexRefGetFormat(void) { return orion_unsupported(474); }
 ORION_API int cuTexRefGetMaxAnisotropy(void);
-ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(478); }
+ORION_API int cuTexRefGetMaxAnisotropy(void) { return orion_unsupported(475); }
 ORION_API int cuTexRefGetMipmapFilterMode(void);
-ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(479); }
+ORION_API int cuTexRefGetMipmapFilterMode(void) { return orion_unsupported(476); }
 ORION_API int cuTexRefGetMipmapLevelBias(void);
-ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(480); }
+ORION_API int cuTexRefGetMipmapLevelBias(void) { return orion_unsupported(477); }
 ORION_API int cuTexRefGetMipmapLevelClamp(void);
-ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(481); }
+ORION_API int cuTexRefGetMipmapLevelClamp(void) { return orion_unsupported(478); }
 ORION_API int cuTexRefGetMipmappedArray(void);
-ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(482); }
+ORION_API int cuTexRefGetMipmappedArray(void) { return orion_unsupported(479); }
 ORION_API int cuTexRefSetAddress(void);
-ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(483); }
+ORION_API int cuTexRefSetAddress(void) { return orion_unsupported(480); }
 ORION_API int cuTexRefSetAddress2D(void);
-ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(484); }
+ORION_API int cuTexRefSetAddress2D(void) { return orion_unsupported(481); }
 ORION_API int cuTexRefSetAddress2D_v2(void);
-ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(485); }
+ORION_API int cuTexRefSetAddress2D_v2(void) { return orion_unsupported(482); }
 ORION_API int cuTexRefSetAddress2D_v3(void);
-ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(486); }
+ORION_API int cuTexRefSetAddress2D_v3(void) { return orion_unsupported(483); }
 ORION_API int cuTexRefSetAddressMode(void);
-ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(487); }
+ORION_API int cuTexRefSetAddressMode(void) { return orion_unsupported(484); }
 ORION_API int cuTexRefSetAddress_v2(void);
-ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(488); }
+ORION_API int cuTexRefSetAddress_v2(void) { return orion_unsupported(485); }
 ORION_API int cuTexRefSetArray(void);
-ORION_API int cuTexRefSetArray(void) { return orion_unsupported(489); }
+ORION_API int cuTexRefSetArray(void) { return orion_unsupported(486); }
 ORION_API int cuTexRefSetBorderColor(void);
-ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(490); }
+ORION_API int cuTexRefSetBorderColor(void) { return orion_unsupported(487); }
 ORION_API int cuTexRefSetFilterMode(void);
-ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(491); }
+ORION_API int cuTexRefSetFilterMode(void) { return orion_unsupported(488); }
 ORION_API int cuTexRefSetFlags(void);
-ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(492); }
+ORION_API int cuTexRefSetFlags(void) { return orion_unsupported(489); }
 ORION_API int cuTexRefSetFormat(void);
-ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(493); }
+ORION_API int cuTexRefSetFormat(void) { return orion_unsupported(490); }
 ORION_API int cuTexRefSetMaxAnisotropy(void);
-ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(494); }
+ORION_API int cuTexRefSetMaxAnisotropy(void) { return orion_unsupported(491); }
 ORION_API int cuTexRefSetMipmapFilterMode(void);
-ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(495); }
+ORION_API int cuTexRefSetMipmapFilterMode(void) { return orion_unsupported(492); }
 ORION_API int cuTexRefSetMipmapLevelBias(void);
-ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(496); }
+ORION_API int cuTexRefSetMipmapLevelBias(void) { return orion_unsupported(493); }
 ORION_API int cuTexRefSetMipmapLevelClamp(void);
-ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(497); }
+ORION_API int cuTexRefSetMipmapLevelClamp(void) { return orion_unsupported(494); }
 ORION_API int cuTexRefSetMipmappedArray(void);
-ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(498); }
+ORION_API int cuTexRefSetMipmappedArray(void) { return orion_unsupported(495); }
 extern int cuThreadExchangeStreamCaptureMode(void);
 ORION_API int cuUserObjectCreate(void);
-ORION_API int cuUserObjectCreate(void) { return orion_unsupported(499); }
+ORION_API int cuUserObjectCreate(void) { return orion_unsupported(496); }
 ORION_API int cuUserObjectRelease(void);
-ORION_API int cuUserObjectRelease(void) { return orion_unsupported(500); }
+ORION_API int cuUserObjectRelease(void) { return orion_unsupported(497); }
 ORION_API int cuUserObjectRetain(void);
-ORION_API int cuUserObjectRetain(void) { return orion_unsupported(501); }
+ORION_API int cuUserObjectRetain(void) { return orion_unsupported(498); }
 ORION_API int cuVDPAUCtxCreate(void);
-ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(502); }
+ORION_API int cuVDPAUCtxCreate(void) { return orion_unsupported(499); }
 ORION_API int cuVDPAUCtxCreate_v2(void);
-ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(503); }
+ORION_API int cuVDPAUCtxCreate_v2(void) { return orion_unsupported(500); }
 ORION_API int cuVDPAUGetDevice(void);
-ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(504); }
+ORION_API int cuVDPAUGetDevice(void) { return orion_unsupported(501); }
 ORION_API int cuWaitExternalSemaphoresAsync(void);
-ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(505); }
+ORION_API int cuWaitExternalSemaphoresAsync(void) { return orion_unsupported(502); }
 ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void);
-ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(506); }
+ORION_API int cuWaitExternalSemaphoresAsync_ptsz(void) { return orion_unsupported(503); }
 ORION_API int cudbgApiAttach(void);
-ORION_API int cudbgApiAttach(void) { return orion_unsupported(507); }
+ORION_API int cudbgApiAttach(void) { return orion_unsupported(504); }
 ORION_API int cudbgApiDetach(void);
-ORION_API int cudbgApiDetach(void) { return orion_unsupported(508); }
+ORION_API int cudbgApiDetach(void) { return orion_unsupported(505); }
 ORION_API int cudbgApiInit(void);
-ORION_API int cudbgApiInit(void) { return orion_unsupported(509); }
+ORION_API int cudbgApiInit(void) { return orion_unsupported(506); }
 ORION_API int cudbgGetAPI(void);
-ORION_API int cudbgGetAPI(void) { return orion_unsupported(510); }
+ORION_API int cudbgGetAPI(void) { return orion_unsupported(507); }
 ORION_API int cudbgGetAPIVersion(void);
-ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(511); }
+ORION_API int cudbgGetAPIVersion(void) { return orion_unsupported(508); }
 ORION_API int cudbgMain(void);
-ORION_API int cudbgMain(void) { return orion_unsupported(512); }
+ORION_API int cudbgMain(void) { return orion_unsupported(509); }
 ORION_API int cudbgReportDriverApiError(void);
-ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(513); }
+ORION_API int cudbgReportDriverApiError(void) { return orion_unsupported(510); }
 ORION_API int cudbgReportDriverInternalError(void);
-ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(514); }
+ORION_API int cudbgReportDriverInternalError(void) { return orion_unsupported(511); }
 
 const orion_export orion_exports[682] = {
     {"cuArray3DCreate", (void *)cuArray3DCreate},
@@ -5564,4 +5558,4 @@ const orion_proc orion_procs[3151] = {
 const int orion_driver_version = 13000;
 const size_t orion_nprocs = 3151;
 const size_t orion_nexports = 682;
-const size_t orion_nstubs = 515;
+const size_t orion_nstubs = 512;
