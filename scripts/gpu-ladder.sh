@@ -16,7 +16,7 @@ rm -rf "$O"; mkdir -p "$O/bin" "$O/shm" "$O/log" "$O/out"
 CUDA=${CUDA_HOME:-/usr/local/cuda}
 export CUDA_INCLUDE=${CUDA_INCLUDE:-$CUDA/include}
 make -s -C orion_virt/client/native OUT="$O/lib" CUDA_INCLUDE="$CUDA_INCLUDE" PYTHON="$PY" || exit 1
-for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy two_devices cufft_plan launch_ex; do
+for p in deviceQuery memory vectorAdd errors threads procaddr pinned zero_copy two_devices cufft_plan launch_ex host_register; do
     gcc -std=c11 -O1 -pthread -I"$CUDA_INCLUDE" -Itests/native tests/native/$p.c -L"$O/lib" -lcuda -lm -ldl -o "$O/bin/$p" || exit 1
 done
 gcc -std=c11 -O1 -I"$CUDA_INCLUDE" tests/native/runtime/runtime_api.c -L"$CUDA/lib64" -lcudart -Wl,-rpath,"$CUDA/lib64" -o "$O/bin/runtime_api"
@@ -56,6 +56,7 @@ step() {
 for mode in shm tcp; do
     for p in deviceQuery memory errors threads procaddr; do step $mode $p "$O/bin/$p"; done
     step $mode pinned "$O/bin/pinned" 268435456
+    step $mode host_register "$O/bin/host_register" 256
     [ $mode = shm ] && step $mode zero_copy "$O/bin/zero_copy" orion_virt/kernels/test_kernels.ptx
     step $mode vectorAdd "$O/bin/vectorAdd" orion_virt/kernels/test_kernels.ptx
     step $mode launch_ex "$O/bin/launch_ex" orion_virt/kernels/test_kernels.ptx
