@@ -723,7 +723,7 @@ def test_client_log_section_drives_screen_lines_and_the_log_file(programs: dict[
     text = files[0].read_text()
     assert "VirtaiTech Resource. Build-cuda-" in text and "Client exits with allocation ID" in text, text
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[INFO\] ", text, re.M), text
-    assert files[0].stat().st_mode & 0o777 == 0o640 and logs.stat().st_mode & 0o777 == 0o750
+    assert files[0].stat().st_mode & 0o777 == 0o640 and logs.stat().st_mode & 0o027 == 0  # no group write, no others
 
     conf.write_text(f"[client-log]\nlog_to_file = false\nlog_dir = {logs}\nlog_with_time = false\n")
     r = run(programs["init_only"], env=native_env(oriond, ORION_CLIENT_CONF_ETC=str(conf)))
