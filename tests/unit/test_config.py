@@ -110,3 +110,42 @@ def test_oriond_logs_the_ignored_keys_at_start(tmp_path: Path) -> None:
     log = (tmp_path / "log" / "server.log").read_text()
     assert log.count("[server] enable_rdma is ignored: not supported, using TCP/shm") == 1, log
     assert log.count("[throttle] throttle_level is ignored") == 1, log
+
+
+def test_client_log_keys_drive_the_runtime(tmp_path: Path, capsys) -> None:
+    from orion_virt.client import runtime
+
+    etc = tmp_path / "client.conf"
+    etc.write_text("[client-log]\n    log_to_screen = 1\n    log_level = WARNING\n    log_with_time = 0\n"
+                   "    log_to_file = 1\n    file_log_level = ERROR\n")
+    cfg = load_client_config({"HOME": str(tmp_path), "ORION_CLIENT_CONF_ETC": str(etc),
+                              "ORION_LOG_DIR": str(tmp_path / "log")})
+    rt = runtime.Runtime(cfg)
+    rt.log = __import__("logging").getLogger("orion.client.test-config")
+    try:
+        rt._setup_log()
+        runtime.say("quiet", "INFO")
+        runtime.say("loud", "WARN")
+        assert capsys.readouterr().err == "[WARN] loud\n"  # INFO filtered, no timestamp
+        rt.log.warning("not in the file")
+        rt.log.error("in the file")
+        for h in rt.log.handlers:
+            h.flush()
+        text = "".join(p.read_text() for p in (tmp_path / "log").glob("client-*.log"))
+        assert "in the file" in text and "not in the file" not in text
+        assert text.startswith("[ERROR] ")  # log_with_time = 0
+    finally:
+        for h in rt.log.handlers:
+            h.close()
+        runtime._screen = runtime.LogConfig()
+    off = tmp_path / "off.conf"
+    off.write_text("[client-log]\n    log_to_screen = 0\n    log_to_file = 0\n")
+    rt = runtime.Runtime(load_client_config({"HOME": str(tmp_path), "ORION_CLIENT_CONF_ETC": str(off)}))
+    rt.log = __import__("logging").getLogger("orion.client.test-config-off")
+    try:
+        rt._setup_log()
+        runtime.say("nothing", "ERROR")
+        assert capsys.readouterr().err == ""
+        assert not any(isinstance(h, __import__("logging").FileHandler) for h in rt.log.handlers)
+    finally:
+        runtime._screen = runtime.LogConfig()
