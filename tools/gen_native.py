@@ -32,6 +32,7 @@ from regen import regenerate  # noqa: E402  (tools/, the directory of this scrip
 from orion_virt import __version__, compat  # noqa: E402
 from orion_virt.client.select import VM_NOT_SERVED  # noqa: E402
 from orion_virt.cuda_enums import CUresult  # noqa: E402
+from orion_virt.cuda_messages import MESSAGES  # noqa: E402
 from orion_virt.wire import calls as wire_calls  # noqa: E402
 from orion_virt.wire import frames  # noqa: E402
 from orion_virt.wire import spec as S  # noqa: E402
@@ -328,27 +329,6 @@ def gen_v1(fn: S.Fn, target: str) -> list[str]:
         L.append("    return st;")
     L += ["}", ""]
     return L
-
-
-MESSAGES = {
-    CUresult.CUDA_SUCCESS: "no error",
-    CUresult.CUDA_ERROR_INVALID_VALUE: "invalid argument",
-    CUresult.CUDA_ERROR_OUT_OF_MEMORY: "out of memory",
-    CUresult.CUDA_ERROR_NOT_INITIALIZED: "initialization error",
-    CUresult.CUDA_ERROR_DEINITIALIZED: "driver shutting down",
-    CUresult.CUDA_ERROR_NO_DEVICE: "no CUDA-capable device is detected",
-    CUresult.CUDA_ERROR_INVALID_DEVICE: "invalid device ordinal",
-    CUresult.CUDA_ERROR_INVALID_IMAGE: "device kernel image is invalid",
-    CUresult.CUDA_ERROR_INVALID_CONTEXT: "invalid device context",
-    CUresult.CUDA_ERROR_INVALID_HANDLE: "invalid resource handle",
-    CUresult.CUDA_ERROR_NOT_FOUND: "named symbol not found",
-    CUresult.CUDA_ERROR_NOT_READY: "device not ready",
-    CUresult.CUDA_ERROR_ILLEGAL_ADDRESS: "an illegal memory access was encountered",
-    CUresult.CUDA_ERROR_NOT_SUPPORTED: "operation not supported",
-    CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE: "CUDA-capable device(s) is/are busy or unavailable",
-    CUresult.CUDA_ERROR_UNKNOWN: "unknown error",
-}
-"""cuGetErrorString's words where NVIDIA's driver has its own; every other code reads as its name."""
 
 
 def _messages() -> dict[int, str]:

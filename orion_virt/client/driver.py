@@ -26,6 +26,7 @@ from ..cuda_enums import (  # noqa: F401  (re-exported API)
     CUstreamCaptureMode,
     CUstreamCaptureStatus,
 )
+from ..cuda_messages import MESSAGES
 from ..errors import OrionError, Refused, TransportError, UsageError
 from ..wire import PLANS, Call
 from . import runtime as _runtime_module
@@ -297,24 +298,6 @@ def cuGetErrorName(error: Any) -> tuple[CUresult, bytes]:
         return (CUresult.CUDA_ERROR_INVALID_VALUE, b"")
 
 
-_MESSAGES = {
-    CUresult.CUDA_SUCCESS: "no error",
-    CUresult.CUDA_ERROR_INVALID_VALUE: "invalid argument",
-    CUresult.CUDA_ERROR_OUT_OF_MEMORY: "out of memory",
-    CUresult.CUDA_ERROR_NOT_INITIALIZED: "initialization error",
-    CUresult.CUDA_ERROR_DEINITIALIZED: "driver shutting down",
-    CUresult.CUDA_ERROR_NO_DEVICE: "no CUDA-capable device is detected",
-    CUresult.CUDA_ERROR_INVALID_DEVICE: "invalid device ordinal",
-    CUresult.CUDA_ERROR_INVALID_IMAGE: "device kernel image is invalid",
-    CUresult.CUDA_ERROR_INVALID_CONTEXT: "invalid device context",
-    CUresult.CUDA_ERROR_INVALID_HANDLE: "invalid resource handle",
-    CUresult.CUDA_ERROR_NOT_FOUND: "named symbol not found",
-    CUresult.CUDA_ERROR_NOT_READY: "device not ready",
-    CUresult.CUDA_ERROR_ILLEGAL_ADDRESS: "an illegal memory access was encountered",
-    CUresult.CUDA_ERROR_NOT_SUPPORTED: "operation not supported",
-    CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE: "CUDA-capable device(s) is/are busy or unavailable",
-    CUresult.CUDA_ERROR_UNKNOWN: "unknown error",
-}
 
 
 def cuGetErrorString(error: Any) -> tuple[CUresult, bytes]:
@@ -322,7 +305,7 @@ def cuGetErrorString(error: Any) -> tuple[CUresult, bytes]:
         r = CUresult(int(error))
     except ValueError:
         return (CUresult.CUDA_ERROR_INVALID_VALUE, b"")
-    return (_S, _MESSAGES.get(r, r.name.removeprefix("CUDA_ERROR_").replace("_", " ").lower()).encode())
+    return (_S, MESSAGES.get(r, r.name.removeprefix("CUDA_ERROR_").replace("_", " ").lower()).encode())
 
 
 # -- hand-written bindings (client="custom" in the call spec) ----------------------------------

@@ -2170,22 +2170,31 @@ ORION_API CUresult cuMemAllocHost_v2(void **pp, size_t bytesize) { return cuMemH
 
 ORION_API CUresult cuMemAllocHost(void **pp, unsigned int bytesize) { return cuMemHostAlloc(pp, bytesize, 0); }
 
-ORION_API CUresult cuMemFreeHost(void *p)
+/* Forget the entry that starts at p (a cuMemHostAlloc block, or with reg a registration): 1 when
+ * there was one, with its shared pages in *base and *mapped (0: not shared). */
+static int host_take(const void *p, int reg, void **base, size_t *mapped)
 {
-    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    pthread_mutex_lock(&host_lock);
     int found = 0;
-    size_t mapped = 0;
+    pthread_mutex_lock(&host_lock);
     for (int i = 0; i < MAX_HOST && !found; i++)
-        if (p && host_allocs[i].p == p && !host_allocs[i].reg) {
-            mapped = host_allocs[i].mapped;
-            if (mapped) shared_count--;
+        if (p && host_allocs[i].p == p && host_allocs[i].reg == reg) {
+            *base = host_allocs[i].base;
+            *mapped = host_allocs[i].mapped;
+            if (*mapped) shared_count--;
             host_allocs[i].p = NULL;
             host_allocs[i].mapped = 0;
             found = 1;
         }
     pthread_mutex_unlock(&host_lock);
-    if (!found) return CUDA_ERROR_INVALID_VALUE;
+    return found;
+}
+
+ORION_API CUresult cuMemFreeHost(void *p)
+{
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    void *base;
+    size_t mapped;
+    if (!host_take(p, 0, &base, &mapped)) return CUDA_ERROR_INVALID_VALUE;
     if (!mapped) {
         free(p);
         return CUDA_SUCCESS;
@@ -2333,21 +2342,9 @@ ORION_API CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flag
 ORION_API CUresult cuMemHostUnregister(void *p)
 {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    void *base = NULL;
-    size_t mapped = 0;
-    int found = 0;
-    pthread_mutex_lock(&host_lock);
-    for (int i = 0; i < MAX_HOST && !found; i++)
-        if (p && host_allocs[i].p == p && host_allocs[i].reg) {
-            base = host_allocs[i].base;
-            mapped = host_allocs[i].mapped;
-            if (mapped) shared_count--;
-            host_allocs[i].p = NULL;
-            host_allocs[i].mapped = 0;
-            found = 1;
-        }
-    pthread_mutex_unlock(&host_lock);
-    if (!found) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    void *base;
+    size_t mapped;
+    if (!host_take(p, 1, &base, &mapped)) return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
     if (!mapped) return CUDA_SUCCESS;
     CUresult st = orion_wire_orionHostUnshare((cuuint64_t)(uintptr_t)base);
     if (unshare_in_place(base, mapped))
