@@ -723,50 +723,44 @@ class CudaSession(BackendSession):
         d = self.d
         kp = func.params.fill(params)
         hs = 0 if stream is None else stream.handle
-        if attrs is not None:
-            return self._launch_ex(func, grid, block, shared, hs, kp, attrs)
-        args = (func.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, hs,
-                kp if kp else None, 0)
-        if self.vgpus[module.dev].ratio >= 100:
-            err = d.cuLaunchKernel(*args)[0]
-            if err:  # CUDA_SUCCESS is 0
-                raise self._error(int(err), f"cuLaunchKernel({func.name})")
-            return 0.0
+        if attrs is None:
+            args = (func.handle, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared, hs,
+                    kp if kp else None, 0)
+            if self.vgpus[module.dev].ratio >= 100:
+                err = d.cuLaunchKernel(*args)[0]
+                if err:  # CUDA_SUCCESS is 0
+                    raise self._error(int(err), f"cuLaunchKernel({func.name})")
+                return 0.0
+            what = "cuLaunchKernel"
+
+            def issue() -> Any:
+                return d.cuLaunchKernel(*args)[0]
+        else:
+            config = self._configs.get(attrs)
+            if config is None:
+                config = self._configs[attrs] = self._launch_config(attrs)
+            config.gridDimX, config.gridDimY, config.gridDimZ = grid
+            config.blockDimX, config.blockDimY, config.blockDimZ = block
+            config.sharedMemBytes = shared
+            config.hStream = hs
+            what = "cuLaunchKernelEx"
+
+            def issue() -> Any:
+                return d.cuLaunchKernelEx(config, func.handle, kp if kp else None, 0)[0]
+
+            if self.vgpus[module.dev].ratio >= 100:
+                err = issue()
+                if err:
+                    raise self._error(int(err), f"{what}({func.name})")
+                return 0.0
         # A compute share below 100 %: measure the kernel's device time (blocking until it ends).
         if ctx.timing is None:
             ctx.timing = (self._ok(d.cuEventCreate(0), "cuEventCreate"), self._ok(d.cuEventCreate(0), "cuEventCreate"))
         t0, t1 = ctx.timing
         self._ok(d.cuEventRecord(t0, hs), "cuEventRecord")
-        self._ok(d.cuLaunchKernel(*args), f"cuLaunchKernel({func.name})")
-        self._ok(d.cuEventRecord(t1, hs), "cuEventRecord")
-        self._ok(d.cuEventSynchronize(t1), f"{func.name}")
-        ms = self._ok(d.cuEventElapsedTime(t0, t1), "cuEventElapsedTime")
-        return max(0.0, float(ms) / 1000.0)
-
-    def _launch_ex(self, func: Any, grid: tuple[int, int, int], block: tuple[int, int, int], shared: int,
-                   hs: Any, kp: int, attrs: LaunchAttrs) -> float:
-        """cuLaunchKernelEx with ``attrs``; timed like a plain launch under a compute share below 100 %."""
-        d = self.d
-        config = self._configs.get(attrs)
-        if config is None:
-            config = self._configs[attrs] = self._launch_config(attrs)
-        config.gridDimX, config.gridDimY, config.gridDimZ = grid
-        config.blockDimX, config.blockDimY, config.blockDimZ = block
-        config.sharedMemBytes = shared
-        config.hStream = hs
-        timed = self.vgpus[func.module.dev].ratio < 100
-        ctx = func.module.ctx
-        if timed:
-            if ctx.timing is None:
-                ctx.timing = (self._ok(d.cuEventCreate(0), "cuEventCreate"),
-                              self._ok(d.cuEventCreate(0), "cuEventCreate"))
-            self._ok(d.cuEventRecord(ctx.timing[0], hs), "cuEventRecord")
-        err = d.cuLaunchKernelEx(config, func.handle, kp if kp else None, 0)[0]
+        err = issue()
         if err:
-            raise self._error(int(err), f"cuLaunchKernelEx({func.name})")
-        if not timed:
-            return 0.0
-        t0, t1 = ctx.timing
+            raise self._error(int(err), f"{what}({func.name})")
         self._ok(d.cuEventRecord(t1, hs), "cuEventRecord")
         self._ok(d.cuEventSynchronize(t1), f"{func.name}")
         ms = self._ok(d.cuEventElapsedTime(t0, t1), "cuEventElapsedTime")
