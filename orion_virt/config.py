@@ -389,7 +389,7 @@ class ClientConfig:
     shm_device: str = ""
     log_dir: str = ""
     log: LogConfig = field(default_factory=LogConfig)
-    """[client-log]: the runtime's screen lines (stderr) and its log file (see client/runtime.py)"""
+    """[client-log]: the client's screen lines (stderr) and its log file (the native client's orion_log.c)"""
     connect_timeout: float = 5.0
     source: str = "defaults"
     sources: tuple[tuple[str, str], ...] = ()

@@ -1,9 +1,11 @@
-"""The benchmark's client process: real client module, commands on stdin, JSON results on stdout.
+"""The benchmark's client process: cuda-bindings, commands on stdin, JSON results on stdout.
 
 Run as ``python -m orion_virt.bench.agent`` with the client's environment (ORION_SERVER,
 ORION_SHM_PATH_BASE, ORION_ENABLE_NET, ...) choosing the transport. Every CUDA call goes through
-``orion_virt.client.driver`` exactly as an application's would. One JSON object per line each
-way; ``{"op": "quit"}`` (or end of input) ends the session with the usual BYE.
+cuda-bindings' ``cuda.bindings.driver`` to whichever ``libcuda.so.1`` the loader finds: the native
+client (first on ``LD_LIBRARY_PATH``, as orion-run puts it) or, for the baseline, NVIDIA's. One
+JSON object per line each way; ``{"op": "quit"}`` (or end of input) ends the session with the
+usual BYE.
 
 Ops: ``init`` (cuInit timed, then a context, the test module, a small buffer), ``null`` (round
 trips of cuCtxSynchronize), ``pipelined`` (async calls counted until a final cuCtxSynchronize),
@@ -43,14 +45,8 @@ class BenchError(RuntimeError):
 
 class Agent:
     def __init__(self) -> None:
-        if os.environ.get("ORION_BENCH_NATIVE") == "1":
-            from cuda.bindings import driver  # the baseline: the real driver, no orion_virt
+        from cuda.bindings import driver
 
-            self.native = True
-        else:
-            from ..client import driver
-
-            self.native = False
         self.cuda = driver
         self.func: Any = None
         self.params: np.ndarray | None = None
@@ -83,7 +79,7 @@ class Agent:
         self._keep = [np.array([int(self.small)], dtype=np.uint64), np.array([7], dtype=np.uint32),
                       np.array([0], dtype=np.int32)]
         self.params = np.array([a.ctypes.data for a in self._keep], dtype=np.uint64)
-        return {"cuinit_s": cuinit_s, "transport": _driver() if self.native else cuda._orion_transport()}
+        return {"cuinit_s": cuinit_s, "transport": _driver()}
 
     def null(self, n: int, warmup: int = 200, raw: bool = False) -> dict:
         """``n`` timed cuCtxSynchronize round trips: their summary, or the samples (ns) if ``raw``."""

@@ -1,10 +1,10 @@
 """``orion-bench --native``: the remoted path against the same program on the real driver.
 
 On a GPU host: oriond runs the ``cuda`` backend, and the same client operations run side by side
-in one run — natively (cuda-python's own ``cuda.bindings.driver``, no orion_virt), remoted over
-shared memory and over TCP by the Python client (``shm``, ``tcp``) and by the native client
-(``c-shm``, ``c-tcp``: the same cuda-bindings program over ``libcuda.so.1`` from ``make native``,
-when it is built): null-call round trip, pipelined launches, HtoD/DtoH
+in one run — natively (cuda-python's own ``cuda.bindings.driver``, no orion_virt) and remoted
+over shared memory and over TCP by the native client (``c-shm``, ``c-tcp``: the same
+cuda-bindings program over ``libcuda.so.1`` from ``make native``; the retired Python client's
+``shm`` and ``tcp`` columns are gone): null-call round trip, pipelined launches, HtoD/DtoH
 throughput against size, and a compute-bound program (a loop of matrix products) whose
 remoted/native time ratio is the cost users feel. Without a GPU it runs on ``sim`` (no native
 column): useful only to check the plumbing.
@@ -39,10 +39,6 @@ class CompareSettings:
         return cls(backend, 500, 2000, (4096, 1 << 20, 16 << 20), 2, (1 << 20, 16 << 20), 128, 4)
 
 
-PINNED_MODES = ("native", "c-shm", "c-tcp")
-"""The modes whose client has page-locked host memory of its own (cuMemAllocHost)."""
-
-
 def native_client_dir() -> Path | None:
     """Where the native client's libcuda.so.1 is, as orion-run finds it."""
     from ..client.run import native_lib_dir
@@ -51,8 +47,10 @@ def native_client_dir() -> Path | None:
 
 
 def _modes(backend: str) -> list[str]:
-    c = ["c-shm", "c-tcp"] if native_client_dir() else []
-    return (["native"] if backend == "cuda" else []) + ["shm", "tcp"] + c
+    """NVIDIA's driver (cuda backend only), then the native client over shm and over TCP."""
+    if native_client_dir() is None:
+        raise RuntimeError("build the native client first (make native)")
+    return (["native"] if backend == "cuda" else []) + ["c-shm", "c-tcp"]
 
 
 def _measure(agent: AgentProcess, s: CompareSettings) -> dict[str, Any]:
@@ -67,13 +65,12 @@ def _measure(agent: AgentProcess, s: CompareSettings) -> dict[str, Any]:
             best = sorted(secs)[len(secs) // 2]
             rows.append({"size": size, "gbps": size / best / 1e9})
         out["copy"][direction] = rows
-    if agent.name in PINNED_MODES:  # the Python client keeps no page-locked memory of its own
-        for direction in ("htod", "dtoh"):
-            rows = []
-            for size in s.pinned_sizes:
-                secs = agent.call("copy", size=size, reps=s.copy_reps, direction=direction, pinned=True)["seconds"]
-                rows.append({"size": size, "gbps": size / sorted(secs)[len(secs) // 2] / 1e9})
-            out["copy"][f"{direction}-pinned"] = rows
+    for direction in ("htod", "dtoh"):
+        rows = []
+        for size in s.pinned_sizes:
+            secs = agent.call("copy", size=size, reps=s.copy_reps, direction=direction, pinned=True)["seconds"]
+            rows.append({"size": size, "gbps": size / sorted(secs)[len(secs) // 2] / 1e9})
+        out["copy"][f"{direction}-pinned"] = rows
     out["matmul"] = agent.call("matmul", n=s.matmul_n, iters=s.matmul_iters)
     return out
 
@@ -89,8 +86,6 @@ def run_compare(s: CompareSettings, keep_dir: Path | None = None) -> dict[str, A
         server.start(timeout=120)
         for mode in _modes(s.backend):
             env = server.client_env("tcp" if mode.endswith("tcp") else "shm")
-            if mode == "native" or mode.startswith("c-"):
-                env["ORION_BENCH_NATIVE"] = "1"
             if mode.startswith("c-"):
                 env["ORION_BENCH_CLIENT_LIB"] = str(native_client_dir())
                 env["LD_LIBRARY_PATH"] = os.pathsep.join(

@@ -44,8 +44,8 @@ def text(res: dict) -> str:
     ]
     null = res.get("null", {})
     if null:
-        client = ("the native client (libcuda.so.1)" if s.get("client") == "native"
-                  else "orion_virt.client.driver")
+        client = ("the retired Python client (orion_virt.client.driver)" if s.get("client") == "python"
+                  else "the native client (libcuda.so.1)")
         out.append(f"Null call: cuCtxSynchronize round trip through {client} "
                    "(floor: 16-byte ping-pong between two processes)")
         rows = []

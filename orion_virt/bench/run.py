@@ -63,9 +63,6 @@ class Settings:
     device_mib: int = 128
     pin: bool = True
     """client side (this process, agents) on one CPU, server side (oriond, floor peers) on another"""
-    client: str = "python"
-    """the client measured: "python" (orion_virt.client.driver) or "native" (the same cuda-bindings
-    program over the native client's libcuda.so.1, ``make native``)"""
 
     @classmethod
     def quick(cls, **kw: object) -> Settings:
@@ -129,17 +126,16 @@ class Bench:
 
         lib = native_client_dir()
         if lib is None:
-            raise RuntimeError("--client native: build the native client first (make native)")
+            raise RuntimeError("build the native client first (make native)")
         return lib
 
     def _agent(self, transport: str, tag: str = "") -> AgentProcess:
         name = f"{transport}{tag}"
         env = self.oriond.client_env(transport)
-        if self.s.client == "native":
-            lib = self._native_lib()
-            env.update(ORION_BENCH_NATIVE="1", ORION_BENCH_CLIENT_LIB=str(lib),
-                       LD_LIBRARY_PATH=os.pathsep.join([str(lib), *filter(None, env.get("LD_LIBRARY_PATH", "")
-                                                                           .split(os.pathsep))]))
+        lib = self._native_lib()
+        env.update(ORION_BENCH_CLIENT_LIB=str(lib),
+                   LD_LIBRARY_PATH=os.pathsep.join([str(lib), *filter(None, env.get("LD_LIBRARY_PATH", "")
+                                                                       .split(os.pathsep))]))
         return AgentProcess(env, self.workdir / f"agent-{name}.log", name)
 
     def _pin(self) -> None:
@@ -168,11 +164,8 @@ class Bench:
             a = self._agent(t)
             self.agents[t] = a
             got = a.call("init")
-            if self.s.client == "native":
-                if got["transport"] != "orion-c":
-                    raise RuntimeError(f"agent for {t} did not load the native client ({got['transport']!r})")
-            elif got["transport"] != t:
-                raise RuntimeError(f"agent for {t} connected over {got['transport']!r}")
+            if got["transport"] != "orion-c":
+                raise RuntimeError(f"agent for {t} did not load the native client ({got['transport']!r})")
 
     def stop(self) -> None:
         for a in self.agents.values():
@@ -343,9 +336,7 @@ class Bench:
             for _ in range(s.programs):
                 t0 = time.perf_counter()
                 env = self.oriond.client_env(t)
-                env["ORION_CLIENT"] = s.client
-                if s.client == "native":
-                    env["ORION_NATIVE_LIB_DIR"] = str(self._native_lib())
+                env["ORION_NATIVE_LIB_DIR"] = str(self._native_lib())
                 r = subprocess.run(run + [sys.executable, str(example)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
                 times.append(time.perf_counter() - t0)

@@ -88,8 +88,8 @@ def install_client(env: Mapping[str, str] | None, out: Out) -> int:
         import importlib.util
 
         if importlib.util.find_spec("cuda") is not None:
-            out("[Info] cuda-python is installed: its cuda.bindings.driver is replaced by the Orion client "
-                "whenever ORION_VGPU is set.")
+            out("[Info] cuda-python is installed: it loads libcuda.so.1, which is the Orion native client "
+                "once install-client has run (or under orion-run).")
     except (ImportError, ValueError):
         pass
     _installation(env, out)
@@ -182,43 +182,44 @@ def _transport(cfg: ClientConfig, out: Out) -> bool:
     return True
 
 
-def _importable(env: Mapping[str, str], install: tuple[str, str] | None, out: Out) -> bool:
-    """Does ``ORION_VGPU=1 python3 app.py`` reach the Orion client? Checked for the Python
-    install-client installed for (a failure there is an error), this one and ``python3`` on PATH
-    (for those a note: run programs with orion-run)."""
-    ok = True
-    pythons: list[str] = []
-    for cand in ((install[1] if install else None), sys.executable,
-                 shutil.which("python3", path=env.get("PATH"))):
-        if cand and os.path.realpath(cand) not in map(os.path.realpath, pythons):
-            pythons.append(cand)
-    probe = "import orion_virt, cuda.bindings.driver as d; print(d.__name__, orion_virt.__file__)"
-    for py in pythons:
-        child = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "ORION_RUN")}
-        child["ORION_VGPU"] = child.get("ORION_VGPU") or "1"
-        try:
-            r = subprocess.run([py, "-c", probe], env=child, capture_output=True, text=True, timeout=30,
-                               cwd="/")
-        except (OSError, subprocess.TimeoutExpired) as e:
-            out(f"[Warning] cannot run {py}: {e}")
-            continue
-        words = r.stdout.split()
-        if r.returncode == 0 and words[:1] == ["orion_virt.client.driver"]:
-            out(f"{py}: the Orion client runtime is active with ORION_VGPU set "
-                f"(from {Path(words[1]).parent.parent})")
-            continue
-        if r.returncode == 0:
-            why = f"its cuda.bindings.driver is {words[0] if words else '?'}"
-        else:
-            why = (r.stderr.strip().splitlines() or ["?"])[-1]
-        if install and py == install[1]:
-            out(f"[Error] {py}: the Orion client installed in {install[0]} is not active with ORION_VGPU "
-                f"set ({why}); reinstall it: install-client -d {install[0]}")
-            ok = False
-        else:
-            out(f"[Info] {py}: ORION_VGPU alone does not redirect CUDA here ({why}); run programs with "
-                "orion-run" + ("" if install else ", or install the client with install-client"))
-    return ok
+def _system_libcuda() -> str | None:
+    """The libcuda.so.1 the loader's cache names first (``ldconfig -p``), or None."""
+    exe = shutil.which("ldconfig") or ("/sbin/ldconfig" if os.path.exists("/sbin/ldconfig") else None)
+    if exe is None:
+        return None
+    try:
+        r = subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in r.stdout.splitlines():
+        name, _, path = line.strip().partition(" => ")
+        if name.split(" ", 1)[0] == "libcuda.so.1" and path:
+            return path.strip()
+    return None
+
+
+def _native_client(env: Mapping[str, str], install: tuple[str, str] | None, out: Out) -> bool:
+    """Do programs here reach the native client (libcuda.so.1)? An installation without it is an
+    error; whether it is the system's libcuda.so.1 (ldconfig) or orion-run's only, a note."""
+    if install is None:
+        from ..client.run import native_lib_dir
+
+        d = native_lib_dir(env)
+        out(f"[Info] the native client is in {d}: run programs with orion-run" if d is not None else
+            "[Info] the native client (libcuda.so.1) is not installed here: install it with install-client")
+        return True
+    lib = f"{install[0].rstrip('/')}/lib/libcuda.so.1"
+    if not (Path(_root(env)) / lib.lstrip("/")).is_file():
+        out(f"[Error] the native client {lib} is missing: build it (make native) and reinstall: "
+            f"install-client -d {install[0]}")
+        return False
+    found = _system_libcuda() if _root(env) == "/" else None
+    if found is not None and os.path.realpath(found) == os.path.realpath(lib):
+        out(f"The native client {lib} is the system's libcuda.so.1: programs reach Orion vGPUs with no launcher")
+    else:
+        out(f"[Info] the system's libcuda.so.1 is {found or 'not the native client'}: run programs with "
+            f"orion-run, which puts {lib} first")
+    return True
 
 
 def runtime_client(env: Mapping[str, str] | None, out: Out) -> int:
@@ -238,7 +239,7 @@ def runtime_client(env: Mapping[str, str] | None, out: Out) -> int:
     if cfg.vgpu is None:
         out("[Info] ORION_VGPU is not set: applications use Orion vGPUs only with it (export ORION_VGPU=N)")
     out("")
-    failed |= not _importable(env, install, out)
+    failed |= not _native_client(env, install, out)
     out("")
     failed |= not _transport(cfg, out)
     out("")

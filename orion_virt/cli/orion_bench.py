@@ -18,6 +18,12 @@ def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     return tuple(dict.fromkeys(names))
 
 
+def _client(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.strip().lower() != "native":
+        raise click.BadParameter(f"{value!r}: the Python client was retired; the native client is the only one")
+    return "native"
+
+
 @version_option("orion-bench")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench"),
@@ -33,9 +39,9 @@ def _transports(ctx: click.Context, param: click.Parameter, value: str) -> tuple
                    "OUT/native.png.")
 @click.option("--backend", type=click.Choice(["cuda", "sim"]), default="cuda", show_default=True,
               help="With --native: oriond's backend (sim checks the plumbing; no native column).")
-@click.option("--client", type=click.Choice(["python", "native"]), default="python", show_default=True,
-              help="The client measured against the floors: the Python client, or the same program over "
-                   "the native client's libcuda.so.1 (make native).")
+@click.option("--client", default="native", show_default=True, callback=_client,
+              help="The client measured against the floors: the native client's libcuda.so.1 "
+                   "(make native), the only one (the Python client was retired).")
 @click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep oriond's and the clients' logs in this directory instead of a temporary one.")
 def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | None,
@@ -55,7 +61,7 @@ def main(out_dir: Path, quick: bool, transports: tuple[str, ...], rounds: int | 
     from ..bench.run import Settings, run_bench
 
     base = Settings.quick() if quick else Settings()
-    kw: dict[str, object] = {"transports": transports, "client": client}
+    kw: dict[str, object] = {"transports": transports}
     if rounds is not None:
         kw["rounds"] = rounds
     if idle_seconds is not None:

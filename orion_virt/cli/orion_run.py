@@ -25,10 +25,9 @@ def main(command: tuple[str, ...]) -> None:
     \b
       ORION_VGPU=2 ORION_GMEM=4096 orion-run python3 deviceQuery.py
       ORION_VGPU=1 orion-run ./vectorAdd
-    ORION_CLIENT=python starts the Python client instead (cuda-python programs only; it is being
-    retired). The library: ORION_NATIVE_LIB_DIR, else install-client's, else make native's build/native.
-    Settings: ORION_VGPU,
-    ORION_GMEM, ORION_RATIO, ORION_CONTROLLER or ORION_SERVER, ~/.orion/client.conf,
-    /etc/orion/client.conf.
+    The native client is the only one (the Python client was retired: ORION_CLIENT other than
+    native is refused). The library: ORION_NATIVE_LIB_DIR, else install-client's, else make
+    native's build/native. Settings: ORION_VGPU, ORION_GMEM, ORION_RATIO, ORION_CONTROLLER or
+    ORION_SERVER, ~/.orion/client.conf, /etc/orion/client.conf.
     """
     sys.exit(run.exec_command(list(command)))

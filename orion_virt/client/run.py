@@ -1,17 +1,12 @@
 """``python3 -m orion_virt.client.run COMMAND...``: orion-run without click (standard library only).
 
-Does what ``orion-run`` does, for guests and containers that have only the client. Which client
-``ORION_CLIENT`` says:
-
-* ``native`` (the default, also when unset or empty): the native client's directory
-  (``libcuda.so.1``) goes first on ``LD_LIBRARY_PATH``, so every program COMMAND starts — C, C++,
-  NVIDIA's runtime and libraries, cuda-bindings, PyTorch — loads it instead of NVIDIA's driver.
-  It is found in ``ORION_NATIVE_LIB_DIR``, else ``<install prefix>/lib`` (install-client), else
-  ``build/native`` of a checkout (``make native``); where none has it, orion-run refuses (it
-  never lets COMMAND reach a host driver);
-* ``python`` (until the Python client is retired): the Orion client is activated in every Python
-  COMMAND starts (``orion_virt/client/boot`` first on ``PYTHONPATH`` for its ``sitecustomize``,
-  the package's parent next, ``ORION_RUN=1``): cuda-python's driver module goes to Orion.
+Does what ``orion-run`` does, for guests and containers that have only the client: the native
+client's directory (``libcuda.so.1``) goes first on ``LD_LIBRARY_PATH``, so every program COMMAND
+starts — C, C++, NVIDIA's runtime and libraries, cuda-bindings, PyTorch — loads it instead of
+NVIDIA's driver. It is found in ``ORION_NATIVE_LIB_DIR``, else ``<install prefix>/lib``
+(install-client), else ``build/native`` of a checkout (``make native``); where none has it,
+orion-run refuses (it never lets COMMAND reach a host driver). ``ORION_CLIENT`` may be unset,
+empty or ``native``; any other value (the retired Python client's ``python``) is refused.
 
     ORION_VGPU=2 ORION_GMEM=4096 python3 -m orion_virt.client.run python3 deviceQuery.py
 """
@@ -39,32 +34,26 @@ def native_lib_dir(env: Mapping[str, str]) -> Path | None:
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment that puts COMMAND on Orion vGPUs with the client ``ORION_CLIENT`` names.
-    Raises RunError for an unknown client or a native client that is not built or installed."""
-    pkg = Path(__file__).resolve().parent.parent
-    which = env.get("ORION_CLIENT", "native").strip().lower() or "native"
+    """The environment that puts COMMAND on Orion vGPUs with the native client. Raises RunError
+    for an ``ORION_CLIENT`` other than native, or a native client that is not built or installed."""
+    which = env.get("ORION_CLIENT", "").strip().lower() or "native"
+    if which != "native":
+        raise RunError(f"ORION_CLIENT={env['ORION_CLIENT']!r}: the Python client was retired; there is one "
+                       "client, the native libcuda.so.1, and programs (cuda-bindings, PyTorch, C) run "
+                       "unmodified over it: unset ORION_CLIENT")
+    lib = native_lib_dir(env)
+    if lib is None:
+        raise RunError("the native client (libcuda.so.1) is neither installed (install-client) nor built "
+                       "(make native); set ORION_NATIVE_LIB_DIR to its directory")
     out = dict(env)
-    if which == "native":
-        lib = native_lib_dir(env)
-        if lib is None:
-            raise RunError("the native client (libcuda.so.1, the default ORION_CLIENT=native) is neither "
-                           "installed (install-client) nor built (make native); set ORION_NATIVE_LIB_DIR to "
-                           "its directory, or ORION_CLIENT=python for the Python client")
-        parts = [str(lib)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-        out["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(parts))
-        return out
-    if which != "python":
-        raise RunError(f"ORION_CLIENT={env['ORION_CLIENT']!r}: expected native or python")
-    boot = str(pkg / "client" / "boot")
-    parts = [boot, str(pkg.parent)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    out["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
-    out["ORION_RUN"] = "1"
+    parts = [str(lib)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    out["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(parts))
     return out
 
 
 def exec_command(args: Sequence[str]) -> int:
     """Exec ``args`` with :func:`child_env` (never returns on success); 127 if it cannot run, 2 if
-    the client asked for is not there.
+    the native client is not there or ``ORION_CLIENT`` asks for another.
 
     A ``.py`` file that is not executable runs under this Python. Both front ends end here:
     ``python3 -m orion_virt.client.run`` (guests) and the click command ``orion-run``.

@@ -4,12 +4,12 @@ copied into a guest (``python3 install-client.pyz``).
 
 What an installation consists of (every path recorded in a manifest, ``<PATH>/.orion-client-manifest.json``):
 
-- ``<PATH>/orion_virt/...``: the client's modules and only those (the client runtime, transport,
-  wire protocol, config, errors, enums, the controller's HTTP client, the client checks and this
-  installer), found by following the imports of ``orion_virt/client``; nothing outside the
-  standard library is needed;
-- ``<site-packages>/orion-client.pth``: puts ``<PATH>`` on the system Python's ``sys.path`` and,
-  when ``ORION_VGPU`` is set, activates the client (``cuda.bindings.driver`` -> Orion);
+- ``<PATH>/orion_virt/...``: the standard-library part of the client and only that (orion-run,
+  orion-smi, the transport selection, config, errors, enums, the controller's HTTP client, the
+  client checks and this installer), found by following the imports of ``orion_virt/client``;
+  nothing outside the standard library is needed;
+- ``<site-packages>/orion-client.pth``: puts ``<PATH>`` on the system Python's ``sys.path`` (it
+  imports nothing);
 - ``/usr/local/bin/orion-run``, ``orion-check`` and ``orion-smi``: shell wrappers, no click needed
   (an existing file of that name that install-client did not write is left alone);
 - ``/etc/orion/client.conf``: written only when absent; an existing one is kept;

@@ -48,16 +48,17 @@ CLIENT_CONF = """\
 """
 
 PTH = """\
-# Orion vGPU client, installed by install-client: makes the client importable and, whenever
-# ORION_VGPU is set, redirects cuda.bindings.driver (cuda-python) to Orion vGPUs.
+# Orion vGPU client, installed by install-client: makes its standard-library part (orion-run,
+# orion-check, orion-smi) importable. Programs reach Orion vGPUs through the native client,
+# @PREFIX@/lib/libcuda.so.1; nothing is imported here.
 @PREFIX@
-import os; os.environ.get('ORION_VGPU', '').strip() not in ('', '0') and __import__('orion_virt.client.activate', fromlist=['maybe_activate']).maybe_activate(require='ORION_VGPU')
 """
 
 ORION_RUN = """\
 #!/bin/sh
-# orion-run (installed by install-client): run COMMAND with the Orion vGPU client active in
-# every Python it starts, including Pythons outside the system's (venv, conda).
+# orion-run (installed by install-client): run COMMAND with the native client (libcuda.so.1)
+# first on LD_LIBRARY_PATH, so that every CUDA program it starts (C, cuda-bindings, PyTorch) runs
+# on Orion vGPUs.
 #   ORION_VGPU=2 ORION_GMEM=4096 orion-run python3 deviceQuery.py
 PYTHONPATH="@PREFIX@${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH

@@ -4,7 +4,7 @@
 bytes: framing and its validation, HELLO/WELCOME/ERROR/RENEW/BYE, the order of states, sequence
 numbers and the matching of replies to calls, the deferred errors of NO_REPLY calls, and the
 precompiled packers of every call. They never read or write; the I/O adapters
-(``client.connection``, ``server.session``, ``client.multinode``) and the tests give them bytes.
+(``client.connection``, ``server.session``) and the tests give them bytes.
 
 Two ways in, one set of checks:
 

@@ -2,8 +2,8 @@
 server a call goes to, which further handles must come from that server, whether the reply's
 first value is a new handle, and how the replies of a broadcast merge.
 
-One definition for both clients: the Python router (``client/multinode.py``) reads the tables
-here, ``tools/gen_native.py`` writes them into the native client as byte offsets.
+``tools/gen_native.py`` writes these tables into the native client's cross-node router
+(``route_call``) as byte offsets.
 """
 
 from __future__ import annotations

@@ -511,8 +511,7 @@ def _session_logs(tmp: Path, name: str) -> str:
     return "".join(f.read_text() for f in sorted(d.iterdir())) if d.is_dir() else ""
 
 
-@pytest.mark.parametrize("client", ["python", "native"])
-def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path, client: str) -> None:
+def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path) -> None:
     s = Stack(tmp_path)
     try:
         # two nodes of one GPU each; ratio 100 holds one vGPU per GPU: two vGPUs must span them
@@ -520,8 +519,7 @@ def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path, cl
         s.start_oriond("n2", gpus=1)
         assert len({n["node_id"] for n in ctl.nodes(s.addr)}) == 2
         assert (s.summary().total_vgpus, s.summary().free_vgpus) == (8, 8)
-        env = s.env(ORION_VGPU="2", ORION_GMEM="3072", ORION_CROSS_NODE="1", ORION_RATIO="100",
-                    ORION_CLIENT=client)
+        env = s.env(ORION_VGPU="2", ORION_GMEM="3072", ORION_CROSS_NODE="1", ORION_RATIO="100")
         r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"], env)
         assert r.returncode == 0, r.stderr
         assert "Detected 2 CUDA Capable device(s)" in r.stdout
@@ -552,18 +550,17 @@ def test_cross_node_allocation_uses_the_vgpus_of_every_server(tmp_path: Path, cl
         for name in ("n1", "n2"):
             wait_for(lambda n=name: ended(n), 5, f"the session on {name} to end")  # type: ignore[misc]
         wait_for(lambda: s.summary().free_vgpus == 8, 10, "the pool to be whole again")
-        if client == "native":
-            # a driver-API C program on both servers: its own contexts, streams and modules on
-            # each, data handed from one device to the other through the host, and a stream of
-            # one server used with a kernel of the other refused (handles name their server)
-            exe = tmp_path / "two_devices"
-            _gcc(ROOT / "tests" / "native" / "two_devices.c", exe)
-            r = s.run([exe, ROOT / "orion_virt" / "kernels" / "test_kernels.ptx", "strict"], env)
-            assert r.returncode == 0, r.stdout + r.stderr
-            assert "two-device chain: PASSED" in r.stdout and "-> CUDA_ERROR_INVALID_HANDLE" in r.stdout, r.stdout
-            assert "can access peer: 0->1 0, 0->0 0" in r.stdout, r.stdout  # another node: no peer
-            assert r.stdout.count("3072 MiB") == 2, r.stdout
-            wait_for(lambda: s.summary().free_vgpus == 8, 10, "the pool to be whole again")
+        # a driver-API C program on both servers: its own contexts, streams and modules on
+        # each, data handed from one device to the other through the host, and a stream of
+        # one server used with a kernel of the other refused (handles name their server)
+        exe = tmp_path / "two_devices"
+        _gcc(ROOT / "tests" / "native" / "two_devices.c", exe)
+        r = s.run([exe, ROOT / "orion_virt" / "kernels" / "test_kernels.ptx", "strict"], env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "two-device chain: PASSED" in r.stdout and "-> CUDA_ERROR_INVALID_HANDLE" in r.stdout, r.stdout
+        assert "can access peer: 0->1 0, 0->0 0" in r.stdout, r.stdout  # another node: no peer
+        assert r.stdout.count("3072 MiB") == 2, r.stdout
+        wait_for(lambda: s.summary().free_vgpus == 8, 10, "the pool to be whole again")
         # more than the whole pool holds is still refused before anything is opened
         r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"],
                   {**env, "ORION_VGPU": "3"})
@@ -585,8 +582,7 @@ def _gcc(src: Path, exe: Path) -> None:
     assert c.returncode == 0, c.stderr
 
 
-@pytest.mark.parametrize("client", ["python", "native"])
-def test_cross_node_session_fails_cleanly_when_a_server_is_unreachable(tmp_path: Path, client: str) -> None:
+def test_cross_node_session_fails_cleanly_when_a_server_is_unreachable(tmp_path: Path) -> None:
     s = Stack(tmp_path, heartbeat_timeout=30)
     try:
         s.start_oriond("n1", gpus=1)
@@ -599,7 +595,7 @@ def test_cross_node_session_fails_cleanly_when_a_server_is_unreachable(tmp_path:
         os.kill(dead.pid, signal.SIGKILL)  # still "up" at the controller for 30 s
         dead.wait()
         r = s.run([sys.executable, ROOT / "examples" / "deviceQuery.py"],
-                  s.env(ORION_VGPU="2", ORION_CROSS_NODE="1", ORION_RATIO="100", ORION_CLIENT=client))
+                  s.env(ORION_VGPU="2", ORION_CROSS_NODE="1", ORION_RATIO="100"))
         assert r.returncode != 0
         assert "Could not connect to server" in r.stderr, r.stderr
         assert exit_id(r.stderr), r.stderr  # an allocation was obtained, and released

@@ -1,6 +1,7 @@
-"""install-client end to end: install into a throwaway root, run a cuda-python-style program with
-the system's Python (which has neither cuda-python nor numpy nor click) against a real oriond,
-uninstall, and compare file lists.
+"""install-client end to end: install into a throwaway root, run a cuda-python program (NVIDIA's
+real cuda-bindings, copied from the venv, under the system's Python, which has neither numpy nor
+click) and a C program against a real oriond through the native client, uninstall, and compare
+file lists.
 
 The "system" is the host's ``/`` seen through an overlay in a private mount namespace: read-only
 with the ``--root`` tree on top, or writable with a tmpfs upper layer, where the self-contained
@@ -29,14 +30,10 @@ VENV_BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 PTX = ROOT / "orion_virt" / "kernels" / "test_kernels.ptx"
 
-# vectorAdd with the standard library only (array + ctypes), as a guest would run it
+# vectorAdd with cuda-bindings and the standard library only (array + ctypes), as a guest runs it
 PROGRAM = r'''
 import array, ctypes, sys
-try:
-    from cuda.bindings import driver as cuda
-except ImportError as e:
-    print(f"NO-CUDA: {e}")
-    sys.exit(4)
+from cuda.bindings import driver as cuda
 
 def check(r):
     err, *vals = r
@@ -45,8 +42,6 @@ def check(r):
     return vals[0] if len(vals) == 1 else vals
 
 check(cuda.cuInit(0))
-print("driver module:", cuda.__name__, cuda.__file__)
-print("transport:", cuda._orion_transport())
 dev = check(cuda.cuDeviceGet(0))
 ctx = check(cuda.cuCtxCreate(None, 0, dev))
 mod = check(cuda.cuModuleLoadData(open(sys.argv[1], "rb").read() + b"\0"))
@@ -64,9 +59,23 @@ check(cuda.cuLaunchKernel(fn, (n + 255) // 256, 1, 1, 256, 1, 1, 0, 0, ctypes.ad
 check(cuda.cuMemcpyDtoH(c, dc, 4 * n))
 check(cuda.cuCtxSynchronize())
 bad = [i for i in range(n) if abs(c[i] - (a[i] + b[i])) > 1e-5]
-print("mods:", sorted(m for m in ("numpy", "click", "lxml") if m in sys.modules))
+print("mods:", sorted(m for m in ("numpy", "click", "lxml", "orion_virt") if m in sys.modules))
 print("Test PASSED" if not bad else f"Test FAILED at {bad[:5]}")
 '''
+
+
+def _cuda_python(dest: Path) -> Path:
+    """A directory holding a copy of the venv's ``cuda`` package (cuda-bindings, cuda-pathfinder),
+    for PYTHONPATH: the system's Python has the same version as the venv's."""
+    import cuda.bindings
+
+    src = Path(cuda.bindings.__file__).resolve().parents[1]
+    shutil.copytree(src, dest / "cuda", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _client_log(home: Path) -> str:
+    return "".join(p.read_text() for p in sorted((home / ".orion" / "log").glob("client-*.log")))
 
 
 def _files(root: Path) -> list[str]:
@@ -81,10 +90,11 @@ def lab() -> Iterator[Lab]:
         pytest.skip(why)
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} (the system's Python) is missing")
-    v = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+    v = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
                        capture_output=True, text=True, timeout=30).stdout.strip()
-    if v != "True":
-        pytest.skip(f"{SYSTEM_PYTHON} is older than 3.11")
+    if v != str(sys.version_info[:2]):
+        pytest.skip(f"{SYSTEM_PYTHON} is Python {v}, not the venv's {sys.version_info[:2]}: "
+                    "the venv's cuda-bindings cannot be lent to it")
     if "overlay" not in Path("/proc/filesystems").read_text():
         pytest.skip("the kernel has no overlayfs")
     lab = Lab()
@@ -116,6 +126,9 @@ def _run_ns(argv: list[str], timeout: float = 120) -> subprocess.CompletedProces
 
 
 def test_root_install_runs_with_system_python_and_uninstalls_cleanly(lab: Lab, oriond: Oriond) -> None:
+    """A --root install (no ldconfig): orion-run puts the native client first, and the real
+    cuda-bindings under the system's Python runs on the vGPU over shm and over TCP."""
+    _native_device_query(lab.tmp)  # builds the native client that install-client copies
     root = lab.path("root")
     # something that was there before and must survive: an orion-check that is not ours
     (root / "usr/local/bin").mkdir(parents=True)
@@ -133,7 +146,8 @@ def test_root_install_runs_with_system_python_and_uninstalls_cleanly(lab: Lab, o
     assert "Orion vGPU client environment has been installed in /usr/lib/orion" in out
     assert "Kept the existing /usr/local/bin/orion-check" in out
     assert (root / "usr/local/bin/orion-check").read_text() == "#!/bin/sh\necho not ours\n"
-    assert (root / "usr/lib/orion/orion_virt/client/driver.py").is_file()
+    assert (root / "usr/lib/orion/lib/libcuda.so.1").is_file()
+    assert not (root / "usr/lib/orion/orion_virt/client/driver.py").exists()
     assert not (root / "usr/lib/orion/orion_virt/server").exists()
     assert not (root / "usr/lib/orion/orion_virt/cli").exists()
     site = subprocess.run([SYSTEM_PYTHON, "-c", "import site; print(site.getsitepackages()[0])"],
@@ -144,28 +158,32 @@ def test_root_install_runs_with_system_python_and_uninstalls_cleanly(lab: Lab, o
     prog.write_text(PROGRAM)
     ptx = lab.tmp / "kernels.ptx"
     shutil.copy(PTX, ptx)
+    pylib = _cuda_python(lab.path("pylib"))
     run = f"{SYSTEM_PYTHON} {prog} {ptx}"
+    probe = f"{SYSTEM_PYTHON} -c 'import sys; print(sorted(m for m in sys.modules if m.startswith(\"orion\")))'"
     res = lab.tmp / "res"
     res.mkdir()
+    homes = {k: lab.path(f"home-{k}") for k in ("shm", "tcp")}
     steps = [
-        # no ORION_VGPU: the .pth stays inert and the system Python has no cuda-python
-        f"{_env_line(lab, oriond)} {run} > {res}/plain.out 2>&1 || echo rc=$? >> {res}/plain.out",
-        # ORION_VGPU set: cuda.bindings.driver is the Orion client, over the shm device
-        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_GMEM='1024')} {run} > {res}/shm.out 2>&1",
-        # orion-run (shell wrapper, no click), forced to TCP
-        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_ENABLE_NET='1')} orion-run {run} > {res}/tcp.out 2>&1",
+        # ORION_VGPU set, no launcher: the .pth only puts /usr/lib/orion on sys.path
+        f"{_env_line(lab, oriond, ORION_VGPU='1')} {probe} > {res}/pth.out 2>&1",
+        # orion-run (shell wrapper, no click): the native client over the shm device
+        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_GMEM='1024', PYTHONPATH=str(pylib), HOME=str(homes['shm']))}"
+        f" orion-run {run} > {res}/shm.out 2>&1",
+        # forced to TCP
+        f"{_env_line(lab, oriond, ORION_VGPU='1', ORION_ENABLE_NET='1', PYTHONPATH=str(pylib), HOME=str(homes['tcp']))}"
+        f" orion-run {run} > {res}/tcp.out 2>&1",
     ]
     _run_ns(overlay_chroot_argv(lab, steps, extra_lower=root))
-    plain = (res / "plain.out").read_text()
-    assert "NO-CUDA" in plain and "rc=4" in plain, plain
+    assert (res / "pth.out").read_text().strip() == "[]", (res / "pth.out").read_text()
     shm_out = (res / "shm.out").read_text()
     assert "Test PASSED" in shm_out, shm_out
-    assert "driver module: orion_virt.client.driver /usr/lib/orion/orion_virt/client/driver.py" in shm_out
-    assert "transport: shm" in shm_out
-    assert "mods: []" in shm_out, "the client pulled in a third-party module"
+    assert "mods: []" in shm_out, "the client pulled in a third-party or an Orion Python module"
     assert "VirtaiTech Resource" in shm_out and "Client exits with allocation ID" in shm_out
+    assert f"transport: shm device {oriond.shm}" in _client_log(homes["shm"]), _client_log(homes["shm"])
     tcp_out = (res / "tcp.out").read_text()
-    assert "Test PASSED" in tcp_out and "transport: tcp" in tcp_out, tcp_out
+    assert "Test PASSED" in tcp_out, tcp_out
+    assert f"transport: TCP to {oriond.addr}" in _client_log(homes["tcp"]), _client_log(homes["tcp"])
 
     r = subprocess.run([str(VENV_BIN / "install-client"), "--uninstall", "--root", str(root),
                         "--python", SYSTEM_PYTHON], capture_output=True, text=True, timeout=120)
@@ -190,9 +208,9 @@ def _native_device_query(dest: Path) -> Path:
 
 
 def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, oriond: Oriond) -> None:
-    """The seeds' flow in a guest: the bundle installs the Python client and the native
-    libcuda.so.1 (with ldconfig), then an unmodified C program runs on the vGPU with no launcher
-    and no LD_LIBRARY_PATH."""
+    """The seeds' flow in a guest: the bundle installs the native libcuda.so.1 (with ldconfig),
+    then an unmodified C program and a cuda-bindings program run on the vGPU with no launcher and
+    no LD_LIBRARY_PATH."""
     device_query = _native_device_query(lab.tmp)
     bundle = lab.tmp / "install-client"
     r = subprocess.run([str(VENV_BIN / "install-client"), "--bundle", str(bundle)],
@@ -202,6 +220,8 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
     prog.write_text(PROGRAM)
     ptx = lab.tmp / "kernels.ptx"
     shutil.copy(PTX, ptx)
+    pylib = _cuda_python(lab.path("pylib"))
+    home = lab.path("home")
     res = lab.tmp / "res"
     res.mkdir()
     listing = (r'find "$UPPER" -mindepth 1 \( -type f -o -type l -o -type c \) -printf "/%P\n" '
@@ -214,12 +234,13 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
         f"@host {listing} > {res}/upper-after-no.txt",
         f"echo y | {SYSTEM_PYTHON} {bundle} > {res}/install.out 2>&1",
         f"@host {listing} > {res}/upper-installed.txt",
-        # as root, so Python writes __pycache__ into /usr/lib/orion: uninstall must remove it
-        f"{_env_line(lab, oriond, ORION_VGPU='1')} {SYSTEM_PYTHON} {prog} {ptx} > {res}/run.out 2>&1",
+        f"{_env_line(lab, oriond, ORION_VGPU='1', PYTHONPATH=str(pylib))} {SYSTEM_PYTHON} {prog} {ptx}"
+        f" > {res}/run.out 2>&1",
         f"{_env_line(lab, oriond, ORION_VGPU='1')} {device_query} > {res}/native.out 2>&1"
         f" || echo rc=$? >> {res}/native.out",
-        f"@host {listing} > {res}/upper-ran.txt",
+        # as root, so Python writes __pycache__ into /usr/lib/orion: uninstall must remove it
         f"{_env_line(lab, oriond)} orion-check runtime client > {res}/check.out 2>&1 || echo rc=$? >> {res}/check.out",
+        f"@host {listing} > {res}/upper-ran.txt",
         f"{SYSTEM_PYTHON} {bundle} --uninstall > {res}/uninstall.out 2>&1",
         f"@host {listing} > {res}/upper-after.txt",
     ]
@@ -239,15 +260,17 @@ def test_bundle_installs_to_real_paths_asks_first_and_uninstalls(lab: Lab, orion
     assert "/usr/local/bin/orion-run" in installed and "/usr/local/bin/orion-check" in installed
     assert any(p.endswith("dist-packages/orion-client.pth") for p in installed), installed
     run = (res / "run.out").read_text()
-    assert "Test PASSED" in run and "transport: shm" in run, run
+    assert "Test PASSED" in run and "mods: []" in run, run
+    assert f"transport: shm device {oriond.shm}" in _client_log(home), _client_log(home)
     assert "/usr/lib/orion/lib/libcuda.so.1" in installed and "/etc/ld.so.conf.d/orion.conf" in installed
     native = (res / "native.out").read_text()
     assert "Detected 1 CUDA Capable device(s)" in native and "Result = PASS" in native, native
     ran = (res / "upper-ran.txt").read_text()
-    assert "/usr/lib/orion/orion_virt/client/__pycache__/" in ran, "Python wrote no bytecode cache?"
+    assert "/usr/lib/orion/orion_virt/check/__pycache__/" in ran, "Python wrote no bytecode cache?"
     check = (res / "check.out").read_text()
     assert "Orion client is installed in /usr/lib/orion" in check, check
-    assert f"{SYSTEM_PYTHON}: the Orion client runtime is active with ORION_VGPU set" in check, check
+    assert ("The native client /usr/lib/orion/lib/libcuda.so.1 is the system's libcuda.so.1: "
+            "programs reach Orion vGPUs with no launcher") in check, check
     assert "Transport: shared memory (shm)" in check, check
     assert "Orion Controller address is not set" in check, check
     assert "Orion vGPU client environment has been removed from /usr/lib/orion" in (res / "uninstall.out").read_text()

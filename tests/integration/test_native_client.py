@@ -739,6 +739,48 @@ def test_client_log_section_drives_screen_lines_and_the_log_file(programs: dict[
     assert "[INFO]" not in text and "[WARN" not in text and text.startswith("[ERROR] "), text
 
 
+def test_client_conf_names_the_device_the_server_and_the_transport(programs: dict[str, Path], oriond: Oriond,
+                                                                    tmp_path: Path) -> None:
+    """[client-shm] shm_path_base, [client] server_addr and enable_net of client.conf, as
+    orion_virt/config.py reads them: the environment wins, the home file over /etc's; a bad value
+    names its file and key."""
+    etc, home = tmp_path / "etc.conf", tmp_path / "home"
+    (home / ".orion").mkdir(parents=True)
+    env = native_env(oriond, ORION_CLIENT_CONF_ETC=str(etc), HOME=str(home))
+    for k in ("ORION_SHM_PATH_BASE", "ORION_SERVER", "ORION_ENABLE_NET"):
+        env.pop(k)
+
+    def transport_line() -> str:
+        logs = sorted((home / ".orion" / "log").glob("client-*.log"), key=lambda f: f.stat().st_mtime)
+        return next(ln for ln in logs[-1].read_text().splitlines() if "transport:" in ln)
+
+    # the device from /etc's file; nothing listens at its server_addr, so only shm can work
+    etc.write_text(f"[client-shm]\nshm_path_base = {oriond.shm}\n[client]\nserver_addr = 127.0.0.1:1\n")
+    r = run(programs["init_only"], env=env)
+    assert "cuInit: 0 CUDA_SUCCESS" in r.stdout, r.stdout + r.stderr
+    assert f"transport: shm device {oriond.shm}/orionsock1 channel" in transport_line()
+    # the home file turns TCP on and names the server
+    (home / ".orion" / "client.conf").write_text(f"[client]\nenable_net = yes\nserver_addr = 127.0.0.1:{oriond.port}\n")
+    r = run(programs["init_only"], env=env)
+    assert "cuInit: 0 CUDA_SUCCESS" in r.stdout, r.stdout + r.stderr
+    assert f"transport: TCP to 127.0.0.1:{oriond.port}" in transport_line()
+    # the environment over both files
+    r = run(programs["init_only"], env={**env, "ORION_ENABLE_NET": "0", "ORION_SERVER": "127.0.0.1:1"})
+    assert "cuInit: 0 CUDA_SUCCESS" in r.stdout and "transport: shm device" in transport_line(), r.stderr
+    # a base without a device: the reason names where it came from
+    etc.write_text(f"[client-shm]\nshm_path_base = {tmp_path}\n")
+    r = run(programs["init_only"], env={**env, "ORION_ENABLE_NET": "false"})
+    assert f"shm_path_base {tmp_path} (from {etc}) holds no Orion device" in r.stderr, r.stderr
+    # bad values
+    (home / ".orion" / "client.conf").write_text("[client]\nenable_net = maybe\n")
+    r = run(programs["init_only"], env=env)
+    assert f"enable_net = 'maybe' (from {home}/.orion/client.conf): expected true or false" in r.stderr, r.stderr
+    assert "cuInit: 100" in r.stdout, r.stdout
+    r = run(programs["init_only"], env={**env, "ORION_CONNECT_TIMEOUT": "soon"})
+    assert ("connect_timeout = 'soon' (from environment ORION_CONNECT_TIMEOUT): expected a positive number of "
+            "seconds") in r.stderr, r.stderr
+
+
 PTX_FUZZ = r"""
 #include "orion_ptx.h"
 #include <stdio.h>

@@ -25,14 +25,21 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
                                 "(scripts/install-test-deps.sh installs it)")
 PASSWORD = "portal-test-pw"
 
-# one client process: the client runtime's allocation (what libcuda/the Python client do at
-# start), then it stays alive holding the allocation until the test stops it by pid
+# one client process: the allocation a client asks for at cuInit (vGPUs, memory, group, owner and
+# command line, signed with the client key), then it stays alive holding the allocation until the
+# test stops it by pid (no oriond runs here, so the native client would give it back at once)
 HOLD = """
-import logging, sys, time
+import getpass, os, socket, time
 from orion_virt.config import load_client_config
-from orion_virt.client.allocation import obtain
-g = obtain(load_client_config(), logging.getLogger("t"))
-print(g.allocation_id, flush=True)
+from orion_virt.controller import client as ctl
+cfg = load_client_config()
+raw = open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").replace(b"\\0", b" ").decode()
+cmdline = "".join(c if c.isprintable() else "?" for c in raw)  # as the native client reports it
+req = ctl.AllocationRequest(vgpu=cfg.vgpu, gmem_mib=cfg.gmem_mib, ratio=cfg.ratio, group_id=cfg.group_id,
+                            owner=f"{getpass.getuser()}@{socket.gethostname()}", cmdline=cmdline)
+key = cfg.client_key_file
+signer = ctl.load_signer("client", key) if key and os.path.exists(key) else None
+print(ctl.allocate(cfg.controller_addr, req, signer=signer).allocation_id, flush=True)
 time.sleep(300)
 """
 

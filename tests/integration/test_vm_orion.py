@@ -4,9 +4,11 @@ cuda-python programs against ``oriond`` (sim backend) on the host through an ivs
 Host side, all through the product: ``orion-virt install-hook`` (the libvirt qemu hook),
 ``orion-virt attach`` (adds ``<shmem>``, fw_cfg and metadata to the guest's definition), the hook
 formatting ``/dev/shm/orionsock<N>`` as an Orion VM device on ``prepare`` and scrubbing it on
-``release``, and ``oriond --enable-kvm`` serving it. Guest side: only the standard-library client
-(``python3 -m orion_virt.client.run``, the click-less ``orion-run``) from the read-only share at
-/opt/orion, plus numpy for vectorAdd.
+``release``, and ``oriond --enable-kvm`` serving it. Guest side, from the read-only share at
+/opt/orion: the native client (``build/native/libcuda.so.1``) put first by the click-less
+``orion-run`` (``python3 -m orion_virt.client.run``), NVIDIA's cuda-bindings copied from the venv
+(``build/vm-python``; the guest's Debian python3 has the venv's version), Debian's numpy for
+vectorAdd.
 
 libvirtd runs hooks with a scrubbed environment, so the hook is reached through a two-line
 /etc/libvirt/hooks/qemu wrapper that passes ``ORION_SERVER_CONF`` (our temp server.conf) to the
@@ -58,9 +60,8 @@ step() {
   echo "==== $name stderr"
   cat /tmp/$name.err
 }
-# the Python client: the guest image has no cuda-bindings for the native client's Python programs
-# (retiring the Python client installs it there or runs these as C programs)
-RUN="env ORION_CLIENT=python python3 -m orion_virt.client.run python3"
+# cuda-python programs: NVIDIA's cuda-bindings over the native client
+RUN="env PYTHONPATH=/opt/orion:/opt/orion/build/vm-python python3 -m orion_virt.client.run python3"
 """
 
 NULLCALL_PY = r"""
@@ -284,12 +285,18 @@ def _report(what: str, res: GuestResult, steps: dict[str, Step]) -> str:
 
 @pytest.fixture(scope="module")
 def native_programs() -> str:
-    """The native client (make native) and C programs for the guest under build/vm-native (the
-    guest sees the tree at /opt/orion); returns the directory of NVIDIA's libcudart relative to
-    the tree."""
+    """The native client (make native), C programs for the guest under build/vm-native and a copy
+    of the venv's cuda-bindings under build/vm-python (the guest sees the tree at /opt/orion);
+    returns the directory of NVIDIA's libcudart relative to the tree."""
+    import cuda.bindings
+
     from tests.integration.test_native_client import BUILD, SOURCES, cudart_paths
 
     root = Path(__file__).resolve().parents[2]
+    pydir = root / "build" / "vm-python"
+    shutil.rmtree(pydir, ignore_errors=True)
+    shutil.copytree(Path(cuda.bindings.__file__).resolve().parents[1], pydir / "cuda",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     b = subprocess.run(["make", "-C", str(root), "native"], capture_output=True, text=True, timeout=300)
     assert b.returncode == 0, b.stdout + b.stderr
     inc, lib = cudart_paths()
@@ -306,8 +313,8 @@ def native_programs() -> str:
 def test_vm_guest_runs_cuda_programs_over_ivshmem(
         libvirt_conn, guest_image: GuestImage, orion_host: OrionHost,
         start_oriond: Callable[..., Oriond], native_programs: str) -> None:
-    """The Python client and the native client (C driver-API programs and NVIDIA's libcudart)
-    in a real guest, over the ivshmem device."""
+    """The native client under cuda-bindings programs, C driver-API programs and NVIDIA's
+    libcudart in a real guest, over the ivshmem device."""
     oriond = start_oriond(kvm=True)
     name = "orion-test-vgpu"
     index: list[int] = []
@@ -318,7 +325,7 @@ def test_vm_guest_runs_cuda_programs_over_ivshmem(
     steps = parse_steps(res.stdout)
     assert res.exit_code == 0, res.stdout + res.stderr
     _assert_programs_ok(steps)
-    # each of the six programs (three on the Python client, three on the native one) logs its transport
+    # each of the six programs (three cuda-python, three C) logs its transport
     assert len(steps["clientlog"].out.splitlines()) == 6, steps["clientlog"].out
 
     nc = steps["nullcall"]
@@ -343,7 +350,7 @@ def test_vm_guest_runs_cuda_programs_over_ivshmem(
     log = oriond.server_log
     assert f"serving VM device {path}" in log, log
     sessions = re.findall(rf"session (\d+): shared-memory channel {re.escape(str(path))}#\d+", log)
-    assert len(sessions) == 6, log  # three Python programs, three native ones
+    assert len(sessions) == 6, log  # three cuda-python programs, three C ones
     assert oriond.wait_log(rf"{re.escape(str(path))}: device was removed on the host"), oriond.server_log
     for sid in sessions:
         assert re.search(rf"session {sid} ended: bye", oriond.server_log), oriond.server_log
@@ -351,7 +358,7 @@ def test_vm_guest_runs_cuda_programs_over_ivshmem(
 
 def test_two_guests_on_separate_devices(
         libvirt_conn, guest_image: GuestImage, orion_host: OrionHost,
-        start_oriond: Callable[..., Oriond]) -> None:
+        start_oriond: Callable[..., Oriond], native_programs: str) -> None:
     oriond = start_oriond(kvm=True)
     guests = [define_guest(libvirt_conn, f"orion-test-vgpu-{c}", SCRIPT_PAIR, img=guest_image)
               for c in "ab"]
@@ -381,7 +388,7 @@ def test_two_guests_on_separate_devices(
 
 def test_guest_reports_unserved_vm_device(
         libvirt_conn, guest_image: GuestImage, orion_host: OrionHost,
-        start_oriond: Callable[..., Oriond]) -> None:
+        start_oriond: Callable[..., Oriond], native_programs: str) -> None:
     """enable_kvm off: the device exists but is not served; the client falls back to TCP (the
     guest has no network), fails, and prints the seeds' message."""
     oriond = start_oriond(kvm=False)

@@ -118,50 +118,133 @@ def pack(fmt: str, *values: Any) -> bytes:
     return struct.pack(fmt, *values)
 
 
-# -- a Session over a socketpair, driven by the real client module --------------------------------
+# -- a Session of the backend under test, served in this process ----------------------------------
+
+
+NATIVE_LIB = ROOT / "build" / "native"
+
+PRELUDE = r"""
+import ctypes, json, sys, time
+import numpy as np
+from cuda.bindings import driver as cu
+E = cu.CUresult
+MiB = 1 << 20
+A = json.loads(sys.argv[1])
+PTX = open(A["ptx"], "rb").read()
+OUT = {}
+
+def ok(result):
+    err, *values = result
+    assert int(err) == 0, f"CUDA error {err!r}"
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+def status(result):
+    return E(int(result[0]))
+
+def setup_ctx(ordinal=0):
+    ok(cu.cuInit(0))
+    dev = ok(cu.cuDeviceGet(ordinal))
+    return dev, ok(cu.cuCtxCreate(None, 0, dev))
+
+def params_of(*arrays):
+    return np.array([a.ctypes.data for a in arrays], dtype=np.uint64)
+"""
+"""What every program run by :func:`run_native` starts with: cuda-bindings' own driver module
+(over the native client), ``ok``/``status``/``setup_ctx``/``params_of``, the test's values ``A``
+and ``OUT``, which the program fills and the test gets back."""
 
 
 @contextlib.contextmanager
-def remote(backend: Any, vgpus: int = 1, gmem_mib: int = 256, ratio: int = 100,
-           throttle: bool = True) -> Iterator[Any]:
-    """Serve one session of ``backend`` in a thread; yield the client's ``cuda.bindings.driver``
-    stand-in (``orion_virt.client.driver``) connected to it. Calls go through the wire protocol,
-    the session layer's checks and the backend exactly as in oriond (minus the fork)."""
-    from orion_virt.client import driver as cu
-    from orion_virt.client import runtime
-    from orion_virt.client.connection import Connection
+def _served(backend: Any, gmem_mib: int, throttle: bool, accept: Any) -> Iterator[dict[str, str]]:
+    """One Session of ``backend`` in a thread on the stream ``accept()`` returns; ends with BYE."""
     from orion_virt.server.session import Session, open_authorizer
+
+    log = logging.getLogger("orion.test.parity")
+    ended: dict[str, str] = {}
+    streams: list[Any] = []
+
+    def serve() -> None:
+        srv = accept()
+        streams.append(srv)
+        session = Session(srv, backend, open_authorizer(1, gmem_mib, gpus=len(backend.gpus())), 1, log,
+                          throttle=throttle)
+        ended["why"] = session.run()
+
+    t = threading.Thread(target=serve, name="parity-session", daemon=True)
+    t.start()
+    try:
+        yield ended
+    finally:
+        t.join(20)
+        for srv in streams:
+            srv.close()
+    assert not t.is_alive(), "the session thread did not end"
+    assert ended.get("why") == "bye", ended
+
+
+def build_native() -> None:
+    """make native (the client the programs load); quick when it is built."""
+    b = subprocess.run(["make", "-C", str(ROOT), "native"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+
+
+def run_native(backend: Any, program: str, vgpus: int = 1, gmem_mib: int = 256, ratio: int = 100,
+               throttle: bool = True, **values: Any) -> dict[str, Any]:
+    """Run ``PRELUDE + program`` under orion-run (the native client, TCP to a Session of
+    ``backend`` served here) with ``values`` as ``A``; return its ``OUT``. Calls go through
+    cuda-bindings, the native client, the wire protocol, the session layer's checks and the
+    backend exactly as in oriond (minus the fork)."""
+    import json
+
+    from orion_virt.transport.tcp import SocketStream
+
+    build_native()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(60)
+    port = lsock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="orion-parity-") as tmp:
+        script = Path(tmp) / "prog.py"
+        script.write_text(PRELUDE + program + "\nprint('OUT', json.dumps(OUT))\n")
+        env = child_env(ORION_VGPU=str(vgpus), ORION_GMEM=str(gmem_mib), ORION_RATIO=str(ratio),
+                        ORION_SERVER=f"127.0.0.1:{port}", ORION_ENABLE_NET="1", HOME=tmp,
+                        ORION_CLIENT_CONF_ETC=str(Path(tmp) / "no-client.conf"),
+                        ORION_NATIVE_LIB_DIR=str(NATIVE_LIB))
+        env.pop("ORION_CONTROLLER", None)
+        env.pop("ORION_CLIENT", None)
+        try:
+            with _served(backend, gmem_mib, throttle, lambda: SocketStream(lsock.accept()[0], name="parity-server")):
+                r = subprocess.run(py_cli("orion_run") + [sys.executable, str(script),
+                                                         json.dumps({"ptx": str(KERNELS / "test_kernels.ptx"),
+                                                                     **values})],
+                                   env=env, capture_output=True, text=True, timeout=300)
+                assert r.returncode == 0, r.stdout + r.stderr
+        finally:
+            lsock.close()
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("OUT ")]
+    assert line, r.stdout + r.stderr
+    return json.loads(line[-1][4:])
+
+
+@contextlib.contextmanager
+def wire_session(backend: Any, vgpus: int = 1, gmem_mib: int = 256, ratio: int = 100) -> Iterator[Any]:
+    """A Session of ``backend`` over a socketpair and the wire protocol's client end
+    (``client.connection.Connection``) handshaken with it: for frames no driver API sends."""
+    from orion_virt.client.connection import Connection
     from orion_virt.transport.tcp import SocketStream
     from orion_virt.wire import Hello
 
     a, b = socket.socketpair()
-    srv = SocketStream(a, name="parity-server")
     cli = SocketStream(b, name="parity-client")
-    log = logging.getLogger("orion.test.parity")
-    session = Session(srv, backend, open_authorizer(1, gmem_mib, gpus=len(backend.gpus())), 1, log,
-                      throttle=throttle)
-    ended: dict[str, str] = {}
-    t = threading.Thread(target=lambda: ended.setdefault("why", session.run()), name="parity-session",
-                         daemon=True)
-    t.start()
-    conn = Connection(cli, "tcp")
-    conn.handshake(Hello(pid=os.getpid(), vgpu_count=vgpus, gmem_mib=gmem_mib, ratio=ratio,
-                         program="tests/parity"))
-    rt = runtime.reset_runtime()
-    rt.conn = conn
-    saved = (cu._initialized, cu._current_ctx, cu._failed_once)
-    cu._initialized = True
-    cu._functions.clear()
-    try:
-        yield cu
-    finally:
-        runtime.reset_runtime()  # says BYE
-        t.join(20)
-        cu._initialized, cu._current_ctx, cu._failed_once = saved
-        cu._functions.clear()
-        srv.close()
-        assert not t.is_alive(), "the session thread did not end"
-        assert ended.get("why") == "bye", ended
+    with _served(backend, gmem_mib, True, lambda: SocketStream(a, name="parity-server")):
+        conn = Connection(cli, "tcp")
+        conn.handshake(Hello(pid=os.getpid(), vgpu_count=vgpus, gmem_mib=gmem_mib, ratio=ratio,
+                             program="tests/parity"))
+        try:
+            yield conn
+        finally:
+            conn.bye()
 
 
 def ok(result: Any) -> Any:

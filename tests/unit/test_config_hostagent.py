@@ -1,5 +1,7 @@
-"""Address precedence of the Python client: environment > ~/.orion/client.conf >
-/etc/orion/client.conf > the host agent's fw_cfg entry > none (direct mode / default server)."""
+"""Address precedence of the client configuration (``load_client_config``: orion-check, and the
+rule the native client follows, tests/integration/test_native_hostagent_addrs.py): environment >
+~/.orion/client.conf > /etc/orion/client.conf > the host agent's fw_cfg entry > none (direct mode /
+default server)."""
 
 from __future__ import annotations
 
@@ -76,33 +78,15 @@ def test_unreadable_entry_is_a_note(env: dict[str, str], tmp_path: Path) -> None
     assert len(cfg.notes) == 1 and str(d) in cfg.notes[0] and "cannot read" in cfg.notes[0]
 
 
-def test_the_client_key_from_fwcfg_signs_when_no_key_file_is_there(env: dict[str, str], tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """What `orion-virt attach --client-key` gives a guest: allocations signed with it, unless a
-    key file is there (it wins); a malformed key is named and not used."""
-    from orion_virt.client.allocation import signer
-    from orion_virt.controller import auth
+def test_the_client_key_in_the_fwcfg_entry_is_read_and_a_malformed_one_named(env: dict[str, str]) -> None:
+    """What `orion-virt attach --client-key` gives a guest (the native client signs its allocations
+    with it: tests/integration/test_native_controller.py); a malformed key is named and not used."""
+    from orion_virt.hostagent_addrs import read_fwcfg
 
     key = bytes(range(32))
     fw = Path(env["ORION_FWCFG_PATH"])
     fw.write_text(fw.read_text() + f"\nclient_key={key.hex()}")
-    env["ORION_CLIENT_KEY_FILE"] = str(tmp_path / "no-such.key")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    s = signer(load_client_config(env))
-    assert s is not None and s.key == key and s.role == "client"
-    import time
-
-    hdr = s.header("POST", "/api/v1/allocations", b"{}")
-    assert auth.verify({"client": key}, hdr, "POST", "/api/v1/allocations", b"{}", time.time(),
-                       auth.ReplayCache()) == "client"
-    own = tmp_path / "client.key"
-    own.write_text("ab" * 32 + "\n")
-    env["ORION_CLIENT_KEY_FILE"] = str(own)
-    monkeypatch.setenv("ORION_CLIENT_KEY_FILE", str(own))
-    s2 = signer(load_client_config(env))
-    assert s2 is not None and s2.key == bytes.fromhex("ab" * 32)
-    from orion_virt.hostagent_addrs import read_fwcfg
+    assert read_fwcfg(env, lambda v: v).client_key == key
 
     fw.write_text("client_key=xyz")
     got = read_fwcfg(env, lambda v: v)

@@ -3,7 +3,6 @@ whatever the umask, and a file left wider by an older release is tightened at th
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orion_virt import fileperm
-from orion_virt.config import ClientConfig, ServerConfig
+from orion_virt.config import ServerConfig
 from orion_virt.controller.store import SqliteStore
 from orion_virt.controller.token import load_key
 
@@ -66,15 +65,3 @@ def test_token_key_0600(tmp_path):
     p = tmp_path / "etc" / "token.key"
     load_key(p, create=True)
     assert mode(p) == 0o600
-
-
-def test_client_log(tmp_path):
-    from orion_virt.client.runtime import Runtime
-
-    rt = Runtime(ClientConfig(log_dir=str(tmp_path / "clog")))
-    rt._setup_log()
-    files = list((tmp_path / "clog").iterdir())
-    assert files and all(mode(f) == 0o640 for f in files)
-    assert mode(tmp_path / "clog") == 0o750
-    for h in logging.getLogger(rt.log.name).handlers:
-        h.close()

@@ -58,15 +58,21 @@ def test_the_native_client_is_the_default(native_lib: Path, value: str | None) -
         env["ORION_CLIENT"] = value
     got = run.child_env(env)
     assert got["LD_LIBRARY_PATH"] == str(native_lib)
-    assert got["PYTHONPATH"] == "/keep" and "ORION_RUN" not in got  # the Python alias is not activated
+    assert got["PYTHONPATH"] == "/keep"
 
 
-def test_orion_client_python_still_activates_the_python_client(native_lib: Path) -> None:
-    env = run.child_env({"ORION_CLIENT": "python", "ORION_NATIVE_LIB_DIR": str(native_lib),
-                         "PYTHONPATH": "/keep", "LD_LIBRARY_PATH": "/opt/x"})
-    assert env["ORION_RUN"] == "1" and env["LD_LIBRARY_PATH"] == "/opt/x"
-    parts = env["PYTHONPATH"].split(os.pathsep)
-    assert parts[0].endswith(os.path.join("orion_virt", "client", "boot")) and parts[-1] == "/keep"
+@pytest.mark.parametrize("value", ["python", "Python", "gpu"])
+def test_another_client_is_refused_as_retired(execs, native_lib: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, value: str) -> None:
+    monkeypatch.setenv("ORION_CLIENT", value)
+    with pytest.raises(run.RunError, match=f"ORION_CLIENT='{value}': the Python client was retired; .*"
+                                           "programs .* run unmodified over it: unset ORION_CLIENT"):
+        run.child_env(os.environ)
+    assert run.main(["true"]) == 2 and not execs  # COMMAND is not started
+    err = capsys.readouterr().err
+    assert err.startswith(f"orion-run: ORION_CLIENT='{value}': the Python client was retired") and "native" in err
+    r = CliRunner().invoke(cli.main, ["true"])
+    assert r.exit_code == 2 and not execs and "the Python client was retired" in r.output
 
 
 def test_both_front_ends_report_a_missing_program_alike(monkeypatch, capsys, native_lib: Path) -> None:
@@ -82,7 +88,7 @@ def test_native_client_goes_first_on_ld_library_path(tmp_path: Path) -> None:
     env = run.child_env({"ORION_CLIENT": "native", "ORION_NATIVE_LIB_DIR": str(tmp_path),
                          "LD_LIBRARY_PATH": "/opt/x:/usr/lib", "PYTHONPATH": "/keep"})
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [str(tmp_path), "/opt/x", "/usr/lib"]
-    assert env["PYTHONPATH"] == "/keep" and "ORION_RUN" not in env  # no Python alias with it
+    assert env["PYTHONPATH"] == "/keep"
 
 
 def test_a_native_client_that_is_not_there_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -90,16 +96,14 @@ def test_a_native_client_that_is_not_there_is_named(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(run, "native_lib_dir", lambda env: None)
     for env in ({"ORION_CLIENT": "native"}, {}):  # asked for, or the default
         with pytest.raises(run.RunError, match="neither installed .install-client. nor built .make native.; "
-                                               "set ORION_NATIVE_LIB_DIR .*, or ORION_CLIENT=python"):
+                                               "set ORION_NATIVE_LIB_DIR to its directory$"):
             run.child_env(env)
     monkeypatch.delenv("ORION_CLIENT", raising=False)
     assert run.main(["true"]) == 2  # COMMAND is not started without it (no host driver behind its back)
     assert "orion-run: the native client (libcuda.so.1" in capsys.readouterr().err
-    with pytest.raises(run.RunError, match="ORION_CLIENT='gpu': expected native or python"):
-        run.child_env({"ORION_CLIENT": "gpu"})
 
 
-def test_orion_run_says_why_it_cannot_start(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setenv("ORION_CLIENT", "gpu")
-    assert run.main(["true"]) == 2
-    assert "orion-run: ORION_CLIENT='gpu'" in capsys.readouterr().err
+def test_help_names_the_one_client() -> None:
+    r = CliRunner().invoke(cli.main, ["--help"])
+    assert r.exit_code == 0 and "The native client is the only one" in r.output
+    assert "the Python client was retired" in " ".join(r.output.split())

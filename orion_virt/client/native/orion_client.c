@@ -1,7 +1,7 @@
 /* The native client's runtime: one session with oriond per process, over a shared-memory device
  * channel (orion_shm.c) or TCP.
  *
- * Environment (as the Python client reads it): ORION_ENABLE_NET, ORION_SHM_PATH_BASE,
+ * Environment over client.conf (as orion_virt/config.py resolves them): ORION_ENABLE_NET, ORION_SHM_PATH_BASE,
  * ORION_SHM_DEVICE, ORION_SERVER=HOST:PORT, ORION_VGPU (required), ORION_GMEM (MiB), ORION_RATIO
  * (%), ORION_CONNECT_TIMEOUT (s, default 5); with ORION_CONTROLLER (or client.conf's
  * controller_addr) the controller grants the vGPUs, the server and the token (orion_ctl.c).
@@ -809,21 +809,33 @@ static CUresult open_session(void)
         say("ERROR", "ORION_RATIO=%s: expected a percentage from 1 to 100", getenv("ORION_RATIO"));
         return CUDA_ERROR_NO_DEVICE;
     }
-    const char *t = getenv("ORION_CONNECT_TIMEOUT");
-    if (t && *t) {
+    char val[1024], origin[600];
+    if (orion_conf_setting("ORION_CONNECT_TIMEOUT", "client", "connect_timeout", val, sizeof val, origin,
+                           sizeof origin)) {
         char *end;
-        double x = strtod(t, &end);
+        double x = strtod(val, &end);
         if (*end || !(x > 0)) {
-            say("ERROR", "ORION_CONNECT_TIMEOUT=%s: expected a positive number of seconds", t);
+            say("ERROR", "connect_timeout = '%s' (from %s): expected a positive number of seconds", val, origin);
             return CUDA_ERROR_NO_DEVICE;
         }
         timeout = x;
     }
-    const char *net = getenv("ORION_ENABLE_NET");
-    int enable_net = net && (!strcmp(net, "1") || !strcasecmp(net, "true") || !strcasecmp(net, "yes") ||
-                             !strcasecmp(net, "on"));
-    const char *addr = getenv("ORION_SERVER");
-    if (!addr || !*addr) addr = "127.0.0.1:9960";
+    int enable_net = 0;
+    if (orion_conf_setting("ORION_ENABLE_NET", "client", "enable_net", val, sizeof val, origin, sizeof origin) &&
+        (enable_net = orion_conf_bool(val)) < 0) {
+        say("ERROR", "enable_net = '%s' (from %s): expected true or false", val, origin);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    static char server[300];
+    snprintf(server, sizeof server, "127.0.0.1:9960");
+    if (orion_conf_setting("ORION_SERVER", "client", "server_addr", val, sizeof val, origin, sizeof origin)) {
+        if (strlen(val) >= sizeof server || !strrchr(val, ':')) {
+            say("ERROR", "server_addr = '%.200s' (from %s): expected HOST:PORT", val, origin);
+            return CUDA_ERROR_NO_DEVICE;
+        }
+        snprintf(server, sizeof server, "%s", val);
+    }
+    const char *addr = server;
 
     if (orion_log_on_screen("INFO")) {
         fprintf(stderr, "%s\n", ORION_BANNER);

@@ -80,6 +80,42 @@ int orion_conf_paths(char paths[2][600])
     return paths[1][0] ? 2 : 1;
 }
 
+int orion_conf_setting(const char *env, const char *section, const char *key, char *out, size_t cap,
+                       char *origin, size_t ocap)
+{
+    const char *v = env ? getenv(env) : NULL;
+    if (v) {
+        char tmp[1024];
+        snprintf(tmp, sizeof tmp, "%s", v);
+        char *t = orion_conf_trim(tmp);
+        if (*t) {
+            snprintf(out, cap, "%s", t);
+            snprintf(origin, ocap, "environment %s", env);
+            return 1;
+        }
+    }
+    char paths[2][600];
+    int n = orion_conf_paths(paths), found = 0;
+    for (int i = 0; i < n; i++) {
+        char raw[1024];
+        if (!paths[i][0] || !orion_conf_lookup(paths[i], section, key, raw, sizeof raw)) continue;
+        snprintf(out, cap, "%s", orion_conf_trim(raw));
+        snprintf(origin, ocap, "%s", paths[i]);
+        found = 1;
+    }
+    return found;
+}
+
+int orion_conf_bool(const char *text)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (!strcasecmp(text, yes[i])) return 1;
+        if (!strcasecmp(text, no[i])) return 0;
+    }
+    return -1;
+}
+
 int orion_parse_mib(const char *text, long *out)
 {
     char buf[64];

@@ -12,6 +12,14 @@ int orion_conf_lookup(const char *path, const char *section, const char *key, ch
 /* The client.conf files in the order they apply, later over earlier: /etc/orion/client.conf
  * (ORION_CLIENT_CONF_ETC) and ~/.orion/client.conf; returns how many were named. */
 int orion_conf_paths(char paths[2][600]);
+/* A client setting as orion_virt/config.py resolves it: the environment variable `env` (set and
+ * not blank) over `key` in `[section]` of the client.conf files (the later file wins), trimmed.
+ * 1 found: out, and origin "environment NAME" or the file's path; 0 not set anywhere. */
+int orion_conf_setting(const char *env, const char *section, const char *key, char *out, size_t cap,
+                       char *origin, size_t ocap);
+/* true/false as config.py's parse_bool takes them (1/0, true/false, yes/no, on/off, any case):
+ * 1 or 0; -1 for anything else. */
+int orion_conf_bool(const char *text);
 
 /* A size in MiB as ORION_GMEM takes it: 4096, 4096M, 4096MiB, 4G, 4GiB (case-insensitive).
  * 0 with *out set; -1 for anything else (zero, negative, over 2^32-1 MiB). */

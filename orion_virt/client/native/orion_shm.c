@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "orion_shm.h"
+#include "orion_conf.h"
 
 #include "orion_copy.h"
 #include "orion_doorbell.h"
@@ -719,21 +720,21 @@ int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char 
             snprintf(name, nl, "ivshmem %s#%u", (*out)->path, (*out)->index);
         return 0;
     }
-    const char *one = getenv("ORION_SHM_DEVICE");
-    if (one && *one) {
+    char one[1024], base[1000], origin[600];
+    if (orion_conf_setting("ORION_SHM_DEVICE", "client-shm", "shm_device", one, sizeof one, origin, sizeof origin)) {
         if (try_device(one, NULL, NULL, timeout, out, why, wl) == 0) goto found;
         return vm == -5 ? -5 : -1;
     }
-    const char *base = getenv("ORION_SHM_PATH_BASE");
-    int configured = base && *base;
-    if (!configured) base = "/dev/shm";
+    int configured = orion_conf_setting("ORION_SHM_PATH_BASE", "client-shm", "shm_path_base", base, sizeof base,
+                                        origin, sizeof origin);
+    if (!configured) snprintf(base, sizeof base, "/dev/shm");
     struct dirent **list = NULL;
     int n = scandir(base, &list, is_device_name, by_number);
     if (n <= 0) {
         if (configured)
-            append(why, wl, "shm_path_base %s (from environment ORION_SHM_PATH_BASE) holds no Orion device: create "
+            append(why, wl, "shm_path_base %s (from %s) holds no Orion device: create "
                    "one on the host with `orion-shm -i N` and mount it into the container at the same path "
-                   "(docker run -v %s/orionsockN:%s/orionsockN:rw)", base, base, base);
+                   "(docker run -v %s/orionsockN:%s/orionsockN:rw)", base, origin, base, base);
         else
             append(why, wl, "no shared-memory device under %s", base);
         free(list);
@@ -741,7 +742,7 @@ int orion_shm_open(double timeout, orion_shm **out, char *name, size_t nl, char 
     }
     int got = -1;
     for (int i = 0; i < n; i++) {
-        char path[1024];
+        char path[1300];
         snprintf(path, sizeof path, "%s/%s", base, list[i]->d_name);
         if (got) got = try_device(path, NULL, NULL, timeout, out, why, wl);
         free(list[i]);

@@ -33,6 +33,11 @@ def test_bad_transport_is_refused() -> None:
     assert r.exit_code == 2 and "udp" in r.output
 
 
+def test_the_python_client_is_refused_as_retired() -> None:
+    r = CliRunner().invoke(orion_bench.main, ["--client", "python"])
+    assert r.exit_code == 2 and "the Python client was retired" in r.output
+
+
 @pytest.mark.timeout(60)
 def test_smoke_run_writes_table_json_and_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_run.Settings, "quick", classmethod(lambda cls, **kw: cls.smoke(**kw)))

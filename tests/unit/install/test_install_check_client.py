@@ -94,11 +94,20 @@ def test_runtime_client_bad_config_names_file_and_key(tmp_path: Path) -> None:
     assert rc == 1 and "unknown key 'controler_addr'" in text
 
 
-def test_runtime_client_sees_an_installation(tmp_path: Path) -> None:
+def test_runtime_client_sees_an_installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = _env(tmp_path)
+    monkeypatch.setattr(core, "native_library", lambda name="libcuda.so.1": None)
+    core.install(root=env["ORION_CHECK_ROOT"], python=sys.executable, out=lambda s: None)
+    rc, text = _run(check.runtime_client, env)
+    assert "Orion client is installed in /usr/lib/orion" in text
+    assert ("[Error] the native client /usr/lib/orion/lib/libcuda.so.1 is missing: build it (make native) "
+            "and reinstall: install-client -d /usr/lib/orion") in text and rc == 1
+    monkeypatch.setattr(core, "native_library", lambda name="libcuda.so.1": b"\x7fELF " + name.encode())
     core.install(root=env["ORION_CHECK_ROOT"], python=sys.executable, out=lambda s: None)
     _, text = _run(check.runtime_client, env)
-    assert "Orion client is installed in /usr/lib/orion" in text
+    assert "is missing" not in text
+    assert ("[Info] the system's libcuda.so.1 is not the native client: run programs with orion-run, which "
+            "puts /usr/lib/orion/lib/libcuda.so.1 first") in text  # a --root tree: ldconfig is not asked
 
 
 def test_install_client_check(tmp_path: Path) -> None:

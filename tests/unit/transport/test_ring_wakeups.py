@@ -125,9 +125,9 @@ def test_a_doorbell_vm_device_sleeps_on_eventfds_and_loses_no_wakeup(tmp_path: P
         dev.close()
 
 
-def test_a_python_client_clears_a_previous_clients_doorbell_peer(tmp_path: Path) -> None:
+def test_a_client_that_never_rings_clears_a_previous_clients_doorbell_peer(tmp_path: Path) -> None:
     """The worker sleeps on the doorbell only for a client that said it rings (slot 72): a
-    claim by the Python client, which never rings, must not inherit a native client's value."""
+    claim by a client that never rings (``claim_channel``) must not inherit a native client's value."""
     import threading
 
     from orion_virt.transport.shmdev import (
