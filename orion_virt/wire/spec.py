@@ -8,10 +8,11 @@ C type, direction and role. Everything else is derived from this table and nothi
   buffers, in C order, plus a ``u32 <name>_len`` for an input buffer whose length no argument
   gives, then that buffer as the blob; a reply carries the ``out`` arguments' values, plus a
   ``u64 <name>_len`` for an output buffer, then that buffer;
-* the client marshalling (``tools/gen_wire.py`` writes it into ``client/driver.py``; the C
-  client of the native library is generated from the same table);
+* the native client's marshalling and exports (``tools/gen_native.py`` writes them into
+  ``client/native/calls_gen.c``);
 * the server dispatch and its ownership checks (``server/dispatch_gen.py``, from the roles);
-* the cross-node router's tables (``client/multinode.py`` reads the roles at import);
+* the cross-node router's tables (``wire/routes.py``, generated into the native client as byte
+  offsets);
 * the call table of ``docs/protocol.md``.
 
 Adding a driver function is one entry here plus, on the server, its execution.
@@ -98,9 +99,6 @@ class Fn:
     route: str = ""
     """Cross-node: "" the server of the device, handle or current context; "all:sum",
     "all:min", "all:or", "all:first" every server, merging the first reply value so."""
-    client: str = "gen"
-    """"gen": the Python binding is generated; "custom": written by hand in client/driver.py;
-    "native": sent by the native client only (what it does with memory the Python client has not)."""
     doc: str = ""
 
 
@@ -145,22 +143,21 @@ def _stream(name: str = "hStream") -> Arg:
 
 
 CALLS: tuple[Fn, ...] = (
-    Fn("cuInit", 1, (_a("Flags", _u, Role.FLAGS),), route="all:first", client="custom"),
-    Fn("cuDriverGetVersion", 2, (_out("driverVersion", _i),), route="all:min", client="custom"),
+    Fn("cuInit", 1, (_a("Flags", _u, Role.FLAGS),), route="all:first"),
+    Fn("cuDriverGetVersion", 2, (_out("driverVersion", _i),), route="all:min"),
     Fn("cuDeviceGetCount", 3, (_out("count", _i),), route="all:sum"),
     Fn("cuDeviceGet", 4, (_out("device", "CUdevice", Role.DEVICE), _a("ordinal", _i, Role.DEVICE))),
     Fn("cuDeviceGetName", 5, (Arg("name", "char *", Dir.OUT, Role.HOST_OUT, length="len"),
-                              _a("len", _i), _dev()), client="custom"),
+                              _a("len", _i), _dev())),
     Fn("cuDeviceTotalMem", 6, (_out("bytes", _sz), _dev()), spellings=("cuDeviceTotalMem_v2",)),
     Fn("cuDeviceGetAttribute", 7, (_out("pi", _i), _a("attrib", "CUdevice_attribute"), _dev())),
-    Fn("cuDeviceGetUuid", 8, (_out("uuid", "CUuuid"), _dev()), spellings=("cuDeviceGetUuid_v2",),
-       client="custom"),
+    Fn("cuDeviceGetUuid", 8, (_out("uuid", "CUuuid"), _dev()), spellings=("cuDeviceGetUuid_v2",)),
     Fn("cuDevicePrimaryCtxRetain", 9, (_h("pctx", "context", Op.CREATE), _dev())),
     Fn("cuDevicePrimaryCtxRelease", 10, (_dev(),), spellings=("cuDevicePrimaryCtxRelease_v2",)),
     Fn("cuCtxCreate", 11, (_h("pctx", "context", Op.CREATE), _a("flags", _u, Role.FLAGS), _dev()),
-       spellings=("cuCtxCreate_v2",), client="custom"),
-    Fn("cuCtxDestroy", 12, (_h("ctx", "context", Op.DESTROY),), spellings=("cuCtxDestroy_v2",), client="custom"),
-    Fn("cuCtxSetCurrent", 13, (_h("ctx", "context", null_ok=True),), no_reply=True, client="custom"),
+       spellings=("cuCtxCreate_v2",)),
+    Fn("cuCtxDestroy", 12, (_h("ctx", "context", Op.DESTROY),), spellings=("cuCtxDestroy_v2",)),
+    Fn("cuCtxSetCurrent", 13, (_h("ctx", "context", null_ok=True),), no_reply=True),
     Fn("cuCtxSynchronize", 15, (), sync=True),
     Fn("cuMemAlloc", 16, (_out("dptr", "CUdeviceptr", Role.DPTR), _a("bytesize", _sz)), spellings=("cuMemAlloc_v2",)),
     Fn("cuMemFree", 17, (_a("dptr", "CUdeviceptr", Role.DPTR_FREE),), spellings=("cuMemFree_v2",), no_reply=True),
@@ -206,18 +203,18 @@ CALLS: tuple[Fn, ...] = (
     Fn("cuEventQuery", 38, (_h("hEvent", "event"),)),
     Fn("cuModuleLoadData", 39, (_h("module", "module", Op.CREATE),
                                 _a("image", "const void *", Role.HOST_IN, limit=MAX_IMAGE)),
-       client="custom", doc="the client finds the image's length (ELF, fatbin, PTX text)"),
+       doc="the client finds the image's length (ELF, fatbin, PTX text)"),
     Fn("cuModuleGetFunction", 40, (_h("hfunc", "function", Op.CREATE), _h("hmod", "module"),
                                    _a("name", "const char *", Role.HOST_IN, limit=MAX_NAME),
                                    Arg("params", "", Dir.OUT, Role.HOST_OUT, wire_only=True)),
-       client="custom", doc="the reply blob is the kernel's parameter layout: u32 offset, u32 size each"),
+       doc="the reply blob is the kernel's parameter layout: u32 offset, u32 size each"),
     Fn("cuModuleUnload", 41, (_h("hmod", "module", Op.DESTROY),), no_reply=True),
     Fn("cuLaunchKernel", 42, (_h("f", "function"), _a("gridDimX", _u), _a("gridDimY", _u), _a("gridDimZ", _u),
                               _a("blockDimX", _u), _a("blockDimY", _u), _a("blockDimZ", _u),
                               _a("sharedMemBytes", _u), _stream(),
                               _a("kernelParams", "void **", Role.HOST_IN, limit=MAX_PARAMS),
                               _a("extra", "void **", Role.NULL)),
-       spellings=("cuLaunchKernel_ptsz",), no_reply=True, client="custom",
+       spellings=("cuLaunchKernel_ptsz",), no_reply=True,
        doc="the blob is the packed parameter buffer, laid out as cuModuleGetFunction said"),
     Fn("cuStreamCreateWithPriority", 43, (_h("phStream", "stream", Op.CREATE), _a("flags", _u, Role.FLAGS),
                                           _a("priority", _i))),
@@ -235,7 +232,7 @@ CALLS: tuple[Fn, ...] = (
     Fn("cuCtxSetLimit", 51, (_a("limit", "CUlimit"), _a("value", _sz))),
     Fn("cuModuleGetGlobal", 52, (_out("dptr", "CUdeviceptr"), _out("bytes", _sz), _h("hmod", "module"),
                                  _a("name", "const char *", Role.HOST_IN, limit=MAX_NAME)),
-       spellings=("cuModuleGetGlobal_v2",), client="custom",
+       spellings=("cuModuleGetGlobal_v2",),
        doc="the global becomes addressable by copies; it is not freeable"),
     Fn("cuPointerGetAttribute", 53, (_out("data", "unsigned long long"), _a("attribute", "CUpointer_attribute"),
                                      _a("ptr", "CUdeviceptr")),
@@ -245,7 +242,7 @@ CALLS: tuple[Fn, ...] = (
         *(_a(n, _u, wire_only=True) for n in ("gridDimX", "gridDimY", "gridDimZ", "blockDimX", "blockDimY",
                                                "blockDimZ", "sharedMemBytes", "clusterDimX", "clusterDimY",
                                                "clusterDimZ"))),
-       client="custom", doc="the launch configuration flattened; cluster dimensions 0: the kernel's own"),
+       doc="the launch configuration flattened; cluster dimensions 0: the kernel's own"),
     Fn("cuStreamBeginCapture_v2", 55, (_h("hStream", "stream"), _a("mode", "CUstreamCaptureMode")),
        spellings=("cuStreamBeginCapture_v2_ptsz",),
        doc="oriond records the stream's work until cuStreamEndCapture"),
@@ -260,32 +257,32 @@ CALLS: tuple[Fn, ...] = (
        no_reply=True),
     Fn("cuGraphExecDestroy", 60, (_h("hGraphExec", "graph_exec", Op.DESTROY),), no_reply=True),
     Fn("cuGraphDestroy", 61, (_h("hGraph", "graph", Op.DESTROY),), no_reply=True),
-    Fn("cuGraphGetNodeCount", 62, (_h("hGraph", "graph"), _out("numNodes", _sz)), client="custom",
+    Fn("cuGraphGetNodeCount", 62, (_h("hGraph", "graph"), _out("numNodes", _sz)),
        doc="cuGraphGetNodes with nodes NULL: the client's cuGraphGetNodes"),
-    Fn("orionHostShare", 63, (_a("fd", _i), _a("addr", "cuuint64_t"), _a("bytesize", _sz)), client="native",
+    Fn("orionHostShare", 63, (_a("fd", _i), _a("addr", "cuuint64_t"), _a("bytesize", _sz)),
        doc="page-locked host memory of the client (a sealed memfd, descriptor fd of the process holding the "
            "channel) mapped by oriond and registered with the GPU: copies from or to it are one DMA. "
            "Shared-memory channels of the host and of containers only"),
-    Fn("orionHostUnshare", 64, (_a("addr", "cuuint64_t"),), client="native",
+    Fn("orionHostUnshare", 64, (_a("addr", "cuuint64_t"),),
        doc="after the context's work is done, oriond unmaps the block that orionHostShare mapped at addr"),
     Fn("orionMemcpyHtoDShared", 65, (_dptr("dstDevice", "ByteCount"), _shared("srcHost", "ByteCount"),
-                                     _a("ByteCount", _sz)), sync=True, client="native",
+                                     _a("ByteCount", _sz)), sync=True,
        doc="cuMemcpyHtoD from shared host memory: no blob"),
     Fn("orionMemcpyDtoHShared", 66, (_shared("dstHost", "ByteCount"), _dptr("srcDevice", "ByteCount"),
-                                     _a("ByteCount", _sz)), sync=True, client="native",
+                                     _a("ByteCount", _sz)), sync=True,
        doc="cuMemcpyDtoH into shared host memory: no blob"),
     Fn("orionMemcpyHtoDSharedAsync", 67, (_dptr("dstDevice", "ByteCount"), _shared("srcHost", "ByteCount"),
-                                          _a("ByteCount", _sz), _stream()), no_reply=True, client="native",
+                                          _a("ByteCount", _sz), _stream()), no_reply=True,
        doc="cuMemcpyHtoDAsync from shared host memory"),
     Fn("orionMemcpyDtoHSharedAsync", 68, (_shared("dstHost", "ByteCount"), _dptr("srcDevice", "ByteCount"),
-                                          _a("ByteCount", _sz), _stream()), no_reply=True, client="native",
+                                          _a("ByteCount", _sz), _stream()), no_reply=True,
        doc="cuMemcpyDtoHAsync into shared host memory: sent without waiting, done when the stream is"),
-    Fn("orionHostDevicePointer", 69, (_out("pdptr", "CUdeviceptr"), _a("p", "cuuint64_t")), client="native",
+    Fn("orionHostDevicePointer", 69, (_out("pdptr", "CUdeviceptr"), _a("p", "cuuint64_t")),
        doc="cuMemHostGetDevicePointer of shared host memory: the device's address of the client's p (p "
            "itself when oriond mapped the block at the client's address, as UVA has it)"),
     Fn("orionModuleFunctionNames", 70, (_h("hmod", "module"), _out("count", _u),
                                         Arg("names", "char *", Dir.OUT, Role.HOST_OUT, length="len"),
-                                        _a("len", _u)), client="native",
+                                        _a("len", _u)),
        doc="the names of a module's kernels (cuModuleEnumerateFunctions, cuFuncGetName), each "
            "NUL-terminated, count of them: the kernels the tools' module table {6e163fbe} slot 7 hands out"),
     Fn("cuDeviceCanAccessPeer", 71, (_out("canAccessPeer", _i), _dev("dev"), _dev("peerDev")),
@@ -300,7 +297,7 @@ CALLS: tuple[Fn, ...] = (
                                  _a("ByteCount", _sz), _stream()),
        spellings=("cuMemcpyPeerAsync_ptsz",), no_reply=True),
     Fn("orionPointerKinds", 76, (_out("kinds", _u), _a("dst", "cuuint64_t"), _a("src", "cuuint64_t"),
-                                 _a("ByteCount", _sz)), client="native", route="all:or",
+                                 _a("ByteCount", _sz)), route="all:or",
        doc="for the unified cuMemcpy/cuMemcpyAsync: bit 0 set when [dst, dst+ByteCount) is device "
            "memory of this session, bit 1 for src; a range that starts in an allocation and leaves it is "
            "CUDA_ERROR_INVALID_VALUE"),
@@ -312,7 +309,7 @@ CALLS: tuple[Fn, ...] = (
                                    _a("priority", _i),
                                    _a("kernelParams", "void **", Role.HOST_IN, limit=MAX_PARAMS),
                                    _a("extra", "void **", Role.NULL)),
-       no_reply=True, client="native",
+       no_reply=True,
        doc="cuLaunchKernelEx and cuLaunchCooperativeKernel with the launch attributes oriond passes on: "
            "cluster dimensions (0: none) and scheduling policy, cooperative, programmatic stream "
            "serialisation, priority; the blob as cuLaunchKernel's"),

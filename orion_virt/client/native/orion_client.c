@@ -379,7 +379,7 @@ static CUresult link_call(orion_msg *m)
 }
 
 /* ---- cross-node routing ----------------------------------------------------------------------
- * As orion_virt/client/multinode.py does for the Python client, from the same routes of the call
+ * From the routes of the call
  * spec (orion_routes, generated from orion_virt/wire/routes.py): device ordinals are global (the
  * allocation's vGPUs in order), each mapped to (link, local ordinal); a call naming a device goes
  * to that device's server, one naming a handle to the server that issued it (other handles of
@@ -648,7 +648,7 @@ static int tcp_open(const char *addr, double timeout, const char *shm_note)
  * CUDA_SUCCESS, or cuInit's status with the reason in why (empty: already said). *over_shm: the
  * handshake went over a shared-memory channel. `because`: why TCP, when the caller knows better
  * than the device search (a retry after a device's oriond refused the grant); else NULL.
- * As the Python client (runtime._open): the client log's "transport: TCP to ADDR because WHY"; on
+ * The client log's "transport: TCP to ADDR because WHY"; on
  * the screen, once the session is open, "using TCP: WHY" unless nothing was there to try under
  * the default shm_path_base (a remote client: no noise); a connect error names the devices' reasons. */
 static CUresult hello_session(int enable_net, const char *addr, double timeout, long vgpu, long gmem, long ratio,
@@ -774,7 +774,7 @@ static CUresult hello_session(int enable_net, const char *addr, double timeout, 
     free(text);
     char line[2900];
     const char *sp = strchr(lk->name, ' '), *hash = strrchr(lk->name, '#');
-    if (lk->shm && sp && hash && hash > sp)  /* "shm PATH#N" -> "shm device PATH channel N", as the Python client */
+    if (lk->shm && sp && hash && hash > sp)  /* "shm PATH#N" -> "shm device PATH channel N" */
         snprintf(line, sizeof line, "transport: %.*s device %.*s channel %s", (int)(sp - lk->name), lk->name,
                  (int)(hash - sp - 1), sp + 1, hash + 1);
     else if (lk->shm)
@@ -833,7 +833,7 @@ static CUresult open_session(void)
             say("ERROR", "server_addr = '%.200s' (from %s): expected HOST:PORT", val, origin);
             return CUDA_ERROR_NO_DEVICE;
         }
-        snprintf(server, sizeof server, "%s", val);
+        memcpy(server, val, strlen(val) + 1);
     }
     const char *addr = server;
 
@@ -870,8 +870,7 @@ static CUresult open_session(void)
         nlinks = p + 1;
         st = hello_session(enable_net, paddr, timeout, pv, pm, ratio, token, NULL, why, sizeof why, &over_shm);
         if (st != CUDA_SUCCESS && g && over_shm) {
-            /* the device's oriond is not the allocated node (it refused the token): TCP to that node,
-             * as the Python client retries */
+            /* the device's oriond is not the allocated node (it refused the token): TCP to that node */
             char first[2200], line[3000];
             snprintf(first, sizeof first, "%s", why);
             snprintf(line, sizeof line, "handshake over %s failed: %s", lk->name, first);

@@ -1,4 +1,4 @@
-/* client.conf: the INI files the Python client's config (orion_virt/config.py) reads, read the
+/* client.conf: the INI files orion_virt/config.py reads for orion-check and the tools, read the
  * same way for the native client (orion_ctl.c for [controller]/[client], orion_log.c for
  * [client-log]). */
 #define _GNU_SOURCE

@@ -1,12 +1,12 @@
 /* The controller path of the native client: allocation at cuInit, lease renewal, release at exit.
  *
- * The same exchanges and messages as the Python client (orion_virt/client/allocation.py,
- * orion_virt/controller/client.py; API in docs/controller-api.md):
+ * The controller's HTTP API (docs/controller-api.md; orion_virt/controller/client.py is the
+ * Python side the tools use):
  *   GET /version                              the seeds' two lines when it cannot be reached
  *   POST /api/v1/allocations                  {"vgpu", "gmem_mib", "ratio", "cross_node", "group_id", "owner", "cmdline"}
  *   POST /api/v1/allocations/<id>/renew       every lease/3; the new token goes to oriond (RENEW)
  *   DELETE /api/v1/allocations/<id>           at exit, and on SIGTERM/SIGINT
- * What the Python client writes only to its log file goes to ORION_LOG_LEVEL=DEBUG here (the
+ * The version, the placement, renewals and releases go to ORION_LOG_LEVEL=DEBUG here (the
  * renewal's lines also to the log file, at its levels); what it says on the screen is said here
  * with the same words.
  *
@@ -200,7 +200,7 @@ static char ctl_addr[300];          /* as configured: the messages name it so */
 static char ctl_origin[1200];        /* "environment ORION_CONTROLLER", or the client.conf that set it */
 static char ctl_host[256];          /* to connect to (scheme, brackets and a final '/' removed) */
 static char ctl_port[8];
-static char ctl_hostport[300];      /* "host:port" as the Python client's messages print it */
+static char ctl_hostport[300];      /* "host:port" as the messages print it */
 static char ctl_hosthdr[300];       /* the Host header: "[v6]:port" */
 static char cfg_server[300];        /* ORION_SERVER / [client] server_addr: this client's view of the server */
 static double ctl_timeout = 5.0;
@@ -236,7 +236,7 @@ static void sanitize(char *s)
 }
 
 
-/* HOST:PORT as the Python client's config accepts it (orion_virt/config.py parse_addr): a
+/* HOST:PORT as orion_virt/config.py's parse_addr accepts it: a
  * non-empty host, a port 1..65535 after the last ':'. Writes "host:port" to out. */
 static int valid_addr(const char *text, char *out, size_t cap)
 {
@@ -899,7 +899,7 @@ static int dechunk(char *p, size_t n, char *out, size_t *outlen)
 }
 
 /* One HTTP/1.1 exchange with the controller. 0: an answer (status, body malloc'd and
- * NUL-terminated); -1: no exchange was possible (why, as the Python client says it). */
+ * NUL-terminated); -1: no exchange was possible (why). */
 static int http_exchange(const char *method, const char *path, const char *body, int remember, int *status,
                          char **out, size_t *outlen, char *why, size_t wl)
 {
@@ -1254,7 +1254,7 @@ static int json_escape(const char *s, char *out, size_t cap)
 }
 
 /* ``n`` bytes of ``src`` as printable ASCII (anything else becomes '?'), cut to ``limit``
- * characters with "..." as the Python client does (orion_virt/client/allocation.py _bounded);
+ * characters with "...";
  * out must hold limit + 1. The controller refuses control characters in owner and cmdline. */
 static void printable_copy(const char *src, size_t n, char *out, size_t limit)
 {
@@ -1328,7 +1328,7 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
         snprintf(r.msg, sizeof r.msg, "%s did not answer version information", ctl_addr);
     }
     if (r.kind == CTL_UNREACHABLE) {
-        const char *tail = r.msg;  /* the part after the last ": ", as the Python client prints it */
+        const char *tail = r.msg;  /* the part after the last ": " */
         for (const char *p = r.msg; (p = strstr(p, ": ")); p += 2) tail = p + 2;
         orion_log("DEBUG", "%s unreachable: %s", where, r.msg);
         orion_log("ERROR", "%s", ORION_MSG_CONNECT);
@@ -1398,7 +1398,7 @@ const orion_grant *orion_ctl_obtain(long vgpu, double timeout)
         orion_log("ERROR", "the Orion Controller allocated no vGPU");
         return NULL;
     }
-    /* server_for (orion_virt/client/allocation.py): a node registered with a loopback or
+    /* a node registered with a loopback or
      * unspecified address is reached through this client's own view of the server, if it has one;
      * with several nodes, that view's host with each node's own port */
     for (int p = 0; p < g.nparts; p++) {
@@ -1455,9 +1455,8 @@ static int renew_started, renew_done;
 
 int orion_ctl_stopping(void) { return atomic_load(&stopping); }
 
-/* A line the Python client's Renewer writes to its log file only: in the file at `level`, as it
- * does (tests and users grep "allocation ID lost:"), and on the screen with ORION_LOG_LEVEL=DEBUG
- * (a file_log_level of DEBUG gets it twice). */
+/* A renewal line: in the log file at `level` (tests and users grep "allocation ID lost:"), and
+ * on the screen with ORION_LOG_LEVEL=DEBUG (a file_log_level of DEBUG gets it twice). */
 static void renew_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void renew_log(const char *level, const char *fmt, ...)
 {

@@ -1,5 +1,5 @@
-/* The controller path of the native client (orion_ctl.c): what orion_virt/client/allocation.py
- * and orion_virt/controller/client.py do for the Python client, in C with libc and pthreads only.
+/* The controller path of the native client (orion_ctl.c): the controller's HTTP API
+ * (docs/controller-api.md), in C with libc and pthreads only.
  *
  * With ORION_CONTROLLER (or the seeds' ORION_OCNTROLLER, or [controller] controller_addr of
  * ~/.orion/client.conf or /etc/orion/client.conf) set, cuInit asks the Orion Controller for the
@@ -33,7 +33,7 @@ typedef struct {
     char registered[300];            /* the address the node registered */
     char token[ORION_CTL_MAX_TOKEN + 1];
     int vgpu_count;
-    uint32_t gmem_mib;               /* of its first vGPU, as the Python client's HELLO */
+    uint32_t gmem_mib;               /* of its first vGPU, as HELLO carries it */
 } orion_grant_part;
 
 /* What the controller granted: the vGPUs in the allocation's order, grouped by node (parts in
@@ -52,7 +52,7 @@ typedef struct {
 int orion_ctl_configured(void);
 
 /* Ask the controller for ORION_VGPU vGPUs (ORION_GMEM, ORION_RATIO, ORION_CROSS_NODE,
- * ORION_GROUP_ID as the Python client sends them), waiting at most timeout seconds per step.
+ * ORION_GROUP_ID), waiting at most timeout seconds per step.
  * The grant, or NULL with the reason printed (the seeds' lines for an unreachable controller).
  * After a grant, SIGTERM/SIGINT handlers are installed where the program has none. */
 const orion_grant *orion_ctl_obtain(long vgpu, double timeout);

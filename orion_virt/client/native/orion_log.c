@@ -1,5 +1,5 @@
-/* [client-log] for the native client: the screen lines and the log file of the Python client
- * (orion_virt/client/runtime.py), configured from the same keys: log_with_time, log_to_screen,
+/* [client-log] for the native client: the screen lines and the log file, configured from the
+ * keys orion_virt/config.py reads: log_with_time, log_to_screen,
  * log_to_file, log_level, file_log_level, log_dir (ORION_LOG_DIR; default ~/.orion/log), in
  * [client-log] (or the legacy [log]) of /etc/orion/client.conf and ~/.orion/client.conf. */
 #define _GNU_SOURCE
@@ -95,10 +95,10 @@ static int make_dirs(const char *path)
     return mkdir(p, 0700) && errno != EEXIST ? -1 : 0;
 }
 
-/* Per-run files kept in the log directory, the newest (orion_virt/client/logfiles.py: KEEP). */
+/* Per-run files kept in the log directory, the newest (tests/integration/test_native_log_retention.py). */
 #define ORION_LOG_KEEP 100
 
-/* client-YYYYmmdd-HHMMSS-PID.log, the name open_file gives (and the Python client's) */
+/* client-YYYYmmdd-HHMMSS-PID.log, the name open_file gives */
 static int is_run_log(const struct dirent *e)
 {
     const char *n = e->d_name;

@@ -1,5 +1,5 @@
 /* The native client's log lines, as [client-log] of client.conf says (orion_virt/config.py
- * LogConfig; the Python client's runtime.say and its log file): */
+ * LogConfig): */
 #ifndef ORION_LOG_H
 #define ORION_LOG_H
 
@@ -9,7 +9,7 @@
  * log_to_file and the level reaches file_log_level. A file that cannot be written is given up
  * once, with a line on the screen. Thread-safe. */
 void orion_log_line(const char *level, const char *text);
-/* The same line for the log file only (what the Python client logs but does not print). */
+/* The same line for the log file only (logged, not printed). */
 void orion_log_file(const char *level, const char *text);
 /* Whether a line of `level` reaches the screen. */
 int orion_log_on_screen(const char *level);

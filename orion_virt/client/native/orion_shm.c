@@ -395,8 +395,8 @@ static void *beat_main(void *arg)
 }
 
 /* A device file bound into a container at another path than the one it was created at on the
- * host (orion-shm writes that path into the header): said once per device as the Python client
- * says it (select.choose); the device is still used. A path that does not exist here (the host's)
+ * host (orion-shm writes that path into the header): said once per device as orion-check
+ * says it (select.py); the device is still used. A path that does not exist here (the host's)
  * is compared as written. */
 static void warn_other_host_path(const orion_shm *s)
 {
