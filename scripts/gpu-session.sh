@@ -1,7 +1,7 @@
 #!/bin/sh
 # Everything a session measures on the lent GPU host, in one call, results under $OUT:
 #   ladder   the GPU ladder of ordinary programs over the native client (scripts/gpu-ladder.sh)
-#   native   orion-bench --native: remoted (Python and native client, shm and TCP) beside the
+#   native   orion-bench --native: remoted (the native client, shm and TCP) beside the
 #            real driver: null call, pipelined launches, HtoD/DtoH 4 KiB-1 GiB, matmul loop
 #   wake     orion-bench --quick --client native on this host's CPUs: first call after idle,
 #            idle CPU with 8 sessions (sim backend: the transport, not the GPU)
