@@ -471,13 +471,13 @@ def install(*, prefix: str = DEFAULT_PREFIX, root: str = "/", python: str | None
     out(compat.INSTALL_DONE.format(prefix=prefix))
     out(compat.INSTALL_HOW_TO_RUN)
     out("export ORION_VGPU=1")
-    out(f"(cuda-python programs run by {info.executable} then use Orion vGPUs; for any other Python, "
-        "such as a venv: orion-run python3 app.py)")
     if ld_conf:
         out(f"Every program now loads the native client {prefix}/lib/libcuda.so.1 (CUDA C/C++ programs, "
             "NVIDIA's runtime, cuda-bindings)")
     elif lib is None:
         out("The native client (libcuda.so.1) is not installed: it is not built (make native) nor in this bundle")
+    else:
+        out(f"Run programs with orion-run, which puts the native client {prefix}/lib/libcuda.so.1 first")
     if t.root != Path("/"):
         out(f"(all of it under the root directory {t.root})")
     return m

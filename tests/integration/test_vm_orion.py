@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import pytest
 
 from orion_virt.launch import OriondProcess, free_port
-from tests.vmharness import Guest, GuestImage, GuestResult, LibvirtDaemon, define_guest, run_guest
+from tests.vmharness import Guest, GuestImage, GuestResult, LibvirtDaemon, define_guest, lend_cuda_python, run_guest
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -288,15 +288,10 @@ def native_programs() -> str:
     """The native client (make native), C programs for the guest under build/vm-native and a copy
     of the venv's cuda-bindings under build/vm-python (the guest sees the tree at /opt/orion);
     returns the directory of NVIDIA's libcudart relative to the tree."""
-    import cuda.bindings
-
     from tests.integration.test_native_client import BUILD, SOURCES, cudart_paths
 
+    assert lend_cuda_python() == "/opt/orion/build/vm-python"
     root = Path(__file__).resolve().parents[2]
-    pydir = root / "build" / "vm-python"
-    shutil.rmtree(pydir, ignore_errors=True)
-    shutil.copytree(Path(cuda.bindings.__file__).resolve().parents[1], pydir / "cuda",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     b = subprocess.run(["make", "-C", str(root), "native"], capture_output=True, text=True, timeout=300)
     assert b.returncode == 0, b.stdout + b.stderr
     inc, lib = cudart_paths()

@@ -35,7 +35,7 @@ from orion_virt.host.hookinstall import reload_libvirt
 from orion_virt.installer.core import build_bundle
 from orion_virt.launch import OriondProcess, free_port
 from tests.oriond_fixture import BIN
-from tests.vmharness import LibvirtDaemon, define_guest
+from tests.vmharness import LibvirtDaemon, define_guest, lend_cuda_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -72,7 +72,8 @@ test -e /etc/orion/client.key && echo "a client key file is in the guest"
 echo "==== install"
 python3 /run/orion/in/install-client -q 2>&1; echo "rc=$?"
 echo "==== program"
-cd /tmp && ORION_VGPU=1 HOME=/root python3 /run/orion/in/vgpus.py @HOLD@ 2>/tmp/prog.err; echo "rc=$?"
+cd /tmp && ORION_VGPU=1 HOME=/root PYTHONPATH=@CUDA_PYTHON@ \
+    python3 /run/orion/in/vgpus.py @HOLD@ 2>/tmp/prog.err; echo "rc=$?"
 echo "==== stderr"
 cat /tmp/prog.err
 echo "==== log"
@@ -192,7 +193,8 @@ def test_the_seeds_vm_flow(libvirt_daemon: LibvirtDaemon, libvirt_conn: Any, gue
         build_bundle(bundle)  # with the native client (build/native/libcuda.so.1, made by native_query)
         program = tmp_path / "vgpus.py"
         program.write_text(PROGRAM)
-        g = define_guest(libvirt_conn, "orion-test-seeds-flow", SCRIPT.replace("@HOLD@", str(HOLD_S)),
+        script = SCRIPT.replace("@HOLD@", str(HOLD_S)).replace("@CUDA_PYTHON@", lend_cuda_python())
+        g = define_guest(libvirt_conn, "orion-test-seeds-flow", script,
                          img=guest_image, writable_root=True, user_net=True,
                          run_files={"install-client": bundle, "vgpus.py": program, "deviceQuery": native_query})
         try:

@@ -7,12 +7,12 @@
 See docs/testing-vms.md.
 """
 from .domain import Guest, GuestError, GuestResult, define_guest, domain_xml, parse_console, run_guest
-from .image import GuestImage, ensure_guest_image
+from .image import GuestImage, ensure_guest_image, lend_cuda_python
 from .libvirtd import DOMAIN_PREFIX, ForeignDaemonError, LibvirtDaemon, libvirt_daemon
 from .requirements import APT_PACKAGES, vm_skip_reason
 
 __all__ = [
     "APT_PACKAGES", "DOMAIN_PREFIX", "ForeignDaemonError", "Guest", "GuestError", "GuestImage",
-    "GuestResult", "LibvirtDaemon", "define_guest", "domain_xml", "ensure_guest_image",
+    "GuestResult", "LibvirtDaemon", "define_guest", "domain_xml", "ensure_guest_image", "lend_cuda_python",
     "libvirt_daemon", "parse_console", "run_guest", "vm_skip_reason",
 ]

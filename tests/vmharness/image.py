@@ -186,6 +186,19 @@ class GuestImage:
     manifest: dict
 
 
+def lend_cuda_python() -> str:
+    """NVIDIA's cuda-bindings (with cuda-pathfinder) copied from the venv into ``build/vm-python``
+    of the tree the guest sees at GUEST_SOURCE_DIR; returns the guest's path for PYTHONPATH (the
+    guest's Debian python3 has the venv's version). Stands in for ``pip install cuda-bindings``."""
+    import cuda.bindings
+
+    dest = Path(__file__).resolve().parents[2] / "build" / "vm-python"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(Path(cuda.bindings.__file__).resolve().parents[1], dest / "cuda",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return f"{GUEST_SOURCE_DIR}/build/vm-python"
+
+
 def cache_dir() -> Path:
     """The cache root (``$ORION_TEST_GUEST_CACHE`` or /var/cache/orion-test-guest)."""
     return Path(os.environ.get("ORION_TEST_GUEST_CACHE") or DEFAULT_CACHE)
